@@ -1,0 +1,265 @@
+"""DRR rendering over diffdrr, with the exact pose Jacobian ``∂DRR/∂δ`` in one pass.
+
+The renderer integrates the CT's linear attenuation along each X-ray with the rectangle rule on
+samples spaced evenly along the ray (diffdrr's ``Trilinear`` renderer). The samples cover a
+fixed window of the ray, ``alpha ∈ [alpha_min, alpha_max]`` (fraction of the source-to-pixel
+distance), chosen from the volume's bounding sphere so that it contains the whole volume for
+the pose it was computed at. Holding that window fixed makes the DRR a smooth function of the
+pose and its derivative exact.
+
+Jacobian: for a left-multiplied increment ``T <- exp(δ) T`` with ``δ = (v, w)`` every sample
+point moves as ``p <- p + v + w × p`` in CT world coordinates, so with ``g = ∇μ(p)`` (world mm)
+
+    ∂I/∂v = c Σ_k g_k,        ∂I/∂w = c Σ_k p_k × g_k,        c = scale · |ray| · Δalpha,
+
+where ``∇μ`` is the analytic gradient of the trilinear interpolant (piecewise linear, computed
+from the same eight voxels as the value). Forward-mode AD does not work through diffdrr's
+``grid_sampler_3d`` (DESIGN.md §5); this route needs no AD at all.
+
+Poses are ``T_ct_from_carm`` in the C-arm optical frame (``sphere_reg_ros.core``). diffdrr's
+camera frame has x and y flipped (with ``reverse_x_axis=True``): ``E = T · diag(-1, -1, 1, 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from diffdrr.drr import DRR
+from diffdrr.pose import RigidTransform
+from torchio import ScalarImage, Subject
+
+from .carm import CarmGeometry
+
+#: Optical frame -> diffdrr camera frame (a rotation by π about z; its own inverse).
+OPTICAL_TO_DIFFDRR = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
+
+#: Attenuation of water per mm at ~60 keV; scales water-relative μ to line integrals.
+MU_WATER_PER_MM = 0.02
+
+
+class RenderError(ValueError):
+    """Bad input to the renderer (pose shape, non-finite values, ...)."""
+
+
+def _check_pose(pose: torch.Tensor) -> torch.Tensor:
+    if not isinstance(pose, torch.Tensor) or pose.ndim != 3 or pose.shape[-2:] != (4, 4):
+        shape = tuple(pose.shape) if isinstance(pose, torch.Tensor) else type(pose).__name__
+        raise RenderError(f"pose must be a (B, 4, 4) tensor, got {shape}")
+    if not torch.isfinite(pose).all():
+        raise RenderError("pose contains NaN or inf")
+    return pose
+
+
+class DrrRenderer(torch.nn.Module):
+    """Batched DRRs and their exact pose Jacobian for one CT and one C-arm geometry.
+
+    Args:
+        mu: ``(X, Y, Z)`` water-relative linear attenuation (≥ 0), e.g. from
+            ``volume.hu_to_attenuation``.
+        affine: ``(4, 4)`` voxel index → CT world (RAS, mm).
+        geometry: C-arm intrinsics; images are ``(B, 1, height, width)``.
+        step_mm: spacing of samples along the central ray (default: the smallest voxel spacing).
+        scale: multiplies the integral (default ``MU_WATER_PER_MM``), giving line integrals
+            of attenuation (dimensionless, ~0–6 for a human torso).
+    """
+
+    def __init__(
+        self,
+        mu: torch.Tensor | np.ndarray,
+        affine: np.ndarray,
+        geometry: CarmGeometry,
+        step_mm: float | None = None,
+        scale: float = MU_WATER_PER_MM,
+    ) -> None:
+        super().__init__()
+        mu = torch.as_tensor(np.asarray(mu) if not isinstance(mu, torch.Tensor) else mu).float()
+        if mu.ndim != 3:
+            raise RenderError(f"attenuation volume must be 3-D, got shape {tuple(mu.shape)}")
+        if not torch.isfinite(mu).all():
+            raise RenderError("attenuation volume contains NaN or inf")
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (4, 4) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise RenderError(f"affine must be an invertible 4x4 matrix, got {affine.tolist()}")
+        self.geometry = geometry
+        self.scale = float(scale)
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        self.step_mm = float(step_mm if step_mm is not None else spacing.min())
+        if not self.step_mm > 0:
+            raise RenderError(f"step_mm must be positive, got {step_mm}")
+
+        image = ScalarImage(tensor=mu[None], affine=affine)
+        subject = Subject(volume=image, density=image, mask=None, reorient=torch.eye(4), fiducials=None)
+        self.drr = DRR(
+            subject,
+            sdd=geometry.sdd,
+            height=geometry.height,
+            width=geometry.width,
+            delx=geometry.delx,
+            dely=geometry.dely,
+            x0=geometry.x0,
+            y0=geometry.y0,
+            reverse_x_axis=True,
+            renderer="trilinear",
+        )
+        # Volume's bounding sphere in world coordinates (for the sampling window).
+        dims = np.array(mu.shape, dtype=np.float64)
+        corners = np.array([[i, j, k, 1.0] for i in (0, dims[0] - 1) for j in (0, dims[1] - 1)
+                            for k in (0, dims[2] - 1)]) @ affine.T
+        center = corners[:, :3].mean(axis=0)
+        self.register_buffer("_center", torch.as_tensor(center, dtype=torch.float32))
+        self.radius = float(np.linalg.norm(corners[:, :3] - center, axis=1).max() + spacing.max())
+        self.register_buffer("_flip", OPTICAL_TO_DIFFDRR.float())
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.drr.density.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.drr.density.device
+
+    def rays(self, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source ``(B, 1, 3)`` and pixel-centre ``(B, H·W, 3)`` points in CT world (mm)."""
+        pose = _check_pose(pose).to(self.dtype)
+        extrinsic = RigidTransform(pose @ self._flip.to(pose))
+        return self.drr.detector(extrinsic, None)
+
+    def window(self, pose: torch.Tensor) -> tuple[float, float]:
+        """Sampling window ``(alpha_min, alpha_max)`` covering the volume for all poses given."""
+        with torch.no_grad():
+            source, target = self.rays(pose)
+            dist = (source[:, 0] - self._center.to(source)).norm(dim=-1)
+            length = (target - source).norm(dim=-1)
+            lo = ((dist - self.radius) / length.max(dim=-1).values).min().item()
+            hi = ((dist + self.radius) / length.min(dim=-1).values).max().item()
+        return max(lo, 0.0), min(max(hi, 1e-6), 1.0)
+
+    def n_samples(self, window: tuple[float, float]) -> int:
+        """Samples per ray so that their spacing on the central ray is about ``step_mm``."""
+        span_mm = (window[1] - window[0]) * self.geometry.sdd
+        return max(2, int(math.ceil(span_mm / self.step_mm)) + 1)
+
+    # ------------------------------------------------------------------ rendering
+    def forward(self, pose: torch.Tensor, window: tuple[float, float] | None = None) -> torch.Tensor:
+        """DRRs ``(B, 1, H, W)`` for poses ``(B, 4, 4)`` (diffdrr's trilinear renderer).
+
+        Differentiable by reverse-mode autograd with respect to ``pose``.
+        """
+        pose = _check_pose(pose).to(self.dtype)
+        window = self.window(pose) if window is None else window
+        extrinsic = RigidTransform(pose @ self._flip.to(pose))
+        img = self.drr(extrinsic, n_points=self.n_samples(window), alphamin=window[0], alphamax=window[1])
+        return img * self.scale
+
+    def render_with_jacobian(
+        self,
+        pose: torch.Tensor,
+        window: tuple[float, float] | None = None,
+        rows_per_chunk: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """DRRs and their exact Jacobian for a left-multiplied se(3) increment.
+
+        Returns:
+            image ``(B, 1, H, W)`` and Jacobian ``(B, H·W, 6)``, columns ``(v, w)``: mm⁻¹ and
+            rad⁻¹ (image units per mm of translation / per rad of rotation, CT world frame).
+        """
+        pose = _check_pose(pose).to(self.dtype)
+        window = self.window(pose) if window is None else window
+        n = self.n_samples(window)
+        with torch.no_grad():
+            source, target = self.rays(pose)
+        H, W = self.geometry.height, self.geometry.width
+        rows_per_chunk = rows_per_chunk or max(1, (1 << 19) // max(1, n * W * len(pose)))
+        alphas = torch.linspace(0.0, 1.0, n, dtype=self.dtype, device=self.device)
+        alphas = alphas * (window[1] - window[0]) + window[0]
+        step = (window[1] - window[0]) / (n - 1)
+        images, jacobians = [], []
+        for start in range(0, H, rows_per_chunk):
+            tgt = target[:, start * W:(start + rows_per_chunk) * W]
+            img, jac = self._integrate(source, tgt, alphas, step)
+            images.append(img)
+            jacobians.append(jac)
+        image = torch.cat(images, dim=1).view(len(pose), 1, H, W)
+        return image, torch.cat(jacobians, dim=1)
+
+    def _integrate(
+        self, source: torch.Tensor, target: torch.Tensor, alphas: torch.Tensor, step: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Line integrals ``(B, P)`` and Jacobians ``(B, P, 6)`` for the rays to ``target``.
+
+        With ``p_k = s + alpha_k d``: ``Σ p_k × g_k = s × Σ g_k + d × Σ alpha_k g_k``, so only two
+        weighted sums of the voxel-space gradient are needed per ray; the change to world
+        coordinates (``g_world = A⁻ᵀ g_vox``) is linear and applied after summing.
+        """
+        affine_inv = self.drr._affine_inverse[0].to(source)
+        lin, offset = affine_inv[:3, :3], affine_inv[:3, 3]
+        direction = target - source  # (B, P, 3)
+        s_vox = source @ lin.T + offset + 2.0  # padded voxel coordinates
+        d_vox = direction @ lin.T
+        vox = s_vox[:, :, None] + alphas[None, None, :, None] * d_vox[:, :, None]  # (B, P, N, 3)
+        value, grad_vox = _trilinear_padded(self._padded_density(), vox)
+        sum_g = grad_vox.sum(dim=2) @ lin  # (B, P, 3) world gradient sums
+        sum_ag = torch.einsum("n,bpnc->bpc", alphas, grad_vox) @ lin
+        c = self.scale * step * direction.norm(dim=-1)  # (B, P)
+        image = c * value.sum(dim=-1)
+        jw = torch.linalg.cross(source.expand_as(sum_g), sum_g, dim=-1) + torch.linalg.cross(direction, sum_ag, dim=-1)
+        return image, c[..., None] * torch.cat([sum_g, jw], dim=-1)
+
+    def _padded_density(self) -> torch.Tensor:
+        """The attenuation volume padded with two zero voxels per side (cached per dtype/device)."""
+        density = self.drr.density
+        cache = getattr(self, "_padded_cache", None)
+        if cache is None or cache[0] is not density or cache[1].dtype != density.dtype:
+            padded = torch.nn.functional.pad(density, (2, 2, 2, 2, 2, 2)).contiguous()
+            self._padded_cache = (density, padded)
+        return self._padded_cache[1]
+
+
+def trilinear_with_gradient(volume: torch.Tensor, vox: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trilinear interpolation of ``volume (X, Y, Z)`` at voxel coordinates ``vox (..., 3)``.
+
+    Voxel centres lie at integer coordinates; outside the volume the value is 0 (as
+    ``grid_sample`` with zero padding and ``align_corners=False`` in diffdrr). Returns the value
+    ``(...)`` and its exact gradient with respect to ``vox`` ``(..., 3)``, both from the same
+    eight voxels (one gather). Differentiable to any order by autograd.
+    """
+    padded = torch.nn.functional.pad(volume, (2, 2, 2, 2, 2, 2))
+    return _trilinear_padded(padded, vox + 2.0)
+
+
+def _trilinear_padded(padded: torch.Tensor, vox: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """As ``trilinear_with_gradient`` on a volume padded with two zero voxels on every side.
+
+    Points outside ``[1, dim - 2]`` (the original volume plus its one-voxel zero border) are moved
+    into the padding, where value and gradient are exactly zero, so no bounds test per corner
+    is needed.
+    """
+    dims = padded.shape
+    upper = torch.tensor([dims[0] - 2.0, dims[1] - 2.0, dims[2] - 2.0], dtype=vox.dtype, device=vox.device)
+    inside = ((vox >= 1.0) & (vox <= upper)).all(dim=-1, keepdim=True)
+    vox = torch.where(inside, vox, torch.zeros((), dtype=vox.dtype, device=vox.device))
+    base = torch.floor(vox)
+    frac = vox - base
+    base = base.long()
+    sy, sx = dims[2], dims[1] * dims[2]
+    index = base[..., 0] * sx + base[..., 1] * sy + base[..., 2]
+    offsets = torch.tensor([0, 1, sy, sy + 1, sx, sx + 1, sx + sy, sx + sy + 1], device=vox.device)
+    corners = padded.reshape(-1)[index[..., None] + offsets]  # (..., 8) ordered (x, y, z) bits
+    c = corners.unflatten(-1, (2, 2, 2))
+    fx, fy, fz = frac[..., 0, None], frac[..., 1, None], frac[..., 2, None]
+    # along z
+    dz = c[..., 1] - c[..., 0]  # (..., 2, 2)
+    cz = c[..., 0] + fz[..., None] * dz
+    # along y
+    dy = cz[..., 1] - cz[..., 0]  # (..., 2)
+    cy = cz[..., 0] + fy * dy
+    dzy = dz[..., 0] + fy * (dz[..., 1] - dz[..., 0])  # (..., 2)
+    # along x
+    dx = cy[..., 1] - cy[..., 0]
+    value = cy[..., 0] + fx[..., 0] * dx
+    grad_y = dy[..., 0] + fx[..., 0] * (dy[..., 1] - dy[..., 0])
+    grad_z = dzy[..., 0] + fx[..., 0] * (dzy[..., 1] - dzy[..., 0])
+    return value, torch.stack([dx, grad_y, grad_z], dim=-1)
