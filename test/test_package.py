@@ -113,3 +113,15 @@ def test_pip_dependencies_are_pinned_in_requirements():
 @pytest.mark.parametrize("directory", ["launch", "config"])
 def test_installed_data_directories_exist(directory):
     assert (ROOT / directory).is_dir()
+
+
+def test_ros_workspace_requirements_match_the_pins():
+    def pins(name):
+        return {line.split("==")[0].strip().lower(): line.split("==")[1].strip()
+                for line in (ROOT / name).read_text().splitlines()
+                if "==" in line and not line.startswith("#")}
+
+    main, ros = pins("requirements.txt"), pins("requirements-ros.txt")
+    assert ros, "requirements-ros.txt is empty"
+    for name, version in ros.items():
+        assert main.get(name) == version, f"{name}=={version} differs from requirements.txt"
