@@ -1,12 +1,60 @@
-"""The ``sphere-reg`` command line: ``sphere-reg <command> --help`` for each command."""
+"""The ``sphere-reg`` command line: ``sphere-reg <command> --help`` for each command.
+
+Commands are registered by the module that implements them; commands that need ROS 2
+(``demo``, ``benchmark-node``) import the ROS glue only when they run, so the rest of the
+command line works without rclpy (import direction: core <- training/evaluation/cli <- ros).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
 from .evaluation import bench_drr
+from .evaluation import cli as evaluation_cli
+
+#: Optional command modules: (module, function adding the sub-parser). A module that is not
+#: there yet is reported by ``sphere-reg --help`` instead of breaking the whole command line.
+_COMMAND_MODULES = (
+    ("sphere_reg_ros.training.cli", "add_train_parser"),
+    ("sphere_reg_ros.training.cli", "add_benchmark_parser"),
+    ("sphere_reg_ros.evaluation.evaluate_cli", "add_evaluate_parser"),
+    ("sphere_reg_ros.evaluation.evaluate_cli", "add_register_parser"),
+)
+
+
+def _run_ros_command(module: str):
+    """Handler that imports the ROS-side ``module`` only when its command runs."""
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            print(f"sphere-reg {args.command}: needs ROS 2 (rclpy and the message packages): {exc}",
+                  file=sys.stderr)
+            return 2
+        return int(mod.run(args) or 0)
+
+    return handler
+
+
+def _add_demo_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="simulated C-arm + registration node + evaluator on the example CT (needs ROS 2)")
+    parser.add_argument("--frames", type=int, default=24, help="simulated frames (default 24)")
+    parser.add_argument("--rate", type=float, default=0.4, help="simulator frame rate, Hz (default 0.4)")
+    parser.add_argument("--resolution", type=int, default=128, help="simulated image size, px (default 128)")
+    parser.add_argument("--degradation", default="mild", choices=("none", "mild", "benchmark"),
+                        help="image degradations of the simulator (default mild)")
+    parser.add_argument("--ct", default=None, help="CT file (default: the embedded example CT)")
+    parser.add_argument("--model", default=None, help="checkpoint (default: the node's default)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated degradations")
+    parser.add_argument("--out", default="demo_output", help="output folder (default demo_output/)")
+    parser.add_argument("--startup-timeout", type=float, default=180.0, help="s to wait for the node to start")
+    parser.add_argument("--grace", type=float, default=30.0, help="s to wait for the last results")
+    parser.set_defaults(func=_run_ros_command("sphere_reg_ros.ros.demo"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_demo_parser(subparsers)
+    evaluation_cli.add_make_benchmark_parser(subparsers)
     bench_drr.add_parser(subparsers)
+    for module, function in _COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            logging.getLogger(__name__).debug("command module %s unavailable: %s", module, exc)
+            continue
+        if hasattr(mod, function):
+            getattr(mod, function)(subparsers)
     return parser
 
 

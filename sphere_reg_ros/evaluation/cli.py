@@ -1,0 +1,109 @@
+"""``sphere-reg make-benchmark``: write a synthetic benchmark file (and optionally a preview PNG).
+
+The lead's ``sphere_reg_ros/cli.py`` wires it in with::
+
+    sub = parser.add_subparsers(dest="command")
+    add_make_benchmark_parser(sub)          # sets ``func=run_make_benchmark``
+    args = parser.parse_args(argv); return args.func(args)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from sphere_reg_ros.core.landmarks import LandmarkError, load_landmarks
+from sphere_reg_ros.core.sampling import PoseDistribution
+from sphere_reg_ros.core.volume import VolumeError, load_example_ct, load_volume
+
+__all__ = ["add_make_benchmark_parser", "run_make_benchmark"]
+
+log = logging.getLogger(__name__)
+
+
+def add_make_benchmark_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``make-benchmark`` sub-command to ``subparsers``; returns its parser."""
+    p = subparsers.add_parser(
+        "make-benchmark",
+        help="render a synthetic registration benchmark (degraded X-rays, poses, landmarks)",
+        description="Render degraded X-rays of a CT at twice the registration resolution from C-arm "
+        "poses around the AP view (±15° per axis, ±30 mm in-plane, ±60 mm depth by default) and write "
+        "them with the true and initial poses, intrinsics and landmarks to one .npz file.",
+    )
+    p.add_argument("--ct", type=Path, default=None,
+                   help="CT volume (NIfTI, NRRD or DICOM folder); default: the embedded example chest CT")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="label map on the CT's grid; structure centroids become the landmarks")
+    p.add_argument("--landmarks", type=Path, default=None,
+                   help="landmarks file (CSV/JSON, world RAS mm) instead of label centroids")
+    p.add_argument("--cases", type=int, default=100, help="number of cases (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="benchmark seed (default 0)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="data split whose seeds to use (default test; seeds of splits never coincide)")
+    p.add_argument("--out", type=Path, required=True, help="output file (.npz)")
+    p.add_argument("--resolution", type=int, default=64,
+                   help="registration resolution R; images are rendered at 2R x 2R (default 64)")
+    p.add_argument("--spacing", type=float, default=None, metavar="MM",
+                   help="resample the CT to this spacing (mm) before rendering (default: its own grid)")
+    p.add_argument("--rot-deg", type=float, default=15.0, help="pose range: rotation per axis, degrees")
+    p.add_argument("--inplane-mm", type=float, default=30.0, help="pose range: in-plane shift, mm")
+    p.add_argument("--depth-mm", type=float, default=60.0, help="pose range: depth shift, mm")
+    p.add_argument("--preview", type=Path, default=None, metavar="PNG",
+                   help="also write a PNG grid of the first cases")
+    p.add_argument("--preview-cases", type=int, default=8, help="cases in the preview (default 8)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_make_benchmark)
+    return p
+
+
+def _size(n_bytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n_bytes < 1024 or unit == "GiB":
+            return f"{n_bytes:.1f} {unit}" if unit != "B" else f"{n_bytes} B"
+        n_bytes /= 1024
+    return ""
+
+
+def run_make_benchmark(args: argparse.Namespace) -> int:
+    """Run ``make-benchmark``; prints a summary; returns 0, or 2 on bad input (message on stderr)."""
+    from sphere_reg_ros.evaluation.benchmark import BenchmarkError, make_benchmark, save_benchmark
+
+    start = time.perf_counter()
+    try:
+        if args.cases < 1 or args.resolution < 4 or (args.spacing is not None and not args.spacing > 0):
+            raise BenchmarkError("--cases must be >= 1, --resolution >= 4 and --spacing > 0")
+        distribution = PoseDistribution(rot_deg=args.rot_deg, inplane_mm=args.inplane_mm, depth_mm=args.depth_mm)
+        if args.ct is None:
+            if args.labels is not None:
+                raise BenchmarkError("--labels needs --ct (the example CT brings its own label map)")
+            ct, labels, structures = load_example_ct()
+        else:
+            ct = load_volume(args.ct)
+            labels = load_volume(args.labels, allow_constant=True) if args.labels else None
+            structures = None
+        landmarks = load_landmarks(args.landmarks) if args.landmarks else None
+        loaded = time.perf_counter()
+        bm = make_benchmark(ct, labels, structures, args.cases, args.seed, args.resolution, distribution,
+                            split=args.split, spacing_mm=args.spacing, landmarks=landmarks,
+                            progress=not args.no_progress)
+        out = save_benchmark(args.out, bm)
+        if args.preview is not None:
+            from sphere_reg_ros.evaluation.preview import save_preview
+
+            save_preview(args.preview, bm, n_cases=args.preview_cases)
+    except (BenchmarkError, VolumeError, LandmarkError, ValueError, OSError) as exc:
+        print(f"make-benchmark: error: {exc}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - start
+    init = bm.initial_mtre_mm
+    print(f"benchmark: {bm.n_cases} cases ({bm.split}, seed {bm.seed}) of {bm.ct_source}")
+    print(f"  registration resolution {bm.resolution}x{bm.resolution}, images rendered at "
+          f"{bm.images.shape[1]}x{bm.images.shape[2]}; {len(bm.landmarks)} landmarks")
+    print(f"  initial mTRE {init.min():.1f}-{init.max():.1f} mm (median {float(sorted(init)[len(init) // 2]):.1f})")
+    per_case = (elapsed - (loaded - start)) / bm.n_cases
+    print(f"  time {elapsed:.1f} s (loading {loaded - start:.1f} s, {per_case:.2f} s/case)")
+    print(f"  wrote {out} ({_size(out.stat().st_size)})" + (f", preview {args.preview}" if args.preview else ""))
+    return 0
