@@ -30,6 +30,8 @@ setup(
     entry_points={
         "console_scripts": [
             "sphere-reg = sphere_reg_ros.cli:main",
+            "carm_simulator = sphere_reg_ros.ros.carm_simulator:main",
+            "registration_node = sphere_reg_ros.ros.registration_node:main",
         ],
     },
 )

@@ -1,0 +1,140 @@
+"""``carm_simulator``: a simulated C-arm publishing X-rays of a CT along a pose trajectory.
+
+Publishes ``image`` (``sensor_msgs/Image``, ``32FC1`` log-domain line integrals, the
+registration node's ``image_domain: line_integral``), ``camera_info`` and, for evaluation, the
+true pose on TF as ``ct_frame -> truth_frame`` (the C-arm's true pose in the CT: a separate
+branch of the tree, so it never conflicts with the registration node's ``carm -> ct``), all
+with the image's stamp. See :mod:`sphere_reg_ros.evaluation.simulate` for the trajectory and
+degradations.
+
+Run: ``python -m sphere_reg_ros.ros.carm_simulator --ros-args -p rate_hz:=0.5``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from ..core.views import default_geometry
+from ..core.volume import VolumeError, load_example_ct, load_volume, resample
+from ..evaluation.simulate import DEGRADATION_PRESETS, Trajectory, XraySimulator
+from .conversions import geometry_to_camera_info, numpy_to_image, pose_to_transform_stamped
+from .tf_publisher import TfPublisher
+
+#: name -> (default, description, (min, max) or None)
+PARAMETERS = {
+    "ct_path": ("", "CT to simulate from ('' = the embedded example CT)", None),
+    "ct_spacing_mm": (2.0, "voxel size the CT is resampled to for rendering (mm)", (0.5, 10.0)),
+    "resolution": (128, "published image size (pixels, square detector of detector_mm)", (16, 1024)),
+    "detector_mm": (384.0, "detector side length (mm)", (50.0, 1000.0)),
+    "sdd_mm": (1020.0, "source-to-detector distance (mm)", (200.0, 2000.0)),
+    "rate_hz": (0.5, "frames per second", (0.01, 30.0)),
+    "frames": (0, "frames to publish before stopping (0 = forever)", (0, 1000000)),
+    "degradation": ("mild", f"image degradations: one of {sorted(DEGRADATION_PRESETS)}", None),
+    "seed": (0, "seed of the per-frame degradations", (0, 2**31 - 1)),
+    "sweep_deg": (10.0, "amplitude of the C-arm's LAO/RAO sweep (deg)", (0.0, 90.0)),
+    "sweep_period_s": (40.0, "period of the sweep (s of trajectory time)", (1.0, 3600.0)),
+    "motion_mm": (3.0, "amplitude of the slow patient motion (mm)", (0.0, 50.0)),
+    "time_step_s": (1.0, "trajectory time between frames (s)", (0.01, 60.0)),
+    "frame_id": ("carm_optical", "frame of the published images (the C-arm's optical frame)", None),
+    "ct_frame": ("ct", "frame of the CT", None),
+    "truth_frame": ("carm_truth", "frame of the true C-arm pose published on TF (child of ct_frame)", None),
+}
+
+
+def _descriptor(description: str, bounds) -> ParameterDescriptor:
+    desc = ParameterDescriptor(description=description, read_only=True)
+    if bounds is not None:
+        lo, hi = bounds
+        if isinstance(lo, int) and isinstance(hi, int):
+            desc.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=1)]
+        else:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    return desc
+
+
+class CarmSimulatorNode(Node):
+    """Publishes simulated X-rays, ``CameraInfo`` and the true pose at ``rate_hz``."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("carm_simulator", **kwargs)
+        for name, (default, description, bounds) in PARAMETERS.items():
+            self.declare_parameter(name, default, _descriptor(description, bounds))
+        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        if p["degradation"] not in DEGRADATION_PRESETS:
+            raise ValueError(f"degradation must be one of {sorted(DEGRADATION_PRESETS)}, got {p['degradation']!r}")
+        for name in ("frame_id", "ct_frame", "truth_frame"):
+            if not p[name]:
+                raise ValueError(f"parameter {name} must not be empty")
+        self.params = p
+        ct = load_example_ct()[0] if not p["ct_path"] else load_volume(p["ct_path"])
+        self.ct = resample(ct, p["ct_spacing_mm"])
+        self.geometry = default_geometry(p["resolution"], p["detector_mm"], p["sdd_mm"])
+        self.simulator = XraySimulator(self.ct, self.geometry, p["degradation"], p["seed"])
+        m = p["motion_mm"]
+        self.trajectory = Trajectory(sweep_deg=p["sweep_deg"], sweep_period_s=p["sweep_period_s"],
+                                     motion_mm=(m * 0.6, m * 0.3, m))
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        self.image_pub = self.create_publisher(Image, "image", qos)
+        self.info_pub = self.create_publisher(CameraInfo, "camera_info", qos)
+        self.tf = TfPublisher(self)
+        self.frame = 0
+        self.done = False
+        self.timer = self.create_timer(1.0 / p["rate_hz"], self._publish)
+        self.get_logger().info(
+            f"simulating {self.ct.source} ({self.ct.shape}) at {p['resolution']} px, {p['rate_hz']} Hz, "
+            f"degradation '{p['degradation']}', truth on TF {p['ct_frame']} -> {p['truth_frame']}")
+
+    def pose_at(self, frame: int) -> np.ndarray:
+        """True ``T_ct_from_carm`` (4, 4) mm of frame number ``frame``."""
+        return self.trajectory.pose(frame * self.params["time_step_s"], self.ct.center_world)
+
+    def _publish(self) -> None:
+        frames = self.params["frames"]
+        if frames and self.frame >= frames:
+            if not self.done:
+                self.get_logger().info(f"published {self.frame} frames; stopping in 2 s")
+                self.done = True
+                self.create_timer(2.0, lambda: rclpy.try_shutdown(context=self.context))
+            return
+        start = time.perf_counter()
+        pose = self.pose_at(self.frame)
+        image = self.simulator.render(pose, self.frame)
+        header = Header(frame_id=self.params["frame_id"])
+        header.stamp = self.get_clock().now().to_msg()
+        self.tf.send(pose_to_transform_stamped(pose, self.params["ct_frame"], self.params["truth_frame"], header.stamp))
+        self.info_pub.publish(geometry_to_camera_info(self.geometry, header))
+        self.image_pub.publish(numpy_to_image(image, "32FC1", header))
+        self.get_logger().debug(f"frame {self.frame} rendered in {time.perf_counter() - start:.2f} s")
+        self.frame += 1
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)
+    try:
+        node = CarmSimulatorNode()
+    except (ValueError, VolumeError) as exc:
+        rclpy.logging.get_logger("carm_simulator").error(str(exc))
+        rclpy.try_shutdown()
+        return 2
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
