@@ -61,35 +61,39 @@ def test_simulator_node_publishes_image_info_and_truth(ct_file, spawn_ros_proces
     node = Node("simulator_probe", context=rclpy_context)
     got = {"image": [], "info": [], "tf": []}
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    node.create_subscription(Image, "image", lambda m: got["image"].append(m), qos)
-    node.create_subscription(CameraInfo, "camera_info", lambda m: got["info"].append(m), qos)
+    # own topic and frame names, so that nothing else on this machine's DDS can interfere
+    node.create_subscription(Image, "sim_test/image", lambda m: got["image"].append(m), qos)
+    node.create_subscription(CameraInfo, "sim_test/camera_info", lambda m: got["info"].append(m), qos)
     node.create_subscription(TFMessage, "/tf", lambda m: got["tf"].extend(m.transforms), TF_QOS)
     proc = spawn_ros_process("-m", "sphere_reg_ros.ros.carm_simulator", "--ros-args", "-p", f"ct_path:={ct_file}",
                              "-p", "ct_spacing_mm:=8.0", "-p", "resolution:=32", "-p", "rate_hz:=2.0",
-                             "-p", "frames:=3", "-p", "degradation:=none")
+                             "-p", "frames:=0", "-p", "degradation:=none", "-p", "frame_id:=sim_test_carm",
+                             "-p", "truth_frame:=sim_test_truth", "-p", "ct_frame:=sim_test_ct",
+                             "-r", "image:=sim_test/image", "-r", "camera_info:=sim_test/camera_info")
     from rclpy.executors import SingleThreadedExecutor
 
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(node)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (len(got["image"]) < 2 or len(got["tf"]) < 2):
+    while time.monotonic() < deadline and (len(got["image"]) < 2 or len(got["info"]) < 2):
         executor.spin_once(timeout_sec=0.2)
     assert len(got["image"]) >= 2, proc.output()
     image = got["image"][0]
-    assert image.encoding == "32FC1" and image.header.frame_id == "carm_optical"
+    assert image.encoding == "32FC1" and image.header.frame_id == "sim_test_carm"
     array = image_to_numpy(image)
     assert array.shape == (32, 32) and np.isfinite(array).all()
     info = next(i for i in got["info"] if i.header.stamp == image.header.stamp)
     geometry = camera_info_to_geometry(info, sdd_mm=1020.0)
     assert (geometry.height, geometry.width) == (32, 32)
-    truth = next(t for t in got["tf"] if t.header.stamp == image.header.stamp)
-    assert (truth.header.frame_id, truth.child_frame_id) == ("ct", "carm_truth")
-    # the truth is the trajectory's pose of one of the frames (the first may be missed while the
+    truth = next(t for t in got["tf"] if t.header.stamp == image.header.stamp
+                 and t.child_frame_id == "sim_test_truth")
+    assert truth.header.frame_id == "sim_test_ct"
+    # the truth is the trajectory's pose of one of the frames (the first ones may be missed while the
     # nodes discover each other), and the image is that pose's rendering
     ct = load_volume(ct_file)
     trajectory = Trajectory(motion_mm=(1.8, 0.9, 3.0))
     received = transform_stamped_to_pose(truth)
-    errors = [np.abs(received - trajectory.pose(float(k), ct.center_world)).max() for k in range(3)]
+    errors = [np.abs(received - trajectory.pose(float(k), ct.center_world)).max() for k in range(60)]
     k = int(np.argmin(errors))
     assert errors[k] < 1e-3, errors
     rendered = XraySimulator(ct, geometry, "none").render(trajectory.pose(float(k), ct.center_world), k)
