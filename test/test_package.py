@@ -29,6 +29,7 @@ MODULE_TO_DEPENDENCY = {
     "launch_pytest": "launch_pytest",
     "numpy": "python3-numpy",
     "cv2": "python3-opencv",
+    "PIL": "python3-pil",
     "torch": "python3-torch",
     "torchvision": "python3-torchvision",
     "scipy": "python3-scipy",

@@ -1,0 +1,499 @@
+"""Levenberg–Marquardt pose refinement on image residuals, with the exact chained Jacobian.
+
+Split like theseus: :meth:`LevenbergMarquardt.linearize` (residuals ``r`` and Jacobian ``J`` at
+the current poses), :func:`~.lm_steps.damped_solve` (the damped normal equations) and
+:func:`~.lm_steps.gain_ratio` / :func:`~.lm_steps.update_lambda` (step acceptance per batch
+element); the building blocks live in :mod:`.lm_steps`, the loop here.
+
+Model. A residual model (:class:`ResidualModel`) maps images to embeddings and pairs of
+embeddings to residuals ``R (B, M)``; the cost is ``F = ½ Rᵀ W R`` (``W`` diagonal, default I;
+with a robust kernel ``Σ wᵢ ρ(rᵢ)`` by IRLS). The Jacobian ``J = ∂R/∂δ`` (B, M, 6) is chained
+exactly: ``DrrRenderer.render_with_jacobian`` gives ``∂DRR/∂δ`` (B, H·W, 6) and its six columns
+are pushed through ``embed`` + ``residuals`` with forward-mode AD
+(:func:`~.lm_steps.residual_jacobian`: ``torch.func.jvp`` vectorised over the six tangents).
+
+Iteration. The Jacobian is rendered at every trial pose, so an accepted trial is already
+linearised (the network's jvp runs for accepted trials only). Per scale the DRR sampling
+window is held fixed (widened when a trial leaves it), so the cost is a smooth function of the
+pose. Scales run coarse to fine, each with its own λ; a coarse scale stops at ``coarse_tol_factor``
+times looser tolerances.
+
+Parametrisation and signs. Poses are ``T_ct_from_carm`` (B, 4, 4), mm. The solver works in
+scaled, centred increments ``s = (a, L·w)`` (both mm): a rotation ``w`` (rad) about the centre
+``c`` (the CT's centre by default) and a translation ``a`` of that centre, ``L`` =
+``rotation_scale_mm`` (a characteristic length, so that 1 mm of ``a`` and 1 mm of ``L·w`` move
+the anatomy by about the same amount and one damping fits both). It equals the left increment
+of the core's convention ``T <- se3_exp(δ) @ T`` with ``δ = (a + c × w, w) = P s`` (exactly:
+``exp(Ad_G ξ) = G exp(ξ) G⁻¹`` for the translation ``G`` by ``c``), and ``J_s = J_δ P``.
+Gauss–Newton on ``½|R + J s|²`` gives ``(JᵀWJ + λD) s = −JᵀW R``: the minus sign makes
+``T <- se3_exp(P s) @ T`` decrease the cost. ``D`` is ``diag(JᵀWJ)`` (Marquardt, with Moré's
+running maximum) or ``I`` (Levenberg). A step is accepted when the gain ratio
+``ρ = (F(T) − F(T_new)) / (½ sᵀ(λ D s − g))`` exceeds ``eta``; λ follows Nielsen's rule, with a
+floor after a rejection (``lambda_reject``), and a step scale ``κ`` lengthens steps whose gain
+ratio shows the Gauss–Newton model too pessimistic (see :class:`LevenbergMarquardt`).
+
+Stopping, per element: a step below ``step_tol_mm`` / ``step_tol_rad`` or an accepted step that
+lowers the cost by less than ``cost_tol`` (relative) → CONVERGED; ``max_rejections`` rejections
+in a row or λ at ``lambda_max`` → CONVERGED (no decrease found); the iteration cap of the last
+scale → MAX_ITERATIONS; moving more than ``max_translation_mm`` / ``max_rotation_rad`` from the
+initial pose → DIVERGED; singular normal equations → SINGULAR; a non-finite image, pose or initial
+cost → INVALID_INPUT. The pose returned is always the best accepted one.
+
+Covariance: ``σ² (JᵀWJ)⁻¹`` with ``σ² = 2F/(M − 6)`` at the final pose of the finest scale,
+mapped to the world increment ``δ = (v [mm], w [rad])``: ``P Σ_s Pᵀ``. It assumes independent
+residuals (neighbouring pixels are not), so it is optimistic; use it for relative confidence.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .drr import DrrRenderer
+from .geometry import se3_exp, se3_inverse, se3_log, so3_log
+from .lm_steps import (ResidualModel, damped_solve, gain_ratio, increment_matrix, normal_equations, put,
+                       resize_images, residual_jacobian, robust_cost, robust_spread, singular, update_lambda,
+                       valid_poses)
+from .result import RegistrationResult, Status
+
+__all__ = ["ResidualModel", "LMConfig", "LMResult", "LevenbergMarquardt", "damped_solve",
+           "gain_ratio", "update_lambda", "residual_jacobian", "resize_images", "increment_matrix",
+           "robust_cost", "robust_spread"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Solver settings.
+
+    Attributes:
+        max_iterations: iteration cap per scale.
+        step_tol_mm, step_tol_rad: stop when a step moves the centre by less than ``step_tol_mm``
+            and rotates by less than ``step_tol_rad``.
+        cost_tol: stop when an accepted step lowers the cost by less than this fraction.
+        coarse_tol_factor: tolerances are multiplied by this on all but the finest scale.
+        damping: ``"marquardt"`` (D = diag(JᵀWJ), scale-free λ) or ``"levenberg"`` (D = I in
+            the scaled increments; λ starts at ``lambda_init · max diag(JᵀWJ)``).
+        lambda_init, lambda_min, lambda_max: damping start and bounds (relative, see above).
+        eta: smallest gain ratio that accepts a step.
+        max_rejections: consecutive rejected steps after which a scale stops (no decrease found).
+        rotation_scale_mm: ``L`` of the scaled increment (mm per rad).
+        max_translation_mm, max_rotation_rad: moving the centre / rotating further than this from
+            the initial pose counts as divergence.
+        window_margin_mm: depth margin of the DRR sampling window held fixed during a scale.
+        rcond: reciprocal condition number of the normalised JᵀWJ below which the system
+            counts as singular.
+        robust: ``"none"`` (least squares), ``"cauchy"`` or ``"huber"``: a robust kernel on each
+            residual, by iteratively reweighted least squares (weights from the residuals at each
+            linearisation; costs and gain ratios use the robust cost).
+        robust_scale: kernel scale in units of the residuals' robust spread (1.4826·median|r|,
+            fixed per element at the start of each scale).
+        max_step_scale: upper bound of the step scale ``κ`` (see :class:`LevenbergMarquardt`);
+            1 gives plain LM.
+        lambda_reject: after a rejected step λ is at least this (relative to D; for Levenberg
+            damping times the mean of diag(JᵀWJ)), so the next trial step really differs: from
+            λ ≈ 1e-6 Nielsen's doubling would need ~20 rejections to change the step.
+        unrolled: keep the autograd graph through all iterations (differentiable LM); the pose's
+            image dependence enters through the exact first-order DRR Jacobian.
+    """
+
+    max_iterations: int = 20
+    step_tol_mm: float = 0.02
+    step_tol_rad: float = 1e-4
+    cost_tol: float = 1e-4
+    coarse_tol_factor: float = 10.0
+    damping: str = "marquardt"
+    lambda_init: float = 1e-3
+    lambda_min: float = 1e-9
+    lambda_max: float = 1e9
+    eta: float = 1e-3
+    max_rejections: int = 6
+    rotation_scale_mm: float = 100.0
+    max_translation_mm: float = 300.0
+    max_rotation_rad: float = 1.2
+    window_margin_mm: float = 60.0
+    rcond: float = 1e-10
+    robust: str = "none"
+    robust_scale: float = 2.0
+    max_step_scale: float = 16.0
+    lambda_reject: float = 0.1
+    unrolled: bool = False
+
+    def __post_init__(self) -> None:
+        if self.damping not in ("marquardt", "levenberg"):
+            raise ValueError(f"damping must be 'marquardt' or 'levenberg', got {self.damping!r}")
+        if not (isinstance(self.max_iterations, int) and self.max_iterations >= 0):
+            raise ValueError(f"max_iterations must be an int >= 0, got {self.max_iterations!r}")
+        for name in ("step_tol_mm", "step_tol_rad", "cost_tol", "lambda_init", "lambda_min",
+                     "lambda_max", "rotation_scale_mm", "max_translation_mm", "max_rotation_rad",
+                     "coarse_tol_factor"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {v!r}")
+        if not 0 <= self.eta < 1:
+            raise ValueError(f"eta must be in [0, 1), got {self.eta}")
+        if self.robust not in ("none", "cauchy", "huber"):
+            raise ValueError(f"robust must be 'none', 'cauchy' or 'huber', got {self.robust!r}")
+        if not (math.isfinite(self.lambda_reject) and self.lambda_reject >= 0):
+            raise ValueError(f"lambda_reject must be finite and >= 0, got {self.lambda_reject}")
+        if not (math.isfinite(self.max_step_scale) and self.max_step_scale >= 1):
+            raise ValueError(f"max_step_scale must be finite and >= 1, got {self.max_step_scale}")
+        if not (math.isfinite(self.robust_scale) and self.robust_scale > 0):
+            raise ValueError(f"robust_scale must be finite and > 0, got {self.robust_scale}")
+        if self.lambda_min > self.lambda_max:
+            raise ValueError("lambda_min must not exceed lambda_max")
+
+
+@dataclass
+class LMResult:
+    """Batched solver output (B elements); see :meth:`to_results` for per-image results."""
+
+    pose: torch.Tensor  # (B, 4, 4) T_ct_from_carm, mm (graph kept when unrolled)
+    covariance: torch.Tensor  # (B, 6, 6) of δ = (v mm, w rad), CT world
+    cost: torch.Tensor  # (B,) final cost at the finest scale
+    initial_cost: torch.Tensor  # (B,) cost of the initial pose at the finest scale
+    iterations: torch.Tensor  # (B,) iterations over all scales
+    status: list[Status]
+    message: list[str]
+    history: list[list[dict]]
+    time_s: float = 0.0
+
+    def to_results(self, timings: Sequence[dict[str, float]] | None = None) -> list[RegistrationResult]:
+        """One :class:`RegistrationResult` per element (poses and covariances as float64 numpy)."""
+        pose = self.pose.detach().to("cpu", torch.float64).numpy()
+        cov = self.covariance.detach().to("cpu", torch.float64).numpy()
+        out = []
+        for i in range(len(self.status)):
+            tim = dict(timings[i]) if timings is not None else {"lm": self.time_s}
+            out.append(RegistrationResult(
+                pose=pose[i], covariance=cov[i], cost=float(self.cost[i]),
+                initial_cost=float(self.initial_cost[i]), iterations=int(self.iterations[i]),
+                status=self.status[i], message=self.message[i], timings=tim, history=self.history[i]))
+        return out
+
+
+class LevenbergMarquardt:
+    """Batched, coarse-to-fine LM on the residuals of a :class:`ResidualModel`.
+
+    Step scale. Gauss–Newton's ``JᵀWJ`` overestimates the curvature when the residuals stay
+    large at the optimum (an X-ray is never exactly a DRR: the second-order term
+    ``Σ rᵢ∇²rᵢ`` is then negative) and under IRLS (the reweighted quadratic majorises a robust
+    cost), so accepted steps show gain ratios ρ ≈ 2 with λ at its floor, and plain LM crawls.
+    Each element therefore carries a scalar ``κ ∈ [1, max_step_scale]``: the model Hessian is
+    ``JᵀWJ/κ`` (the step is ``κ`` times the LM step, the predicted reduction ``κ`` times
+    Nielsen's), ``κ`` grows by ``min(ρ, 2)`` after an accepted step with ρ > 1.5 and halves after
+    a step with ρ < 0.25 or a rejection. For a zero-residual problem ρ ≈ 1 and ``κ`` stays 1.
+
+    Args:
+        model: the residual model (learned similarity or :mod:`.residuals`); may also offer
+            ``weights(emb_fixed) -> (B, M)`` (the diagonal of ``W``, ≥ 0).
+        config: :class:`LMConfig`.
+    """
+
+    def __init__(self, model: ResidualModel, config: LMConfig = LMConfig()) -> None:
+        if not isinstance(model, ResidualModel):
+            raise ValueError(f"model must have embed() and residuals(), got {type(model).__name__}")
+        self.model = model
+        self.config = config
+
+    # ------------------------------------------------------------------ pieces
+    def _weights(self, emb_fixed: torch.Tensor) -> torch.Tensor | None:
+        fn = getattr(self.model, "weights", None)
+        return fn(emb_fixed) if callable(fn) else None
+
+    def _window(self, renderer: DrrRenderer, pose: torch.Tensor, extra: tuple | None = None) -> tuple:
+        lo, hi = renderer.window(pose.detach().to(renderer.dtype))
+        if extra is not None:
+            lo, hi = min(lo, extra[0]), max(hi, extra[1])
+        m = self.config.window_margin_mm / renderer.geometry.sdd
+        return (max(lo - m, 0.0), min(hi + m, 1.0))
+
+    @staticmethod
+    def _covers(window: tuple, renderer: DrrRenderer, pose: torch.Tensor) -> bool:
+        if not len(pose):
+            return True
+        lo, hi = renderer.window(pose.detach().to(renderer.dtype))
+        return lo >= window[0] - 1e-9 and hi <= window[1] + 1e-9
+
+    def _render(self, renderer: DrrRenderer, window: tuple, pose: torch.Tensor, jacobian: bool
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images (n, 1, H, W) and ``∂image/∂δ`` (n, H·W, 6) (world increments) or None."""
+        p = pose.detach().to(renderer.dtype)
+        if not (jacobian or self.config.unrolled):
+            return renderer(p, window=window), None
+        img, jac = renderer.render_with_jacobian(p, window=window)
+        if self.config.unrolled:  # exact first-order dependence on the pose (straight-through)
+            xi = se3_log(pose @ se3_inverse(pose.detach())).to(jac.dtype)
+            img = img.detach() + (jac @ xi[..., None]).view_as(img)
+        return img, jac
+
+    def linearize(self, image: torch.Tensor, image_jacobian: torch.Tensor, emb_fixed: torch.Tensor,
+                  P: torch.Tensor, weights: torch.Tensor | None, scale: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cost (n,), residuals (n, M), Jacobian (n, M, 6) in the scaled increments, and the
+        normal equations ``H = JᵀWJ`` (n, 6, 6), ``g = JᵀWR`` (n, 6) (float64); ``W`` includes
+        the robust kernel's IRLS weights (kernel scale ``scale`` (n,), see :func:`robust_cost`)."""
+        r, J = residual_jacobian(self.model, image, emb_fixed, image_jacobian @ P.to(image_jacobian))
+        if scale is None and self.config.robust != "none":
+            scale = self.config.robust_scale * robust_spread(r)
+        cost, W = robust_cost(r, weights, self.config.robust, scale)
+        H, g = normal_equations(J, r, W)
+        return cost, r, J, H, g
+
+    def _residuals(self, image: torch.Tensor, emb_fixed: torch.Tensor, weights, scale=None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.model.residuals(self.model.embed(image), emb_fixed)
+        if scale is None and self.config.robust != "none":
+            scale = self.config.robust_scale * robust_spread(r)
+        return robust_cost(r, weights, self.config.robust, scale)[0], r
+
+    # ------------------------------------------------------------------ solve
+    def solve(self, renderers: Sequence[DrrRenderer], fixed: torch.Tensor, init_pose: torch.Tensor,
+              center: torch.Tensor | np.ndarray | None = None) -> LMResult:
+        """Refine ``init_pose`` (B, 4, 4) against ``fixed`` (B, 1, H, W), coarse to fine.
+
+        ``renderers`` (coarse → fine) share the CT and the detector (``CarmGeometry.resized``);
+        the fixed images are area-resampled to each renderer's size. ``center`` (3,) world mm is
+        the rotation centre of the increments (default: the CT's centre). Elements with a
+        non-finite image or an invalid pose get ``Status.INVALID_INPUT``; nothing is raised
+        for them. Raises ValueError only for inconsistent shapes of the whole call.
+        """
+        cfg = self.config
+        t_start = time.perf_counter()
+        if not renderers:
+            raise ValueError("at least one renderer is needed")
+        if not (isinstance(init_pose, torch.Tensor) and init_pose.ndim == 3 and init_pose.shape[1:] == (4, 4)):
+            raise ValueError(f"init_pose must be a (B, 4, 4) tensor, got {getattr(init_pose, 'shape', type(init_pose))}")
+        B = init_pose.shape[0]
+        if not (isinstance(fixed, torch.Tensor) and fixed.ndim == 4 and fixed.shape[:2] == (B, 1)):
+            raise ValueError(f"fixed must be a (B, 1, H, W) tensor with B={B}, got {getattr(fixed, 'shape', type(fixed))}")
+        finest = renderers[-1]
+        dtype, device = finest.dtype, finest.device
+        grad_ctx = torch.enable_grad() if cfg.unrolled else torch.no_grad()
+        with grad_ctx:
+            return self._solve(renderers, fixed.to(device, dtype), init_pose.to(device), center, t_start)
+
+    def _solve(self, renderers, fixed, init_pose, center, t_start) -> LMResult:
+        cfg = self.config
+        B = init_pose.shape[0]
+        dtype, device = fixed.dtype, fixed.device
+        L = cfg.rotation_scale_mm
+        c = renderers[-1]._center if center is None else torch.as_tensor(center)
+        c = torch.as_tensor(c, dtype=torch.float64, device=device).reshape(3)
+        P = increment_matrix(c.cpu(), L).to(device)
+        status: list[Status | None] = [None] * B
+        message = [""] * B
+        history: list[list[dict]] = [[] for _ in range(B)]
+        img_ok = torch.isfinite(fixed).flatten(1).all(-1)
+        pose_ok = valid_poses(init_pose)
+        for i in range(B):
+            if not bool(img_ok[i]):
+                status[i], message[i] = Status.INVALID_INPUT, "image contains NaN or inf"
+            elif not bool(pose_ok[i]):
+                status[i], message[i] = Status.INVALID_INPUT, "initial pose is not a finite rigid transform"
+        fixed = torch.where(img_ok[:, None, None, None], fixed, torch.zeros_like(fixed))
+        pose0 = torch.where(pose_ok[:, None, None], init_pose.to(torch.float64),
+                            torch.eye(4, dtype=torch.float64, device=device))
+        pose = pose0.clone()
+        nan = torch.full((B,), math.nan, dtype=torch.float64, device=device)
+        cost, initial_cost = nan.clone(), nan.clone()
+        iterations = torch.zeros(B, dtype=torch.long)
+        H_final = torch.full((B, 6, 6), math.nan, dtype=torch.float64, device=device)
+        M_final = 0
+
+        def live_idx() -> torch.Tensor:
+            return torch.tensor([i for i in range(B) if status[i] is None], dtype=torch.long, device=device)
+
+        # cost of the initial pose at the finest scale (what `cost` is compared with)
+        idx = live_idx()
+        if len(renderers) > 1 and idx.numel():
+            fin = renderers[-1]
+            fx = resize_images(fixed[idx], fin.geometry.height, fin.geometry.width)
+            ef = self.model.embed(fx)
+            img, _ = self._render(fin, self._window(fin, pose[idx]), pose[idx], jacobian=False)
+            c0, _ = self._residuals(img, ef, self._weights(ef))
+            initial_cost = put(initial_cost, idx, c0.detach())
+
+        for si, renderer in enumerate(renderers):
+            final = si == len(renderers) - 1
+            idx = live_idx()
+            if not idx.numel():
+                break
+            g_ = renderer.geometry
+            fx = resize_images(fixed[idx], g_.height, g_.width)
+            emb_f = self.model.embed(fx)
+            w = self._weights(emb_f)
+            out = self._run_scale(renderer, emb_f, w, pose[idx], pose0[idx], P, c, final, t_start,
+                                  [history[i] for i in idx.tolist()], iterations, idx, si == 0)
+            pose = put(pose, idx, out["pose"])
+            cost = put(cost, idx, out["cost"].detach())
+            if si == 0 and len(renderers) == 1:
+                initial_cost = put(initial_cost, idx, out["initial_cost"].detach())
+            for k, i in enumerate(idx.tolist()):
+                st, msg = out["status"][k], out["message"][k]
+                if st is not None and (final or not st.usable):
+                    status[i], message[i] = st, msg
+            if final:
+                H_final = put(H_final, idx, out["H"].detach())
+                M_final = out["M"]
+
+        cov = torch.full((B, 6, 6), math.nan, dtype=torch.float64, device=device)
+        for i in range(B):
+            if status[i] is None:  # no scale ran for it (max_iterations = 0 on every scale)
+                status[i], message[i] = Status.MAX_ITERATIONS, "iteration cap reached"
+            if not status[i].usable or not torch.isfinite(H_final[i]).all():
+                continue
+            if bool(singular(H_final[i:i + 1], cfg.rcond)[0]):
+                status[i], message[i] = Status.SINGULAR, "normal equations are singular at the final pose"
+                continue
+            sigma2 = 2.0 * float(cost[i]) / max(M_final - 6, 1)
+            cov_s = sigma2 * torch.linalg.inv(H_final[i])
+            cov_w = P @ cov_s @ P.T
+            cov[i] = 0.5 * (cov_w + cov_w.T)
+        return LMResult(pose=pose, covariance=cov, cost=cost, initial_cost=initial_cost,
+                        iterations=iterations, status=status, message=message, history=history,
+                        time_s=time.perf_counter() - t_start)
+
+    # ------------------------------------------------------------------ one scale
+    @staticmethod
+    def _displacement(pose: torch.Tensor, pose0: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centre displacement (mm) and rotation angle (rad) of ``pose`` relative to ``pose0``."""
+        Dm = pose.detach() @ se3_inverse(pose0.detach())
+        moved = (Dm[:, :3, :3] @ c[:, None])[..., 0] + Dm[:, :3, 3] - c
+        return moved.norm(dim=-1), so3_log(Dm[:, :3, :3]).norm(dim=-1)
+
+    def _run_scale(self, renderer, emb_f, w, pose, pose0, P, c, final, t_start, hist, iterations,
+                   idx_global, first) -> dict:
+        cfg = self.config
+        n, L = pose.shape[0], cfg.rotation_scale_mm
+        f = 1.0 if final else cfg.coarse_tol_factor
+        tol_mm, tol_rad, cost_tol = cfg.step_tol_mm * f, cfg.step_tol_rad * f, cfg.cost_tol * f
+        status: list[Status | None] = [None] * n
+        message = [""] * n
+        height = renderer.geometry.height
+
+        def sub(x, i):
+            return None if x is None else x[i]
+
+        window = self._window(renderer, pose)
+        img, jd = self._render(renderer, window, pose, True)
+        cost, r0, J, H, g = self.linearize(img, jd, emb_f, P, w)
+        rs = cfg.robust_scale * robust_spread(r0) if cfg.robust != "none" else None
+        M = J.shape[1]
+        initial_cost = cost
+        bad = ~torch.isfinite(cost) | ~torch.isfinite(H).flatten(1).all(-1)
+        sing = singular(torch.where(bad[:, None, None], torch.eye(6, dtype=H.dtype, device=H.device), H), cfg.rcond)
+        for k in range(n):
+            if bool(bad[k]):
+                status[k] = Status.INVALID_INPUT if first else Status.DIVERGED
+                message[k] = ("the initial pose gives a non-finite cost (is the CT in view?)" if first
+                              else f"non-finite cost at the start of scale {height} px")
+            elif bool(sing[k]):
+                status[k] = Status.SINGULAR
+                message[k] = "normal equations are singular: the residuals do not determine the pose"
+        live = torch.tensor([s is None for s in status], device=pose.device)
+        diagH = torch.diagonal(H, dim1=-2, dim2=-1).detach()
+        if cfg.damping == "marquardt":
+            D, lam = diagH.clone(), torch.full((n,), cfg.lambda_init, dtype=torch.float64, device=pose.device)
+            lam_unit = torch.ones_like(lam)
+        else:
+            D, lam = torch.ones_like(diagH), cfg.lambda_init * diagH.amax(-1)
+            lam_unit = diagH.mean(-1)
+        lam = lam.clamp(cfg.lambda_min, cfg.lambda_max) if cfg.damping == "marquardt" else lam
+        nu = torch.full((n,), 2.0, dtype=torch.float64, device=pose.device)
+        kappa = torch.ones(n, dtype=torch.float64, device=pose.device)
+        rej = torch.zeros(n, dtype=torch.long, device=pose.device)
+        if first:
+            now = time.perf_counter() - t_start
+            for k in range(n):
+                hist[k].append({"iteration": 0, "scale": height, "cost": float(cost[k].detach()), "lambda": float(lam[k]),
+                                "accepted": True, "time_s": 0.0, "elapsed_s": now, "step_mm": 0.0,
+                                "step_rad": 0.0, "rho": math.nan, "pose": pose[k].detach().cpu().numpy().copy()})
+        rewindows, it = 0, 0
+        while it < cfg.max_iterations:
+            a = live.nonzero()[:, 0]
+            if not a.numel():
+                break
+            t_it = time.perf_counter()
+            s, ok = damped_solve(H[a], g[a], lam[a], D[a])
+            s = s * kappa[a, None]  # the step of the model with Hessian (JᵀWJ + λD)/κ
+            step_mm, step_rad = s[:, :3].detach().norm(dim=-1), s[:, 3:].detach().norm(dim=-1) / L
+            trial = se3_exp(s @ P.T.to(s)) @ pose[a]
+            ok_idx = ok.nonzero()[:, 0]
+            if rewindows < 3 and not self._covers(window, renderer, trial[ok_idx]):
+                window = self._window(renderer, torch.cat([pose[a], trial[ok_idx]]))
+                img, jd = self._render(renderer, window, pose[a], True)
+                c_a, _, _, H_a, g_a = self.linearize(img, jd, emb_f[a], P, sub(w, a), sub(rs, a))
+                cost, H, g = put(cost, a, c_a), put(H, a, H_a), put(g, a, g_a)
+                rewindows += 1
+                continue
+            cost_t = torch.full((len(a),), math.nan, dtype=torch.float64, device=pose.device)
+            if ok_idx.numel():
+                img_t, jd_t = self._render(renderer, window, trial[ok_idx], True)
+                ct, _ = self._residuals(img_t, emb_f[a[ok_idx]], sub(w, a[ok_idx]), sub(rs, a[ok_idx]))
+                cost_t = put(cost_t, ok_idx, ct.detach())
+            s0 = s.detach() / kappa[a, None]  # the plain LM step; predicted reduction scales with κ
+            rho, pred0 = gain_ratio(cost[a].detach(), cost[a].detach(), s0, g[a].detach(), lam[a], D[a])
+            ok_pred = (pred0 > 0) & torch.isfinite(cost_t)
+            rho = torch.where(ok_pred, (cost[a].detach() - cost_t) / (kappa[a] * torch.where(ok_pred, pred0, 1.0)),
+                              torch.full_like(pred0, -math.inf))
+            acc = ok & (rho > cfg.eta)
+            disp_mm, disp_rad = self._displacement(trial, pose0[a], c)
+            runaway = acc & ((disp_mm > cfg.max_translation_mm) | (disp_rad > cfg.max_rotation_rad))
+            acc = acc & ~runaway
+            ai = acc.nonzero()[:, 0]
+            old_cost = cost[a].detach()
+            if ai.numel():
+                row = torch.full((len(a),), -1, dtype=torch.long, device=pose.device)
+                row[ok_idx] = torch.arange(len(ok_idx), device=pose.device)
+                gi = a[ai]
+                c_n, _, _, H_n, g_n = self.linearize(img_t[row[ai]], jd_t[row[ai]], emb_f[gi], P, sub(w, gi),
+                                                     sub(rs, gi))
+                pose = put(pose, gi, trial[ai])
+                cost, H, g = put(cost, gi, c_n), put(H, gi, H_n), put(g, gi, g_n)
+                if cfg.damping == "marquardt":
+                    D = put(D, gi, torch.maximum(D[gi], torch.diagonal(H_n, dim1=-2, dim2=-1).detach()))
+            new_lam, new_nu = update_lambda(lam[a], nu[a], rho, acc, cfg.lambda_min, cfg.lambda_max)
+            # a rejected step with λ still negligible against D would come back unchanged: jump
+            new_lam = torch.where(acc, new_lam, torch.maximum(new_lam, cfg.lambda_reject * lam_unit[a]))
+            lam, nu = put(lam, a, new_lam), put(nu, a, new_nu)
+            k_new = torch.where(acc & (rho > 1.5), kappa[a] * rho.clamp(max=2.0),
+                                torch.where(~acc | (rho < 0.25), kappa[a] / 2, kappa[a]))
+            kappa = put(kappa, a, k_new.clamp(1.0, cfg.max_step_scale))
+            rej = put(rej, a, torch.where(acc, torch.zeros_like(rej[a]), rej[a] + 1))
+            iterations[idx_global[a].cpu()] += 1
+            it += 1
+            dt, now = time.perf_counter() - t_it, time.perf_counter() - t_start
+            for j, k in enumerate(a.tolist()):
+                hist[k].append({"iteration": int(iterations[int(idx_global[k])]), "scale": height,
+                                "cost": float(cost[k].detach()), "lambda": float(lam[k]), "accepted": bool(acc[j]),
+                                "time_s": dt, "elapsed_s": now, "step_mm": float(step_mm[j]),
+                                "step_rad": float(step_rad[j]), "rho": float(rho[j]),
+                                "pose": pose[k].detach().cpu().numpy().copy()})
+                done = None
+                if bool(runaway[j]):
+                    done = (Status.DIVERGED, f"moved {float(disp_mm[j]):.0f} mm / {float(disp_rad[j]):.2f} rad "
+                            "from the initial pose (limit exceeded)")
+                elif not bool(ok[j]) and float(lam[k]) >= cfg.lambda_max:
+                    done = (Status.SINGULAR, "damped normal equations could not be solved")
+                elif bool(ok[j]) and float(step_mm[j]) < tol_mm and float(step_rad[j]) < tol_rad:
+                    done = (Status.CONVERGED, "step below tolerance")
+                elif bool(acc[j]) and float(old_cost[j] - cost[k].detach()) < cost_tol * float(old_cost[j]):
+                    done = (Status.CONVERGED, "relative cost decrease below tolerance")
+                elif not bool(acc[j]) and (int(rej[k]) >= cfg.max_rejections or float(lam[k]) >= cfg.lambda_max):
+                    done = (Status.CONVERGED, f"no further decrease found (lambda {float(lam[k]):.1e})")
+                if done is not None:
+                    status[k], message[k] = done
+                    live = put(live, torch.tensor([k], device=pose.device), torch.tensor([False], device=pose.device))
+        for k in range(n):
+            if status[k] is None and final:
+                status[k], message[k] = Status.MAX_ITERATIONS, f"iteration cap ({cfg.max_iterations}) reached"
+        return {"pose": pose, "cost": cost, "initial_cost": initial_cost, "status": status,
+                "message": message, "H": H, "M": M}

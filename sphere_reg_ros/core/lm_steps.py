@@ -1,0 +1,192 @@
+"""Building blocks of the LM solver (:mod:`.lm`), split like theseus: linearise, damped solve,
+step acceptance -- each a pure batched function, testable alone.
+
+* :func:`residual_jacobian`: residuals ``R (B, M)`` and ``J = ∂R/∂s (B, M, K)`` by forward-mode AD
+  of ``embed`` + ``residuals``, given the image Jacobian ``∂I/∂s`` (the K columns ride along the
+  batch in one ``torch.func.jvp``);
+* :func:`robust_cost`: cost and IRLS weights (least squares, Cauchy, Huber);
+* :func:`damped_solve`: ``(H + λ diag(D)) s = −g`` by Cholesky per element;
+* :func:`gain_ratio`, :func:`update_lambda`: Nielsen's acceptance and damping update;
+* :func:`increment_matrix`: scaled centred increments → the core's world increments;
+* :func:`resize_images`: field-of-view preserving image resampling.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+
+from .geometry import hat
+
+__all__ = ["ResidualModel", "increment_matrix", "resize_images", "residual_jacobian", "damped_solve",
+           "gain_ratio", "update_lambda", "robust_cost", "robust_spread", "normal_equations", "singular",
+           "valid_poses", "put"]
+
+
+@runtime_checkable
+class ResidualModel(Protocol):
+    """What the solver needs from a similarity: ``embed`` and ``residuals`` (cost ``½|R|²``)."""
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Embeddings of images ``(B, 1, H, W)`` (any shape with leading batch)."""
+
+    def residuals(self, emb_moving: torch.Tensor, emb_fixed: torch.Tensor) -> torch.Tensor:
+        """Residuals ``(B, M)`` between moving and fixed embeddings."""
+
+
+def increment_matrix(center: torch.Tensor, length_mm: float) -> torch.Tensor:
+    """``P`` (6, 6) with ``δ_world = P s`` for the scaled centred increment ``s = (a, L w)``."""
+    c = torch.as_tensor(center, dtype=torch.float64).reshape(3)
+    P = torch.eye(6, dtype=torch.float64)
+    P[:3, 3:] = hat(c) / length_mm
+    P[3:, 3:] /= length_mm
+    return P
+
+
+def resize_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Images ``(B, C, h, w)`` resampled to ``(height, width)`` over the same field of view
+    (pixel centres of both grids at their physical positions): the mean over each new pixel's
+    footprint for integer shrink factors, antialiased bilinear otherwise (area pooling with
+    non-integer factors shifts pixel centres and biases the pose by millimetres)."""
+    h, w = images.shape[-2:]
+    if (h, w) == (height, width):
+        return images
+    if h % height == 0 and w % width == 0:
+        return F.avg_pool2d(images, (h // height, w // width))
+    return F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False,
+                         antialias=h > height or w > width)
+
+
+def residual_jacobian(model: ResidualModel, images: torch.Tensor, emb_fixed: torch.Tensor,
+                      image_jacobian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residuals ``(B, M)`` and their Jacobian ``(B, M, K)`` by forward-mode AD.
+
+    ``image_jacobian`` (B, H·W, K) holds ``∂image/∂s``; its K columns are the tangents of one
+    ``torch.func.jvp`` of ``embed`` + ``residuals``, vectorised with ``torch.func.vmap`` (the
+    primal is computed once). Models with operations vmap does not support fall back to
+    stacking the K tangents along the batch (then ``embed`` must treat batch elements
+    independently, e.g. eval mode).
+    """
+    B, _, H, W = images.shape
+    K = image_jacobian.shape[-1]
+    tangents = image_jacobian.permute(2, 0, 1).reshape(K, B, 1, H, W).to(images.dtype).contiguous()
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return model.residuals(model.embed(x), emb_fixed)
+
+    try:
+        r, jr = torch.func.vmap(lambda t: torch.func.jvp(f, (images,), (t,)), out_dims=(None, 0))(tangents)
+        return r, jr.permute(1, 2, 0)
+    except (RuntimeError, ValueError, NotImplementedError):  # an op without a vmap rule
+        pass
+    stacked = images.expand(K, *images.shape).reshape(K * B, 1, H, W).contiguous()
+    emb_f = emb_fixed.expand(K, *emb_fixed.shape).reshape(K * B, *emb_fixed.shape[1:])
+    r, jr = torch.func.jvp(lambda x: model.residuals(model.embed(x), emb_f), (stacked,),
+                           (tangents.reshape(K * B, 1, H, W),))
+    M = r.shape[-1]
+    return r[:B], jr.reshape(K, B, M).permute(1, 2, 0)
+
+
+def damped_solve(H: torch.Tensor, g: torch.Tensor, lam: torch.Tensor, D: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``(H + λ diag(D)) s = −g`` per element: ``H`` (B, 6, 6), ``g`` (B, 6), ``λ`` (B,),
+    ``D`` (B, 6). Returns ``s`` (B, 6) (zero where it failed) and ``ok`` (B,) bool."""
+    A = H + lam[:, None, None] * torch.diag_embed(D)
+    L, info = torch.linalg.cholesky_ex(A)
+    ok = info == 0
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    L = torch.where(ok[:, None, None], L, eye)
+    s = torch.cholesky_solve(-g[..., None], L)[..., 0]
+    ok = ok & torch.isfinite(s).all(-1)
+    return torch.where(ok[:, None], s, torch.zeros_like(s)), ok
+
+
+def gain_ratio(cost: torch.Tensor, new_cost: torch.Tensor, s: torch.Tensor, g: torch.Tensor,
+               lam: torch.Tensor, D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gain ratio ``ρ`` (B,) = actual / predicted reduction, and the predicted reduction (B,)
+    ``½ sᵀ(λ D s − g)`` of the Gauss–Newton model; ρ = −inf where the prediction is not > 0 or
+    the new cost is not finite."""
+    pred = 0.5 * (s * (lam[:, None] * D * s - g)).sum(-1)
+    ok = (pred > 0) & torch.isfinite(new_cost)
+    rho = torch.where(ok, (cost - new_cost) / torch.where(ok, pred, torch.ones_like(pred)),
+                      torch.full_like(pred, -math.inf))
+    return rho, pred
+
+
+def update_lambda(lam: torch.Tensor, nu: torch.Tensor, rho: torch.Tensor, accepted: torch.Tensor,
+                  lam_min: float, lam_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nielsen's rule: accepted ``λ ← λ·max(1/3, 1 − (2ρ − 1)³)``, ``ν ← 2``; rejected
+    ``λ ← λ·ν``, ``ν ← 2ν``. λ is clamped to ``[lam_min, lam_max]``."""
+    factor = torch.clamp(1 - (2 * rho.clamp(-1e3, 1e3) - 1) ** 3, min=1.0 / 3.0)
+    new_lam = torch.where(accepted, lam * factor, lam * nu).clamp(lam_min, lam_max)
+    new_nu = torch.where(accepted, torch.full_like(nu, 2.0), nu * 2)
+    return new_lam, new_nu
+
+
+def normal_equations(J: torch.Tensor, r: torch.Tensor, w: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    J64, r64 = J.to(torch.float64), r.to(torch.float64)
+    Jw = J64 if w is None else J64 * w.to(torch.float64)[..., None]
+    return Jw.transpose(-1, -2) @ J64, (Jw * r64[..., None]).sum(-2)
+
+
+def robust_cost(r: torch.Tensor, w: torch.Tensor | None, kind: str = "none",
+                scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cost (n,) ``Σ w ρ(r)`` and IRLS weights (n, M) (``w · ρ'(r)/r``) of residuals ``r`` (n, M).
+
+    ``ρ(r) = ½r²`` (none), ``½s² log(1 + r²/s²)`` (Cauchy), or Huber with threshold ``s``;
+    ``scale`` (n,) is ``s``. Weights are None for plain least squares without ``w``.
+    """
+    r64 = r.to(torch.float64)
+    r2 = r64 * r64
+    w64 = None if w is None else w.to(torch.float64)
+    if kind == "none":
+        rho, irls = 0.5 * r2, None
+    else:
+        s = scale.to(torch.float64)[:, None].clamp_min(1e-30)
+        if kind == "cauchy":
+            rho, irls = 0.5 * s * s * torch.log1p(r2 / (s * s)), 1.0 / (1.0 + r2 / (s * s))
+        elif kind == "huber":
+            a = r64.abs()
+            rho = torch.where(a <= s, 0.5 * r2, s * a - 0.5 * s * s)
+            irls = torch.where(a <= s, torch.ones_like(a), s / a.clamp_min(1e-300))
+        else:
+            raise ValueError(f"unknown robust kernel {kind!r}")
+    cost = (rho if w64 is None else w64 * rho).sum(-1)
+    weights = irls if w64 is None else (w64 if irls is None else w64 * irls)
+    return cost, weights
+
+
+def robust_spread(r: torch.Tensor) -> torch.Tensor:
+    """1.4826 · median |r| per element (n,): the residuals' spread, robust to outliers."""
+    return 1.4826 * r.detach().to(torch.float64).abs().median(dim=-1).values.clamp_min(1e-12)
+
+
+def singular(H: torch.Tensor, rcond: float) -> torch.Tensor:
+    """(B,) bool: ``H`` (B, 6, 6) is numerically singular (after Jacobi normalisation)."""
+    d = torch.diagonal(H, dim1=-2, dim2=-1)
+    dmax = d.amax(-1, keepdim=True)
+    bad = ~torch.isfinite(H).all(-1).all(-1) | (d <= 1e-14 * dmax.clamp_min(1e-300)).any(-1) | (dmax[:, 0] <= 0)
+    ds = torch.where(bad[:, None], torch.ones_like(d), d).rsqrt()
+    Hn = ds[:, :, None] * torch.where(bad[:, None, None], torch.eye(6, dtype=H.dtype, device=H.device), H) * ds[:, None, :]
+    ev = torch.linalg.eigvalsh(0.5 * (Hn + Hn.transpose(-1, -2)))
+    return bad | (ev[:, 0] <= rcond * ev[:, -1])
+
+
+def valid_poses(pose: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: finite rigid transforms (orthonormal rotation, det +1, last row 0 0 0 1)."""
+    p = pose.detach().to(torch.float64)
+    finite = torch.isfinite(p).all(-1).all(-1)
+    p = torch.where(finite[:, None, None], p, torch.eye(4, dtype=p.dtype, device=p.device))
+    R = p[:, :3, :3]
+    orth = (R.transpose(-1, -2) @ R - torch.eye(3, dtype=p.dtype, device=p.device)).abs().amax((-1, -2)) < 1e-3
+    last = (p[:, 3] - torch.tensor([0, 0, 0, 1.0], dtype=p.dtype, device=p.device)).abs().amax(-1) < 1e-6
+    return finite & orth & last & (torch.linalg.det(R) > 0)
+
+
+def put(x: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Out-of-place ``x[idx] = values`` (autograd-safe)."""
+    return x.index_put((idx,), values.to(x.dtype)) if idx.numel() else x

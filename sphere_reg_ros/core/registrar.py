@@ -1,0 +1,431 @@
+"""The registration API the ROS node, the CLI and notebooks use: regressor, then LM.
+
+:class:`Registrar` holds the CT (resampled for rendering), the similarity (a trained
+``SimilarityNet`` or the learning-free :class:`~.residuals.IntensityResiduals`), an optional pose
+regressor and a cache of DRR renderers per (geometry, scale). ``register(image, geometry,
+init_pose)`` never raises for bad input: it returns a :class:`~.result.RegistrationResult`
+whose status says what happened (``INVALID_INPUT`` with a message for a wrong-size, wrong-type or
+non-finite image, a bad geometry or pose).
+
+Images are float line-integral images (log domain, ``(H, W)``, rows down, columns right) on the
+detector described by ``geometry``. They are resampled to the registration resolution
+(``config.resolution`` rows, columns in proportion; block means for integer factors, antialiased
+bilinear otherwise) with ``geometry.resized`` so that the field of view is unchanged; the LM runs
+coarse to fine over ``config.scales`` (fractions of that).
+
+Threads: the registrar keeps no per-call state besides its renderer cache; call it from one
+thread at a time (the ROS node's worker). On a loaded CPU, ``torch.set_num_threads(1)`` is often
+much faster than the default for these small tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, fields, replace
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .carm import CarmGeometry
+from .drr import DrrRenderer
+from .lm import LevenbergMarquardt, LMConfig, resize_images
+from .residuals import IntensityResiduals
+from .result import RegistrationResult, Status
+from .views import ap_pose
+from .volume import Volume, hu_to_attenuation, load_example_ct, load_volume, resample
+
+__all__ = ["RegistrarConfig", "Registrar", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+_MAX_RENDERERS = 12
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → cuda when available, else cpu; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+@dataclass(frozen=True)
+class RegistrarConfig:
+    """Registration settings (the ROS parameters and the CLI mirror these).
+
+    Attributes:
+        resolution: registration image height in pixels (width in proportion).
+        scales: coarse-to-fine fractions of ``resolution`` (last should be 1.0).
+        max_iterations: LM iteration cap per scale.
+        step_tol_mm, step_tol_rad, cost_tol: LM stopping tolerances (see ``LMConfig``).
+        damping: ``"marquardt"`` or ``"levenberg"``; ``lambda_init``: initial damping (relative).
+        rotation_scale_mm: characteristic length balancing rotations against translations.
+        max_translation_mm, max_rotation_rad: divergence limits from the initial pose.
+        residuals: learning-free model used without a similarity network: ``"intensity"``
+            (normalised intensity, cost = 1 − NCC) or ``"intensity+gradient"``.
+        residual_levels: pyramid levels of the learning-free residuals.
+        local_window: learning-free residuals standardise intensities over windows of this
+            fraction of the image height (local NCC; robust to scatter, heel effect, bone
+            contrast); 0 = globally.
+        robust: robust kernel of the LM (``"none"``, ``"cauchy"``, ``"huber"``); ``"auto"`` =
+            Cauchy for the learning-free residuals (collimator shutters, metal, noise are
+            outliers there), none for a learned similarity.
+        robust_scale: kernel scale in units of the residuals' robust spread.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        render_max_size: largest side rendered by :meth:`Registrar.render` (then upsampled).
+        ray_step_mm: spacing of the DRR samples along each ray (None: the CT's voxel size;
+            a model is best used with the step it was trained with, see ``from_files``).
+    """
+
+    resolution: int = 64
+    scales: tuple[float, ...] = (0.5, 1.0)
+    max_iterations: int = 20
+    step_tol_mm: float = 0.02
+    step_tol_rad: float = 1e-4
+    cost_tol: float = 1e-4
+    damping: str = "marquardt"
+    lambda_init: float = 1e-3
+    rotation_scale_mm: float = 100.0
+    max_translation_mm: float = 300.0
+    max_rotation_rad: float = 1.2
+    residuals: str = "intensity"
+    residual_levels: int = 1
+    local_window: float = 0.125
+    robust: str = "auto"
+    robust_scale: float = 2.0
+    device: str = "cpu"
+    render_max_size: int = 256
+    ray_step_mm: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if not (isinstance(self.resolution, int) and 8 <= self.resolution <= 2048):
+            raise ValueError(f"resolution must be an int in [8, 2048], got {self.resolution!r}")
+        if not self.scales or not all(0 < s <= 1 for s in self.scales):
+            raise ValueError(f"scales must be fractions in (0, 1], got {self.scales}")
+        if self.robust not in ("auto", "none", "cauchy", "huber"):
+            raise ValueError(f"robust must be 'auto', 'none', 'cauchy' or 'huber', got {self.robust!r}")
+        if self.residuals not in ("intensity", "intensity+gradient"):
+            raise ValueError(f"residuals must be 'intensity' or 'intensity+gradient', got {self.residuals!r}")
+        if self.ray_step_mm is not None and not (math.isfinite(self.ray_step_mm) and self.ray_step_mm > 0):
+            raise ValueError(f"ray_step_mm must be > 0 (or None), got {self.ray_step_mm}")
+        if self.device != "auto":
+            torch.device(self.device)  # raises for a malformed name
+        self.lm_config()  # validates the solver settings
+
+    def lm_config(self, unrolled: bool = False, learned: bool = False) -> LMConfig:
+        """The solver settings of this configuration (``learned``: for a learned similarity)."""
+        robust = ("none" if learned else "cauchy") if self.robust == "auto" else self.robust
+        return LMConfig(max_iterations=self.max_iterations, step_tol_mm=self.step_tol_mm,
+                        step_tol_rad=self.step_tol_rad, cost_tol=self.cost_tol, damping=self.damping,
+                        lambda_init=self.lambda_init, rotation_scale_mm=self.rotation_scale_mm,
+                        max_translation_mm=self.max_translation_mm, max_rotation_rad=self.max_rotation_rad,
+                        robust=robust, robust_scale=self.robust_scale, unrolled=unrolled)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RegistrarConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown RegistrarConfig keys: {sorted(unknown)}")
+        return cls(**values)
+
+
+class _Invalid(ValueError):
+    """Bad input to one registration (becomes Status.INVALID_INPUT)."""
+
+
+def _failed(status: Status, message: str, pose: np.ndarray | None, timings: dict | None = None) -> RegistrationResult:
+    pose = np.full((4, 4), np.nan) if pose is None else np.asarray(pose, dtype=np.float64)
+    return RegistrationResult(pose=pose, covariance=np.full((6, 6), np.nan), cost=math.nan,
+                              initial_cost=math.nan, iterations=0, status=status, message=message,
+                              timings=dict(timings or {}), history=[])
+
+
+def _fov_mismatch(trained: CarmGeometry | None, actual: CarmGeometry) -> str:
+    """What differs physically between two detectors (sdd, size in mm, principal point); ''."""
+    if trained is None:
+        return ""
+    a = {"sdd": trained.sdd, "width_mm": trained.width * trained.delx, "height_mm": trained.height * trained.dely,
+         "x0": trained.x0, "y0": trained.y0}
+    b = {"sdd": actual.sdd, "width_mm": actual.width * actual.delx, "height_mm": actual.height * actual.dely,
+         "x0": actual.x0, "y0": actual.y0}
+    return ", ".join(f"{k} {a[k]:g} vs {b[k]:g}" for k in a
+                     if not math.isclose(a[k], b[k], rel_tol=1e-3, abs_tol=1e-3 * max(1.0, a["sdd"] / 1000)))
+
+
+def _check_image(image: Any, geometry: CarmGeometry) -> np.ndarray:
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise _Invalid(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim == 3 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim != 2:
+        raise _Invalid(f"image must be 2-D (H, W), got shape {image.shape}")
+    if not np.issubdtype(image.dtype, np.floating):
+        raise _Invalid(f"image must be a float line-integral image (log domain), got dtype {image.dtype}; "
+                       "convert raw intensities with log(I0) - log(I)")
+    if image.shape != (geometry.height, geometry.width):
+        raise _Invalid(f"image is {image.shape[0]}x{image.shape[1]} but the geometry is "
+                       f"{geometry.height}x{geometry.width}")
+    if not np.all(np.isfinite(image)):
+        raise _Invalid(f"image contains {int(np.size(image) - np.count_nonzero(np.isfinite(image)))} NaN or inf pixels")
+    if float(image.max()) - float(image.min()) <= 1e-12 * max(1.0, float(np.abs(image).max())):
+        raise _Invalid("image is constant (no contrast to register)")
+    return image.astype(np.float32, copy=False)
+
+
+def _check_pose(pose: Any) -> np.ndarray:
+    if isinstance(pose, torch.Tensor):
+        pose = pose.detach().cpu().numpy()
+    try:
+        T = np.asarray(pose, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise _Invalid(f"initial pose is not numeric ({exc})") from exc
+    if T.shape == (1, 4, 4):
+        T = T[0]
+    if T.shape != (4, 4):
+        raise _Invalid(f"initial pose must be 4x4, got shape {T.shape}")
+    if not np.all(np.isfinite(T)):
+        raise _Invalid("initial pose contains NaN or inf")
+    R = T[:3, :3]
+    if np.abs(R.T @ R - np.eye(3)).max() > 1e-3 or np.linalg.det(R) <= 0 or np.abs(T[3] - [0, 0, 0, 1]).max() > 1e-6:
+        raise _Invalid("initial pose is not a rigid transform (rotation not orthonormal or last row not 0 0 0 1)")
+    return T
+
+
+class Registrar:
+    """Register X-ray images of one CT: regressor (optional) then coarse-to-fine LM.
+
+    Args:
+        ct: the CT (HU). It is resampled to ``spacing_mm`` for rendering.
+        similarity: a residual model with ``embed``/``residuals`` (e.g. ``SimilarityNet``);
+            None → learning-free residuals (``config.residuals``).
+        regressor: ``PoseRegressor`` (images → poses) for registrations without an initial
+            pose; None → the AP view of the CT's centre is the default start.
+        config: :class:`RegistrarConfig`.
+        spacing_mm: voxel size for rendering (mm).
+    """
+
+    def __init__(self, ct: Volume, similarity=None, regressor=None, config: RegistrarConfig = RegistrarConfig(),
+                 spacing_mm: float = 2.0) -> None:
+        if not isinstance(ct, Volume):
+            raise ValueError(f"ct must be a Volume, got {type(ct).__name__}")
+        if not (math.isfinite(spacing_mm) and spacing_mm > 0):
+            raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.ct = ct
+        self.spacing_mm = float(spacing_mm)
+        render_ct = ct if np.allclose(ct.spacing, spacing_mm) else resample(ct, spacing_mm)
+        self._mu = torch.as_tensor(hu_to_attenuation(render_ct.data))
+        self._affine = render_ct.affine
+        self.center_world = np.asarray(ct.center_world, dtype=np.float64)
+        self.learned = similarity is not None
+        if similarity is None:
+            similarity = IntensityResiduals(gradients=config.residuals == "intensity+gradient",
+                                            levels=config.residual_levels, local_window=config.local_window)
+        if isinstance(similarity, torch.nn.Module):
+            similarity = similarity.to(self.device).eval()
+        self.similarity = similarity
+        self.regressor = regressor.to(self.device).eval() if regressor is not None else None
+        self.solver = LevenbergMarquardt(similarity, config.lm_config(learned=self.learned))
+        self._renderers: dict[CarmGeometry, DrrRenderer] = {}
+        self.model_geometry: CarmGeometry | None = None  # the detector the models were trained for
+        self.source = f"CT {ct.source} at {spacing_mm:g} mm; " + (
+            "learned similarity" if self.learned else f"learning-free {config.residuals} residuals") + (
+            " + regressor" if regressor is not None else "")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_files(cls, ct_path: str | None, model_path: str | None,
+                   config: RegistrarConfig = RegistrarConfig(), spacing_mm: float | None = None,
+                   force: bool = False) -> "Registrar":
+        """CT from a file (None → the embedded example CT) and models from a checkpoint
+        (None → learning-free). The checkpoint is refused for another CT unless ``force``.
+        ``spacing_mm`` None: the CT spacing the models were trained with, else 2 mm; the ray step
+        is the training one unless ``config.ray_step_mm`` is set."""
+        ct = load_example_ct()[0] if not ct_path else load_volume(ct_path)
+        if not model_path:
+            return cls(ct, config=config, spacing_mm=spacing_mm or 2.0)
+        from sphere_reg_ros.training.checkpoint import load_checkpoint
+
+        bundle = load_checkpoint(model_path, ct=ct, geometry=None, force=force,
+                                 map_location=resolve_device(config.device))
+        spacing = spacing_mm or getattr(bundle, "working_spacing_mm", None) or 2.0
+        step = (getattr(bundle, "training", None) or {}).get("step_mm")
+        if config.ray_step_mm is None and step:
+            config = replace(config, ray_step_mm=float(step))
+        reg = cls(ct, similarity=getattr(bundle, "similarity", None), regressor=getattr(bundle, "regressor", None),
+                  config=config, spacing_mm=float(spacing))
+        reg.bundle = bundle
+        reg.model_geometry = getattr(bundle, "geometry", None)
+        reg.source += f"; model {model_path}"
+        return reg
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def _multiple(self) -> int:
+        """Image sizes must be multiples of this (the similarity network's downsampling)."""
+        cfg = getattr(self.similarity, "config", None)
+        return int(getattr(cfg, "downsample", 1) or 1)
+
+    def registration_geometry(self, geometry: CarmGeometry) -> CarmGeometry:
+        """``geometry`` resized to the registration resolution (same field of view)."""
+        m = self._multiple
+        h = max(m, int(round(self.config.resolution / m)) * m)
+        w = max(m, int(round(self.config.resolution * geometry.width / geometry.height / m)) * m)
+        return geometry.resized(h, w)
+
+    def scale_geometries(self, geometry: CarmGeometry) -> list[CarmGeometry]:
+        """Coarse-to-fine geometries for a registration geometry (sizes multiples of the model's)."""
+        m, out = self._multiple, []
+        for s in self.config.scales:
+            h = max(m, int(round(geometry.height * s / m)) * m)
+            w = max(m, int(round(geometry.width * s / m)) * m)
+            g = geometry.resized(h, w)
+            if not out or out[-1] != g:
+                out.append(g)
+        return out
+
+    def renderer(self, geometry: CarmGeometry) -> DrrRenderer:
+        """The (cached) DRR renderer of ``geometry``."""
+        r = self._renderers.get(geometry)
+        if r is None:
+            if len(self._renderers) >= _MAX_RENDERERS:
+                self._renderers.pop(next(iter(self._renderers)))
+            r = DrrRenderer(self._mu, self._affine, geometry, step_mm=self.config.ray_step_mm).to(self.device)
+            self._renderers[geometry] = r
+        return r
+
+    def default_pose(self) -> np.ndarray:
+        """The AP view aimed at the CT's centre (``views.ap_pose``), (4, 4)."""
+        return ap_pose(self.center_world)[0].numpy()
+
+    # ------------------------------------------------------------------ registration
+    def register(self, image: np.ndarray, geometry: CarmGeometry, init_pose: np.ndarray | None = None,
+                 *, solver=None) -> RegistrationResult:
+        """Register one image ``(H, W)`` (float, log domain) taken with ``geometry``.
+
+        ``init_pose`` ``(4, 4)`` ``T_ct_from_carm`` (mm) to start from; None → the regressor, or
+        the AP view without one. Never raises for bad input (see the module docstring).
+        ``solver``: another optimiser with the LM's ``solve`` signature (e.g. a baseline from
+        :mod:`.baselines`) to run instead of ``self.solver``.
+        """
+        return self.register_batch([image], geometry, None if init_pose is None else [init_pose],
+                                   solver=solver)[0]
+
+    def register_batch(self, images: Sequence[np.ndarray] | np.ndarray, geometry: CarmGeometry,
+                       init_poses: Sequence[np.ndarray | None] | np.ndarray | None = None,
+                       *, solver=None) -> list[RegistrationResult]:
+        """Register ``N`` images ``(N, H, W)`` of one geometry, batched through the solver.
+
+        ``init_poses``: ``(N, 4, 4)``, a list with None entries (regressor / default), or None.
+        Timings per result are the batch's times divided by the number of valid images.
+        """
+        t0 = time.perf_counter()
+        try:
+            n = len(images)
+        except TypeError:
+            return [_failed(Status.INVALID_INPUT, f"images must be a sequence or (N, H, W) array, "
+                            f"got {type(images).__name__}", None)]
+        if not isinstance(geometry, CarmGeometry):
+            return [_failed(Status.INVALID_INPUT, f"geometry must be a CarmGeometry, got {type(geometry).__name__}",
+                            None) for _ in range(n)]
+        if init_poses is not None and len(init_poses) != n:
+            return [_failed(Status.INVALID_INPUT, f"{len(init_poses)} initial poses for {n} images", None)
+                    for _ in range(n)]
+        results: list[RegistrationResult | None] = [None] * n
+        valid, arrays, inits = [], [], []
+        for i in range(n):
+            init = None if init_poses is None else init_poses[i]
+            try:
+                arrays.append(_check_image(images[i], geometry))
+                inits.append(None if init is None else _check_pose(init))
+                valid.append(i)
+            except _Invalid as exc:
+                if len(arrays) > len(inits):
+                    arrays.pop()
+                results[i] = _failed(Status.INVALID_INPUT, str(exc), None,
+                                     {"total": time.perf_counter() - t0})
+        if valid:
+            try:
+                done = self._register_valid(arrays, inits, geometry, t0, solver or self.solver)
+            except Exception as exc:  # never let a bad case take the caller down
+                log.exception("registration failed")
+                status = Status.INVALID_INPUT if isinstance(exc, ValueError) else Status.DIVERGED
+                total = (time.perf_counter() - t0) / len(valid)
+                done = [_failed(status, f"{type(exc).__name__}: {exc}", init, {"total": total}) for init in inits]
+            for i, res in zip(valid, done):
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _register_valid(self, arrays: list[np.ndarray], inits: list[np.ndarray | None],
+                        geometry: CarmGeometry, t0: float, solver) -> list[RegistrationResult]:
+        n = len(arrays)
+        reg_geometry = self.registration_geometry(geometry)
+        full = torch.from_numpy(np.stack(arrays))[:, None].to(self.device)
+        fixed = resize_images(full, reg_geometry.height, reg_geometry.width)
+        messages = [""] * n
+        t_reg = 0.0
+        missing = [i for i in range(n) if inits[i] is None]
+        poses = np.stack([np.eye(4) if p is None else p for p in inits])
+        if missing:
+            if self.regressor is not None:
+                t1 = time.perf_counter()
+                cfg = self.regressor.config
+                with torch.no_grad():
+                    x = resize_images(full[missing], cfg.height, cfg.width)
+                    pred = self.regressor(x).detach().to("cpu", torch.float64).numpy()
+                poses[missing] = pred
+                t_reg = time.perf_counter() - t1
+                note = _fov_mismatch(self.model_geometry, geometry)
+                for i in missing:
+                    messages[i] = "initial pose from the regressor" + (f" (trained for another detector: {note})"
+                                                                       if note else "")
+            else:
+                poses[missing] = self.default_pose()
+                for i in missing:
+                    messages[i] = "initial pose: the AP view (no regressor, no initial pose given)"
+        renderers = [self.renderer(g) for g in self.scale_geometries(reg_geometry)]
+        t2 = time.perf_counter()
+        out = solver.solve(renderers, fixed, torch.from_numpy(poses), center=self.center_world)
+        t_lm = time.perf_counter() - t2
+        total = time.perf_counter() - t0
+        timings = {"regressor": t_reg / n, "lm": t_lm / n, "total": total / n}
+        results = out.to_results([timings] * n)
+        final = []
+        for i, res in enumerate(results):
+            msg = "; ".join(m for m in (res.message, messages[i]) if m)
+            final.append(RegistrationResult(pose=res.pose, covariance=res.covariance, cost=res.cost,
+                                            initial_cost=res.initial_cost, iterations=res.iterations,
+                                            status=res.status, message=msg, timings=res.timings,
+                                            history=res.history))
+        return final
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, pose: np.ndarray, geometry: CarmGeometry) -> np.ndarray:
+        """DRR ``(H, W)`` float32 (line integrals) of the CT at ``pose`` (4, 4) on ``geometry``.
+
+        Rendered at most ``config.render_max_size`` pixels per side and resized to ``(H, W)``.
+        Raises ValueError for a bad pose or geometry.
+        """
+        T = _check_pose(pose)
+        if not isinstance(geometry, CarmGeometry):
+            raise ValueError(f"geometry must be a CarmGeometry, got {type(geometry).__name__}")
+        side = max(geometry.height, geometry.width)
+        g = geometry
+        if side > self.config.render_max_size:
+            f = self.config.render_max_size / side
+            g = geometry.resized(max(1, round(geometry.height * f)), max(1, round(geometry.width * f)))
+        r = self.renderer(g)
+        with torch.no_grad():
+            img = r(torch.as_tensor(T, dtype=r.dtype, device=self.device)[None])
+            img = resize_images(img, geometry.height, geometry.width)
+        return img[0, 0].cpu().numpy().astype(np.float32)

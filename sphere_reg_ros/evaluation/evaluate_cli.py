@@ -1,0 +1,324 @@
+"""``sphere-reg evaluate`` and ``sphere-reg register``: the command-line faces of the registrar.
+
+The lead's ``sphere_reg_ros/cli.py`` wires them in::
+
+    add_evaluate_parser(sub)   # sets func=run_evaluate
+    add_register_parser(sub)   # sets func=run_register
+    args = parser.parse_args(argv); return args.func(args)
+
+Both return 0 on success and 2 on bad input (a message on stderr); ``register`` returns 1 when
+the registration ran but did not give a usable pose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["add_evaluate_parser", "run_evaluate", "add_register_parser", "run_register", "read_image",
+           "read_pose", "pose_json", "overlay_image"]
+
+log = logging.getLogger(__name__)
+
+
+# ============================================================================ evaluate
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` sub-command; returns its parser."""
+    from .evaluate import METHODS
+
+    p = subparsers.add_parser(
+        "evaluate", help="run registration methods on a benchmark file and print the seed's Table 1",
+        description="Run every method in one process on the same cases and start poses of a benchmark "
+        "(sphere-reg make-benchmark), print SMSR, median / 75th / 95th percentile mTRE and mean run time "
+        "(the seed paper's Table 1 layout), and write summary.csv, cases.csv, convergence.png and "
+        "landscape.png. Methods: " + "; ".join(f"{k}: {v}" for k, v in METHODS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--benchmark", type=Path, required=True, help="benchmark file (.npz)")
+    p.add_argument("--methods", nargs="+", default=["lm-intensity", "adam"], metavar="METHOD",
+                   help="methods to run (default: lm-intensity adam); unknown or unavailable ones are "
+                   "listed with the reason")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint for ours / ours-regressor / regressor "
+                   "(and the similarity adam/gd use); default: the checkpoint shipped in sphere_reg_ros/data, if any")
+    p.add_argument("--no-model", action="store_true", help="ignore the shipped checkpoint (learning-free runs)")
+    p.add_argument("--models", nargs="*", default=[], metavar="NAME=PATH",
+                   help="checkpoints of the ablations: ours-se3=, ours-so4=, euclidean=, hyperbolic=")
+    p.add_argument("--ct", type=Path, default=None,
+                   help="CT of the benchmark (default: its recorded source if it exists, else the example CT)")
+    p.add_argument("--force", action="store_true", help="use a CT whose fingerprint differs from the benchmark's")
+    p.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder (default ./evaluation)")
+    p.add_argument("--cases", type=int, default=None, help="evaluate the first N cases only")
+    p.add_argument("--spacing", type=float, default=2.0, metavar="MM", help="CT voxel size for DRRs (default 2)")
+    p.add_argument("--max-iterations", type=int, default=20, help="LM iteration cap per scale (default 20)")
+    p.add_argument("--adam-iterations", type=int, default=100,
+                   help="Adam / GD iteration cap per scale (default 100; DiffPose uses 500)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's); 1 is fastest on a loaded machine")
+    p.add_argument("--no-landscape", action="store_true", help="skip the similarity-landscape plot")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="time the first case too (default: one untimed warm-up registration per method)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_evaluate)
+    return p
+
+
+def _models(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--models entries must be NAME=PATH, got {item!r}")
+        out[name] = path
+    return out
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``evaluate``; prints the table; returns 0, or 2 on bad input."""
+    from sphere_reg_ros.core.registrar import RegistrarConfig
+    from sphere_reg_ros.core.volume import VolumeError, load_example_ct, load_volume
+
+    from .benchmark import BenchmarkError, ct_fingerprint, load_benchmark
+    from .evaluate import EvaluationConfig, evaluate, shipped_model
+
+    try:
+        if args.cases is not None and args.cases < 1:
+            raise ValueError("--cases must be >= 1")
+        models = _models(args.models)
+        bm = load_benchmark(args.benchmark)
+        if args.ct is not None:
+            ct = load_volume(args.ct)
+        elif Path(bm.ct_source).is_file():
+            ct = load_volume(bm.ct_source)
+        else:
+            ct = load_example_ct()[0]
+        fp = ct_fingerprint(ct)
+        if fp.get("sha256") != bm.ct_fingerprint.get("sha256") and not args.force:
+            raise ValueError(f"the CT {ct.source} is not the benchmark's ({bm.ct_source}): fingerprints differ "
+                             "(pass --ct with the right CT, or --force)")
+        base = RegistrarConfig(max_iterations=args.max_iterations, device=args.device)
+        ev = EvaluationConfig()
+        config = replace(ev, registrar=base, learning_free=replace(ev.learning_free, max_iterations=args.max_iterations,
+                                                                    device=args.device),
+                         gradient=replace(ev.gradient, max_iterations=args.adam_iterations),
+                         spacing_mm=args.spacing, cases=args.cases, landscape=not args.no_landscape,
+                         warmup=not args.no_warmup)
+    except (ValueError, BenchmarkError, VolumeError, OSError) as exc:
+        print(f"sphere-reg evaluate: {exc}", file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    model = str(args.model) if args.model else (None if args.no_model else shipped_model())
+    if model and not args.model:
+        print(f"using the shipped checkpoint {model}")
+    report = evaluate(bm, ct, args.methods, model=model, models=models,
+                      config=config, out_dir=args.out, progress=not args.no_progress)
+    print(report.text())
+    print(f"\nwrote {', '.join(str(f) for f in report.files)} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+# ============================================================================ register
+def add_register_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``register`` sub-command; returns its parser."""
+    p = subparsers.add_parser(
+        "register", help="register one X-ray image file to a CT",
+        description="Register one image (PNG, TIFF, DICOM or NumPy .npy) to a CT and write pose.json "
+        "(4x4 T_ct_from_carm in mm, quaternion xyzw + translation in m and mm, covariance), overlay.png "
+        "(the X-ray with the DRR's edges in colour) and report.txt.")
+    p.add_argument("--ct", type=Path, default=None, help="CT volume (default: the embedded example CT)")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: learning-free residuals)")
+    p.add_argument("--image", type=Path, required=True, help="X-ray: .png, .tif/.tiff, .dcm or .npy")
+    p.add_argument("--init", type=Path, default=None,
+                   help="initial pose: JSON (a 4x4 list, or an object with 'T_ct_from_carm_mm' / 'matrix') "
+                   "or .npy (4, 4), T_ct_from_carm in mm (default: the regressor, else the AP view)")
+    p.add_argument("--out", type=Path, default=Path("registration"), help="output folder")
+    p.add_argument("--geometry", type=Path, default=None,
+                   help="JSON with the C-arm intrinsics (sdd, height, width, delx, dely, x0, y0; mm)")
+    p.add_argument("--sdd", type=float, default=None, help="source-to-detector distance, mm (default 1020)")
+    p.add_argument("--pixel-spacing", type=float, default=None,
+                   help="detector pixel spacing, mm (default: DICOM tags, else 384 mm / largest side)")
+    p.add_argument("--domain", choices=("auto", "line-integral", "intensity"), default="auto",
+                   help="pixel values: line integrals (bright = dense, used as they are) or raw detector "
+                   "intensities (converted with log(max) - log(I)); auto: line integrals, DICOM MONOCHROME1 "
+                   "inverted")
+    p.add_argument("--resolution", type=int, default=64, help="registration resolution (default 64)")
+    p.add_argument("--spacing", type=float, default=None, metavar="MM",
+                   help="CT voxel size for DRRs (default: the model's training spacing, else 2)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--force", action="store_true", help="use a checkpoint made for another CT")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.set_defaults(func=run_register)
+    return p
+
+
+def read_image(path: Path, domain: str = "auto") -> tuple[np.ndarray, dict]:
+    """Image ``(H, W)`` float32 (line-integral domain) and geometry hints from its file."""
+    suffix = path.suffix.lower()
+    hints: dict = {}
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if suffix == ".npy":
+        img = np.load(path, allow_pickle=False)
+    elif suffix in (".dcm", ".dicom", ""):
+        import pydicom
+
+        ds = pydicom.dcmread(str(path))
+        img = ds.pixel_array
+        if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1" and domain == "auto":
+            img = img.max() - img
+        for tag in ("DistanceSourceToDetector",):
+            if tag in ds:
+                hints["sdd"] = float(ds.DistanceSourceToDetector)
+        for tag in ("ImagerPixelSpacing", "PixelSpacing"):
+            if tag in ds:
+                row, col = (float(v) for v in ds.data_element(tag).value)
+                hints["dely"], hints["delx"] = row, col
+                break
+    elif suffix in (".png", ".tif", ".tiff", ".jpg", ".jpeg"):
+        import matplotlib.image as mpimg  # PNG natively, TIFF/JPEG through Pillow
+
+        img = np.asarray(mpimg.imread(str(path)))
+    else:
+        raise ValueError(f"{path}: unsupported image format {suffix!r} (expected .png, .tif, .dcm or .npy)")
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[-1] in (3, 4):
+        img = img[..., :3].mean(-1)
+    img = np.squeeze(img)
+    if img.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D image, got shape {img.shape}")
+    img = img.astype(np.float32)
+    if domain == "intensity":
+        top = float(img.max())
+        img = np.log(max(top, 1e-6)) - np.log(np.clip(img, max(top * 1e-6, 1e-12), None))
+    return img.astype(np.float32), hints
+
+
+def read_pose(path: Path) -> np.ndarray:
+    """A 4x4 ``T_ct_from_carm`` (mm) from .npy or JSON (list, or dict with 'T_ct_from_carm_mm'/'matrix')."""
+    if path.suffix.lower() == ".npy":
+        T = np.load(path, allow_pickle=False)
+    else:
+        obj = json.loads(path.read_text())
+        if isinstance(obj, dict):
+            obj = obj.get("T_ct_from_carm_mm", obj.get("matrix"))
+        T = np.asarray(obj, dtype=np.float64)
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        raise ValueError(f"{path}: the initial pose must be a finite 4x4 matrix, got shape {T.shape}")
+    return T
+
+
+def pose_json(result, geometry) -> dict:
+    """JSON-ready description of a registration result."""
+    import torch
+
+    from sphere_reg_ros.core.geometry import pose_to_translation_quaternion
+
+    T = np.asarray(result.pose, dtype=np.float64)
+    finite = bool(np.all(np.isfinite(T)))
+    if finite:
+        t_m, q = pose_to_translation_quaternion(torch.as_tensor(T), unit="m")
+        t_m, q = t_m.tolist(), q.tolist()
+    else:
+        t_m, q = [math.nan] * 3, [math.nan] * 4
+
+    def clean(x):
+        return [[None if not math.isfinite(v) else v for v in row] for row in np.asarray(x, dtype=float).tolist()]
+
+    return {
+        "T_ct_from_carm_mm": clean(T),
+        "translation_mm": [None if not math.isfinite(v) else v * 1000.0 for v in t_m],
+        "translation_m": [None if not math.isfinite(v) else v for v in t_m],
+        "quaternion_xyzw": [None if not math.isfinite(v) else v for v in q],
+        "convention": "T_ct_from_carm maps C-arm optical-frame points (x right, y down, z source->detector, "
+                      "origin at the source) to CT world RAS; mm unless stated",
+        "status": result.status.value, "ok": result.ok, "message": result.message,
+        "cost": result.cost if math.isfinite(result.cost) else None,
+        "initial_cost": result.initial_cost if math.isfinite(result.initial_cost) else None,
+        "iterations": result.iterations,
+        "covariance_v_mm_w_rad": clean(result.covariance),
+        "position_std_mm": result.position_std_mm if math.isfinite(result.position_std_mm) else None,
+        "timings_s": result.timings, "geometry": geometry.to_dict(),
+    }
+
+
+def overlay_image(xray: np.ndarray, drr: np.ndarray) -> np.ndarray:
+    """RGB uint8 ``(kH, kW, 3)``: the X-ray in grey with the DRR's strongest edges in orange
+    (``k`` enlarges images smaller than 512 px by pixel repetition)."""
+    def norm(a: np.ndarray) -> np.ndarray:
+        lo, hi = np.percentile(a, [1, 99])
+        return np.clip((a - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+
+    k = max(1, int(np.ceil(512 / max(xray.shape))))  # small images are enlarged (nearest) for viewing
+    xray, drr = (np.kron(a.astype(np.float64), np.ones((k, k))) for a in (xray, drr))
+    gy, gx = np.gradient(drr)
+    mag = np.hypot(gx, gy)
+    edges = mag > np.percentile(mag, 92)
+    rgb = np.repeat(norm(xray)[..., None], 3, axis=-1)
+    rgb[edges] = 0.3 * rgb[edges] + 0.7 * np.array([1.0, 0.25, 0.05])
+    return (rgb * 255).astype(np.uint8)
+
+
+def run_register(args: argparse.Namespace) -> int:
+    """Run ``register``; returns 0 (usable pose), 1 (registration failed) or 2 (bad input)."""
+    import matplotlib.image as mpimg
+
+    from sphere_reg_ros.core.carm import CarmGeometry, CarmGeometryError
+    from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig
+    from sphere_reg_ros.core.volume import VolumeError
+
+    try:
+        image, hints = read_image(args.image, args.domain)
+        H, W = image.shape
+        if args.geometry is not None:
+            geometry = CarmGeometry.from_dict(json.loads(args.geometry.read_text()))
+        else:
+            spacing = args.pixel_spacing
+            delx = spacing or hints.get("delx") or 384.0 / max(H, W)
+            dely = spacing or hints.get("dely") or 384.0 / max(H, W)
+            geometry = CarmGeometry(sdd=args.sdd or hints.get("sdd", 1020.0), height=H, width=W, delx=delx, dely=dely)
+        init = read_pose(args.init) if args.init is not None else None
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        config = RegistrarConfig(resolution=args.resolution, device=args.device)
+        registrar = Registrar.from_files(str(args.ct) if args.ct else None, str(args.model) if args.model else None,
+                                         config, spacing_mm=args.spacing, force=args.force)
+    except (ValueError, VolumeError, CarmGeometryError, OSError) as exc:
+        print(f"sphere-reg register: {exc}", file=sys.stderr)
+        return 2
+    result = registrar.register(image, geometry, init)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = pose_json(result, geometry)
+    (out / "pose.json").write_text(json.dumps(info, indent=1))
+    files = [out / "pose.json"]
+    if np.all(np.isfinite(result.pose)):
+        drr = registrar.render(result.pose, geometry)
+        mpimg.imsave(out / "overlay.png", overlay_image(image, drr))
+        files.append(out / "overlay.png")
+    lines = [f"sphere-reg register: {args.image}",
+             f"CT / model: {registrar.source}",
+             f"geometry: {geometry.to_dict()}",
+             f"status: {result.status.value} ({result.message})",
+             f"cost: {result.initial_cost:.4g} -> {result.cost:.4g} in {result.iterations} iterations",
+             f"position std (from the covariance): {result.position_std_mm:.3g} mm",
+             "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()),
+             "T_ct_from_carm (mm):"] + ["  " + " ".join(f"{v:10.4f}" for v in row) for row in np.asarray(result.pose)]
+    (out / "report.txt").write_text("\n".join(lines) + "\n")
+    files.append(out / "report.txt")
+    print("\n".join(lines))
+    print(f"wrote {', '.join(str(f) for f in files)}")
+    return 0 if result.ok else 1

@@ -1,0 +1,202 @@
+"""LM solver: convergence, the chained Jacobian, step acceptance, bad input, covariance."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sphere_reg_ros.core.carm import CarmGeometry
+from sphere_reg_ros.core.drr import DrrRenderer
+from sphere_reg_ros.core.geometry import make_pose, se3_exp, so3_exp
+from sphere_reg_ros.core.lm import (LevenbergMarquardt, LMConfig, damped_solve, gain_ratio, increment_matrix,
+                                    residual_jacobian, robust_cost, update_lambda)
+from sphere_reg_ros.core.metrics import mtre, translation_error_mm
+from sphere_reg_ros.core.residuals import CombinedResiduals, IntensityResiduals
+from sphere_reg_ros.core.result import Status
+from sphere_reg_ros.core.views import ap_pose
+from sphere_reg_ros.core.volume import hu_to_attenuation
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one intra-op thread is as fast, and far faster on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def scene(small_ct):
+    """Renderers at 32 and 48 px of the 4 mm CT, a true pose and its DRR as the fixed image."""
+    ct = small_ct[0]
+    mu = hu_to_attenuation(ct.data)
+    g = CarmGeometry(sdd=1020.0, height=48, width=48, delx=8.0, dely=8.0)
+    renderers = [DrrRenderer(mu, ct.affine, g.resized(24)), DrrRenderer(mu, ct.affine, g)]
+    true = ap_pose(ct.center_world)
+    fixed = renderers[-1](true.float())
+    c = torch.as_tensor(ct.center_world)
+    landmarks = c + torch.tensor([[60.0, 0, 0], [0, 60, 0], [0, 0, 60], [-40, -40, -40]], dtype=torch.float64)
+    return renderers, true, fixed, c, landmarks, (mu, ct.affine)
+
+
+def _offset(true, c, rot_deg, trans):
+    w = torch.tensor(rot_deg, dtype=torch.float64).deg2rad()[None]
+    R = so3_exp(w)[0]
+    return make_pose(R[None], (c - R @ c + torch.tensor(trans, dtype=torch.float64))[None]) @ true
+
+
+@pytest.mark.parametrize("damping", ["marquardt", "levenberg"])
+def test_converges_from_8mm_and_4deg(scene, damping):
+    renderers, true, fixed, c, landmarks, _ = scene
+    init = _offset(true, c, [3.0, -2.0, 2.0], [5.0, -4.0, 3.0])
+    assert float(mtre(init, true, landmarks)) > 5.0
+    res = LevenbergMarquardt(IntensityResiduals(), LMConfig(damping=damping)).solve(renderers, fixed, init)
+    assert res.status[0] in (Status.CONVERGED, Status.MAX_ITERATIONS), res.message
+    assert float(translation_error_mm(res.pose, true)) < 0.5
+    assert float(mtre(res.pose, true, landmarks)) < 0.5
+    assert int(res.iterations[0]) <= 20
+    assert float(res.cost[0]) < 0.01 * float(res.initial_cost[0])
+    # accepted steps never raise the cost within a scale; the history starts at iteration 0
+    hist = res.history[0]
+    assert hist[0]["iteration"] == 0 and len(hist) == int(res.iterations[0]) + 1
+    for scale in {h["scale"] for h in hist}:
+        costs = [h["cost"] for h in hist if h["scale"] == scale]
+        assert all(b <= a + 1e-12 for a, b in zip(costs, costs[1:]))
+    # covariance: symmetric positive definite, of the world increment (v mm, w rad)
+    cov = res.covariance[0]
+    torch.testing.assert_close(cov, cov.T)
+    assert float(torch.linalg.eigvalsh(cov).min()) > 0
+
+
+class _TinyNet(torch.nn.Module):
+    """A small conv net with the residual-model interface (float64-capable)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(),
+                                        torch.nn.Conv2d(4, 3, 3, stride=2, padding=1))
+
+    def embed(self, x):
+        z = (x - x.mean((2, 3), keepdim=True)) / (x.std((2, 3), keepdim=True) + 1e-6)
+        e = self.conv(z)
+        return e / torch.sqrt((e * e).sum(1, keepdim=True) + 1.0)
+
+    def residuals(self, em, ef):
+        return (em - ef).flatten(1)
+
+
+@pytest.mark.parametrize("model", [IntensityResiduals(gradients=True, levels=2, local_window=0.2), _TinyNet(),
+                                   CombinedResiduals([_TinyNet(), IntensityResiduals(gradients=True)], [1.0, 3.0])],
+                         ids=["intensity", "tiny-net", "combined"])
+def test_chained_jacobian_matches_finite_differences_float64(scene, model):
+    _, true, _, c, _, (mu, affine) = scene
+    r64 = DrrRenderer(mu, affine, CarmGeometry(sdd=1020.0, height=20, width=16, delx=19.2, dely=19.2, x0=5.0)).double()
+    model = model.double()
+    pose = _offset(true, c, [2.0, 1.0, -1.5], [3.0, 2.0, -4.0])
+    window = r64.window(pose)
+    P = increment_matrix(c, 100.0)
+    emb_f = model.embed(torch.rand(1, 1, 20, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    img, jd = r64.render_with_jacobian(pose, window=window)
+    r, J = residual_jacobian(model, img, emb_f, jd @ P)
+    fd = torch.zeros_like(J)
+    for k in range(6):  # the DRR is piecewise linear in the pose: small steps (1e-4 mm, 1e-6 rad)
+        h = 1e-4
+        s = torch.zeros(1, 6, dtype=torch.float64)
+        s[0, k] = h
+        rp = model.residuals(model.embed(r64(se3_exp(s @ P.T) @ pose, window=window)), emb_f)
+        rm = model.residuals(model.embed(r64(se3_exp(-s @ P.T) @ pose, window=window)), emb_f)
+        fd[..., k] = (rp - rm) / (2 * h)
+    rel = float((J - fd).detach().norm() / fd.detach().norm())
+    assert rel < 5e-4, f"relative Jacobian error {rel:.2e}"
+    for k in range(6):
+        assert float((J[..., k] - fd[..., k]).detach().norm() / fd[..., k].detach().norm()) < 2e-3
+
+
+def test_damped_solve_and_gain_ratio_reject_a_bad_step():
+    H = torch.diag(torch.tensor([4.0, 1.0, 2.0, 1.0, 3.0, 1.0], dtype=torch.float64))[None].repeat(2, 1, 1)
+    g = torch.ones(2, 6, dtype=torch.float64)
+    lam = torch.tensor([1e-3, 1e-3], dtype=torch.float64)
+    D = torch.diagonal(H, dim1=-2, dim2=-1)
+    s, ok = damped_solve(H, g, lam, D)
+    assert ok.all()
+    torch.testing.assert_close((H + lam[:, None, None] * torch.diag_embed(D)) @ s[..., None], -g[..., None])
+    assert float((s * g).sum(-1).max()) < 0  # a descent direction: the cost decreases along +s
+    cost = torch.tensor([5.0, 5.0], dtype=torch.float64)
+    _, pred = gain_ratio(cost, cost, s, g, lam, D)
+    assert float(pred.min()) > 0
+    new_cost = cost - pred * torch.tensor([0.9, -0.5], dtype=torch.float64)  # element 1: the step made things worse
+    rho, _ = gain_ratio(cost, new_cost, s, g, lam, D)
+    torch.testing.assert_close(rho, torch.tensor([0.9, -0.5], dtype=torch.float64))
+    accepted = rho > 1e-3
+    assert accepted.tolist() == [True, False]
+    nu = torch.tensor([2.0, 2.0], dtype=torch.float64)
+    new_lam, new_nu = update_lambda(lam, nu, rho, accepted, 1e-9, 1e9)
+    assert float(new_lam[0]) < float(lam[0]) and float(new_lam[1]) == pytest.approx(2 * float(lam[1]))
+    assert new_nu.tolist() == [2.0, 4.0]
+    # non-finite trial cost: never accepted
+    rho, _ = gain_ratio(cost, torch.tensor([math.nan, math.inf], dtype=torch.float64), s, g, lam, D)
+    assert not (rho > 0).any()
+
+
+def test_robust_cost_matches_least_squares_for_small_residuals():
+    r = torch.tensor([[1e-4, -2e-4, 3e-4]], dtype=torch.float64)
+    plain, w0 = robust_cost(r, None)
+    cauchy, w = robust_cost(r, None, "cauchy", torch.tensor([1.0], dtype=torch.float64))
+    assert w0 is None
+    torch.testing.assert_close(cauchy, plain, rtol=1e-6, atol=0)
+    big = robust_cost(torch.tensor([[100.0]], dtype=torch.float64), None, "cauchy", torch.tensor([1.0]))[1]
+    assert float(big) < 1e-3  # outliers get (almost) no weight
+
+
+class _MeanOnly:
+    """Residuals that see only the image mean: the pose is not determined (rank-1 Jacobian)."""
+
+    def embed(self, x):
+        return x.mean((2, 3))
+
+    def residuals(self, em, ef):
+        return em - ef
+
+
+def test_singular_normal_equations_give_a_status(scene):
+    renderers, true, fixed, c, _, _ = scene
+    init = _offset(true, c, [1.0, 0.0, 0.0], [2.0, 0.0, 0.0])
+    res = LevenbergMarquardt(_MeanOnly()).solve(renderers[:1], fixed, init)
+    assert res.status == [Status.SINGULAR]
+    assert torch.isnan(res.covariance).all()
+    torch.testing.assert_close(res.pose, init)
+
+
+def test_bad_elements_get_invalid_input_and_the_rest_registers(scene):
+    renderers, true, fixed, c, landmarks, _ = scene
+    init = _offset(true, c, [1.0, 1.0, 0.0], [2.0, -2.0, 1.0]).repeat(3, 1, 1)
+    fixed3 = fixed.repeat(3, 1, 1, 1).clone()
+    fixed3[1, 0, 3, 3] = float("nan")
+    init[2, 0, 0] = float("nan")
+    res = LevenbergMarquardt(IntensityResiduals(), LMConfig(max_iterations=10)).solve(renderers, fixed3, init)
+    assert res.status[1] == Status.INVALID_INPUT and "NaN" in res.message[1]
+    assert res.status[2] == Status.INVALID_INPUT and "pose" in res.message[2]
+    assert res.status[0].usable
+    assert float(mtre(res.pose[:1], true, landmarks)) < 0.5
+
+
+def test_runaway_is_divergence(scene):
+    renderers, true, fixed, c, _, _ = scene
+    init = _offset(true, c, [2.0, 1.0, 0.0], [6.0, -4.0, 2.0])
+    res = LevenbergMarquardt(IntensityResiduals(), LMConfig(max_translation_mm=0.5)).solve(renderers[:1], fixed, init)
+    assert res.status == [Status.DIVERGED]
+    assert "initial pose" in res.message[0]
+
+
+def test_unrolled_solve_is_differentiable(scene):
+    renderers, true, _, c, _, _ = scene
+    fixed = renderers[0](true.float()).detach().requires_grad_(True)
+    init = _offset(true, c, [1.0, -1.0, 0.5], [2.0, 1.0, -2.0])
+    res = LevenbergMarquardt(IntensityResiduals(), LMConfig(unrolled=True, max_iterations=3)).solve(
+        renderers[:1], fixed, init)
+    assert res.pose.requires_grad
+    res.pose[:, :3, 3].sum().backward()
+    assert fixed.grad is not None and torch.isfinite(fixed.grad).all() and float(fixed.grad.abs().sum()) > 0

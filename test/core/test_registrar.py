@@ -1,0 +1,158 @@
+"""Registrar: end to end on a small CT, bad input as a status, batching, models, rendering."""
+
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from sphere_reg_ros.core.carm import CarmGeometry
+from sphere_reg_ros.core.geometry import make_pose, so3_exp
+from sphere_reg_ros.core.metrics import mtre
+from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig
+from sphere_reg_ros.core.result import Status
+from sphere_reg_ros.core.volume import resample
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one intra-op thread is as fast, and far faster on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+GEOMETRY = CarmGeometry(sdd=1020.0, height=64, width=64, delx=6.0, dely=6.0)  # image at 2x the resolution
+
+
+@pytest.fixture(scope="module")
+def ct8(small_ct):
+    return resample(small_ct[0], 8.0)
+
+
+@pytest.fixture(scope="module")
+def registrar(ct8):
+    return Registrar(ct8, config=RegistrarConfig(resolution=32, scales=(0.5, 1.0)), spacing_mm=8.0)
+
+
+def _mtre(registrar, pose, true):
+    """mTRE (mm) on landmarks 60 mm around the CT centre."""
+    pts = registrar.center_world + np.array([[60.0, 0, 0], [0, 60, 0], [0, 0, 60], [-40, -40, -40]])
+    return float(mtre(torch.as_tensor(pose)[None], torch.as_tensor(true)[None], torch.as_tensor(pts)))
+
+
+def _offset(T, c, rot_deg, trans):
+    R = so3_exp(torch.tensor(rot_deg, dtype=torch.float64).deg2rad()[None])[0].numpy()
+    D = np.eye(4)
+    D[:3, :3], D[:3, 3] = R, c - R @ c + np.asarray(trans)
+    return D @ T
+
+
+@pytest.fixture(scope="module")
+def case(registrar):
+    true = registrar.default_pose()
+    image = registrar.render(true, GEOMETRY)
+    init = _offset(true, registrar.center_world, [2.0, -2.0, 1.5], [4.0, 3.0, -3.0])
+    return image, true, init
+
+
+def test_registers_a_rendered_image(registrar, case):
+    image, true, init = case
+    assert image.shape == (64, 64) and image.dtype == np.float32 and np.isfinite(image).all()
+    res = registrar.register(image, GEOMETRY, init)
+    assert res.ok, res.message
+    assert _mtre(registrar, init, true) > 5.0
+    assert _mtre(registrar, res.pose, true) < 1.0
+    assert set(res.timings) >= {"regressor", "lm", "total"} and res.timings["regressor"] == 0.0
+    assert res.pose.shape == (4, 4) and res.covariance.shape == (6, 6)
+    assert res.cost < res.initial_cost and res.iterations > 0 and res.history
+
+
+@pytest.mark.parametrize("image, needle", [
+    (np.full((64, 64), np.nan, dtype=np.float32), "NaN"),
+    (np.zeros((48, 64), dtype=np.float32), "geometry"),
+    (np.zeros((64, 64), dtype=np.uint16), "float"),
+    (np.ones((64, 64), dtype=np.float32), "constant"),
+    (np.zeros((2, 64, 64), dtype=np.float32), "2-D"),
+    ("not an image", "numpy"),
+    (None, "numpy"),
+])
+def test_bad_images_give_invalid_input(registrar, image, needle):
+    res = registrar.register(image, GEOMETRY, registrar.default_pose())
+    assert res.status == Status.INVALID_INPUT
+    assert needle in res.message
+    assert not res.ok and np.isnan(res.covariance).all()
+
+
+@pytest.mark.parametrize("pose, needle", [
+    (np.full((4, 4), np.nan), "NaN"), (np.eye(3), "4x4"), (2 * np.eye(4), "rigid"), ("x", "numeric")])
+def test_bad_initial_poses_and_geometry_give_invalid_input(registrar, case, pose, needle):
+    image = case[0]
+    res = registrar.register(image, GEOMETRY, pose)
+    assert res.status == Status.INVALID_INPUT and needle in res.message
+    assert registrar.register(image, "not a geometry").status == Status.INVALID_INPUT
+
+
+def test_batch_mixes_good_and_bad_images(registrar, case):
+    image, true, init = case
+    bad = image.copy()
+    bad[3, 3] = np.inf
+    results = registrar.register_batch([image, bad, image], GEOMETRY, [init, init, init])
+    assert [r.status == Status.INVALID_INPUT for r in results] == [False, True, False]
+    for r in (results[0], results[2]):
+        assert r.ok
+        assert _mtre(registrar, r.pose, true) < 1.0
+
+
+def test_without_initial_pose_starts_from_the_ap_view(registrar, case):
+    res = registrar.register(case[0], GEOMETRY)
+    assert "AP view" in res.message
+    assert res.status != Status.INVALID_INPUT
+
+
+def test_non_square_images_keep_the_field_of_view(registrar):
+    g = CarmGeometry(sdd=1020.0, height=48, width=64, delx=6.0, dely=6.0, x0=3.0)
+    rg = registrar.registration_geometry(g)
+    assert (rg.height, rg.width) == (32, 43)
+    assert rg.width * rg.delx == pytest.approx(g.width * g.delx) and rg.x0 == g.x0
+    img = registrar.render(registrar.default_pose(), g)
+    assert img.shape == (48, 64)
+    res = registrar.register(img, g, registrar.default_pose())
+    assert res.ok and _mtre(registrar, res.pose, registrar.default_pose()) < 1.0
+
+
+def test_renders_large_geometries_at_the_capped_size(registrar):
+    big = CarmGeometry(sdd=1020.0, height=600, width=600, delx=0.64, dely=0.64)
+    img = registrar.render(registrar.default_pose(), big)
+    assert img.shape == (600, 600) and np.isfinite(img).all() and img.max() > 0
+    with pytest.raises(ValueError):
+        registrar.render(np.full((4, 4), np.nan), big)
+
+
+def test_from_files_reads_a_ct_and_goes_learning_free(tmp_path, ct8):
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ct8.data, ct8.affine), str(path))
+    reg = Registrar.from_files(str(path), None, RegistrarConfig(resolution=16, scales=(1.0,)), spacing_mm=8.0)
+    assert not reg.learned and "learning-free" in reg.source
+    res = reg.register(reg.render(reg.default_pose(), GEOMETRY), GEOMETRY, reg.default_pose())
+    assert res.ok
+
+
+def test_a_tiny_untrained_similarity_net_and_regressor_run_end_to_end(ct8, case):
+    models = pytest.importorskip("sphere_reg_ros.core.models")
+    torch.manual_seed(0)
+    sim = models.SimilarityNet(models.SimilarityConfig(channels=4, stem_widths=(4, 8), model_dim=8, depth=1, heads=2))
+    reg_net = models.PoseRegressor(models.RegressorConfig("resnet10t", 32, 32), center_world=ct8.center_world)
+    reg = Registrar(ct8, similarity=sim, regressor=reg_net,
+                    config=RegistrarConfig(resolution=32, scales=(0.5, 1.0), max_iterations=4), spacing_mm=8.0)
+    image, true, init = case
+    res = reg.register(image, GEOMETRY, init)
+    assert res.status != Status.INVALID_INPUT, res.message
+    assert np.isfinite(res.pose).all() and math.isfinite(res.cost) and res.timings["regressor"] == 0.0
+    res = reg.register(image, GEOMETRY)  # initial pose from the (untrained) regressor
+    assert "regressor" in res.message and res.timings["regressor"] > 0
+    assert np.isfinite(res.pose).all()
+    bad = reg.register(np.full((64, 64), np.nan, dtype=np.float32), GEOMETRY)
+    assert bad.status == Status.INVALID_INPUT

@@ -1,0 +1,166 @@
+"""Evaluation suite on a tiny benchmark: the table has every row, CSVs and plots are written."""
+
+import argparse
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from sphere_reg_ros.core.baselines import GradientConfig
+from sphere_reg_ros.core.registrar import RegistrarConfig
+from sphere_reg_ros.core.volume import load_volume, resample
+from sphere_reg_ros.evaluation.benchmark import make_benchmark, save_benchmark
+from sphere_reg_ros.evaluation.evaluate import EvaluationConfig, convergence_point, evaluate
+from sphere_reg_ros.evaluation.evaluate_cli import (add_evaluate_parser, add_register_parser, overlay_image,
+                                                    read_image)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one intra-op thread is as fast, and far faster on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(small_ct, tmp_path_factory):
+    """An 8 mm CT written to NIfTI (so the CLI can load it) and a 3-case 16-px benchmark of it."""
+    folder = tmp_path_factory.mktemp("tiny")
+    path = folder / "ct8.nii.gz"
+    ct8 = resample(small_ct[0], 8.0)
+    nib.save(nib.Nifti1Image(ct8.data, ct8.affine), str(path))
+    ct = load_volume(path)
+    bm = make_benchmark(ct, None, None, n_cases=3, seed=0, resolution=16)
+    save_benchmark(folder / "bm.npz", bm)
+    return ct, bm, folder
+
+
+def _config(**kw):
+    reg = RegistrarConfig(max_iterations=3, scales=(1.0,))
+    return EvaluationConfig(registrar=reg, learning_free=RegistrarConfig(max_iterations=3, scales=(1.0,), local_window=0.25),
+                            gradient=GradientConfig(max_iterations=3), spacing_mm=8.0, warmup=False, **kw)
+
+
+def test_evaluate_prints_every_row_and_writes_csv_and_plots(tiny, tmp_path):
+    ct, bm, _ = tiny
+    methods = ["lm-intensity", "adam", "gd", "ncc-adam", "ours", "xvr", "no-such-method"]
+    report = evaluate(bm, ct, methods, config=_config(), out_dir=tmp_path, progress=False)
+    assert list(report.runs) == ["lm-intensity", "adam", "gd", "ncc-adam"]
+    assert set(report.unavailable) == {"ours", "xvr", "no-such-method"}
+    assert "--model" in report.unavailable["ours"] and "unknown" in report.unavailable["no-such-method"]
+    text = report.text()
+    for name in methods:
+        assert name in text
+    for name in report.runs:
+        assert any(line.startswith(f"| {name} ") for line in report.table.splitlines())
+        run = report.runs[name]
+        assert len(run.results) == 3 and run.summary.n == 3 and np.all(run.run_time_s > 0)
+    names = {p.name for p in report.files}
+    assert {"summary.csv", "cases.csv", "convergence.png", "landscape.png", "table.txt"} <= names
+    for p in report.files:
+        assert p.stat().st_size > 0
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [r["method"] for r in rows] == ["lm-intensity", "adam", "gd", "ncc-adam", "ours", "xvr", "no-such-method"]
+    assert rows[-1]["note"].startswith("unavailable")
+    assert len(list(csv.DictReader(open(tmp_path / "cases.csv")))) == 12
+
+
+def test_failed_cases_count_as_failed(tiny, tmp_path):
+    ct, bm, _ = tiny
+    bad = bm.images.copy()
+    bad[1, 0, 0] = np.nan
+    from dataclasses import replace
+
+    bm_bad = replace(bm, images=bad)
+    report = evaluate(bm_bad, ct, ["lm-intensity"], config=_config(landscape=False), progress=False)
+    run = report.runs["lm-intensity"]
+    assert run.summary.n == 3 and np.isinf(run.mtre_mm[1]) and run.results[1].status.value == "invalid_input"
+
+
+def test_convergence_point():
+    m = np.array([20.0, 5.0, 1.2, 0.55, 0.5, 0.5])
+    it = np.arange(6.0)
+    assert convergence_point(m, it * 0.5, it) == (3.0, 1.5)
+    assert convergence_point(np.array([]), np.array([]), np.array([]))[0] != 0
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="sphere-reg")
+    sub = parser.add_subparsers(dest="command")
+    add_evaluate_parser(sub)
+    add_register_parser(sub)
+    return parser.parse_args(argv)
+
+
+def test_evaluate_command(tiny, tmp_path, capsys):
+    _, _, folder = tiny
+    args = _parse(["evaluate", "--benchmark", str(folder / "bm.npz"), "--ct", str(folder / "ct8.nii.gz"),
+                   "--methods", "lm-intensity", "adam", "bogus", "--cases", "2", "--max-iterations", "2",
+                   "--adam-iterations", "2", "--spacing", "8", "--out", str(tmp_path), "--no-progress",
+                   "--no-landscape", "--no-warmup", "--no-model"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "| Method" in out and "| lm-intensity" in out and "| adam" in out and "bogus: unknown" in out
+    assert (tmp_path / "summary.csv").is_file() and (tmp_path / "convergence.png").is_file()
+    bad = _parse(["evaluate", "--benchmark", str(tmp_path / "missing.npz")])
+    assert bad.func(bad) == 2
+
+
+def test_register_command_writes_pose_overlay_and_report(tiny, tmp_path):
+    ct, bm, folder = tiny
+    np.save(tmp_path / "xray.npy", bm.images[0])
+    (tmp_path / "geometry.json").write_text(json.dumps(bm.render_geometry.to_dict()))
+    (tmp_path / "init.json").write_text(json.dumps(bm.poses_init[0].tolist()))
+    args = _parse(["register", "--ct", str(folder / "ct8.nii.gz"), "--image", str(tmp_path / "xray.npy"),
+                   "--geometry", str(tmp_path / "geometry.json"), "--init", str(tmp_path / "init.json"),
+                   "--resolution", "16", "--spacing", "8", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert args.func(args) in (0, 1)
+    info = json.loads((tmp_path / "out" / "pose.json").read_text())
+    assert np.asarray(info["T_ct_from_carm_mm"]).shape == (4, 4)
+    assert len(info["quaternion_xyzw"]) == 4 and len(info["translation_m"]) == 3
+    assert info["translation_mm"][0] == pytest.approx(info["translation_m"][0] * 1000)
+    assert (tmp_path / "out" / "overlay.png").stat().st_size > 0
+    assert "status" in (tmp_path / "out" / "report.txt").read_text()
+    missing = _parse(["register", "--image", str(tmp_path / "nope.png")])
+    assert missing.func(missing) == 2
+
+
+def test_image_readers_and_overlay(tmp_path):
+    import matplotlib.image as mpimg
+
+    img = np.linspace(0.05, 1, 32 * 24).reshape(24, 32)
+    mpimg.imsave(tmp_path / "x.png", img, cmap="gray", vmin=0, vmax=1)
+    a, _ = read_image(tmp_path / "x.png")
+    assert a.shape == (24, 32) and a.dtype == np.float32
+    b, _ = read_image(tmp_path / "x.png", "intensity")
+    assert np.isfinite(b).all() and b[0, -1] < b[0, 1]  # bright = low attenuation after the log
+    rgb = overlay_image(a, a)
+    assert rgb.shape == (24 * 16, 32 * 16, 3) and rgb.dtype == np.uint8
+    with pytest.raises(ValueError):
+        read_image(tmp_path / "x.bmp2")
+
+
+def test_learned_methods_run_from_a_checkpoint(tiny, tmp_path):
+    models = pytest.importorskip("sphere_reg_ros.core.models")
+    checkpoint = pytest.importorskip("sphere_reg_ros.training.checkpoint")
+    ct, bm, _ = tiny
+    torch.manual_seed(0)
+    sim = models.SimilarityNet(models.SimilarityConfig(channels=4, stem_widths=(4, 8), model_dim=8, depth=1, heads=2))
+    reg = models.PoseRegressor(models.RegressorConfig("resnet10t", 16, 16), center_world=ct.center_world)
+    path = checkpoint.save_checkpoint(tmp_path / "m.pt", sim, reg, bm.geometry, ct)
+    eu = models.SimilarityNet(models.SimilarityConfig(embedding="euclidean", channels=4, stem_widths=(4, 8),
+                                                      model_dim=8, depth=1, heads=2))
+    path_eu = checkpoint.save_checkpoint(tmp_path / "eu.pt", eu, reg, bm.geometry, ct)
+    methods = ["ours", "ours-regressor", "regressor", "adam", "euclidean", "hyperbolic"]
+    report = evaluate(bm, ct, methods, model=str(path), models={"euclidean": str(path_eu)},
+                      config=_config(cases=2), out_dir=tmp_path / "out", progress=False)
+    assert list(report.runs) == ["ours", "ours-regressor", "regressor", "adam", "euclidean"]
+    assert set(report.unavailable) == {"hyperbolic"}
+    assert all(r.summary.n == 2 for r in report.runs.values())
+    assert report.runs["regressor"].results[0].iterations == 0
+    assert (tmp_path / "out" / "landscape.png").stat().st_size > 0
