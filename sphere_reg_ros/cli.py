@@ -57,6 +57,16 @@ def _add_demo_parser(subparsers) -> None:
     parser.set_defaults(func=_run_ros_command("sphere_reg_ros.ros.demo"))
 
 
+def _add_benchmark_node_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "benchmark-node", help="end-to-end latency image -> TF (cold, tracking) and memory of the node (needs ROS 2)")
+    parser.add_argument("--frames", type=int, default=10, help="timed frames per mode (default 10)")
+    parser.add_argument("--memory-frames", type=int, default=0, help="extra tracking frames for the memory check")
+    parser.add_argument("--devices", default="cpu", help="comma-separated: cpu,cuda")
+    parser.add_argument("--json", default=None, help="write the results as JSON")
+    parser.set_defaults(func=_run_ros_command("sphere_reg_ros.ros.benchmark_latency"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sphere-reg",
@@ -65,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo_parser(subparsers)
+    _add_benchmark_node_parser(subparsers)
     evaluation_cli.add_make_benchmark_parser(subparsers)
     bench_drr.add_parser(subparsers)
     for module, function in _COMMAND_MODULES:

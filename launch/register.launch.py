@@ -1,0 +1,60 @@
+"""Launch sphere_reg_ros' registration node (and optionally RViz with TF and the overlay).
+
+    ros2 launch sphere_reg_ros register.launch.py image:=/carm/image camera_info:=/carm/camera_info
+    ros2 launch sphere_reg_ros register.launch.py params_file:=/path/to/register.yaml launch_rviz:=true
+
+Arguments: ``params_file`` (default: the package's config/register.yaml), ``namespace``
+(default: none), ``image`` and ``camera_info`` (topics the node's ``image`` / ``camera_info``
+subscriptions are remapped to), ``use_sim_time`` (false), ``launch_rviz`` (false; RViz opens
+config/register.rviz, which shows TF and ``/registration_node/overlay``).
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+PACKAGE = "sphere_reg_ros"
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = FindPackageShare(PACKAGE)
+    arguments = [
+        DeclareLaunchArgument(
+            "params_file", default_value=PathJoinSubstitution([share, "config", "register.yaml"]),
+            description="YAML file with the registration node's parameters"),
+        DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node"),
+        DeclareLaunchArgument("image", default_value="image",
+                              description="C-arm image topic (mono8, mono16/16UC1, 32FC1)"),
+        DeclareLaunchArgument("camera_info", default_value="camera_info",
+                              description="CameraInfo topic of the C-arm images"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="Use /clock (simulation or bag replay) as the node's clock"),
+        DeclareLaunchArgument("launch_rviz", default_value="false",
+                              description="Also start RViz showing TF and the overlay"),
+    ]
+    use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
+    node = Node(
+        package=PACKAGE,
+        executable="registration_node",
+        name="registration_node",
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[LaunchConfiguration("params_file"), {"use_sim_time": use_sim_time}],
+        remappings=[("image", LaunchConfiguration("image")),
+                    ("camera_info", LaunchConfiguration("camera_info"))],
+        output="screen",
+        emulate_tty=True,
+    )
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", PathJoinSubstitution([share, "config", "register.rviz"])],
+        parameters=[{"use_sim_time": use_sim_time}],
+        condition=IfCondition(LaunchConfiguration("launch_rviz")),
+        output="screen",
+    )
+    return LaunchDescription([*arguments, node, rviz])

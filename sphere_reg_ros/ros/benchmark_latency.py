@@ -1,0 +1,351 @@
+"""End-to-end latency of the registration node, image published → TF received (not a test).
+
+    python -m sphere_reg_ros.ros.benchmark_latency [--frames 10] [--memory-frames 500] [--devices cpu,cuda]
+    sphere-reg benchmark-node ...            (the same, wired by the command line)
+
+Per device it starts the node in a subprocess (``python -m sphere_reg_ros.ros.registration_node``)
+at its default settings (embedded example CT at 2 mm, 64 px registration, learning-free residuals
+unless a checkpoint ships) on a private ``ROS_DOMAIN_ID``, and plays the C-arm from this process:
+X-rays rendered with ``DrrRenderer`` (``--image-size`` px, 32FC1 line integrals) plus CameraInfo.
+
+* cold: ``tracking:=false``; poses drawn around the AP view (±``--cold-rot-deg``,
+  ±``--cold-trans-mm``); the node starts from its default (regressor, else the AP view);
+* tracking: ``tracking:=true``; a slow trajectory (``--step-mm``, ``--step-deg`` per frame, back
+  and forth), so every frame warm-starts from the last accepted pose.
+
+Every frame is sent after the previous one's result (no drops), and its latency is the time from
+``publish`` to the TF with its stamp arriving here (a frame whose registration fails a gate has
+no TF and is counted as failed). The node's resident memory (``/proc/<pid>/status`` VmRSS) is
+read after start-up, after the warm-up frame and after ``--memory-frames`` further tracking
+frames. The issue's targets are printed beside the numbers: CPU ≤ 3 s per cold frame, tracking
+≥ 2× faster than cold; GPU ≤ 0.3 s cold, ≥ 10 Hz tracking; memory flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..core.drr import DrrRenderer
+from ..core.geometry import se3_exp
+from ..core.views import ap_pose, default_geometry
+from ..core.volume import hu_to_attenuation, load_example_ct, load_volume, resample
+from . import conversions as conv
+
+__all__ = ["main", "run", "add_arguments"]
+
+_NODE = "benchmark_registration_node"
+_DEFAULTS = dict(frames=10, memory_frames=500, devices="", image_size=128, ct=None, spacing=2.0,
+                 resolution=64, cold_rot_deg=3.0, cold_trans_mm=8.0, step_mm=0.5, step_deg=0.1,
+                 timeout=300.0, json=None, seed=0)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's options (shared by ``main`` and ``sphere-reg benchmark-node``)."""
+    d = _DEFAULTS
+    parser.add_argument("--frames", type=int, default=d["frames"], help="timed frames per mode (default 10)")
+    parser.add_argument("--memory-frames", type=int, default=d["memory_frames"],
+                        help="tracking frames between the memory readings (default 500; 0 skips)")
+    parser.add_argument("--devices", default=d["devices"],
+                        help="comma-separated devices (default: cpu, plus cuda when available)")
+    parser.add_argument("--image-size", type=int, default=d["image_size"], help="published image side, px (128)")
+    parser.add_argument("--ct", default=d["ct"], help="CT file (default: the embedded example CT)")
+    parser.add_argument("--spacing", type=float, default=d["spacing"], help="node's ct_spacing_mm (2.0)")
+    parser.add_argument("--resolution", type=int, default=d["resolution"], help="node's resolution (64)")
+    parser.add_argument("--cold-rot-deg", type=float, default=d["cold_rot_deg"], help="cold poses: ± deg (3)")
+    parser.add_argument("--cold-trans-mm", type=float, default=d["cold_trans_mm"], help="cold poses: ± mm (8)")
+    parser.add_argument("--step-mm", type=float, default=d["step_mm"], help="tracking motion per frame, mm")
+    parser.add_argument("--step-deg", type=float, default=d["step_deg"], help="tracking rotation per frame, deg")
+    parser.add_argument("--timeout", type=float, default=d["timeout"], help="s to wait for start-up / one frame")
+    parser.add_argument("--json", default=d["json"], help="also write the results to this JSON file")
+    parser.add_argument("--seed", type=int, default=d["seed"], help="seed of the cold poses")
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return math.nan
+
+
+@dataclass
+class _Inbox:
+    cv: threading.Condition = field(default_factory=threading.Condition)
+    tf: dict = field(default_factory=dict)  # (sec, nanosec) -> (arrival monotonic, TransformStamped)
+    diag: dict = field(default_factory=dict)  # "sec.nanosec" -> values
+
+
+class _NodeProcess:
+    def __init__(self, args: list[str], env: dict) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "sphere_reg_ros.ros.registration_node", *args],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     bufsize=1, stdin=subprocess.DEVNULL)
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if "ready:" in line:
+                self.ready.set()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class _Player:
+    """This process's side: publishes frames, collects TF and diagnostics."""
+
+    def __init__(self, domain_id: int) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.parameter_client import AsyncParameterClient
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image
+        from tf2_msgs.msg import TFMessage
+
+        from .tf_publisher import TF_QOS
+
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node("benchmark_player", context=self.context)
+        self.inbox = _Inbox()
+        qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(TFMessage, "/tf", self._on_tf, TF_QOS)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, qos)
+        self.image_pub = self.node.create_publisher(Image, "/image", qos)
+        self.info_pub = self.node.create_publisher(CameraInfo, "/camera_info", qos)
+        self.params = AsyncParameterClient(self.node, _NODE)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def _on_tf(self, msg) -> None:
+        now = time.monotonic()
+        with self.inbox.cv:
+            for t in msg.transforms:
+                self.inbox.tf[(t.header.stamp.sec, t.header.stamp.nanosec)] = (now, t)
+            self.inbox.cv.notify_all()
+
+    def _on_diag(self, msg) -> None:
+        with self.inbox.cv:
+            for st in msg.status:
+                values = {kv.key: kv.value for kv in st.values}
+                if "last_stamp" in values:
+                    self.inbox.diag[values["last_stamp"]] = values
+            self.inbox.cv.notify_all()
+
+    def wait(self, predicate, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.inbox.cv:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.inbox.cv.wait(min(left, 0.2))
+        return True
+
+    def set_params(self, **values) -> None:
+        from rclpy.parameter import Parameter
+        future = self.params.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+        if not self.wait(future.done, 30.0) or not all(r.successful for r in future.result().results):
+            raise RuntimeError(f"could not set {values} on the node")
+
+    def frame(self, image: np.ndarray, info, timeout: float) -> tuple[float | None, dict, object]:
+        """Publish one frame; (latency s or None when no TF came, node diagnostics, TF)."""
+        from builtin_interfaces.msg import Time
+        from std_msgs.msg import Header
+        t = time.time()
+        stamp = Time(sec=int(t), nanosec=int((t - int(t)) * 1e9))
+        msg = conv.numpy_to_image(image, "32FC1", Header(frame_id="carm", stamp=stamp))
+        key, dkey = (stamp.sec, stamp.nanosec), f"{stamp.sec}.{stamp.nanosec:09d}"
+        self.info_pub.publish(info)
+        t0 = time.monotonic()
+        self.image_pub.publish(msg)
+        self.wait(lambda: key in self.inbox.tf or dkey in self.inbox.diag, timeout)
+        if dkey in self.inbox.diag and self.inbox.diag[dkey].get("status") == "ok":
+            self.wait(lambda: key in self.inbox.tf, 5.0)
+        self.wait(lambda: dkey in self.inbox.diag, 5.0)
+        arrival = self.inbox.tf.get(key)
+        return (None if arrival is None else arrival[0] - t0), self.inbox.diag.get(dkey, {}), \
+            (None if arrival is None else arrival[1])
+
+    def close(self) -> None:
+        import rclpy
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def _frames(opts, device: str):
+    """CT, geometry, cold poses and images, a tracking trajectory and its images."""
+    ct = load_example_ct()[0] if not opts.ct else load_volume(opts.ct)
+    ct = resample(ct, opts.spacing)
+    geometry = default_geometry(opts.image_size)
+    renderer = DrrRenderer(hu_to_attenuation(ct.data), ct.affine, geometry).to(device)
+    ap = ap_pose(ct.center_world)
+    rng = np.random.default_rng(opts.seed)
+    cold, n = [], max(1, opts.frames) + 1  # +1: the warm-up frame
+    for _ in range(n):
+        xi = np.r_[rng.uniform(-1, 1, 3) * opts.cold_trans_mm, rng.uniform(-1, 1, 3) * math.radians(opts.cold_rot_deg)]
+        cold.append((se3_exp(torch.as_tensor(xi)) @ ap)[0])
+    step = torch.tensor([opts.step_mm, 0.3 * opts.step_mm, 0.0, 0.0, 0.0, math.radians(opts.step_deg)],
+                        dtype=torch.float64)
+    track = [(se3_exp(step * k) @ ap)[0] for k in range(max(2, min(opts.frames, 20)))]
+
+    def render(poses):
+        with torch.no_grad():
+            return [renderer(p.to(torch.float32).to(device)[None])[0, 0].cpu().numpy() for p in poses]
+
+    return geometry, cold, render(cold), track, render(track)
+
+
+def _stats(latencies: list[float | None]) -> dict:
+    ok = [v for v in latencies if v is not None]
+    if not ok:
+        return {"frames": len(latencies), "failed": len(latencies)}
+    return {"frames": len(latencies), "failed": len(latencies) - len(ok), "median_s": float(np.median(ok)),
+            "mean_s": float(np.mean(ok)), "p95_s": float(np.percentile(ok, 95)), "max_s": float(np.max(ok))}
+
+
+def _bench_device(opts, device: str) -> dict:
+    import rclpy  # noqa: F401  (fail early without ROS)
+    geometry, cold_poses, cold_images, track_poses, track_images = _frames(opts, device if device != "auto" else "cpu")
+    info = conv.geometry_to_camera_info(geometry)
+    domain = 150 + os.getpid() % 80
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
+    args = ["--ros-args", "-r", f"__node:={_NODE}", "-p", f"device:={device}", "-p", "tracking:=false",
+            "-p", f"ct_spacing_mm:={opts.spacing}", "-p", f"resolution:={opts.resolution}",
+            "-p", "qos_reliability:=reliable", "-p", "max_image_age_s:=0.0"]
+    if opts.ct:
+        args += ["-p", f"ct_path:={opts.ct}"]
+    node = _NodeProcess(args, env)
+    player = None
+    try:
+        t0 = time.monotonic()
+        if not node.ready.wait(opts.timeout):
+            raise RuntimeError("the node did not start:\n" + "".join(node.lines[-30:]))
+        startup_s = time.monotonic() - t0
+        player = _Player(domain)
+        if not player.wait(lambda: player.image_pub.get_subscription_count() > 0, 60.0):
+            raise RuntimeError("the node never subscribed to /image")
+        rss_start = _rss_mb(node.proc.pid)
+        warm, _, _ = player.frame(cold_images[0], info, opts.timeout)
+        rss_warm = _rss_mb(node.proc.pid)
+        cold, errors, diags = [], [], []
+        for T, image in zip(cold_poses[1:], cold_images[1:]):
+            lat, diag, tf = player.frame(image, info, opts.timeout)
+            cold.append(lat)
+            diags.append(diag)
+            if tf is not None:
+                T_true = conv.invert_pose(T.numpy())
+                errors.append(float(np.linalg.norm(conv.transform_stamped_to_pose(tf)[:3, 3] - T_true[:3, 3])))
+        player.set_params(tracking=True)
+        track = []
+        order = list(range(len(track_images))) + list(range(len(track_images) - 2, 0, -1))
+        for i in range(opts.frames):
+            lat, _, _ = player.frame(track_images[order[i % len(order)]], info, opts.timeout)
+            track.append(lat)
+        rss_before = _rss_mb(node.proc.pid)
+        mem_failed = 0
+        for i in range(opts.memory_frames):
+            lat, _, _ = player.frame(track_images[order[i % len(order)]], info, opts.timeout)
+            mem_failed += lat is None
+        rss_after = _rss_mb(node.proc.pid)
+        ready = next((line.split("ready:", 1)[1].strip() for line in node.lines if "ready:" in line), "")
+        out = {"device": device, "registrar": ready, "startup_s": startup_s, "warmup_s": warm, "cold": _stats(cold),
+               "tracking": _stats(track), "cold_translation_error_mm_median":
+               float(np.median(errors)) if errors else None,
+               "node_register_ms_median": float(np.median([float(d["latency_register_ms"]) for d in diags
+                                                           if "latency_register_ms" in d] or [math.nan])),
+               "rss_mb": {"start": rss_start, "after_warmup": rss_warm, "before_memory_run": rss_before,
+                          f"after_{opts.memory_frames}_frames": rss_after},
+               "memory_frames_failed": mem_failed}
+        c, t = out["cold"].get("median_s"), out["tracking"].get("median_s")
+        out["tracking_speedup"] = (c / t) if c and t else None
+        return out
+    finally:
+        if player is not None:
+            player.close()
+        node.stop()
+
+
+def _report(results: list[dict], opts) -> None:
+    print(f"registration node latency, image published -> TF received ({platform.node()}, "
+          f"{platform.processor() or platform.machine()}, torch {torch.__version__})")
+    print(f"image {opts.image_size}px, registration {opts.resolution}px, CT {opts.ct or 'embedded example'} "
+          f"at {opts.spacing} mm")
+    for r in results:
+        gpu = r["device"] != "cpu"
+        c, t = r["cold"], r["tracking"]
+        print(f"\n[{r['device']}] {r['registrar']}")
+        print(f"  start-up {r['startup_s']:.1f} s, warm-up frame "
+              f"{r['warmup_s'] if r['warmup_s'] is None else round(r['warmup_s'], 2)} s")
+        for name, s in (("cold", c), ("tracking", t)):
+            if "median_s" in s:
+                print(f"  {name:9s} median {s['median_s']:.3f} s  mean {s['mean_s']:.3f}  p95 {s['p95_s']:.3f}  "
+                      f"max {s['max_s']:.3f}  ({s['frames']} frames, {s['failed']} without TF)")
+            else:
+                print(f"  {name:9s} no frame registered ({s['frames']} frames)")
+        if r["cold_translation_error_mm_median"] is not None:
+            print(f"  cold TF translation error, median {r['cold_translation_error_mm_median']:.2f} mm")
+        speed = r["tracking_speedup"]
+        cold_target, track_target = (0.3, "10 Hz") if gpu else (3.0, "2x cold")
+        if "median_s" in c:
+            print(f"  target cold <= {cold_target} s: {'met' if c['median_s'] <= cold_target else 'NOT met'}")
+        if speed:
+            ok = (1.0 / t["median_s"] >= 10.0) if gpu else speed >= 2.0
+            print(f"  tracking speed-up {speed:.2f}x; target {track_target}: {'met' if ok else 'NOT met'}")
+        mem = r["rss_mb"]
+        print("  resident memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark with ``args`` (missing attributes take the defaults)."""
+    opts = argparse.Namespace(**{k: getattr(args, k, v) for k, v in _DEFAULTS.items()})
+    devices = [d.strip() for d in opts.devices.split(",") if d.strip()] if opts.devices else \
+        ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = []
+    for device in devices:
+        results.append(_bench_device(opts, device))
+    _report(results, opts)
+    if opts.json:
+        with open(opts.json, "w") as fh:
+            json.dump({"host": platform.node(), "options": vars(opts), "results": results}, fh, indent=2)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmark_latency", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

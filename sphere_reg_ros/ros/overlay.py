@@ -1,0 +1,74 @@
+"""The registered overlay: the X-ray in 8 bit with the registered DRR's edges and a status line.
+
+Pure numpy/OpenCV (no ROS types), so the simulator, the demo and the tests draw the same picture.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["to_uint8", "make_overlay", "EDGE_COLOUR_OK", "EDGE_COLOUR_FAIL"]
+
+#: BGR colours of the DRR edges for an accepted / a rejected registration.
+EDGE_COLOUR_OK = (0, 255, 0)
+EDGE_COLOUR_FAIL = (0, 0, 255)
+
+
+def to_uint8(image: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> np.ndarray:
+    """``(H, W)`` → uint8 ``(H, W)``, the ``[low_pct, high_pct]`` percentiles stretched to 0–255.
+
+    Non-finite pixels become 0; a constant image becomes all 0.
+    """
+    a = np.asarray(image, dtype=np.float64)
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"image must be a non-empty (H, W) array, got shape {a.shape}")
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.zeros(a.shape, dtype=np.uint8)
+    lo, hi = np.percentile(a[finite], [low_pct, high_pct])
+    if not hi > lo:
+        lo, hi = float(a[finite].min()), float(a[finite].max())
+    if not hi > lo:
+        return np.zeros(a.shape, dtype=np.uint8)
+    out = np.clip((np.where(finite, a, lo) - lo) * (255.0 / (hi - lo)), 0.0, 255.0)
+    return out.astype(np.uint8)
+
+
+def make_overlay(xray: np.ndarray, drr: np.ndarray | None, status: str, ok: bool = True,
+                 min_size: int = 256) -> np.ndarray:
+    """BGR ``uint8`` overlay ``(H', W', 3)`` of the X-ray with the DRR's Canny edges.
+
+    Args:
+        xray: ``(H, W)`` line-integral image (bone bright).
+        drr: ``(h, w)`` DRR at the registered pose (any size covering the same detector; resized
+            bilinearly to the X-ray's size before edge detection), or None (no edges).
+        status: one line of text drawn at the top-left.
+        ok: edge colour green (accepted) or red (rejected).
+        min_size: images smaller than this (pixels, shorter side) are upscaled by an integer
+            factor first so that the text stays legible.
+
+    Returns:
+        The overlay; ``H' = H · k``, ``W' = W · k`` with ``k = max(1, ceil(min_size / min(H, W)))``.
+    """
+    grey = to_uint8(xray)
+    h, w = grey.shape
+    k = max(1, int(np.ceil(min_size / max(1, min(h, w)))))
+    if k > 1:
+        grey = cv2.resize(grey, (w * k, h * k), interpolation=cv2.INTER_NEAREST)
+    out = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    if drr is not None:
+        d = np.asarray(drr, dtype=np.float32)
+        if d.ndim != 2 or d.size == 0:
+            raise ValueError(f"drr must be a non-empty (h, w) array, got shape {d.shape}")
+        d8 = to_uint8(cv2.resize(d, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_LINEAR))
+        d8 = cv2.GaussianBlur(d8, (5, 5), 1.2)
+        edges = cv2.Canny(d8, 40, 110) > 0
+        out[edges] = EDGE_COLOUR_OK if ok else EDGE_COLOUR_FAIL
+    scale = max(0.35, out.shape[1] / 900.0)
+    thickness = max(1, int(round(scale * 2)))
+    origin = (6, int(8 + 22 * scale))
+    cv2.putText(out, status, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+    cv2.putText(out, status, origin, cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (255, 255, 255) if ok else (0, 0, 255), thickness, cv2.LINE_AA)
+    return out

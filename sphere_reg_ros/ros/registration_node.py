@@ -1,0 +1,416 @@
+"""The registration node: C-arm images in, the CT's pose (TF, pose with covariance) out.
+
+Thin glue over :class:`sphere_reg_ros.core.registrar.Registrar`::
+
+    python -m sphere_reg_ros.ros.registration_node --ros-args --params-file config/register.yaml
+    ros2 run sphere_reg_ros registration_node --ros-args --params-file config/register.yaml
+
+Topics (relative names, remap in launch): subscribes ``image`` (mono8, mono16/16UC1, 32FC1) and
+``camera_info`` (sensor-data QoS unless ``qos_reliability``/``qos_depth`` say otherwise);
+publishes ``/tf``, ``~/pose`` (``PoseWithCovarianceStamped``), ``~/overlay`` (bgr8, only computed
+while subscribed) and ``/diagnostics``; serves ``~/reset`` (``std_srvs/Trigger``: forget the
+tracking state).
+
+TF direction. The registrar estimates ``T_ct_from_carm`` (maps C-arm optical-frame points to CT
+points). A TF transform parent→child is the child's pose in the parent (it maps child points to
+parent points). By default parent = the image's ``header.frame_id`` (``default_carm_frame`` when
+empty), child = ``ct_frame``, transform = ``T_carm_from_ct = inverse(T_ct_from_carm)``; with
+``publish_inverse`` parent = ``ct_frame``, child = the C-arm frame, transform = ``T_ct_from_carm``.
+``~/pose`` is the same transform as a pose (``header.frame_id`` = TF parent) with the covariance
+of ``(x, y, z, rx, ry, rz)`` in m², rad² (see :func:`conversions.covariance_to_ros`). Stamps are
+the image's stamp. A registration that fails a gate publishes neither.
+
+Processing. The image callback only stores the newest frame (an older one still waiting is
+counted as dropped); a worker thread registers it: checks (age, encoding, layout, finite pixels,
+size against the intrinsics) → line integrals (``image_domain``) → ``register`` → gates → outputs.
+Initial pose: with ``tracking`` and a last accepted pose, that pose (a cold restart follows when
+the result fails a gate or its cost exceeds ``tracking_cost_factor`` × the last accepted cost);
+otherwise ``initial_pose`` when ``use_initial_pose``, else the registrar's own (regressor, or its
+default view). Input problems are logged (at most once per 5 s per reason) and reported on
+``/diagnostics`` (see :mod:`.frame_input` for the reasons and levels); the node keeps serving.
+Quality gates (ERROR, no TF/pose): ``registration_failed`` (the registrar's status is not usable),
+``rejected_cost`` (cost > ``max_cost``), ``rejected_covariance`` (largest translational standard
+deviation > ``max_position_std_mm``).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_srvs.srv import Trigger
+
+from . import conversions as conv
+from .diagnostics import ERROR, OK, WARN, NodeStats
+from .frame_input import REASONS, FrameRejected, prepare_frame
+from .overlay import make_overlay
+from .params import PARAMS, SPECS, ParameterError, Settings, descriptor, freeze, validate
+from .registrar_factory import build_registrar
+from .tf_publisher import TfPublisher
+
+__all__ = ["RegistrationNode", "main"]
+
+_LOG_THROTTLE_S = 5.0
+#: Costs below this count as perfect when judging whether tracking degraded (1 - NCC = 1e-4).
+_TRACKING_COST_FLOOR = 1e-4
+
+
+@dataclass
+class _Frame:
+    msg: Image
+    info: CameraInfo | None
+    received_mono: float
+    age_s: float
+
+
+@dataclass(frozen=True)
+class _Service:
+    registrar: Any
+    key: tuple
+    source: str
+
+
+class RegistrationNode(Node):
+    """See the module docstring. ``parameter_overrides`` as for ``rclpy.node.Node``."""
+
+    def __init__(self, node_name: str = "registration_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self._stop = threading.Event()
+        self._frame_cv = threading.Condition()
+        self._load_cv = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._loader: threading.Thread | None = None
+        for spec in PARAMS:
+            self.declare_parameter(spec.name, spec.default, descriptor(spec))
+        values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
+        self._settings: Settings = validate(values)  # raises ParameterError: main() exits
+        self.stats = NodeStats()
+        self._log_times: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._track_pose: np.ndarray | None = None
+        self._track_cost = float("inf")
+        self._camera_info: CameraInfo | None = None
+
+        t0 = time.monotonic()
+        self._service = self._build(self._settings)
+        self.get_logger().info(f"registrar built in {time.monotonic() - t0:.1f} s: {self._service.source}")
+
+        # background loader for registrar rebuilds (ct_path etc. changed at run time)
+        self._load_request: Settings | None = None
+        self._loader = threading.Thread(target=self._loader_loop, name="registrar_loader", daemon=True)
+
+        s = self._settings
+        qos_in = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(s.qos_depth),
+                            reliability=ReliabilityPolicy.BEST_EFFORT if s.qos_reliability == "best_effort"
+                            else ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+        qos_out = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.tf = TfPublisher(self)  # one broadcaster per node, created once
+        self._pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", qos_out)
+        self._overlay_pub = self.create_publisher(Image, "~/overlay", qos_out)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_out)
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_in)
+        self.create_subscription(Image, "image", self._on_image, qos_in)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        # steady clock: the heartbeat goes on under use_sim_time without /clock
+        self.create_timer(float(s.diagnostics_period_s), self._publish_diagnostics,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._pending: _Frame | None = None
+        self._worker = threading.Thread(target=self._worker_loop, name="registration_worker", daemon=True)
+        self._loader.start()
+        self._worker.start()
+        self.get_logger().info(
+            f"ready: {self._service.source}; TF via {self.tf.backend}; "
+            f"{'publish_inverse ' if s.publish_inverse else ''}ct_frame={s.ct_frame}")
+
+    # ------------------------------------------------------------------ registrar life cycle
+    def _build(self, settings: Settings) -> _Service:
+        registrar, source = build_registrar(settings)
+        return _Service(registrar, settings.registrar_key(), source)
+
+    def _loader_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._load_cv:
+                while self._load_request is None and not self._stop.is_set():
+                    self._load_cv.wait(0.2)
+                request, self._load_request = self._load_request, None
+            if request is None:
+                continue
+            self.stats.set_values(ct_loading="true")
+            t0 = time.monotonic()
+            try:
+                service = self._build(request)
+            except Exception as exc:  # a CT/model that cannot be used: keep the old one
+                self._reload_failed(request, exc)
+                continue
+            finally:
+                self.stats.set_values(ct_loading="false")
+            with self._load_cv:
+                superseded = self._load_request is not None
+            if superseded:
+                continue
+            with self._lock:
+                self._service = service
+                self._track_pose, self._track_cost = None, float("inf")
+            msg = f"registrar swapped in after {time.monotonic() - t0:.1f} s: {service.source}"
+            self.get_logger().info(msg)
+            self.stats.set_outcome(OK, msg, "ct_loaded")
+            self._publish_diagnostics()
+
+    def _reload_failed(self, request: Settings, exc: Exception) -> None:
+        old = self._service
+        msg = f"CT/registrar reload failed ({type(exc).__name__}: {exc}); still serving {old.source}"
+        self.get_logger().error(msg)
+        self.stats.set_outcome(ERROR, msg, "ct_load_failed")
+        with self._load_cv:
+            if self._load_request is not None:
+                return  # a newer request is queued: let it decide
+        served = dict(old.key)
+        revert = [Parameter(k, value=list(v) if isinstance(v, tuple) else v) for k, v in served.items()
+                  if freeze(request.values[k]) != v]
+        if revert:
+            self.set_parameters(revert)
+        self._publish_diagnostics()
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        changes = {p.name: p.value for p in params if p.name in SPECS}
+        if not changes:
+            return SetParametersResult(successful=True)
+        try:
+            new = validate({**self._settings.values, **changes}, changed=set(changes))
+        except ParameterError as exc:
+            self.get_logger().warning(f"parameter change rejected: {exc}")
+            return SetParametersResult(successful=False, reason=str(exc))
+        old_key = self._settings.registrar_key()
+        self._settings = new
+        if new.registrar_key() != old_key:
+            with self._load_cv:
+                self._load_request = None if new.registrar_key() == self._service.key else new
+                self._load_cv.notify_all()
+            if self._load_request is not None:
+                self.get_logger().info(f"rebuilding the registrar in the background ({sorted(changes)})")
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_image(self, msg: Image) -> None:
+        self.stats.mark_input()
+        now_ns = self.get_clock().now().nanoseconds
+        age = (now_ns - (msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)) * 1e-9
+        frame = _Frame(msg, self._camera_info, time.monotonic(), age)
+        with self._frame_cv:
+            if self._pending is not None:
+                self.stats.count("frames_dropped")
+            self._pending = frame
+            self._frame_cv.notify()
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            had = self._track_pose is not None
+            self._track_pose, self._track_cost = None, float("inf")
+        self.stats.set_values(tracking_state="cold")
+        response.success = True
+        response.message = "tracking state cleared" + ("" if had else " (there was none)")
+        self.get_logger().info(response.message)
+        return response
+
+    # ------------------------------------------------------------------ worker
+    def _worker_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._frame_cv:
+                while self._pending is None and not self._stop.is_set():
+                    self._frame_cv.wait(0.2)
+                frame, self._pending = self._pending, None
+            if frame is None:
+                continue
+            try:
+                try:
+                    self._process(frame)
+                except FrameRejected as exc:
+                    self.stats.count("frames_rejected")
+                    stamp = frame.msg.header.stamp
+                    self.stats.set_values(last_stamp=f"{stamp.sec}.{stamp.nanosec:09d}")
+                    self._report(exc.reason, str(exc))
+                if self.context.ok():
+                    self._publish_diagnostics()
+            except Exception as exc:  # keep serving whatever happens to one frame
+                self.stats.set_outcome(ERROR, f"internal error: {type(exc).__name__}: {exc}", "internal_error")
+                if self.context.ok():
+                    self.get_logger().error(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _report(self, reason: str, message: str) -> None:
+        level = REASONS[reason]
+        self.stats.set_outcome(level, message, reason)
+        now = time.monotonic()
+        if now - self._log_times.get(reason, -1e9) >= _LOG_THROTTLE_S:
+            self._log_times[reason] = now
+            log = self.get_logger()  # rclpy: one severity per call site, hence three calls
+            if level == ERROR:
+                log.error(message)
+            elif level == WARN:
+                log.warning(message)
+            else:
+                log.info(message)
+
+    def _initial(self, s: Settings) -> tuple[np.ndarray | None, str]:
+        with self._lock:
+            if s.tracking and self._track_pose is not None:
+                return self._track_pose.copy(), "tracking"
+        if s.use_initial_pose:
+            p = np.asarray(s.initial_pose, dtype=np.float64)
+            return conv.pose_from_translation_quaternion(p[:3], p[3:]), "initial_pose"
+        return None, "registrar_default"
+
+    @staticmethod
+    def _gate(result, s: Settings) -> tuple[str, str] | None:
+        if not result.ok:
+            return "registration_failed", f"registration failed ({result.status.value}): {result.message}"
+        if s.max_cost > 0 and not result.cost <= s.max_cost:
+            return "rejected_cost", f"registration rejected: cost {result.cost:.4g} > max_cost {s.max_cost:g}"
+        std = result.position_std_mm
+        if s.max_position_std_mm > 0 and not std <= s.max_position_std_mm:
+            return "rejected_covariance", (f"registration rejected: position std {std:.3g} mm > "
+                                           f"max_position_std_mm {s.max_position_std_mm:g}")
+        return None
+
+    def _process(self, frame: _Frame) -> None:
+        s, service = self._settings, self._service
+        t0 = time.monotonic()
+        lat = {"queue": t0 - frame.received_mono}
+        image, geometry = prepare_frame(frame.msg, frame.info, s, frame.age_s)
+        header = frame.msg.header
+        carm_frame = header.frame_id.lstrip("/") or s.default_carm_frame
+        if carm_frame == s.ct_frame:
+            raise FrameRejected("frame_conflict", f"image frame_id {carm_frame!r} equals ct_frame")
+        t1 = time.monotonic()
+        lat["convert"] = t1 - t0
+
+        init, how = self._initial(s)
+        result = service.registrar.register(image, geometry, init)
+        if how == "tracking" and (self._gate(result, s) is not None or result.cost > s.tracking_cost_factor
+                                  * max(self._track_cost, _TRACKING_COST_FLOOR)):
+            cold_init, cold_how = self._initial(s.replace(tracking=False))
+            cold = service.registrar.register(image, geometry, cold_init)
+            if self._gate(cold, s) is None and (self._gate(result, s) is not None or cold.cost < result.cost):
+                result, how = cold, f"{cold_how} (tracking fell back)"
+        t2 = time.monotonic()
+        lat["register"] = t2 - t1
+        lat.update({f"registrar_{k}": v for k, v in result.timings.items() if k != "total"})
+        self.stats.count("frames_processed")
+        gate = self._gate(result, s)
+        stamp = header.stamp
+        if gate is None:
+            T_ct_from_carm = np.asarray(result.pose, dtype=np.float64)
+            if s.publish_inverse:
+                parent, child, T = s.ct_frame, carm_frame, T_ct_from_carm
+            else:
+                parent, child, T = carm_frame, s.ct_frame, conv.invert_pose(T_ct_from_carm)
+            if s.publish_tf:
+                self.tf.send(conv.pose_to_transform_stamped(T, parent, child, stamp))
+            cov = conv.covariance_to_ros(T_ct_from_carm, result.covariance, inverse=s.publish_inverse)
+            self._pose_pub.publish(conv.pose_to_pose_with_covariance(T, cov, parent, stamp))
+            self.stats.mark_output()
+            with self._lock:
+                if s.tracking and service is self._service:
+                    self._track_pose, self._track_cost = T_ct_from_carm.copy(), float(result.cost)
+            text = (f"registered: cost {result.cost:.4g}, {result.iterations} it, "
+                    f"std {result.position_std_mm:.2g} mm, {lat['register']:.2f} s ({how})")
+            self._report("ok", text)
+        else:
+            self.stats.count("registrations_failed")
+            self._report(*gate)
+        t3 = time.monotonic()
+        lat["publish"] = t3 - t2
+        lat["total"] = t3 - frame.received_mono
+        if self._overlay_pub.get_subscription_count() > 0:
+            self._publish_overlay(service, result, image, geometry, header, gate)
+        self.stats.set_latencies(lat)
+        with self._lock:
+            tracking_state = "tracking" if self._track_pose is not None else "cold"
+        self.stats.set_values(last_cost=f"{result.cost:.6g}", last_iterations=result.iterations,
+                              last_position_std_mm=f"{result.position_std_mm:.4g}", last_init=how,
+                              last_registration_status=result.status.value, tracking_state=tracking_state,
+                              image_age_ms=f"{1000 * frame.age_s:.1f}",
+                              last_stamp=f"{header.stamp.sec}.{header.stamp.nanosec:09d}")
+
+    def _publish_overlay(self, service: _Service, result, image, geometry, header, gate) -> None:
+        scale = max(1.0, max(geometry.height, geometry.width) / float(self._settings.resolution))
+        small = geometry.resized(max(1, round(geometry.height / scale)), max(1, round(geometry.width / scale)))
+        pose = np.asarray(result.pose, dtype=np.float64)
+        drr = None
+        if np.all(np.isfinite(pose)):  # a failed registration may carry no pose at all
+            drr = np.asarray(service.registrar.render(pose, small), dtype=np.float32)
+            drr = drr.reshape(small.height, small.width)
+        status = (f"OK cost {result.cost:.3g} std {result.position_std_mm:.2g} mm" if gate is None
+                  else gate[1])
+        bgr = make_overlay(image, drr, status, ok=gate is None)
+        self._overlay_pub.publish(conv.numpy_to_image(bgr, "bgr8", header))
+
+    def _publish_diagnostics(self) -> None:
+        if not self.context.ok():
+            return
+        with self._lock:
+            tracking_state = "tracking" if self._track_pose is not None else "cold"
+        self.stats.set_values(tracking=str(bool(self._settings.tracking)).lower(),
+                              tracking_state=tracking_state)
+        msg = self.stats.to_message(self.get_clock().now().to_msg(), self.get_name(), self._service.source)
+        try:
+            self._diag_pub.publish(msg)
+        except Exception:  # publisher destroyed during shutdown
+            pass
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        with self._frame_cv:
+            self._frame_cv.notify_all()
+        with self._load_cv:
+            self._load_cv.notify_all()
+        for thread in (self._worker, self._loader):
+            if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=30.0)
+        super().destroy_node()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (``ros2 run sphere_reg_ros registration_node`` / ``python -m``)."""
+    rclpy.init(args=argv)
+    node = None
+    try:
+        node = RegistrationNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            executor.spin()
+        finally:
+            executor.shutdown()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ParameterError, ValueError, OSError) as exc:  # bad parameters, unreadable CT or model
+        rclpy.logging.get_logger("registration_node").fatal(f"cannot start: {exc}")
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

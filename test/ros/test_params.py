@@ -1,0 +1,112 @@
+"""The node's parameter table, its YAML mirror, validation, diagnostics and overlay helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from builtin_interfaces.msg import Time
+
+from sphere_reg_ros.ros import params as P
+from sphere_reg_ros.ros.diagnostics import ERROR, NodeStats
+from sphere_reg_ros.ros.overlay import make_overlay, to_uint8
+from sphere_reg_ros.ros.registrar_factory import registrar_config
+
+pytestmark = pytest.mark.ros
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _yaml_params() -> dict:
+    data = yaml.safe_load((ROOT / "config" / "register.yaml").read_text())
+    return data["/**"]["ros__parameters"]
+
+
+def test_register_yaml_mirrors_every_parameter_with_its_default_and_type():
+    values = _yaml_params()
+    defaults = P.yaml_defaults()
+    assert set(values) == set(defaults)
+    for name, default in defaults.items():
+        assert values[name] == default, name
+        assert type(values[name]) is type(default), f"{name}: YAML {type(values[name]).__name__}"
+
+
+def test_every_parameter_has_a_description_and_numeric_ones_a_range():
+    for spec in P.PARAMS:
+        d = P.descriptor(spec)
+        assert len(d.description) > 20, spec.name
+        if isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool):
+            assert d.floating_point_range or d.integer_range, spec.name
+            lo, hi = spec.range
+            assert lo <= spec.default <= hi, spec.name
+        assert d.read_only == (spec.kind == "startup")
+
+
+def test_defaults_validate_and_make_a_registrar_config():
+    settings = P.validate(P.yaml_defaults())
+    cfg = registrar_config(settings)
+    assert (cfg.resolution, cfg.scales, cfg.damping) == (64, (0.5, 1.0), "marquardt")
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"ct_frame": ""}, "non-empty frame id"),
+    ({"ct_frame": "/ct"}, "leading '/'"),
+    ({"default_carm_frame": "ct"}, "must differ"),
+    ({"device": "tpu"}, "not one of"),
+    ({"image_domain": "counts"}, "not one of"),
+    ({"resolution": 5}, "outside"),
+    ({"sdd_mm": float("nan")}, "outside"),
+    ({"lm_scales": [0.5, 1.5]}, "fractions"),
+    ({"initial_pose": [0.0] * 6}, "7 finite numbers"),
+    ({"initial_pose": [0.0] * 7}, "zero quaternion"),
+    ({"ct_path": "/definitely/missing.nii.gz"}, "no such file"),
+    ({"model_path": "/definitely/missing.pt"}, "no such readable file"),
+])
+def test_validation_rejects_with_a_reason(change, match):
+    with pytest.raises(P.ParameterError, match=match):
+        P.validate({**P.yaml_defaults(), **change}, changed=set(change))
+
+
+def test_cuda_is_refused_without_a_gpu_and_files_are_probed(tmp_path):
+    with pytest.raises(P.ParameterError, match="no CUDA device"):
+        P.validate({**P.yaml_defaults(), "device": "cuda"}, changed={"device"}, cuda_available=False)
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a volume")
+    with pytest.raises(P.ParameterError, match="unreadable"):
+        P.probe_volume_file(str(bad))
+    text = tmp_path / "notes.txt"
+    text.write_text("x")
+    with pytest.raises(P.ParameterError, match="unsupported volume format"):
+        P.probe_volume_file(str(text))
+
+
+def test_node_stats_diagnostic_message():
+    stats = NodeStats()
+    for _ in range(3):
+        stats.mark_input()
+    stats.count("frames_dropped", 2)
+    stats.set_latencies({"register": 1.25, "total": 1.5})
+    stats.set_outcome(ERROR, "registration rejected: cost 3 > max_cost 1", "rejected_cost")
+    msg = stats.to_message(Time(sec=5), "node", "CT x")
+    (status,) = msg.status
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == ERROR and "max_cost" in status.message and status.hardware_id == "CT x"
+    assert values["status"] == "rejected_cost" and values["frames_received"] == "3"
+    assert values["frames_dropped"] == "2" and values["latency_register_ms"] == "1250.0"
+    assert float(values["input_rate_hz"]) > 0
+
+
+def test_overlay_draws_edges_and_status():
+    yy, xx = np.mgrid[:32, :32]
+    xray = ((xx - 16) ** 2 + (yy - 16) ** 2 < 64).astype(np.float32) * 3.0
+    out = make_overlay(xray, xray[::2, ::2], "OK cost 0.1", ok=True)
+    assert out.dtype == np.uint8 and out.shape == (256, 256, 3)
+    green = (out[..., 1] == 255) & (out[..., 0] == 0) & (out[..., 2] == 0)
+    assert green.sum() > 100
+    red = make_overlay(xray, xray, "failed", ok=False)
+    assert ((red[..., 2] == 255) & (red[..., 1] == 0)).sum() > 100
+    assert make_overlay(xray, None, "no drr").shape == (256, 256, 3)
+    assert to_uint8(np.full((4, 4), 2.0)).max() == 0
+    assert to_uint8(np.array([[np.nan, 1.0], [2.0, 3.0]])).max() == 255

@@ -1,0 +1,512 @@
+"""The registration node over real DDS: a subprocess runs it, this process is the C-arm and the robot.
+
+One node process per module (``python -m sphere_reg_ros.ros.registration_node --ros-args -p ...``)
+serves every test, on an 8 mm copy of the example CT written to a temporary NIfTI file, with
+32×32 images registered at 32 px in one scale. X-rays are rendered with ``core.drr.DrrRenderer``
+at a known pose ``T_true`` (``T_ct_from_carm``). Start pose: the node's ``initial_pose``
+parameter (``use_initial_pose:=true``) holds ``T_true`` perturbed by a few mm and about a degree,
+standing in for the regressor (tests run with ``tracking:=false`` except the tracking/reset test).
+Every wait is for a message (TF with the image's stamp, a diagnostic status, a service reply)
+with a timeout; frames are re-sent while waiting only where delivery order between two topics
+or a fresh subscription matters.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from sphere_reg_ros.core.geometry import se3_exp
+from sphere_reg_ros.core.views import ap_pose, default_geometry
+from sphere_reg_ros.core.volume import hu_to_attenuation, resample
+from sphere_reg_ros.core.drr import DrrRenderer
+from sphere_reg_ros.ros import conversions as conv
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+NODE = "reg_test"
+CARM_FRAME = "carm_optical"
+SIZE = 32
+SPACING_MM = 8.0
+WAIT_S = 90.0  # one registration on a busy 2-core CPU, plus the first call's warm-up
+
+_spec = importlib.util.spec_from_file_location("_ros_test_helpers", Path(__file__).with_name("conftest.py"))
+_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_helpers)
+
+
+# ----------------------------------------------------------------------------- scene
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory, example_ct):
+    ct = resample(example_ct[0], SPACING_MM)
+    folder = tmp_path_factory.mktemp("ct")
+    paths = {}
+    for name in ("ct_a.nii.gz", "ct_b.nii.gz"):
+        paths[name] = folder / name
+        nib.save(nib.Nifti1Image(ct.data, ct.affine), str(paths[name]))
+    garbage = folder / "garbage.nii.gz"
+    garbage.write_bytes(b"this is not a NIfTI file" * 10)
+    geometry = default_geometry(SIZE)
+    delta = se3_exp(torch.tensor([3.0, -2.0, 4.0, 0.02, -0.01, 0.015], dtype=torch.float64))
+    truth = (delta @ ap_pose(ct.center_world))[0].numpy()
+    renderer = DrrRenderer(hu_to_attenuation(ct.data), ct.affine, geometry)
+    with torch.no_grad():
+        image = renderer(torch.as_tensor(truth, dtype=torch.float32)[None])[0, 0].numpy()
+    init = se3_exp(torch.tensor([3.0, 2.5, -3.0, 0.012, 0.015, -0.01], dtype=torch.float64)).numpy() @ truth
+    return dict(ct_path=paths["ct_a.nii.gz"], ct_path_b=paths["ct_b.nii.gz"], garbage=garbage,
+                geometry=geometry, truth=truth, image=image.astype(np.float32), init=init)
+
+
+def _pose_param(T: np.ndarray) -> str:
+    msg = conv.pose_to_transform_stamped(T, "a", "b").transform
+    values = [msg.translation.x, msg.translation.y, msg.translation.z,
+              msg.rotation.x, msg.rotation.y, msg.rotation.z, msg.rotation.w]
+    return "[" + ",".join(repr(float(v)) for v in values) + "]"
+
+
+@pytest.fixture(scope="module")
+def node_process(scene, ros_domain_id):
+    import os
+    env = dict(os.environ, ROS_DOMAIN_ID=str(ros_domain_id), PYTHONUNBUFFERED="1")
+    args = ["-m", "sphere_reg_ros.ros.registration_node", "--ros-args", "-r", f"__node:={NODE}",
+            "-p", f"ct_path:={scene['ct_path']}", "-p", f"ct_spacing_mm:={SPACING_MM}",
+            "-p", f"resolution:={SIZE}", "-p", "lm_scales:=[1.0]", "-p", "tracking:=false",
+            "-p", "use_initial_pose:=true", "-p", f"initial_pose:={_pose_param(scene['init'])}",
+            "-p", "max_image_age_s:=30.0", "-p", "diagnostics_period_s:=0.5",
+            "-p", "qos_reliability:=reliable", "-p", "qos_depth:=2"]
+    proc = _helpers.RosProcess(args, env)
+    try:
+        proc.wait_for_line("ready:", timeout=120.0)
+        yield proc
+    finally:
+        proc.stop()
+
+
+# ----------------------------------------------------------------------------- test client
+class Client:
+    """The test's rclpy node, spun in a background thread; collects what the node publishes."""
+
+    def __init__(self, context, proc):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseWithCovarianceStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from rclpy.parameter_client import AsyncParameterClient
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image
+        from std_srvs.srv import Trigger
+        from tf2_msgs.msg import TFMessage
+
+        from sphere_reg_ros.ros.tf_publisher import TF_QOS
+
+        self.proc = proc
+        self.node = Node("reg_test_client", context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.cv = threading.Condition()
+        self.inbox: dict[str, list] = {"tf": [], "pose": [], "diag": [], "overlay": []}
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(TFMessage, "/tf", lambda m: self._put("tf", m), TF_QOS)
+        self.node.create_subscription(PoseWithCovarianceStamped, f"/{NODE}/pose",
+                                      lambda m: self._put("pose", m), reliable)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._put("diag", m), reliable)
+        self.image_pub = self.node.create_publisher(Image, "/image", reliable)
+        self.info_pub = self.node.create_publisher(CameraInfo, "/camera_info", reliable)
+        self.reset = self.node.create_client(Trigger, f"/{NODE}/reset")
+        self.params = AsyncParameterClient(self.node, NODE)
+        self._Image, self._Trigger = Image, Trigger
+        self._stamps = itertools.count(1)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+        self.wait(lambda: self.image_pub.get_subscription_count() > 0
+                  and self.info_pub.get_subscription_count() > 0, 30.0, "the node's subscriptions")
+
+    def _put(self, key, msg):
+        with self.cv:
+            self.inbox[key].append(msg)
+            self.cv.notify_all()
+
+    def wait(self, predicate, timeout, what):
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; node output:\n"
+                                f"{self.proc.output()[-6000:]}")
+                self.cv.wait(timeout=min(left, 0.2))
+
+    def subscribe_overlay(self):
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        return self.node.create_subscription(self._Image, f"/{NODE}/overlay",
+                                             lambda m: self._put("overlay", m),
+                                             QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+
+    # --- frames -------------------------------------------------------------------------------
+    def stamp(self, age_s: float = 0.0):
+        """A fresh, unique stamp (system time minus ``age_s``)."""
+        from builtin_interfaces.msg import Time
+        t = time.time() - age_s
+        sec = int(t)
+        return Time(sec=sec, nanosec=int((t - sec) * 1e9) // 1000 * 1000 + next(self._stamps) % 1000)
+
+    def image_msg(self, pixels, encoding="32FC1", frame_id=CARM_FRAME, stamp=None):
+        from std_msgs.msg import Header
+        header = Header(frame_id=frame_id, stamp=stamp or self.stamp())
+        return conv.numpy_to_image(pixels, encoding, header)
+
+    def info_msg(self, geometry, frame_id=CARM_FRAME):
+        from std_msgs.msg import Header
+        return conv.geometry_to_camera_info(geometry, Header(frame_id=frame_id))
+
+    def send(self, image, info):
+        self.info_pub.publish(info)
+        self.image_pub.publish(image)
+
+    # --- outputs ------------------------------------------------------------------------------
+    def tf_for(self, stamp, timeout=WAIT_S):
+        """The transform published for the image with ``stamp``."""
+        def find():
+            for msg in self.inbox["tf"]:
+                for t in msg.transforms:
+                    if (t.header.stamp.sec, t.header.stamp.nanosec) == (stamp.sec, stamp.nanosec):
+                        return t
+            return None
+        self.wait(lambda: find() is not None, timeout, f"a TF stamped {stamp.sec}.{stamp.nanosec:09d}")
+        return find()
+
+    def pose_for(self, stamp, timeout=10.0):
+        def find():
+            return next((m for m in self.inbox["pose"] if (m.header.stamp.sec, m.header.stamp.nanosec)
+                         == (stamp.sec, stamp.nanosec)), None)
+        self.wait(lambda: find() is not None, timeout, "the pose of the frame")
+        return find()
+
+    def diag_since(self, start: int, reason: str, timeout=WAIT_S):
+        """The first diagnostic status (after inbox index ``start``) whose ``status`` is ``reason``."""
+        def find():
+            for msg in self.inbox["diag"][start:]:
+                for st in msg.status:
+                    values = {kv.key: kv.value for kv in st.values}
+                    if st.name.startswith(NODE) and values.get("status") == reason:
+                        return st, values
+            return None
+        self.wait(lambda: find() is not None, timeout, f"diagnostics status {reason!r}")
+        return find()
+
+    def diag_for(self, stamp, timeout=10.0):
+        """The diagnostic values published after the frame with ``stamp`` was processed."""
+        key = f"{stamp.sec}.{stamp.nanosec:09d}"
+
+        def find():
+            for msg in self.inbox["diag"]:
+                for st in msg.status:
+                    values = {kv.key: kv.value for kv in st.values}
+                    if st.name.startswith(NODE) and values.get("last_stamp") == key:
+                        return st, values
+            return None
+        self.wait(lambda: find() is not None, timeout, f"diagnostics of the frame stamped {key}")
+        return find()
+
+    def mark(self, key="diag"):
+        with self.cv:
+            return len(self.inbox[key])
+
+    def register_good(self, scene, timeout=WAIT_S, frame_id=CARM_FRAME):
+        """Send a good frame (with its CameraInfo) and return (stamp, TF) once it is registered."""
+        image = self.image_msg(scene["image"], frame_id=frame_id)
+        self.send(image, self.info_msg(scene["geometry"], frame_id))
+        return image.header.stamp, self.tf_for(image.header.stamp, timeout)
+
+    def set_params(self, **values):
+        from rclpy.parameter import Parameter
+        future = self.params.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+        self.wait(future.done, 30.0, f"set_parameters {values}")
+        return future.result().results
+
+    def get_param(self, name):
+        future = self.params.get_parameters([name])
+        self.wait(future.done, 30.0, f"get_parameters {name}")
+        from rclpy.parameter import parameter_value_to_python
+        return parameter_value_to_python(future.result().values[0])
+
+    def close(self):
+        self.executor.shutdown()
+        self._thread.join(timeout=10)
+        self.node.destroy_node()
+
+
+@pytest.fixture(scope="module")
+def client(node_process, ros_domain_id):
+    import rclpy
+    from rclpy.context import Context
+    context = Context()
+    rclpy.init(context=context, domain_id=ros_domain_id)
+    c = Client(context, node_process)
+    try:
+        yield c
+    finally:
+        c.close()
+        rclpy.shutdown(context=context)
+
+
+def _translation_error_mm(tf, expected_parent_from_child: np.ndarray) -> float:
+    got = conv.transform_stamped_to_pose(tf)
+    return float(np.linalg.norm(got[:3, 3] - expected_parent_from_child[:3, 3]))
+
+
+def _rotation_error_deg(tf, expected: np.ndarray) -> float:
+    got = conv.transform_stamped_to_pose(tf)
+    c = (np.trace(got[:3, :3].T @ expected[:3, :3]) - 1) / 2
+    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
+
+
+# ----------------------------------------------------------------------------- tests
+def test_registers_and_publishes_tf_pose_with_the_image_stamp(client, scene):
+    stamp, tf = client.register_good(scene, timeout=180.0)  # first call: warm-up
+    # default direction: parent = the image's frame, child = ct, transform = T_carm_from_ct
+    assert (tf.header.frame_id, tf.child_frame_id) == (CARM_FRAME, "ct")
+    T_carm_from_ct = np.linalg.inv(scene["truth"])
+    init_error = float(np.linalg.norm(np.linalg.inv(scene["init"])[:3, 3] - T_carm_from_ct[:3, 3]))
+    error = _translation_error_mm(tf, T_carm_from_ct)
+    assert error < 2.0, f"translation error {error:.2f} mm (started {init_error:.1f} mm off)"
+    assert _rotation_error_deg(tf, T_carm_from_ct) < 0.5
+    assert abs(tf.transform.translation.z - T_carm_from_ct[2, 3] / 1000.0) < 0.002  # metres
+
+    pose = client.pose_for(stamp)
+    assert pose.header.frame_id == CARM_FRAME
+    T, cov = conv.pose_with_covariance_to_pose(pose)
+    np.testing.assert_allclose(T, conv.transform_stamped_to_pose(tf), atol=1e-9)
+    assert np.all(np.isfinite(cov)) and np.all(np.diag(cov) > 0), np.diag(cov)
+    np.testing.assert_allclose(cov, cov.T, atol=1e-15)
+    assert np.sqrt(cov[:3, :3].diagonal()).max() < 0.002  # metres
+
+    status, values = client.diag_for(stamp)
+    assert status.level == b"\x00" and values["status"] == "ok"
+    for key in ("latency_total_ms", "latency_register_ms", "latency_convert_ms", "input_rate_hz",
+                "output_rate_hz", "frames_dropped", "last_cost", "ct"):
+        assert key in values, key
+    assert scene["ct_path"].name in values["ct"]
+    assert float(values["latency_total_ms"]) > 0
+
+
+def test_publish_inverse_and_default_frame(client, scene):
+    assert all(r.successful for r in client.set_params(publish_inverse=True, default_carm_frame="carm_default"))
+    try:
+        _, tf = client.register_good(scene, frame_id="")
+        assert (tf.header.frame_id, tf.child_frame_id) == ("ct", "carm_default")
+        assert _translation_error_mm(tf, scene["truth"]) < 2.0  # T_ct_from_carm: the source position
+    finally:
+        assert all(r.successful for r in client.set_params(publish_inverse=False))
+
+
+def test_overlay_arrives_while_subscribed(client, scene):
+    sub = client.subscribe_overlay()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not client.inbox["overlay"]:  # the node must first see the new subscriber
+            if time.monotonic() > deadline:
+                pytest.fail("no overlay")
+            stamp, _ = client.register_good(scene)
+        msg = client.inbox["overlay"][-1]
+        assert (msg.encoding, msg.header.frame_id) == ("bgr8", CARM_FRAME)
+        bgr = conv.image_to_numpy(msg)
+        assert bgr.shape == (256, 256, 3), bgr.shape  # 32 px upscaled 8x for a legible status line
+        green = (bgr[..., 1] == 255) & (bgr[..., 0] == 0) & (bgr[..., 2] == 0)
+        assert green.sum() > 50, f"only {green.sum()} DRR edge pixels drawn"
+    finally:
+        client.node.destroy_subscription(sub)
+
+
+def test_only_the_newest_frame_is_processed_and_drops_are_counted(client, scene):
+    stamp0, _ = client.register_good(scene)
+    dropped_before = int(client.diag_for(stamp0)[1]["frames_dropped"])
+    info = client.info_msg(scene["geometry"])
+    burst = [client.image_msg(scene["image"]) for _ in range(5)]
+    for msg in burst:  # back to back: the worker is busy with the first while the rest arrive
+        client.send(msg, info)
+    last = burst[-1].header.stamp
+    client.tf_for(last)
+    _, values = client.diag_for(last)
+    assert int(values["frames_dropped"]) - dropped_before >= 1, values["frames_dropped"]
+    with client.cv:
+        stamps = {(t.header.stamp.sec, t.header.stamp.nanosec) for m in client.inbox["tf"] for t in m.transforms}
+    assert sum((m.header.stamp.sec, m.header.stamp.nanosec) in stamps for m in burst) < len(burst)
+
+
+def test_quality_gate_failure_publishes_no_tf_and_reports_error(client, scene):
+    assert all(r.successful for r in client.set_params(max_cost=1e-12))
+    try:
+        image = client.image_msg(scene["image"])
+        client.send(image, client.info_msg(scene["geometry"]))
+        status, values = client.diag_for(image.header.stamp, timeout=WAIT_S)
+        assert values["status"] == "rejected_cost" and status.level == b"\x02"
+        assert "registration rejected: cost" in status.message and "max_cost 1e-12" in status.message
+        stamp = (image.header.stamp.sec, image.header.stamp.nanosec)
+        with client.cv:  # the TF and the pose would have been published before the diagnostics
+            assert not any((t.header.stamp.sec, t.header.stamp.nanosec) == stamp
+                           for m in client.inbox["tf"] for t in m.transforms)
+            assert not any((m.header.stamp.sec, m.header.stamp.nanosec) == stamp for m in client.inbox["pose"])
+        assert int(values["registrations_failed"]) >= 1
+    finally:
+        assert all(r.successful for r in client.set_params(max_cost=0.0))
+    client.register_good(scene)
+
+
+def _bad_image(client, scene, case):
+    img = scene["image"]
+    if case == "unsupported_encoding":
+        rgb = np.repeat(conv_to_u8(img)[..., None], 3, axis=2)
+        return client.image_msg(rgb, "rgb8")
+    if case == "bad_step":
+        msg = client.image_msg(img)
+        msg.step = SIZE * 4 - 1
+        msg.data = bytes(msg.step * SIZE)
+        return msg
+    if case == "zero_size":
+        msg = client.image_msg(img)
+        msg.height = msg.width = msg.step = 0
+        msg.data = b""
+        return msg
+    if case == "non_finite":
+        bad = img.copy()
+        bad[3, 4] = np.nan
+        bad[10, 10] = np.inf
+        return client.image_msg(bad)
+    if case == "stale":
+        return client.image_msg(img, stamp=client.stamp(age_s=100.0))
+    raise ValueError(case)
+
+
+def conv_to_u8(img):
+    return np.clip(img / img.max() * 255, 0, 255).astype(np.uint8)
+
+
+BAD_INPUTS = {
+    # reason: (level, text in the log and the diagnostic message)
+    "unsupported_encoding": (b"\x02", "unsupported image encoding 'rgb8'"),
+    "bad_step": (b"\x02", f"step {SIZE * 4 - 1} is smaller than width {SIZE}"),
+    "zero_size": (b"\x02", "zero-size image"),
+    "non_finite": (b"\x01", "2 of 1024 pixels are NaN or infinite"),
+    "stale": (b"\x01", "stale image: stamp"),
+}
+
+
+@pytest.mark.parametrize("reason", list(BAD_INPUTS))
+def test_bad_input_is_reported_and_the_next_frame_registers(client, scene, reason):
+    level, text = BAD_INPUTS[reason]
+    start = client.mark()
+    client.send(_bad_image(client, scene, reason), client.info_msg(scene["geometry"]))
+    status, values = client.diag_since(start, reason)
+    assert status.level == level and text in status.message, status.message
+    client.proc.wait_for_line(text, timeout=10.0)  # logged (throttled per reason)
+    assert int(values["frames_rejected"]) >= 1
+    _, tf = client.register_good(scene)
+    assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
+
+
+def test_image_size_disagreeing_with_camera_info(client, scene):
+    wrong = default_geometry(48)
+    start = client.mark()
+    image = client.image_msg(scene["image"])
+    deadline = time.monotonic() + WAIT_S
+    # the CameraInfo and the image travel on two topics: resend both until the node pairs them
+    while True:
+        client.send(image, client.info_msg(wrong))
+        try:
+            status, _ = client.diag_since(start, "size_mismatch", timeout=3.0)
+            break
+        except pytest.fail.Exception:
+            if time.monotonic() > deadline:
+                raise
+    assert status.level == b"\x02"
+    assert "image 32x32 (WxH) disagrees with CameraInfo 48x48" in status.message
+    client.proc.wait_for_line("disagrees with CameraInfo", timeout=10.0)
+    stamp = None
+    while stamp is None:  # the correct CameraInfo again
+        image = client.image_msg(scene["image"])
+        client.send(image, client.info_msg(scene["geometry"]))
+        try:
+            client.tf_for(image.header.stamp, timeout=WAIT_S)
+            stamp = image.header.stamp
+        except pytest.fail.Exception:
+            if time.monotonic() > deadline + WAIT_S:
+                raise
+
+
+def test_invalid_parameter_values_are_rejected_and_the_old_kept(client):
+    cases = {"ct_frame": "", "image_domain": "counts", "resolution": 100000, "default_carm_frame": "ct",
+             "lm_scales": [0.0, 1.0], "initial_pose": [0.0] * 7}
+    for name, value in cases.items():
+        old = client.get_param(name)
+        (result,) = client.set_params(**{name: value})
+        assert not result.successful and result.reason, name
+        assert client.get_param(name) == old, name
+    (result,) = client.set_params(ct_frame="")
+    assert "non-empty frame id" in result.reason
+    (result,) = client.set_params(qos_depth=3)
+    assert not result.successful and "read-only" in result.reason
+
+
+def test_ct_reload_swaps_good_paths_and_rejects_bad_ones(client, scene):
+    for bad, why in ((str(scene["ct_path"].parent / "missing.nii.gz"), "no such file"),
+                     (str(scene["garbage"]), "unreadable")):
+        (result,) = client.set_params(ct_path=bad)
+        assert not result.successful and why in result.reason, result.reason
+        assert client.get_param("ct_path") == str(scene["ct_path"])
+    start = client.mark()
+    (result,) = client.set_params(ct_path=str(scene["ct_path_b"]))
+    assert result.successful, result.reason
+    status, values = client.diag_since(start, "ct_loaded", timeout=120.0)
+    assert scene["ct_path_b"].name in values["ct"]
+    _, tf = client.register_good(scene)  # the new CT serves
+    assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
+
+
+def test_tracking_warm_starts_and_reset_forgets(client, scene):
+    assert all(r.successful for r in client.set_params(tracking=True))
+    try:
+        client.register_good(scene)
+        stamp, _ = client.register_good(scene)
+        _, values = client.diag_for(stamp)
+        assert values["status"] == "ok"
+        assert values["last_init"] == "tracking" and values["tracking_state"] == "tracking"
+        assert client.reset.wait_for_service(timeout_sec=10.0)
+        future = client.reset.call_async(client._Trigger.Request())
+        client.wait(future.done, 30.0, "~/reset")
+        assert future.result().success
+        stamp, _ = client.register_good(scene)
+        _, values = client.diag_for(stamp)
+        assert values["last_init"] == "initial_pose"
+    finally:
+        client.set_params(tracking=False)
+
+
+def test_runs_with_the_shipped_params_file_and_shuts_down_cleanly(spawn_ros_process):
+    """``python -m ... --ros-args --params-file config/register.yaml`` (embedded CT at 2 mm)."""
+    params = Path(__file__).resolve().parents[2] / "config" / "register.yaml"
+    proc = spawn_ros_process("-m", "sphere_reg_ros.ros.registration_node", "--ros-args",
+                             "--params-file", str(params), "-r", "__node:=reg_params_file_test")
+    proc.wait_for_line("ready:", timeout=180.0)
+    assert "embedded example" in proc.output()
+    proc.stop()
+    assert proc.proc.returncode == 0, proc.output()
+
+
+def test_a_bad_ct_path_at_start_up_exits_with_the_reason(spawn_ros_process, tmp_path):
+    missing = tmp_path / "missing.nii.gz"
+    proc = spawn_ros_process("-m", "sphere_reg_ros.ros.registration_node", "--ros-args",
+                             "-p", f"ct_path:={missing}", "-r", "__node:=reg_bad_start_test")
+    proc.proc.wait(timeout=120)
+    proc.stop()
+    assert proc.proc.returncode == 2
+    assert f"cannot start: ct_path '{missing}': no such file or directory" in proc.output()
