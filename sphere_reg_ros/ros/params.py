@@ -57,7 +57,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("ct_spacing_mm", 2.0, "Voxel size (mm) the CT is resampled to for rendering DRRs.",
               (0.5, 10.0), kind="registrar"),
     ParamSpec("model_path", "", "Checkpoint of the learned models. '' = the shipped checkpoint if "
-              "the package has one, else learning-free residuals.", kind="registrar"),
+              "the package has one, else learning-free residuals; 'none' = learning-free residuals.", kind="registrar"),
     ParamSpec("device", "auto", "Torch device: auto (cuda when available, else cpu), cpu, cuda.",
               choices=("auto", "cpu", "cuda"), kind="registrar"),
     ParamSpec("resolution", 64, "Registration image height in pixels (width in proportion): "
@@ -251,7 +251,7 @@ def validate(values: dict, changed: set[str] | None = None, cuda_available: bool
         raise ParameterError("initial_pose has a zero quaternion")
     if "ct_path" in changed and values["ct_path"]:
         probe_volume_file(values["ct_path"])
-    if "model_path" in changed and values["model_path"]:
+    if "model_path" in changed and values["model_path"] and values["model_path"] != "none":
         p = Path(values["model_path"]).expanduser()
         if not p.is_file() or not os.access(p, os.R_OK):
             raise ParameterError(f"model_path {values['model_path']!r}: no such readable file")

@@ -1,7 +1,8 @@
 """Node parameters → a :class:`~sphere_reg_ros.core.registrar.Registrar` (CT, model, solver).
 
 ``model_path ''`` means: the checkpoint shipped with the package (:func:`shipped_checkpoint`)
-when there is one and it fits the CT, else learning-free residuals (logged).
+when there is one and it fits the CT, else learning-free residuals (logged); ``'none'`` means
+learning-free residuals whatever is shipped.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def build_registrar(settings) -> tuple[Registrar, str]:
     config = registrar_config(settings)
     ct_path = settings.ct_path or None
     spacing = float(settings.ct_spacing_mm)
-    if settings.model_path:
+    if settings.model_path == "none":
+        registrar = Registrar.from_files(ct_path, None, config, spacing_mm=spacing)
+    elif settings.model_path:
         registrar = Registrar.from_files(ct_path, settings.model_path, config, spacing_mm=spacing)
     else:
         shipped = shipped_checkpoint()
