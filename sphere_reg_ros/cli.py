@@ -43,8 +43,8 @@ def _run_ros_command(module: str):
 def _add_demo_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="simulated C-arm + registration node + evaluator on the example CT (needs ROS 2)")
-    parser.add_argument("--frames", type=int, default=24, help="simulated frames (default 24)")
-    parser.add_argument("--rate", type=float, default=0.4, help="simulator frame rate, Hz (default 0.4)")
+    parser.add_argument("--frames", type=int, default=24, help="registered frames to collect (default 24)")
+    parser.add_argument("--rate", type=float, default=0.2, help="simulator frame rate, Hz (default 0.2)")
     parser.add_argument("--resolution", type=int, default=128, help="simulated image size, px (default 128)")
     parser.add_argument("--degradation", default="mild", choices=("none", "mild", "benchmark"),
                         help="image degradations of the simulator (default mild)")
@@ -53,7 +53,7 @@ def _add_demo_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated degradations")
     parser.add_argument("--out", default="demo_output", help="output folder (default demo_output/)")
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="s to wait for the node to start")
-    parser.add_argument("--grace", type=float, default=30.0, help="s to wait for the last results")
+    parser.add_argument("--timeout", type=float, default=600.0, help="s to run at most (default 600)")
     parser.set_defaults(func=_run_ros_command("sphere_reg_ros.ros.demo"))
 
 

@@ -154,16 +154,17 @@ def _score(result: RegistrationResult, true: np.ndarray, landmarks: torch.Tensor
 def _curve(result: RegistrationResult, true: np.ndarray, landmarks: torch.Tensor, final_mtre: float) -> dict:
     hist = [h for h in result.history if "pose" in h]
     if not hist:
-        return {k: np.zeros(0) for k in ("iteration", "elapsed_s", "cost", "mtre_mm")}
+        return {k: np.zeros(0) for k in ("iteration", "elapsed_s", "cost", "mtre_mm", "scale")}
     poses = torch.as_tensor(np.stack([h["pose"] for h in hist]))
     m = mtre(poses, torch.as_tensor(true)[None].expand_as(poses), landmarks).numpy()
     it = np.array([h["iteration"] for h in hist], dtype=float)
     el = np.array([h.get("elapsed_s", 0.0) for h in hist], dtype=float)
     cost = np.array([h["cost"] for h in hist], dtype=float)
+    scale = np.array([h.get("scale", 0) for h in hist], dtype=float)
     if not math.isfinite(final_mtre):  # a failed case ends at inf in the curve too
         m = np.append(m, math.inf)
-        it, el, cost = np.append(it, it[-1]), np.append(el, el[-1]), np.append(cost, cost[-1])
-    return {"iteration": it, "elapsed_s": el, "cost": cost, "mtre_mm": m}
+        it, el, cost, scale = (np.append(a, a[-1]) for a in (it, el, cost, scale))
+    return {"iteration": it, "elapsed_s": el, "cost": cost, "mtre_mm": m, "scale": scale}
 
 
 class _Regressor:
@@ -385,7 +386,7 @@ def _extra_table(runs: dict[str, MethodRun]) -> str:
 
 def write_csvs(report: EvaluationReport, out: Path, initial_mtre: np.ndarray) -> list[Path]:
     """``summary.csv`` (one row per method, unavailable ones with their reason), ``cases.csv`` and
-    ``curves.json`` (per method, per case: iteration, elapsed_s, cost, mtre_mm; null = inf)."""
+    ``curves.json`` (per method, per case: iteration, elapsed_s, cost, mtre_mm, scale (px); null = inf)."""
     summary_path, cases_path = out / "summary.csv", out / "cases.csv"
     fields = list(CSV_FIELDS) + ["iterations_median", "iterations_to_final_median", "time_to_final_s_median",
                                  "failed", "note"]

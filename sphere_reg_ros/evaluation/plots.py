@@ -3,7 +3,7 @@ the similarity landscape around the true pose (the seed's Fig. 3).
 
 * :func:`convergence`: mTRE and cost against iteration and against wall time, one line per
   optimiser: the median over cases, with the 25–75 % band. Costs are relative to each case's
-  initial cost (methods have different cost scales). A case is held at its last value after it
+  cost at the start of each scale (methods and image sizes have different cost scales). A case is held at its last value after it
   stops; failed cases end at +inf (drawn at the top of the axis).
 * :func:`landscape`: 1-D sweeps of each pose parameter around the true pose (translations of
   the CT centre ±``trans_mm`` mm along the CT world axes, rotations about it ±``rot_deg``°), one
@@ -54,6 +54,21 @@ def _band(ax, grid, values: np.ndarray, label: str, color) -> None:
     ax.fill_between(grid, lo, hi, color=color, alpha=0.18, lw=0)
 
 
+def _relative_cost(curve: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Cost divided by the cost at the start of its scale (costs of different image sizes differ)."""
+    cost = np.asarray(curve["cost"], dtype=float)
+    scale = np.asarray(curve.get("scale", np.zeros(len(cost))), dtype=float)
+    out = np.full(len(cost), np.nan)
+    start = 0
+    for k in range(1, len(cost) + 1):
+        if k == len(cost) or scale[k] != scale[start]:
+            c0 = cost[start]
+            if math.isfinite(c0) and c0 != 0:
+                out[start:k] = cost[start:k] / c0
+            start = k
+    return out
+
+
 def convergence(runs: Mapping[str, object], path: str | Path) -> list[Path]:
     """Write the 2×2 convergence figure for the runs (``MethodRun``) to ``path``."""
     path = Path(path)
@@ -70,15 +85,13 @@ def convergence(runs: Mapping[str, object], path: str | Path) -> list[Path]:
         t_grid = np.linspace(0, max(t_max, 1e-3), 200)
         for col, (xkey, grid) in enumerate((("iteration", it_grid), ("elapsed_s", t_grid))):
             m = np.stack([_resample_steps(c[xkey], c["mtre_mm"], grid) for c in curves])
-            rel = []
-            for c in curves:
-                c0 = c["cost"][0] if len(c["cost"]) and math.isfinite(c["cost"][0]) and c["cost"][0] != 0 else np.nan
-                rel.append(_resample_steps(c[xkey], c["cost"] / c0, grid))
+            rel = [_resample_steps(c[xkey], _relative_cost(c), grid) for c in curves]
             _band(axes[0, col], grid, m, name, color)
             _band(axes[1, col], grid, np.stack(rel), name, color)
     for col, xl in enumerate(("iteration", "wall time per case (s)")):
         axes[0, col].set(xlabel=xl, ylabel="mTRE (mm)", yscale="log", title=f"mTRE vs {xl.split(' (')[0]}")
-        axes[1, col].set(xlabel=xl, ylabel="cost / initial cost", yscale="log", title=f"cost vs {xl.split(' (')[0]}")
+        axes[1, col].set(xlabel=xl, ylabel="cost / cost at the start of its scale", yscale="log",
+                         title=f"cost vs {xl.split(' (')[0]} (restarts at 1 at each finer scale)")
         axes[0, col].axhline(1.0, color="k", lw=0.8, ls=":")
         for r in range(2):
             axes[r, col].grid(True, which="both", alpha=0.3)

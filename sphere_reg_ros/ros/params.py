@@ -56,8 +56,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               "the old CT stays in service.", kind="registrar"),
     ParamSpec("ct_spacing_mm", 2.0, "Voxel size (mm) the CT is resampled to for rendering DRRs.",
               (0.5, 10.0), kind="registrar"),
-    ParamSpec("model_path", "", "Checkpoint of the learned models. '' = the shipped checkpoint if "
-              "the package has one, else learning-free residuals; 'none' = learning-free residuals.", kind="registrar"),
+    ParamSpec("model_path", "none", "Checkpoint of the learned models. 'none' (default) = learning-free "
+              "residuals; '' = the shipped checkpoint if the package has one, else learning-free.", kind="registrar"),
     ParamSpec("device", "auto", "Torch device: auto (cuda when available, else cpu), cpu, cuda.",
               choices=("auto", "cpu", "cuda"), kind="registrar"),
     ParamSpec("resolution", 64, "Registration image height in pixels (width in proportion): "

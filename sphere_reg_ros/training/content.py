@@ -10,7 +10,10 @@ the domain randomisation, in the line-integral domain of the DRRs:
 * **collimation** (probability ``p_collimation`` per image): each of the four edges gets a
   shutter of depth U[0, 0.2] of the side; behind it the image rises by one offset
   U[1.5, 6] (line-integral units: a shutter passing 0.2 %-22 % of the beam), with a soft edge
-  (logistic, width U[0.3, 1.5] px);
+  (Gaussian edge profile, σ ~ U[0.005, 0.06] × the image width: focal-spot penumbra, detector
+  blur) and, near the edge, a scatter glow that lowers the offset by a factor
+  ``1 - g·exp(-depth/λ)``, g ~ U[0, 0.7], λ ~ U[0.03, 0.2] × the image width (scatter from the
+  open field filling the shadow);
 * **metal** (probability ``p_metal``): one or two straight rods, centre uniform in the central
   70 % of the image, direction U[0, π), length U[0.08, 0.6] × width, radius U[0.4, 2.5] px,
   peak value U[0.5, 4], with the chord profile of a cylinder ``v·√(1 − (d/r)²)``.
@@ -41,7 +44,9 @@ def random_collimation(images: Tensor, generator: torch.Generator, p: float = 0.
     on = torch.rand(b, generator=generator, dtype=torch.float64) < p
     insets = _u(generator, 4 * b, 0.0, 0.2).view(b, 4)  # top, bottom, left, right (fractions)
     offset = _u(generator, b, 1.5, 6.0)
-    width = _u(generator, b, 0.3, 1.5)
+    width = _u(generator, b, 0.005, 0.06) * w
+    glow = _u(generator, b, 0.0, 0.7)
+    reach = _u(generator, b, 0.03, 0.2) * w
     if not bool(on.any()):
         return images
     dev, dt = images.device, torch.float64
@@ -54,8 +59,11 @@ def random_collimation(images: Tensor, generator: torch.Generator, p: float = 0.
              ins[:, 2, None, None] * w - 0.5 - c, c - (w - 0.5 - ins[:, 3, None, None] * w)]
     d = torch.stack(torch.broadcast_tensors(*sides), 0)  # (4, B, H, W)
     d = torch.where(ins.T[:, :, None, None] > 0, d, torch.full_like(d, -1e3))
-    mask = torch.sigmoid(d / wd).amax(0)  # (B, H, W)
-    add = (on.to(dev, dt) * offset.to(dev))[:, None, None] * mask
+    depth = d.amax(0)  # (B, H, W): how far behind the nearest shutter edge
+    mask = 0.5 * (1 + torch.erf(depth / (math.sqrt(2.0) * wd)))
+    # scatter from the open field fills the shutter's shadow near its edge
+    fill = 1 - glow.to(dev)[:, None, None] * torch.exp(-depth.clamp_min(0.0) / reach.to(dev)[:, None, None])
+    add = (on.to(dev, dt) * offset.to(dev))[:, None, None] * mask * fill
     return images + add[:, None].to(images.dtype)
 
 
