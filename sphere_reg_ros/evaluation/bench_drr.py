@@ -54,10 +54,16 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resolution", type=int, nargs="+", default=[64, 128], help="DRR sizes (px)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's; 1 is steadier on a busy machine)")
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"benchmark-drr: --threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     rows = run(args.ct, args.spacing, args.resolution, args.repeats, args.device)
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, torch threads "
           f"{torch.get_num_threads()}, device {args.device}, CT at {args.spacing:g} mm")
