@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from rclpy.signals import SignalHandlerOptions
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
@@ -389,8 +390,14 @@ class RegistrationNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point (``ros2 run sphere_reg_ros registration_node`` / ``python -m``)."""
-    rclpy.init(args=argv)
+    """Entry point (``ros2 run sphere_reg_ros registration_node`` / ``python -m``).
+
+    Ctrl-C (SIGINT) is left to Python (``KeyboardInterrupt`` in the main thread, within one
+    diagnostics period) instead of rclpy's signal handler, which shuts the context down
+    asynchronously while the worker and loader threads may still use it (seen as a rare crash
+    at shutdown); the node then stops its threads before the context goes away.
+    """
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
         node = RegistrationNode()
