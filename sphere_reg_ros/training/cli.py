@@ -58,6 +58,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--embedding", default="spherical", choices=list(EMBEDDINGS), help="similarity embedding")
     p.add_argument("--regressor-loss", default="so4", choices=["so4", "se3"], help="geodesic loss (default so4)")
     p.add_argument("--batch-size", type=int, default=32, help="regressor batch size (default 32)")
+    p.add_argument("--no-content", action="store_true",
+                   help="no collimator shutters / metal in the training X-rays (the seed's domain "
+                        "randomisation only; an ablation)")
     p.add_argument("--val-every-s", type=float, default=120.0, help="validation interval, s (default 120)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for PyTorch (default 0: PyTorch's choice). On a machine shared with "
@@ -99,6 +102,7 @@ def run_train(args: argparse.Namespace) -> int:
             similarity=SimilarityConfig(embedding=args.embedding),
             regressor_loss=args.regressor_loss, batch_size=args.batch_size,
             val_every_s=args.val_every_s, max_steps=args.max_steps,
+            **(dict(p_collimation=0.0, p_metal=0.0) if args.no_content else {}),
             budget_s=None if budget is None else 60.0 * budget, device=args.device, **gpu)
         ct, labels, structures, desc = _load_ct(args.ct, args.labels)
         t0 = time.perf_counter()

@@ -13,7 +13,9 @@ the domain randomisation, in the line-integral domain of the DRRs:
   (Gaussian edge profile, σ ~ U[0.005, 0.06] × the image width: focal-spot penumbra, detector
   blur) and, near the edge, a scatter glow that lowers the offset by a factor
   ``1 - g·exp(-depth/λ)``, g ~ U[0, 0.7], λ ~ U[0.03, 0.2] × the image width (scatter from the
-  open field filling the shadow);
+  open field filling the shadow); the anatomy in the shadow is washed out towards a blurred copy
+  (weight U[0, 1], σ ~ U[0.03, 0.12] × the width: the shadow holds mostly scatter) and gets
+  Gaussian noise of σ ~ U[0, 0.3] (few quanta pass the lead);
 * **metal** (probability ``p_metal``): one or two straight rods, centre uniform in the central
   70 % of the image, direction U[0, π), length U[0.08, 0.6] × width, radius U[0.4, 2.5] px,
   peak value U[0.5, 4], with the chord profile of a cylinder ``v·√(1 − (d/r)²)``.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ContentAugmentation", "random_collimation", "random_metal"]
@@ -36,6 +39,19 @@ __all__ = ["ContentAugmentation", "random_collimation", "random_metal"]
 
 def _u(generator: torch.Generator, n: int, lo: float, hi: float) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
+
+
+def _blur(images: Tensor, sigma_px: Tensor) -> Tensor:
+    """Per-image separable Gaussian blur of ``(B, 1, H, W)``, ``sigma_px (B,)``, replicate edges."""
+    b, _, h, w = images.shape
+    radius = int(math.ceil(3 * float(sigma_px.max())))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64, device=images.device)
+    k = torch.exp(-0.5 * (t[None] / sigma_px.to(images.device)[:, None]) ** 2)
+    k = (k / k.sum(1, keepdim=True)).to(images.dtype)  # (B, 2r+1)
+    x = images.reshape(1, b, h, w)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k[:, None, None, :], groups=b)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k[:, None, :, None], groups=b)
+    return x.reshape(b, 1, h, w)
 
 
 def random_collimation(images: Tensor, generator: torch.Generator, p: float = 0.5) -> Tensor:
@@ -47,6 +63,10 @@ def random_collimation(images: Tensor, generator: torch.Generator, p: float = 0.
     width = _u(generator, b, 0.005, 0.06) * w
     glow = _u(generator, b, 0.0, 0.7)
     reach = _u(generator, b, 0.03, 0.2) * w
+    wash = torch.rand(b, generator=generator, dtype=torch.float64)
+    wash_sigma = _u(generator, b, 0.03, 0.12) * w
+    noise_std = _u(generator, b, 0.0, 0.3)
+    z = torch.randn(images.shape, generator=generator, dtype=torch.float64)
     if not bool(on.any()):
         return images
     dev, dt = images.device, torch.float64
@@ -60,11 +80,15 @@ def random_collimation(images: Tensor, generator: torch.Generator, p: float = 0.
     d = torch.stack(torch.broadcast_tensors(*sides), 0)  # (4, B, H, W)
     d = torch.where(ins.T[:, :, None, None] > 0, d, torch.full_like(d, -1e3))
     depth = d.amax(0)  # (B, H, W): how far behind the nearest shutter edge
-    mask = 0.5 * (1 + torch.erf(depth / (math.sqrt(2.0) * wd)))
+    mask = (0.5 * (1 + torch.erf(depth / (math.sqrt(2.0) * wd))) * on.to(dev, dt)[:, None, None])[:, None]
     # scatter from the open field fills the shutter's shadow near its edge
     fill = 1 - glow.to(dev)[:, None, None] * torch.exp(-depth.clamp_min(0.0) / reach.to(dev)[:, None, None])
-    add = (on.to(dev, dt) * offset.to(dev))[:, None, None] * mask * fill
-    return images + add[:, None].to(images.dtype)
+    x = images.to(dt)
+    a = wash.to(dev)[:, None, None, None]
+    shadow = (1 - a) * x + a * _blur(x, wash_sigma)  # scatter-dominated shadows lose the anatomy
+    shadow = shadow + (offset.to(dev)[:, None, None] * fill)[:, None]
+    shadow = shadow + noise_std.to(dev)[:, None, None, None] * z.to(dev)  # few quanta behind lead
+    return (x + mask * (shadow - x)).to(images.dtype)
 
 
 def random_metal(images: Tensor, generator: torch.Generator, p: float = 0.5) -> Tensor:

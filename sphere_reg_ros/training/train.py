@@ -76,7 +76,9 @@ class TrainConfig:
     """Everything that defines a training run (see the module docstring).
 
     Pose jitter (``jitter_*``), moving-pose spread (``moving_*``) and pools are described in
-    :mod:`.dataset`. ``step_mm`` None: 1.5 × ``spacing_mm`` (ray step of the training DRRs).
+    :mod:`.dataset`; ``p_collimation``, ``p_metal`` (clinical content of the "X-rays", 0 = the
+    seed's domain randomisation only) in :mod:`.content`. ``step_mm`` None: 1.5 × ``spacing_mm``
+    (ray step of the training DRRs).
     Stopping: after ``max_steps`` steps or ``budget_s`` seconds (whichever comes first; at least
     one must be set).
     """
