@@ -143,6 +143,7 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--force", action="store_true", help="accept a checkpoint made for another CT / geometry")
     p.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default 0: PyTorch's choice)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=run_benchmark)
     return p
@@ -155,6 +156,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
     from sphere_reg_ros.training.checkpoint import CheckpointError, default_checkpoint_path, load_checkpoint
     from sphere_reg_ros.training.train import resolve_device
 
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
         ct, labels, structures, desc = _load_ct(args.ct, args.labels)
