@@ -398,6 +398,21 @@ def _check_cov(cov: np.ndarray, name: str) -> np.ndarray:
     return C
 
 
+def _increment_to_ros(T: np.ndarray, inverse: bool) -> np.ndarray:
+    """``(6, 6)`` linear map from the registrar's increment ``(v [mm], w [rad])`` of ``T_ct_from_carm``
+    to the ROS pose error ``(x, y, z [m], rx, ry, rz [rad])`` of the published pose."""
+    if inverse:
+        P, A = T, np.eye(6)
+    else:
+        # T^-1 exp(-δ) = exp(-Ad_{T^-1} δ) T^-1: a left increment of the inverse pose
+        P = invert_pose(T)
+        A = _adjoint(P)
+    J = np.eye(6)
+    J[:3, 3:] = -_skew(P[:3, 3])  # position error = v' + w' × t
+    S = np.diag([1.0 / _MM_PER_M] * 3 + [1.0] * 3)
+    return S @ J @ A
+
+
 def covariance_to_ros(T_ct_from_carm: np.ndarray, cov_increment: np.ndarray, inverse: bool) -> np.ndarray:
     """ROS pose covariance ``(6, 6)`` (m², m·rad, rad²) of the published pose.
 
@@ -412,35 +427,16 @@ def covariance_to_ros(T_ct_from_carm: np.ndarray, cov_increment: np.ndarray, inv
         Covariance of ``(x, y, z, rx, ry, rz)``: position error of the published pose's origin in
         the header frame (m) and rotation error about the header frame's axes (rad).
     """
-    T = _rigid(T_ct_from_carm)
     C = _check_cov(cov_increment, "covariance")
-    if inverse:
-        P, A = T, np.eye(6)
-    else:
-        # T^-1 exp(-δ) = exp(-Ad_{T^-1} δ) T^-1: a left increment of the inverse pose
-        P = invert_pose(T)
-        A = _adjoint(P)
-    J = np.eye(6)
-    J[:3, 3:] = -_skew(P[:3, 3])  # position error = v' + w' × t
-    S = np.diag([1.0 / _MM_PER_M] * 3 + [1.0] * 3)
-    M = S @ J @ A
+    M = _increment_to_ros(_rigid(T_ct_from_carm), inverse)
     out = M @ C @ M.T
     return 0.5 * (out + out.T)
 
 
 def covariance_from_ros(T_ct_from_carm: np.ndarray, cov_ros: np.ndarray, inverse: bool) -> np.ndarray:
     """Inverse of :func:`covariance_to_ros`: the increment covariance ``(6, 6)`` (mm, rad)."""
-    T = _rigid(T_ct_from_carm)
     C = _check_cov(cov_ros, "ROS covariance")
-    if inverse:
-        P, A = T, np.eye(6)
-    else:
-        P = invert_pose(T)
-        A = _adjoint(P)
-    J = np.eye(6)
-    J[:3, 3:] = -_skew(P[:3, 3])
-    S = np.diag([1.0 / _MM_PER_M] * 3 + [1.0] * 3)
-    Minv = np.linalg.inv(S @ J @ A)
+    Minv = np.linalg.inv(_increment_to_ros(_rigid(T_ct_from_carm), inverse))
     out = Minv @ C @ Minv.T
     return 0.5 * (out + out.T)
 

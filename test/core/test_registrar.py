@@ -15,13 +15,7 @@ from sphere_reg_ros.core.result import Status
 from sphere_reg_ros.core.volume import resample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread is as fast, and far faster on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 GEOMETRY = CarmGeometry(sdd=1020.0, height=64, width=64, delx=6.0, dely=6.0)  # image at 2x the resolution
