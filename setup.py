@@ -32,6 +32,7 @@ setup(
             "sphere-reg = sphere_reg_ros.cli:main",
             "carm_simulator = sphere_reg_ros.ros.carm_simulator:main",
             "registration_node = sphere_reg_ros.ros.registration_node:main",
+            "demo_evaluator = sphere_reg_ros.ros.demo:evaluator_main",
         ],
     },
 )

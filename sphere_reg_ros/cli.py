@@ -44,11 +44,16 @@ def _add_demo_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="simulated C-arm + registration node + evaluator on the example CT (needs ROS 2)")
     parser.add_argument("--frames", type=int, default=24, help="registered frames to collect (default 24)")
+    parser.add_argument("--min-frames", type=int, default=20,
+                        help="registered frames the expectation needs (default 20, as the README states)")
     parser.add_argument("--rate", type=float, default=0.2, help="simulator frame rate, Hz (default 0.2)")
     parser.add_argument("--resolution", type=int, default=128, help="simulated image size, px (default 128)")
     parser.add_argument("--degradation", default="mild", choices=("none", "mild", "benchmark"),
                         help="image degradations of the simulator (default mild)")
     parser.add_argument("--ct", default=None, help="CT file (default: the embedded example CT)")
+    parser.add_argument("--ct-spacing-mm", type=float, default=None,
+                        help="voxel size the CT is resampled to for the simulator and the node "
+                             "(default: their defaults, 2 mm)")
     parser.add_argument("--model", default=None, help="checkpoint (default: the node's default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated degradations")
     parser.add_argument("--out", default="demo_output", help="output folder (default demo_output/)")

@@ -45,6 +45,8 @@ PARAMETERS = {
     "sweep_period_s": (40.0, "period of the sweep (s of trajectory time)", (1.0, 3600.0)),
     "motion_mm": (3.0, "amplitude of the slow patient motion (mm)", (0.0, 50.0)),
     "time_step_s": (1.0, "trajectory time between frames (s)", (0.01, 60.0)),
+    "wait_for_subscribers": (0, "start publishing only once the image topic has at least this many "
+                             "subscribers (0 = at once)", (0, 100)),
     "frame_id": ("carm_optical", "frame of the published images (the C-arm's optical frame)", None),
     "ct_frame": ("ct", "frame of the CT", None),
     "truth_frame": ("carm_truth", "frame of the true C-arm pose published on TF (child of ct_frame)", None),
@@ -89,6 +91,7 @@ class CarmSimulatorNode(Node):
         self.tf = TfPublisher(self)
         self.frame = 0
         self.done = False
+        self.waiting = False
         self.timer = self.create_timer(1.0 / p["rate_hz"], self._publish)
         self.get_logger().info(
             f"simulating {self.ct.source} ({self.ct.shape}) at {p['resolution']} px, {p['rate_hz']} Hz, "
@@ -105,6 +108,12 @@ class CarmSimulatorNode(Node):
                 self.get_logger().info(f"published {self.frame} frames; stopping in 2 s")
                 self.done = True
                 self.create_timer(2.0, lambda: rclpy.try_shutdown(context=self.context))
+            return
+        if self.frame == 0 and self.image_pub.get_subscription_count() < self.params["wait_for_subscribers"]:
+            if not self.waiting:
+                self.get_logger().info(f"waiting for {self.params['wait_for_subscribers']} subscriber(s) of "
+                                       f"{self.image_pub.topic_name} before the first frame")
+                self.waiting = True
             return
         start = time.perf_counter()
         pose = self.pose_at(self.frame)

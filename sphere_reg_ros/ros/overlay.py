@@ -65,10 +65,18 @@ def make_overlay(xray: np.ndarray, drr: np.ndarray | None, status: str, ok: bool
         d8 = cv2.GaussianBlur(d8, (5, 5), 1.2)
         edges = cv2.Canny(d8, 40, 110) > 0
         out[edges] = EDGE_COLOUR_OK if ok else EDGE_COLOUR_FAIL
-    scale = max(0.35, out.shape[1] / 900.0)
-    thickness = max(1, int(round(scale * 2)))
-    origin = (6, int(8 + 22 * scale))
-    cv2.putText(out, status, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-    cv2.putText(out, status, origin, cv2.FONT_HERSHEY_SIMPLEX, scale,
-                (255, 255, 255) if ok else (0, 0, 255), thickness, cv2.LINE_AA)
+    _status_band(out, status, (255, 255, 255) if ok else (0, 0, 255))
     return out
+
+
+def _status_band(out: np.ndarray, text: str, colour: tuple[int, int, int]) -> None:
+    """Draw ``text`` on a darkened band across the top of ``out`` (in place), as large as fits."""
+    font, w = cv2.FONT_HERSHEY_SIMPLEX, out.shape[1]
+    scale = max(0.45, w / 700.0)
+    while scale > 0.3 and cv2.getTextSize(text, font, scale, 1)[0][0] > w - 8:
+        scale -= 0.05
+    thickness = max(1, int(round(scale * 1.6)))
+    (_, text_h), baseline = cv2.getTextSize(text, font, scale, thickness)
+    band = min(out.shape[0], text_h + baseline + 8)
+    out[:band] = (out[:band].astype(np.float32) * 0.35).astype(np.uint8)
+    cv2.putText(out, text, (4, 4 + text_h), font, scale, colour, thickness, cv2.LINE_AA)

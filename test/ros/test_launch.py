@@ -53,6 +53,37 @@ def test_launch_file_parses_and_declares_its_arguments():
         assert text in source, text
 
 
+DEMO_LAUNCH_FILE = ROOT / "launch" / "demo.launch.py"
+DEMO_ARGUMENTS = {"frames", "rate_hz", "resolution", "degradation", "ct_path", "model_path", "out", "timeout_s",
+                  "launch_rviz"}
+
+
+def test_demo_launch_file_starts_the_three_demo_processes():
+    """demo.launch.py parses, declares its documented arguments, starts executables that setup.py
+    installs, with the demo's frame names, and shuts the launch down when the evaluator exits."""
+    from sphere_reg_ros.ros import demo
+
+    source = DEMO_LAUNCH_FILE.read_text()
+    tree = ast.parse(source, filename=str(DEMO_LAUNCH_FILE))
+    assert "generate_launch_description" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    declared = _declared_arguments(tree)
+    assert set(declared) == DEMO_ARGUMENTS
+    for name, call in declared.items():
+        assert {"default_value", "description"} <= {k.arg for k in call.keywords}, name
+        assert name in source.split('"""')[1], f"argument {name} is not documented in the docstring"
+    setup_py = (ROOT / "setup.py").read_text()
+    executables = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "executable" and isinstance(node.value, ast.Constant):
+            executables.add(node.value.value)
+    assert executables == {"carm_simulator", "registration_node", "demo_evaluator", "rviz2"}
+    for exe in executables - {"rviz2"}:
+        assert f'"{exe} = sphere_reg_ros.' in setup_py, f"setup.py installs no console script {exe}"
+    assert f'SIM_FRAME, CT_FRAME, TRUTH_FRAME = "{demo.SIM_FRAME}", "{demo.CT_FRAME}", "{demo.TRUTH_FRAME}"' in source
+    assert "OnProcessExit(" in source and "target_action=evaluator" in source and "Shutdown(" in source
+    assert '"wait_for_subscribers": 1' in source
+
+
 def test_rviz_config_shows_tf_and_the_overlay():
     config = yaml.safe_load(RVIZ_FILE.read_text())
     displays = {d["Class"]: d for d in config["Visualization Manager"]["Displays"]}
