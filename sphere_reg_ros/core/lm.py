@@ -425,6 +425,17 @@ class LevenbergMarquardt:
             s, ok = damped_solve(H[a], g[a], lam[a], D[a])
             s = s * kappa[a, None]  # the step of the model with Hessian (JᵀWJ + λD)/κ
             step_mm, step_rad = s[:, :3].detach().norm(dim=-1), s[:, 3:].detach().norm(dim=-1) / L
+            # a step already below the tolerance cannot move the pose by more than the tolerance:
+            # stop before rendering the trial (one render fewer per scale)
+            small = ok & (step_mm < tol_mm) & (step_rad < tol_rad)
+            if bool(small.any()):
+                for k in a[small].tolist():
+                    status[k], message[k] = Status.CONVERGED, "step below tolerance"
+                live = live & ~torch.isin(torch.arange(n, device=pose.device), a[small])
+                keep = ~small
+                a, s, ok, step_mm, step_rad = a[keep], s[keep], ok[keep], step_mm[keep], step_rad[keep]
+                if not a.numel():
+                    break
             trial = se3_exp(s @ P.T.to(s)) @ pose[a]
             ok_idx = ok.nonzero()[:, 0]
             if rewindows < 3 and not self._covers(window, renderer, trial[ok_idx]):

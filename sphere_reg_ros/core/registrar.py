@@ -310,20 +310,21 @@ class Registrar:
 
     # ------------------------------------------------------------------ registration
     def register(self, image: np.ndarray, geometry: CarmGeometry, init_pose: np.ndarray | None = None,
-                 *, solver=None) -> RegistrationResult:
+                 *, solver=None, fine_only: bool = False) -> RegistrationResult:
         """Register one image ``(H, W)`` (float, log domain) taken with ``geometry``.
 
         ``init_pose`` ``(4, 4)`` ``T_ct_from_carm`` (mm) to start from; None → the regressor, or
         the AP view without one. Never raises for bad input (see the module docstring).
         ``solver``: another optimiser with the LM's ``solve`` signature (e.g. a baseline from
-        :mod:`.baselines`) to run instead of ``self.solver``.
+        :mod:`.baselines`) to run instead of ``self.solver``. ``fine_only``: skip the coarse scales
+        (tracking: the initial pose is already close, so the coarse pass only costs time).
         """
         return self.register_batch([image], geometry, None if init_pose is None else [init_pose],
-                                   solver=solver)[0]
+                                   solver=solver, fine_only=fine_only)[0]
 
     def register_batch(self, images: Sequence[np.ndarray] | np.ndarray, geometry: CarmGeometry,
                        init_poses: Sequence[np.ndarray | None] | np.ndarray | None = None,
-                       *, solver=None) -> list[RegistrationResult]:
+                       *, solver=None, fine_only: bool = False) -> list[RegistrationResult]:
         """Register ``N`` images ``(N, H, W)`` of one geometry, batched through the solver.
 
         ``init_poses``: ``(N, 4, 4)``, a list with None entries (regressor / default), or None.
@@ -356,7 +357,7 @@ class Registrar:
                                      {"total": time.perf_counter() - t0})
         if valid:
             try:
-                done = self._register_valid(arrays, inits, geometry, t0, solver or self.solver)
+                done = self._register_valid(arrays, inits, geometry, t0, solver or self.solver, fine_only)
             except Exception as exc:  # never let a bad case take the caller down
                 log.exception("registration failed")
                 status = Status.INVALID_INPUT if isinstance(exc, ValueError) else Status.DIVERGED
@@ -367,7 +368,8 @@ class Registrar:
         return results  # type: ignore[return-value]
 
     def _register_valid(self, arrays: list[np.ndarray], inits: list[np.ndarray | None],
-                        geometry: CarmGeometry, t0: float, solver) -> list[RegistrationResult]:
+                        geometry: CarmGeometry, t0: float, solver, fine_only: bool = False
+                        ) -> list[RegistrationResult]:
         n = len(arrays)
         reg_geometry = self.registration_geometry(geometry)
         full = torch.from_numpy(np.stack(arrays))[:, None].to(self.device)
@@ -393,7 +395,8 @@ class Registrar:
                 poses[missing] = self.default_pose()
                 for i in missing:
                     messages[i] = "initial pose: the AP view (no regressor, no initial pose given)"
-        renderers = [self.renderer(g) for g in self.scale_geometries(reg_geometry)]
+        scales = self.scale_geometries(reg_geometry)
+        renderers = [self.renderer(g) for g in (scales[-1:] if fine_only else scales)]
         t2 = time.perf_counter()
         out = solver.solve(renderers, fixed, torch.from_numpy(poses), center=self.center_world)
         t_lm = time.perf_counter() - t2

@@ -267,11 +267,12 @@ def _bench_device(opts, device: str) -> dict:
                 T_true = conv.invert_pose(T.numpy())
                 errors.append(float(np.linalg.norm(conv.transform_stamped_to_pose(tf)[:3, 3] - T_true[:3, 3])))
         player.set_params(tracking=True)
-        track = []
+        track, track_inits = [], []
         order = list(range(len(track_images))) + list(range(len(track_images) - 2, 0, -1))
         for i in range(opts.frames):
-            lat, _, _ = player.frame(track_images[order[i % len(order)]], info, opts.timeout)
+            lat, diag, _ = player.frame(track_images[order[i % len(order)]], info, opts.timeout)
             track.append(lat)
+            track_inits.append(diag.get("last_init", "?"))
         rss_before = _rss_mb(node.proc.pid)
         mem_failed = 0
         for i in range(opts.memory_frames):
@@ -280,7 +281,9 @@ def _bench_device(opts, device: str) -> dict:
         rss_after = _rss_mb(node.proc.pid)
         ready = next((line.split("ready:", 1)[1].strip() for line in node.lines if "ready:" in line), "")
         out = {"device": device, "registrar": ready, "startup_s": startup_s, "warmup_s": warm, "cold": _stats(cold),
-               "tracking": _stats(track), "cold_translation_error_mm_median":
+               "tracking": _stats(track),
+               "tracking_fell_back": sum("fell back" in how for how in track_inits),
+               "cold_translation_error_mm_median":
                float(np.median(errors)) if errors else None,
                "node_register_ms_median": float(np.median([float(d["latency_register_ms"]) for d in diags
                                                            if "latency_register_ms" in d] or [math.nan])),
@@ -313,6 +316,8 @@ def _report(results: list[dict], opts) -> None:
                       f"max {s['max_s']:.3f}  ({s['frames']} frames, {s['failed']} without TF)")
             else:
                 print(f"  {name:9s} no frame registered ({s['frames']} frames)")
+        if "median_s" in t:
+            print(f"  tracking frames that fell back to a cold registration: {r['tracking_fell_back']} of {t['frames']}")
         if r["cold_translation_error_mm_median"] is not None:
             print(f"  cold TF translation error, median {r['cold_translation_error_mm_median']:.2f} mm")
         speed = r["tracking_speedup"]

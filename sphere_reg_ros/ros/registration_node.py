@@ -304,7 +304,7 @@ class RegistrationNode(Node):
         lat["convert"] = t1 - t0
 
         init, how = self._initial(s)
-        result = service.registrar.register(image, geometry, init)
+        result = service.registrar.register(image, geometry, init, fine_only=how == "tracking")
         if how == "tracking" and (self._gate(result, s) is not None or result.cost > s.tracking_cost_factor
                                   * max(self._track_cost, _TRACKING_COST_FLOOR)):
             cold_init, cold_how = self._initial(s.replace(tracking=False))

@@ -64,6 +64,29 @@ def test_registers_a_rendered_image(registrar, case):
     assert res.cost < res.initial_cost and res.iterations > 0 and res.history
 
 
+def test_fine_only_skips_the_coarse_scales_when_tracking(registrar, case):
+    image, true, _ = case
+    near = _offset(true, registrar.center_world, [0.1, 0.0, -0.1], [0.5, 0.2, 0.0])  # one frame of motion
+    full = registrar.register(image, GEOMETRY, near)
+    fine = registrar.register(image, GEOMETRY, near, fine_only=True)
+    assert full.ok and fine.ok, (full.message, fine.message)
+    assert {h["scale"] for h in full.history} == {16, 32}
+    assert {h["scale"] for h in fine.history} == {32}
+    assert fine.iterations < full.iterations
+    assert _mtre(registrar, fine.pose, true) < 0.5
+
+
+def test_converged_step_stops_before_another_render(registrar, case):
+    """A step below the tolerance ends the scale without rendering its trial pose."""
+    image, true, _ = case
+    res = registrar.register(image, GEOMETRY, true, fine_only=True)
+    assert res.status is Status.CONVERGED and res.message.startswith("step below tolerance"), res.message
+    cfg = registrar.config
+    # one history entry per rendered trial: none of them was a step below the tolerance
+    trials = [h for h in res.history if h["iteration"] > 0]
+    assert trials and all(h["step_mm"] >= cfg.step_tol_mm or h["step_rad"] >= cfg.step_tol_rad for h in trials)
+
+
 @pytest.mark.parametrize("image, needle", [
     (np.full((64, 64), np.nan, dtype=np.float32), "NaN"),
     (np.zeros((48, 64), dtype=np.float32), "geometry"),
