@@ -66,7 +66,7 @@ from sphere_reg_ros.core.carm import CarmGeometry
 from sphere_reg_ros.core.result import RegistrationResult, Status
 from sphere_reg_ros.core.volume import Volume, resample
 
-__all__ = ["XvrConfig", "XvrRegistration", "xvr_available", "write_xray_dicom", "INSTALL_HINT",
+__all__ = ["XvrConfig", "XvrRegistration", "xvr_available", "write_xray_dicom", "read_dicom_values", "INSTALL_HINT",
            "REORIENT", "DETECTOR_FROM_OPTICAL"]
 
 log = logging.getLogger(__name__)
