@@ -3,14 +3,16 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sphere-reg-setup
+PEERS_STAMP := $(VENV)/.sphere-reg-peers
 SETUP_INPUTS := requirements.txt setup.py setup.cfg package.xml tools/build_tf2_msgs.sh \
                 $(wildcard interfaces/tf2_msgs/*.txt interfaces/tf2_msgs/*.xml interfaces/tf2_msgs/msg/*.msg)
 
-.PHONY: help setup test test-fast demo register-example benchmark-drr clean-venv
+.PHONY: help setup peers test test-fast demo register-example benchmark-drr clean-venv
 
 help:
 	@echo "make setup      create $(VENV) (Python 3.11) with every pinned dependency, tf2_msgs, the package"
-	@echo "make test       run the whole test suite (does set-up first when needed)"
+	@echo "make peers      add the peer baselines (xvr) that 'sphere-reg evaluate' compares against"
+	@echo "make test       run the whole test suite (does set-up and peers first when needed)"
 	@echo "make demo       the main job on the embedded example CT (does set-up first when needed)"
 	@echo "make benchmark-drr  DRR vs DRR+Jacobian cost on this machine"
 
@@ -26,7 +28,19 @@ $(STAMP): $(SETUP_INPUTS)
 	@touch $(STAMP)
 	@echo "set-up done: $(VENV)"
 
-test: setup
+# The peer baselines (setup.py extra "peers": xvr), pinned by requirements.txt and
+# requirements-peers.txt as constraints (pip refuses extras in constraints, hence the copy without
+# them). Idempotent like setup; the tests need it, so `make test` does it (a few seconds).
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): $(STAMP) requirements-peers.txt setup.py
+	sed 's/\[[^]]*\]//' requirements.txt > $(VENV)/constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(VENV)/constraints.txt \
+	    -c requirements-peers.txt -e '.[peers]'
+	@touch $(PEERS_STAMP)
+	@echo "peers installed: xvr"
+
+test: setup peers
 	$(PY) -m pytest
 
 demo: setup

@@ -42,6 +42,7 @@ MODULE_TO_DEPENDENCY = {
     "torchio": "pip:diffdrr",
     "timm": "pip:timm",
     "nrrd": "pip:pynrrd",
+    "xvr": "pip:xvreg",  # optional peer baseline (extra "peers"), imported lazily by the evaluation
     "setuptools": "python3-setuptools-or-buildtool",
 }
 

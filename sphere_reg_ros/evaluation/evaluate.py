@@ -18,7 +18,9 @@ Methods (:data:`METHODS`):
 * ``adam`` / ``gd``: Adam / gradient descent with DiffPose's learning rates on the same
   similarity as ``ours`` (the learning-free residuals when no model is given);
 * ``ncc-adam``: Adam on DiffPose's multiscale NCC (learning-free);
-* ``xvr``: the peer tool (issue 8), unavailable unless its package is installed.
+* ``xvr``: the peer tool xvr's fixed-pose registration from the same initial poses
+  (:mod:`.xvr_adapter`; its defaults, working up to the same resolution); listed unavailable with
+  the install hint when its package (``pip install .[peers]``) is missing.
 
 Besides the table: "iterations / time to final accuracy" per method (the first iteration after
 which a case's mTRE stays within ``max(0.1 mm, 10 %)`` of its final value; median over cases),
@@ -28,7 +30,6 @@ a per-case CSV and the plots of :mod:`.plots`.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import logging
 import math
@@ -44,10 +45,11 @@ from tqdm import tqdm
 from sphere_reg_ros.core.baselines import GradientConfig, GradientRegistration, MultiscaleNCC, SimilarityCost
 from sphere_reg_ros.core.metrics import CSV_FIELDS, Summary, format_table, mtre, summarize, to_csv_rows
 from sphere_reg_ros.core.lm import LevenbergMarquardt
-from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig
+from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig, resolve_device
 from sphere_reg_ros.core.residuals import CombinedResiduals
 from sphere_reg_ros.core.result import RegistrationResult, Status
 from sphere_reg_ros.core.volume import Volume
+from sphere_reg_ros.evaluation.xvr_adapter import INSTALL_HINT, XvrConfig, XvrRegistration, xvr_available
 
 __all__ = ["METHODS", "EvaluationConfig", "MethodRun", "EvaluationReport", "evaluate", "convergence_point",
            "write_csvs", "shipped_model"]
@@ -67,7 +69,7 @@ METHODS: dict[str, str] = {
     "adam": "Adam (DiffPose lr: rot 7.5e-3, trans 7.5) on the same similarity as 'ours'",
     "gd": "gradient descent (first step = DiffPose lr) on the same similarity as 'ours'",
     "ncc-adam": "Adam (DiffPose lr) on DiffPose's multiscale NCC (learning-free)",
-    "xvr": "xvr fixed-pose registration (peer tool, issue 8)",
+    "xvr": "xvr (peer tool) fixed-pose registration, its defaults: Adam on gradient-multiscale NCC",
 }
 _CHECKPOINT_METHODS = ("ours-se3", "ours-so4", "euclidean", "hyperbolic")
 _MODEL_METHODS = ("ours", "ours-regressor", "regressor", "ours+intensity")
@@ -87,6 +89,7 @@ class EvaluationConfig:
         landscape: draw the similarity landscape (costs extra renders).
         warmup: run each method once on case 0 before timing (one-time set-up costs excluded).
         intensity_weight: weight of the intensity residuals in ``ours+intensity``.
+        xvr: settings of the ``xvr`` peer (its device follows ``registrar.device``).
     """
 
     registrar: RegistrarConfig = RegistrarConfig()
@@ -98,6 +101,7 @@ class EvaluationConfig:
     landscape: bool = True
     warmup: bool = True
     intensity_weight: float = 5.0
+    xvr: XvrConfig = XvrConfig()
 
 
 @dataclass
@@ -288,10 +292,13 @@ def _build(methods: Sequence[str], ct: Volume, model: str | None, models: dict[s
                 runners[name] = (lambda r, s: lambda img, g, init: r.register(img, g, init, solver=s))(reg, solver)
                 sims["mNCC"] = MultiscaleNCC()
             elif name == "xvr":
-                if importlib.util.find_spec("xvr") is None:
-                    unavailable[name] = "xvr is not installed (pip install .[peers]; issue 8)"
+                if not xvr_available():
+                    unavailable[name] = f"xvr is not installed ({INSTALL_HINT}; issue 8)"
                 else:
-                    unavailable[name] = "xvr adapter not implemented yet (issue 8)"
+                    device = str(resolve_device(config.registrar.device))
+                    xcfg = replace(config.xvr, device=device)
+                    runners[name] = XvrRegistration(ct, xcfg, resolution=resolution,
+                                                    spacing_mm=config.spacing_mm).register
         except Exception as exc:  # a broken checkpoint makes the method unavailable, not the run
             log.warning("method %s unavailable: %s", name, exc)
             unavailable[name] = f"{type(exc).__name__}: {exc}"

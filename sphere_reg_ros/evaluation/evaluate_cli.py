@@ -59,6 +59,11 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--max-iterations", type=int, default=20, help="LM iteration cap per scale (default 20)")
     p.add_argument("--adam-iterations", type=int, default=100,
                    help="Adam / GD iteration cap per scale (default 100; DiffPose uses 500)")
+    p.add_argument("--xvr-scales", type=float, nargs="+", default=None, metavar="S",
+                   help="xvr's downsampling divisors of the benchmark images, coarse to fine (default: "
+                        "the registration resolution and half of it)")
+    p.add_argument("--xvr-iterations", type=int, default=500,
+                   help="xvr's Adam iteration cap per scale (default 500, xvr's; it stops earlier on plateaus)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's); 1 is fastest on a loaded machine")
@@ -108,6 +113,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         config = replace(ev, registrar=base, learning_free=replace(ev.learning_free, max_iterations=args.max_iterations,
                                                                     device=args.device),
                          gradient=replace(ev.gradient, max_iterations=args.adam_iterations),
+                         xvr=replace(ev.xvr, scales=tuple(args.xvr_scales) if args.xvr_scales else None,
+                                     n_itrs=args.xvr_iterations),
                          spacing_mm=args.spacing, cases=args.cases, landscape=not args.no_landscape,
                          warmup=not args.no_warmup)
     except (ValueError, BenchmarkError, VolumeError, OSError) as exc:

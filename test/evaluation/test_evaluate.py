@@ -16,6 +16,7 @@ from sphere_reg_ros.evaluation.benchmark import make_benchmark, save_benchmark
 from sphere_reg_ros.evaluation.evaluate import EvaluationConfig, convergence_point, evaluate
 from sphere_reg_ros.evaluation.evaluate_cli import (add_evaluate_parser, add_register_parser, overlay_image,
                                                     read_image)
+from sphere_reg_ros.evaluation.xvr_adapter import XvrConfig, xvr_available
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -37,16 +38,21 @@ def tiny(small_ct, tmp_path_factory):
 def _config(**kw):
     reg = RegistrarConfig(max_iterations=3, scales=(1.0,))
     return EvaluationConfig(registrar=reg, learning_free=RegistrarConfig(max_iterations=3, scales=(1.0,), local_window=0.25),
-                            gradient=GradientConfig(max_iterations=3), spacing_mm=8.0, warmup=False, **kw)
+                            gradient=GradientConfig(max_iterations=3), xvr=XvrConfig(n_itrs=3), spacing_mm=8.0,
+                            warmup=False, **kw)
 
 
 def test_evaluate_prints_every_row_and_writes_csv_and_plots(tiny, tmp_path):
     ct, bm, _ = tiny
     methods = ["lm-intensity", "adam", "gd", "ncc-adam", "ours", "xvr", "no-such-method"]
     report = evaluate(bm, ct, methods, config=_config(), out_dir=tmp_path, progress=False)
-    assert list(report.runs) == ["lm-intensity", "adam", "gd", "ncc-adam"]
-    assert set(report.unavailable) == {"ours", "xvr", "no-such-method"}
+    # `make test` installs the peers (xvr): then it must run; without it, it is listed with the hint
+    ran = ["lm-intensity", "adam", "gd", "ncc-adam"] + (["xvr"] if xvr_available() else [])
+    assert list(report.runs) == ran
+    assert set(report.unavailable) == {"ours", "no-such-method"} | ({"xvr"} - set(ran))
     assert "--model" in report.unavailable["ours"] and "unknown" in report.unavailable["no-such-method"]
+    if "xvr" not in ran:
+        assert "pip install .[peers]" in report.unavailable["xvr"]
     text = report.text()
     for name in methods:
         assert name in text
@@ -59,9 +65,11 @@ def test_evaluate_prints_every_row_and_writes_csv_and_plots(tiny, tmp_path):
     for p in report.files:
         assert p.stat().st_size > 0
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
-    assert [r["method"] for r in rows] == ["lm-intensity", "adam", "gd", "ncc-adam", "ours", "xvr", "no-such-method"]
+    assert [r["method"] for r in rows] == ran + [m for m in ["ours", "xvr", "no-such-method"] if m not in ran]
     assert rows[-1]["note"].startswith("unavailable")
-    assert len(list(csv.DictReader(open(tmp_path / "cases.csv")))) == 12
+    assert len(list(csv.DictReader(open(tmp_path / "cases.csv")))) == 3 * len(ran)
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    assert set(curves) == set(ran) and all(len(c["mtre_mm"]) > 1 for c in curves[ran[-1]])
 
 
 def test_failed_cases_count_as_failed(tiny, tmp_path):
