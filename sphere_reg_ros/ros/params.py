@@ -103,8 +103,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("initial_pose", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], "Initial C-arm pose "
               "T_ct_from_carm: [x, y, z (m), qx, qy, qz, qw] of the C-arm optical frame in the CT "
               "frame; used when use_initial_pose is true."),
-    ParamSpec("tracking", True, "Warm start from the last accepted pose; falls back to a cold "
-              "start when the cost degrades beyond tracking_cost_factor or a gate fails."),
+    ParamSpec("tracking", True, "Warm start from the last accepted pose (finest scale only); falls "
+              "back to a cold start when the cost degrades beyond tracking_cost_factor or a gate fails."),
     ParamSpec("tracking_cost_factor", 3.0, "Cold restart when a tracked registration's cost "
               "exceeds this factor times the last accepted cost.", (1.0, 1000.0)),
     # --- quality gates and input checks ---------------------------------------------------------
