@@ -179,6 +179,10 @@ class LMResult:
         return out
 
 
+#: Renders (with Jacobian) the solver keeps for a tracking registration's start.
+_RECENT_RENDERS = 4
+
+
 class LevenbergMarquardt:
     """Batched, coarse-to-fine LM on the residuals of a :class:`ResidualModel`.
 
@@ -202,6 +206,10 @@ class LevenbergMarquardt:
             raise ValueError(f"model must have embed() and residuals(), got {type(model).__name__}")
         self.model = model
         self.config = config
+        # the last few renders with their Jacobian: (renderer, window, pose, image, jacobian). A
+        # DRR and its Jacobian depend on the pose and the CT only, not on the X-ray, so a tracking
+        # registration that starts where the previous one ended reuses its last render.
+        self._recent: list[tuple] = []
 
     # ------------------------------------------------------------------ pieces
     def _weights(self, emb_fixed: torch.Tensor) -> torch.Tensor | None:
@@ -229,10 +237,24 @@ class LevenbergMarquardt:
         if not (jacobian or self.config.unrolled):
             return renderer(p, window=window), None
         img, jac = renderer.render_with_jacobian(p, window=window)
+        if not self.config.unrolled:
+            self._recent = [*self._recent[-(_RECENT_RENDERS - 1):], (renderer, window, p, img, jac)]
         if self.config.unrolled:  # exact first-order dependence on the pose (straight-through)
             xi = se3_log(pose @ se3_inverse(pose.detach())).to(jac.dtype)
             img = img.detach() + (jac @ xi[..., None]).view_as(img)
         return img, jac
+
+    def _start_render(self, renderer: DrrRenderer, pose: torch.Tensor) -> tuple[tuple, torch.Tensor, torch.Tensor]:
+        """Window, image and Jacobian at the start pose: a recent render of exactly this pose with
+        this renderer when there is one (tracking), else a new one."""
+        if not self.config.unrolled:
+            p = pose.detach().to(renderer.dtype)
+            for r, window, q, img, jac in reversed(self._recent):
+                if r is renderer and q.shape == p.shape and torch.equal(q, p):
+                    return window, img, jac
+        window = self._window(renderer, pose)
+        img, jd = self._render(renderer, window, pose, True)
+        return window, img, jd
 
     def linearize(self, image: torch.Tensor, image_jacobian: torch.Tensor, emb_fixed: torch.Tensor,
                   P: torch.Tensor, weights: torch.Tensor | None, scale: torch.Tensor | None = None
@@ -382,8 +404,7 @@ class LevenbergMarquardt:
         def sub(x, i):
             return None if x is None else x[i]
 
-        window = self._window(renderer, pose)
-        img, jd = self._render(renderer, window, pose, True)
+        window, img, jd = self._start_render(renderer, pose)
         cost, r0, J, H, g = self.linearize(img, jd, emb_f, P, w)
         rs = cfg.robust_scale * robust_spread(r0) if cfg.robust != "none" else None
         M = J.shape[1]

@@ -76,6 +76,27 @@ def test_fine_only_skips_the_coarse_scales_when_tracking(registrar, case):
     assert _mtre(registrar, fine.pose, true) < 0.5
 
 
+def test_a_registration_starting_where_the_last_ended_reuses_its_render(registrar, case, monkeypatch):
+    """Tracking: the DRR and Jacobian at the start pose were rendered by the previous registration."""
+    from sphere_reg_ros.core.drr import DrrRenderer
+
+    image, true, init = case
+    first = registrar.register(image, GEOMETRY, init)
+    calls = []
+    real = DrrRenderer.render_with_jacobian
+    monkeypatch.setattr(DrrRenderer, "render_with_jacobian",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))  # counts real renders
+    again = registrar.register(image, GEOMETRY, np.array(first.pose, copy=True), fine_only=True)
+    assert again.ok, again.message
+    trials = [h for h in again.history if h["iteration"] > 0]
+    assert len(calls) == len(trials), "the start pose was rendered again"
+    assert _mtre(registrar, again.pose, first.pose) < 0.1
+    calls.clear()
+    moved = _offset(first.pose, registrar.center_world, [0.0, 0.0, 0.0], [0.3, 0.0, 0.0])
+    registrar.register(image, GEOMETRY, moved, fine_only=True)
+    assert calls, "another start pose must be rendered"
+
+
 def test_converged_step_stops_before_another_render(registrar, case):
     """A step below the tolerance ends the scale without rendering its trial pose."""
     image, true, _ = case
