@@ -14,16 +14,8 @@ import sys
 
 from .evaluation import bench_drr
 from .evaluation import cli as evaluation_cli
-
-#: Optional command modules: (module, function adding the sub-parser). A module that is not
-#: there yet is reported by ``sphere-reg --help`` instead of breaking the whole command line.
-_COMMAND_MODULES = (
-    ("sphere_reg_ros.training.cli", "add_train_parser"),
-    ("sphere_reg_ros.training.cli", "add_benchmark_parser"),
-    ("sphere_reg_ros.evaluation.evaluate_cli", "add_evaluate_parser"),
-    ("sphere_reg_ros.evaluation.evaluate_cli", "add_register_parser"),
-)
-
+from .evaluation import evaluate_cli
+from .training import cli as training_cli
 
 def _run_ros_command(module: str):
     """Handler that imports the ROS-side ``module`` only when its command runs."""
@@ -83,14 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark_node_parser(subparsers)
     evaluation_cli.add_make_benchmark_parser(subparsers)
     bench_drr.add_parser(subparsers)
-    for module, function in _COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as exc:
-            logging.getLogger(__name__).debug("command module %s unavailable: %s", module, exc)
-            continue
-        if hasattr(mod, function):
-            getattr(mod, function)(subparsers)
+    training_cli.add_train_parser(subparsers)
+    training_cli.add_benchmark_parser(subparsers)
+    evaluate_cli.add_evaluate_parser(subparsers)
+    evaluate_cli.add_register_parser(subparsers)
     return parser
 
 

@@ -33,7 +33,6 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from tf2_msgs.msg import TFMessage
 
-from ..core.landmarks import landmarks_from_labels
 from ..core.volume import load_example_ct, load_volume
 from .conversions import image_to_numpy, transform_stamped_to_pose
 from .tf_publisher import TF_QOS
@@ -124,12 +123,13 @@ def mtre_mm(T_est: np.ndarray, T_true: np.ndarray, landmarks: np.ndarray) -> flo
 
 
 def _landmarks(ct_path: str | None) -> np.ndarray:
-    if ct_path:
-        from ..evaluation.benchmark import default_landmarks
+    """The benchmark's landmarks (:func:`~sphere_reg_ros.evaluation.cases.default_landmarks`): the
+    example CT's labelled structures, or a grid inside the body of another CT."""
+    from ..evaluation.cases import default_landmarks
 
-        return default_landmarks(load_volume(ct_path), None, None)[1]
-    _, labels, structures = load_example_ct()
-    return landmarks_from_labels(labels, structures=structures, min_voxels=100)[1]
+    if ct_path:
+        return default_landmarks(load_volume(ct_path))[1]
+    return default_landmarks(*load_example_ct())[1]
 
 
 def summarize(frames: list[Frame]) -> dict:
