@@ -14,7 +14,12 @@ whether the README's expectation was met: median mTRE < 1 mm over at least 20 fr
 Arguments: ``frames`` (24), ``rate_hz`` (0.2), ``resolution`` (128 px simulated images),
 ``degradation`` (mild | none | benchmark), ``ct_path`` ('' = the example CT), ``model_path``
 (none = learning-free LM; '' = the shipped checkpoint), ``out`` (demo_output), ``timeout_s``
-(600), ``launch_rviz`` (false).
+(600), ``min_frames`` (20: registered frames the expectation needs; lower it for quick runs with
+few ``frames``), ``launch_rviz`` (false).
+
+The launch's exit code is the verdict: 0 when the evaluator exits 0 (expectation met); non-zero
+when the evaluator exits non-zero or the simulator or the registration node dies before the
+evaluator is done (then the launch shuts down at once instead of waiting for ``timeout_s``).
 """
 
 from launch import LaunchDescription
@@ -45,6 +50,8 @@ def generate_launch_description() -> LaunchDescription:
                               description="checkpoint: none = learning-free LM, '' = the shipped checkpoint"),
         DeclareLaunchArgument("out", default_value="demo_output", description="output folder"),
         DeclareLaunchArgument("timeout_s", default_value="600.0", description="stop after this many seconds"),
+        DeclareLaunchArgument("min_frames", default_value="20",
+                              description="registered frames the expectation needs (exit code 0)"),
         DeclareLaunchArgument("launch_rviz", default_value="false", description="also start RViz"),
     ]
     ct_path = ParameterValue(arg("ct_path"), value_type=str)
@@ -52,7 +59,8 @@ def generate_launch_description() -> LaunchDescription:
         package=PACKAGE, executable="carm_simulator", name="carm_simulator", output="screen",
         parameters=[{"ct_path": ct_path, "rate_hz": ParameterValue(arg("rate_hz"), value_type=float),
                      "resolution": ParameterValue(arg("resolution"), value_type=int),
-                     "degradation": arg("degradation"), "frames": 0, "wait_for_subscribers": 1,
+                     "degradation": ParameterValue(arg("degradation"), value_type=str),
+                     "frames": 0, "wait_for_subscribers": 1,
                      "frame_id": SIM_FRAME, "ct_frame": CT_FRAME, "truth_frame": TRUTH_FRAME}],
     )
     registration = Node(
@@ -66,13 +74,37 @@ def generate_launch_description() -> LaunchDescription:
         package=PACKAGE, executable="demo_evaluator", name="demo_evaluator", output="screen",
         parameters=[{"frames": ParameterValue(arg("frames"), value_type=int),
                      "timeout_s": ParameterValue(arg("timeout_s"), value_type=float),
-                     "out": arg("out"), "ct_path": ct_path}],
+                     "min_frames": ParameterValue(arg("min_frames"), value_type=int),
+                     "out": ParameterValue(arg("out"), value_type=str), "ct_path": ct_path}],
     )
     rviz = Node(
         package="rviz2", executable="rviz2", name="rviz2", output="screen",
         arguments=["-d", PathJoinSubstitution([share, "config", "register.rviz"])],
         condition=IfCondition(arg("launch_rviz")),
     )
-    done = RegisterEventHandler(OnProcessExit(
-        target_action=evaluator, on_exit=[EmitEvent(event=Shutdown(reason="demo evaluator finished"))]))
-    return LaunchDescription([*arguments, simulator, registration, evaluator, rviz, done])
+    done = RegisterEventHandler(OnProcessExit(target_action=evaluator, on_exit=_evaluator_exited))
+    peers = [RegisterEventHandler(OnProcessExit(target_action=peer, on_exit=_peer_exited))
+             for peer in (simulator, registration)]
+    # rviz first: if rviz2 is missing, the launch fails before any node is started (else they can
+    # be left running when the launch exits on that error).
+    return LaunchDescription([*arguments, rviz, done, *peers, simulator, registration, evaluator])
+
+
+# launch has no action that sets its return code: LaunchService.run() (and so `ros2 launch`)
+# returns 1 when an exception escapes an event handler, after shutting everything down, else 0.
+
+
+def _evaluator_exited(event, context):
+    """Shut the demo down when the evaluator is done; fail the launch when it exited non-zero."""
+    if event.returncode != 0:
+        raise RuntimeError(f"demo evaluator exited with code {event.returncode} "
+                           "(expectation not met, or it failed; see its output above)")
+    return [EmitEvent(event=Shutdown(reason="demo evaluator finished"))]
+
+
+def _peer_exited(event, context):
+    """The simulator or the registration node died while the evaluator still waits for frames."""
+    if context.is_shutdown:
+        return None  # stopped by the shutdown that the evaluator's exit (or Ctrl-C) started
+    raise RuntimeError(f"{event.process_name} exited (code {event.returncode}) before the demo evaluator "
+                       "finished; stopping the demo")

@@ -57,4 +57,6 @@ def generate_launch_description() -> LaunchDescription:
         condition=IfCondition(LaunchConfiguration("launch_rviz")),
         output="screen",
     )
-    return LaunchDescription([*arguments, node, rviz])
+    # rviz first: if rviz2 is missing, the launch fails before the node is started (else the node
+    # can be left running when the launch exits on that error).
+    return LaunchDescription([*arguments, rviz, node])

@@ -135,6 +135,9 @@ def main(args: list[str] | None = None) -> int:
         rclpy.logging.get_logger("carm_simulator").error(str(exc))
         rclpy.try_shutdown()
         return 2
+    except KeyboardInterrupt:  # Ctrl-C (or a launch shutting down) while the CT is still loading
+        rclpy.try_shutdown()
+        return 0
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -309,7 +309,13 @@ def evaluator_main(argv: list[str] | None = None) -> int:
     out = _prepare_out(Path(str(node.declare_parameter("out", "demo_output").value)))
     min_frames = int(node.declare_parameter("min_frames", EXPECTATION["min_frames"]).value)
     ct_path = str(node.declare_parameter("ct_path", "").value) or None
-    evaluator = DemoEvaluator(node, _landmarks(ct_path), out)
+    try:
+        evaluator = DemoEvaluator(node, _landmarks(ct_path), out)
+    except KeyboardInterrupt:  # Ctrl-C (or a launch shutting down) while the CT is still loading
+        print("demo: interrupted before the first frame", flush=True)
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 1
     node.get_logger().info(f"collecting {frames} registered frames (at most {timeout_s:.0f} s); output in {out}/")
     try:
         _collect(node, evaluator, frames, timeout_s)

@@ -55,7 +55,7 @@ def test_launch_file_parses_and_declares_its_arguments():
 
 DEMO_LAUNCH_FILE = ROOT / "launch" / "demo.launch.py"
 DEMO_ARGUMENTS = {"frames", "rate_hz", "resolution", "degradation", "ct_path", "model_path", "out", "timeout_s",
-                  "launch_rviz"}
+                  "min_frames", "launch_rviz"}
 
 
 def test_demo_launch_file_starts_the_three_demo_processes():
