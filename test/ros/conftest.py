@@ -7,6 +7,7 @@
 - ``rclpy_context``: a fresh, initialised ``rclpy`` context, shut down after the test.
 - ``spawn_ros_process``: starts a Python subprocess (``sys.executable``) with ``ros_env`` and
   always terminates it afterwards.
+- ``ct_file_at``: writes the example CT resampled to a given spacing as NIfTI (nodes read files).
 """
 
 from __future__ import annotations
@@ -151,3 +152,23 @@ def spawn_ros_process(ros_env: dict[str, str]) -> Iterator[Callable[..., RosProc
     finally:
         for proc in procs:
             proc.stop()
+
+
+@pytest.fixture(scope="session")
+def ct_file_at(tmp_path_factory, small_ct) -> Callable[[float], Path]:
+    """``ct_file_at(spacing_mm)``: the example CT resampled to ``spacing_mm`` as a NIfTI file (cached)."""
+    import nibabel as nib
+
+    from sphere_reg_ros.core.volume import resample
+
+    files: dict[float, Path] = {}
+
+    def make(spacing_mm: float) -> Path:
+        if spacing_mm not in files:
+            path = tmp_path_factory.mktemp("ct") / f"ct_{spacing_mm:g}mm.nii.gz"
+            ct = resample(small_ct[0], spacing_mm)
+            nib.save(nib.Nifti1Image(ct.data, ct.affine), str(path))
+            files[spacing_mm] = path
+        return files[spacing_mm]
+
+    return make

@@ -2,7 +2,6 @@
 
 import time
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -12,13 +11,8 @@ from sphere_reg_ros.evaluation.simulate import Trajectory, XraySimulator
 
 
 @pytest.fixture(scope="module")
-def ct_file(tmp_path_factory, small_ct):
-    path = tmp_path_factory.mktemp("ct") / "ct_8mm.nii.gz"
-    from sphere_reg_ros.core.volume import resample
-
-    ct = resample(small_ct[0], 8.0)
-    nib.save(nib.Nifti1Image(ct.data, ct.affine), str(path))
-    return path
+def ct_file(ct_file_at):
+    return ct_file_at(8.0)
 
 
 def test_trajectory_sweeps_and_moves_smoothly():

@@ -10,18 +10,12 @@ import os
 import subprocess
 import sys
 
-import nibabel as nib
 import pytest
-
-from sphere_reg_ros.core.volume import resample
 
 
 @pytest.fixture(scope="module")
-def ct_6mm(tmp_path_factory, small_ct):
-    path = tmp_path_factory.mktemp("ct") / "ct_6mm.nii.gz"
-    ct = resample(small_ct[0], 6.0)
-    nib.save(nib.Nifti1Image(ct.data, ct.affine), str(path))
-    return path
+def ct_6mm(ct_file_at):
+    return ct_file_at(6.0)
 
 
 def test_demo_registers_simulated_frames_and_writes_its_summary(ct_6mm, tmp_path, ros_env):
