@@ -17,6 +17,7 @@ from .evaluation import cli as evaluation_cli
 from .evaluation import evaluate_cli
 from .training import cli as training_cli
 
+
 def _run_ros_command(module: str):
     """Handler that imports the ROS-side ``module`` only when its command runs."""
 

@@ -237,11 +237,11 @@ class LevenbergMarquardt:
         if not (jacobian or self.config.unrolled):
             return renderer(p, window=window), None
         img, jac = renderer.render_with_jacobian(p, window=window)
-        if not self.config.unrolled:
-            self._recent = [*self._recent[-(_RECENT_RENDERS - 1):], (renderer, window, p, img, jac)]
         if self.config.unrolled:  # exact first-order dependence on the pose (straight-through)
             xi = se3_log(pose @ se3_inverse(pose.detach())).to(jac.dtype)
             img = img.detach() + (jac @ xi[..., None]).view_as(img)
+        else:
+            self._recent = [*self._recent[-(_RECENT_RENDERS - 1):], (renderer, window, p, img, jac)]
         return img, jac
 
     def _start_render(self, renderer: DrrRenderer, pose: torch.Tensor) -> tuple[tuple, torch.Tensor, torch.Tensor]:
@@ -452,7 +452,7 @@ class LevenbergMarquardt:
             if bool(small.any()):
                 for k in a[small].tolist():
                     status[k], message[k] = Status.CONVERGED, "step below tolerance"
-                live = live & ~torch.isin(torch.arange(n, device=pose.device), a[small])
+                live = put(live, a[small], torch.zeros(int(small.sum()), dtype=torch.bool, device=pose.device))
                 keep = ~small
                 a, s, ok, step_mm, step_rad = a[keep], s[keep], ok[keep], step_mm[keep], step_rad[keep]
                 if not a.numel():

@@ -91,7 +91,6 @@ class CarmSimulatorNode(Node):
         self.tf = TfPublisher(self)
         self.frame = 0
         self.done = False
-        self.waiting = False
         self.timer = self.create_timer(1.0 / p["rate_hz"], self._publish)
         self.get_logger().info(
             f"simulating {self.ct.source} ({self.ct.shape}) at {p['resolution']} px, {p['rate_hz']} Hz, "
@@ -110,10 +109,8 @@ class CarmSimulatorNode(Node):
                 self.create_timer(2.0, lambda: rclpy.try_shutdown(context=self.context))
             return
         if self.frame == 0 and self.image_pub.get_subscription_count() < self.params["wait_for_subscribers"]:
-            if not self.waiting:
-                self.get_logger().info(f"waiting for {self.params['wait_for_subscribers']} subscriber(s) of "
-                                       f"{self.image_pub.topic_name} before the first frame")
-                self.waiting = True
+            self.get_logger().info(f"waiting for {self.params['wait_for_subscribers']} subscriber(s) of "
+                                   f"{self.image_pub.topic_name} before the first frame", once=True)
             return
         start = time.perf_counter()
         pose = self.pose_at(self.frame)
