@@ -144,12 +144,19 @@ class RegistrationNode(Node):
         registrar, source = build_registrar(settings)
         return _Service(registrar, settings.registrar_key(), source)
 
+    def _take(self, cv: threading.Condition, slot: str):
+        """Wait (until stopped) for ``self.<slot>`` to be set under ``cv``; take it and clear the slot.
+        None when the node stops first."""
+        with cv:
+            while getattr(self, slot) is None and not self._stop.is_set():
+                cv.wait(0.2)
+            value = getattr(self, slot)
+            setattr(self, slot, None)
+        return value
+
     def _loader_loop(self) -> None:
         while not self._stop.is_set():
-            with self._load_cv:
-                while self._load_request is None and not self._stop.is_set():
-                    self._load_cv.wait(0.2)
-                request, self._load_request = self._load_request, None
+            request = self._take(self._load_cv, "_load_request")
             if request is None:
                 continue
             self.stats.set_values(ct_loading="true")
@@ -235,10 +242,7 @@ class RegistrationNode(Node):
     # ------------------------------------------------------------------ worker
     def _worker_loop(self) -> None:
         while not self._stop.is_set():
-            with self._frame_cv:
-                while self._pending is None and not self._stop.is_set():
-                    self._frame_cv.wait(0.2)
-                frame, self._pending = self._pending, None
+            frame = self._take(self._frame_cv, "_pending")
             if frame is None:
                 continue
             try:

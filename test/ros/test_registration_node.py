@@ -191,31 +191,27 @@ class Client:
         self.wait(lambda: find() is not None, timeout, "the pose of the frame")
         return find()
 
-    def diag_since(self, start: int, reason: str, timeout=WAIT_S):
-        """The first diagnostic status (after inbox index ``start``) whose ``status`` is ``reason``."""
+    def _diag(self, key: str, value: str, start: int, timeout: float, what: str):
+        """The first of the node's diagnostic statuses (after inbox index ``start``) whose value
+        ``key`` is ``value``: ``(status, values)``."""
         def find():
             for msg in self.inbox["diag"][start:]:
                 for st in msg.status:
                     values = {kv.key: kv.value for kv in st.values}
-                    if st.name.startswith(NODE) and values.get("status") == reason:
+                    if st.name.startswith(NODE) and values.get(key) == value:
                         return st, values
             return None
-        self.wait(lambda: find() is not None, timeout, f"diagnostics status {reason!r}")
+        self.wait(lambda: find() is not None, timeout, what)
         return find()
+
+    def diag_since(self, start: int, reason: str, timeout=WAIT_S):
+        """The first diagnostic status (after inbox index ``start``) whose ``status`` is ``reason``."""
+        return self._diag("status", reason, start, timeout, f"diagnostics status {reason!r}")
 
     def diag_for(self, stamp, timeout=10.0):
         """The diagnostic values published after the frame with ``stamp`` was processed."""
         key = f"{stamp.sec}.{stamp.nanosec:09d}"
-
-        def find():
-            for msg in self.inbox["diag"]:
-                for st in msg.status:
-                    values = {kv.key: kv.value for kv in st.values}
-                    if st.name.startswith(NODE) and values.get("last_stamp") == key:
-                        return st, values
-            return None
-        self.wait(lambda: find() is not None, timeout, f"diagnostics of the frame stamped {key}")
-        return find()
+        return self._diag("last_stamp", key, 0, timeout, f"diagnostics of the frame stamped {key}")
 
     def mark(self, key="diag"):
         with self.cv:
