@@ -220,6 +220,19 @@ class TrainingScene:
 
 
 # ----------------------------------------------------------------------------- pools
+def _draw_jittered(pool, images: Tensor, poses: Tensor, n: int, generator: torch.Generator,
+                   augment: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``n`` random items of a pool's ``images``/``poses``: warped by a small random rotation
+    about the source (the poses follow), then with clinical content and domain randomisation
+    (``augment``). Returns ``(indices, images, poses)``."""
+    idx = torch.randint(pool.size, (n,), generator=generator)
+    Q = jitter_rotations(n, pool.tilt, pool.roll, generator)
+    out = warp_to_pose(images[idx], Q, pool.scene.geometry, pool.scene.margin)
+    if augment:
+        out = pool.augmentation(pool.content(out, generator), generator)
+    return idx, out, poses[idx] @ _rotation_pose(Q)
+
+
 class DrrPool:
     """Ring buffer of DRRs (with margin) and their poses; draws apply jitter + augmentation."""
 
@@ -255,12 +268,7 @@ class DrrPool:
         (``content``) and domain-randomised (``augment=False``: jittered only)."""
         if self.size == 0:
             raise RuntimeError("the DRR pool is empty: add() first")
-        idx = torch.randint(self.size, (n,), generator=generator)
-        Q = jitter_rotations(n, self.tilt, self.roll, generator)
-        images = warp_to_pose(self.images[idx], Q, self.scene.geometry, self.scene.margin)
-        poses = self.poses[idx] @ _rotation_pose(Q)
-        if augment:
-            images = self.augmentation(self.content(images, generator), generator)
+        _, images, poses = _draw_jittered(self, self.images, self.poses, n, generator, augment)
         return images, poses
 
 
@@ -315,10 +323,5 @@ class SimilarityPool:
         """
         if self.size == 0:
             raise RuntimeError("the similarity pool is empty: add() first")
-        idx = torch.randint(self.size, (n,), generator=generator)
-        Q = jitter_rotations(n, self.tilt, self.roll, generator)
-        fixed = warp_to_pose(self.fixed[idx], Q, self.scene.geometry, self.scene.margin)
-        true = self.true_poses[idx] @ _rotation_pose(Q)
-        if augment:
-            fixed = self.augmentation(self.content(fixed, generator), generator)
+        idx, fixed, true = _draw_jittered(self, self.fixed, self.true_poses, n, generator, augment)
         return fixed, true, self.moving[idx], self.moving_poses[idx], self.jacobian[idx]
