@@ -2,7 +2,7 @@
 
 Implemented in :mod:`.regressor` (timm CNN -> initial pose) and :mod:`.similarity`
 (CNN-Transformer encoder, spherical / Euclidean / hyperbolic embedding, residuals for LM);
-checkpoints are read and written by :mod:`sphere_reg_ros.training.checkpoint`.
+checkpoints are read and written by :mod:`sphere_reg_ros.core.checkpoint`.
 """
 
 from .regressor import PoseRegressor, RegressorConfig, pose_to_params, to_isocentric

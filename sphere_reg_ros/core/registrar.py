@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .carm import CarmGeometry
+from .checkpoint import load_checkpoint
 from .drr import DrrRenderer
 from .lm import LevenbergMarquardt, LMConfig, resize_images
 from .residuals import IntensityResiduals
@@ -254,8 +255,6 @@ class Registrar:
         ct = load_example_ct()[0] if not ct_path else load_volume(ct_path)
         if not model_path:
             return cls(ct, config=config, spacing_mm=spacing_mm or 2.0)
-        from sphere_reg_ros.training.checkpoint import load_checkpoint
-
         bundle = load_checkpoint(model_path, ct=ct, geometry=None, force=force,
                                  map_location=resolve_device(config.device))
         spacing = spacing_mm or getattr(bundle, "working_spacing_mm", None) or 2.0

@@ -199,12 +199,12 @@ class _NoSolver:
 
 
 def shipped_model() -> str | None:
-    """The checkpoint shipped in ``sphere_reg_ros/data`` (``training.checkpoint``'s default path,
+    """The checkpoint shipped in ``sphere_reg_ros/data`` (``core.checkpoint``'s default path,
     else ``default.pt``, else the only ``*.pt`` there), or None."""
     data = Path(__file__).resolve().parents[1] / "data"
     candidates = []
     try:
-        from sphere_reg_ros.training.checkpoint import default_checkpoint_path
+        from sphere_reg_ros.core.checkpoint import default_checkpoint_path
 
         candidates.append(Path(default_checkpoint_path()))
     except ImportError:
@@ -218,7 +218,7 @@ def shipped_model() -> str | None:
 
 
 def _load_models(path: str, ct: Volume, spacing_mm: float):
-    from sphere_reg_ros.training.checkpoint import load_checkpoint
+    from sphere_reg_ros.core.checkpoint import load_checkpoint
 
     return load_checkpoint(path, ct=ct)  # refuses a checkpoint made for another CT
 

@@ -30,7 +30,7 @@ from sphere_reg_ros.core.metrics import summarize
 from sphere_reg_ros.core.sampling import split_seed
 from sphere_reg_ros.core.volume import Volume, hu_to_attenuation
 
-from .checkpoint import Bundle
+from sphere_reg_ros.core.checkpoint import Bundle
 from .dataset import DrrPool, TrainingScene
 from .losses import regressor_loss
 from .train import evaluate_regressor

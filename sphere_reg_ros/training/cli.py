@@ -58,6 +58,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--embedding", default="spherical", choices=list(EMBEDDINGS), help="similarity embedding")
     p.add_argument("--regressor-loss", default="so4", choices=["so4", "se3"], help="geodesic loss (default so4)")
     p.add_argument("--batch-size", type=int, default=32, help="regressor batch size (default 32)")
+    p.add_argument("--train", default="both", choices=["both", "regressor", "similarity"],
+                   help="which network to train (default both). 'similarity' trains the similarity "
+                        "alone, one step per iteration (the ablation checkpoints: --embedding, "
+                        "--regressor-loss); the other network keeps its initial weights")
     p.add_argument("--no-content", action="store_true",
                    help="no collimator shutters / metal in the training X-rays (the seed's domain "
                         "randomisation only; an ablation)")
@@ -75,7 +79,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> int:
     """Run ``sphere-reg train``; prints where the checkpoint went and the validation figures."""
     from sphere_reg_ros.core.similarity import SimilarityConfig
-    from sphere_reg_ros.training.checkpoint import CheckpointError
+    from sphere_reg_ros.core.checkpoint import CheckpointError
     from sphere_reg_ros.training.train import TrainConfig, train
 
     if args.threads < 0:
@@ -95,7 +99,12 @@ def run_train(args: argparse.Namespace) -> int:
 
         cuda = resolve_device(args.device).type == "cuda"
         scale = args.channel_scale if args.channel_scale is not None else (1.0 if cuda else 0.5)
-        gpu = dict(render_per_step=4, sim_render_every=1, sim_every=1) if cuda else {}
+        schedule = dict(render_per_step=4, sim_render_every=1, sim_every=1) if cuda else {}
+        if args.train == "similarity":  # no regressor pool; same renders per similarity step as 'both'
+            schedule = dict(schedule, train_regressor=False, render_per_step=0, sim_every=1,
+                       sim_render_every=1 if cuda else 2)
+        elif args.train == "regressor":
+            schedule = dict(schedule, train_similarity=False)
         config = TrainConfig(
             resolution=args.resolution, seed=args.seed, spacing_mm=args.spacing_mm or None,
             backbone=args.backbone, channel_scale=scale,
@@ -103,7 +112,7 @@ def run_train(args: argparse.Namespace) -> int:
             regressor_loss=args.regressor_loss, batch_size=args.batch_size,
             val_every_s=args.val_every_s, max_steps=args.max_steps,
             **(dict(p_collimation=0.0, p_metal=0.0) if args.no_content else {}),
-            budget_s=None if budget is None else 60.0 * budget, device=args.device, **gpu)
+            budget_s=None if budget is None else 60.0 * budget, device=args.device, **schedule)
         ct, labels, structures, desc = _load_ct(args.ct, args.labels)
         t0 = time.perf_counter()
         result = train(ct, config, labels=labels, structures=structures, out=args.out, resume=args.resume,
@@ -153,7 +162,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     """Run ``sphere-reg benchmark-train``; prints a Table-1 style row and the throughput."""
     from sphere_reg_ros.core.metrics import Summary, format_table
     from sphere_reg_ros.training.benchmark import run_regressor_benchmark
-    from sphere_reg_ros.training.checkpoint import CheckpointError, default_checkpoint_path, load_checkpoint
+    from sphere_reg_ros.core.checkpoint import CheckpointError, default_checkpoint_path, load_checkpoint
     from sphere_reg_ros.training.train import resolve_device
 
     if args.threads > 0:
@@ -197,7 +206,7 @@ def _on_benchmark_file(bundle, path: str, device, force: bool) -> dict:
     """Regressor-only figures on a ``make-benchmark`` file (its geometry must match the model's)."""
     from sphere_reg_ros.evaluation.benchmark import load_benchmark
     from sphere_reg_ros.training.benchmark import regressor_on_cases
-    from sphere_reg_ros.training.checkpoint import geometry_differences
+    from sphere_reg_ros.core.checkpoint import geometry_differences
 
     bench = load_benchmark(path)
     diffs = geometry_differences(bundle.geometry, bench.geometry)

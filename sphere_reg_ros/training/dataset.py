@@ -26,7 +26,6 @@ All randomness comes from explicit ``torch.Generator``s: a seed fixes the data.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -44,6 +43,8 @@ from sphere_reg_ros.core.landmarks import landmarks_from_labels
 from sphere_reg_ros.core.sampling import PoseDistribution
 from sphere_reg_ros.core.volume import Volume, hu_to_attenuation, resample
 
+from sphere_reg_ros.core.checkpoint import ct_fingerprint
+
 from .content import ContentAugmentation
 
 __all__ = ["TrainingScene", "DrrPool", "SimilarityPool", "jitter_rotations", "warp_to_pose",
@@ -53,31 +54,6 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- CT identity
-def ct_fingerprint(ct: Volume) -> dict:
-    """Identity of a CT: ``{"sha256", "shape", "spacing", "origin", "description"}``.
-
-    The hash covers the grid shape, the affine (rounded to 1e-4 mm) and a strided subsample of
-    ~2¹⁸ HU values (rounded to 0.1 HU), so it is cheap for any size, changes with any resampling,
-    re-orientation or different patient, and is stable across file formats holding the same data.
-    """
-    data = np.ascontiguousarray(ct.data).reshape(-1)
-    stride = max(1, data.size // (1 << 18))
-    sample = np.round(data[::stride].astype(np.float64) * 10.0).astype(np.int64)
-    h = hashlib.sha256()
-    h.update(np.asarray(ct.shape, dtype=np.int64).tobytes())
-    h.update(np.round(ct.affine, 4).astype(np.float64).tobytes())
-    h.update(sample.tobytes())
-    spacing = [round(float(s), 4) for s in ct.spacing]
-    return {
-        "sha256": h.hexdigest(),
-        "shape": [int(s) for s in ct.shape],
-        "spacing": spacing,
-        "origin": [round(float(v), 4) for v in ct.affine[:3, 3]],
-        "description": f"{ct.source}: {'x'.join(map(str, ct.shape))} voxels of "
-                       f"{'x'.join(f'{s:.2f}' for s in spacing)} mm",
-    }
-
-
 def default_landmarks(ct: Volume, labels: Volume | None = None,
                       structures: dict[int, str] | None = None) -> tuple[list[str], np.ndarray]:
     """mTRE landmarks ``(names, (K, 3) world mm)``: label centroids, else a 3×3×3 body grid.

@@ -49,7 +49,7 @@ from sphere_reg_ros.core.similarity import SimilarityConfig, SimilarityNet
 from sphere_reg_ros.core.views import default_geometry
 from sphere_reg_ros.core.volume import Volume
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from sphere_reg_ros.core.checkpoint import load_checkpoint, save_checkpoint
 from .content import ContentAugmentation
 from .dataset import DrrPool, SimilarityPool, TrainingScene, ct_fingerprint
 from .losses import (centered_jacobian, geodesic_pose_gradient, gradient_alignment, gradient_matching_loss,
@@ -139,6 +139,8 @@ class TrainConfig:
                      "initial_sim_pool", "n_val", "n_val_sim", "sim_render_every", "sim_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.train_regressor or self.train_similarity):
+            raise ValueError("nothing to train: train_regressor and train_similarity are both False")
 
     def geometry(self) -> CarmGeometry:
         """C-arm geometry at the training resolution (``views.default_geometry``)."""
@@ -300,7 +302,8 @@ def train(ct: Volume, config: TrainConfig, *, labels: Volume | None = None,
                               jitter_tilt_deg=config.jitter_tilt_deg, jitter_roll_deg=config.jitter_roll_deg,
                               augmentation=augmentation, content=content)
     t_render = time.perf_counter()
-    pool.add(min(config.initial_pool, config.pool_size), gen)
+    if config.train_regressor:
+        pool.add(min(config.initial_pool, config.pool_size), gen)
     if config.train_similarity:
         sim_pool.add(min(config.initial_sim_pool, config.sim_pool_size), gen)
     render_time = time.perf_counter() - t_render
@@ -347,7 +350,7 @@ def train(ct: Volume, config: TrainConfig, *, labels: Volume | None = None,
     while not stop_now(step):
         frac = progress_fraction(step)
         ts = time.perf_counter()
-        if config.render_per_step > 0:
+        if config.train_regressor and config.render_per_step > 0:
             pool.add(config.render_per_step, gen)
             rendered += config.render_per_step
         if config.train_similarity and (step + 1) % config.sim_render_every == 0:

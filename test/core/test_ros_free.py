@@ -27,3 +27,30 @@ def test_core_imports_without_ros():
     result = subprocess.run([sys.executable, "-c", BLOCKER], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "leaked: []" in result.stdout
+
+
+def test_core_imports_nothing_above_it():
+    """The import direction is one way (DESIGN.md §4): core ← training/evaluation/cli ← ros.
+
+    Checked on the source (every ``import`` statement, lazy ones inside functions included).
+    """
+    import ast
+    from pathlib import Path
+
+    import sphere_reg_ros.core as core
+
+    above = ("sphere_reg_ros.training", "sphere_reg_ros.evaluation", "sphere_reg_ros.ros", "sphere_reg_ros.cli")
+    offenders = []
+    for path in sorted(Path(core.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith(above) or (name.startswith("..") and not name.startswith("...")
+                                              and name[2:].split(".")[0] in ("training", "evaluation", "ros", "cli")):
+                    offenders.append(f"{path.name}:{node.lineno} imports {name}")
+    assert not offenders, "core imports layers above it: " + "; ".join(offenders)

@@ -149,7 +149,7 @@ def test_image_readers_and_overlay(tmp_path):
 
 def test_learned_methods_run_from_a_checkpoint(tiny, tmp_path):
     models = pytest.importorskip("sphere_reg_ros.core.models")
-    checkpoint = pytest.importorskip("sphere_reg_ros.training.checkpoint")
+    checkpoint = pytest.importorskip("sphere_reg_ros.core.checkpoint")
     ct, bm, _ = tiny
     torch.manual_seed(0)
     sim = models.SimilarityNet(models.SimilarityConfig(channels=4, stem_widths=(4, 8), model_dim=8, depth=1, heads=2))

@@ -8,7 +8,7 @@ from sphere_reg_ros.core.models import PoseRegressor, RegressorConfig, Similarit
 from sphere_reg_ros.core.sampling import PoseDistribution
 from sphere_reg_ros.core.views import default_geometry
 from sphere_reg_ros.training.benchmark import run_regressor_benchmark, synthetic_xrays
-from sphere_reg_ros.training.checkpoint import load_checkpoint, save_checkpoint
+from sphere_reg_ros.core.checkpoint import load_checkpoint, save_checkpoint
 from sphere_reg_ros.training.cli import add_benchmark_parser
 from sphere_reg_ros.training.dataset import TrainingScene
 

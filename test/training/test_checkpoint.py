@@ -11,7 +11,7 @@ from sphere_reg_ros.core.models import PoseRegressor, RegressorConfig, Similarit
 from sphere_reg_ros.core.sampling import PoseDistribution
 from sphere_reg_ros.core.views import default_geometry
 from sphere_reg_ros.core.volume import Volume, resample
-from sphere_reg_ros.training.checkpoint import (FORMAT_VERSION, CheckpointError, CheckpointWarning,
+from sphere_reg_ros.core.checkpoint import (FORMAT_VERSION, CheckpointError, CheckpointWarning,
                                                 load_checkpoint, save_checkpoint)
 
 GEOMETRY = default_geometry(32)

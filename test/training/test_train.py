@@ -9,7 +9,7 @@ from sphere_reg_ros.core.augment import DomainRandomization
 from sphere_reg_ros.core.sampling import split_seed
 from sphere_reg_ros.core.similarity import SimilarityConfig
 from sphere_reg_ros.core.views import default_geometry
-from sphere_reg_ros.training.checkpoint import load_checkpoint
+from sphere_reg_ros.core.checkpoint import load_checkpoint
 from sphere_reg_ros.training.cli import add_benchmark_parser, add_train_parser, run_train
 from sphere_reg_ros.training.dataset import TrainingScene
 from sphere_reg_ros.training.losses import regressor_loss
@@ -45,6 +45,19 @@ def test_bad_training_configs():
         TrainConfig()
     with pytest.raises(ValueError, match="divisible"):
         _config(max_steps=1, resolution=30)
+    with pytest.raises(ValueError, match="nothing to train"):
+        _config(max_steps=1, train_regressor=False, train_similarity=False)
+
+
+def test_similarity_only_training_trains_and_renders_nothing_for_the_regressor(small_ct):
+    """``--train similarity`` (the ablation checkpoints): only similarity batches are trained and
+    no regressor DRR pool is rendered."""
+    ct, labels, structures = small_ct
+    res = train(ct, _config(max_steps=3, train_regressor=False, render_per_step=0, sim_every=1,
+                            sim_render_every=1), labels=labels, structures=structures, progress=False)
+    assert res.steps == 3
+    assert res.throughput["samples_trained"] == 3 * 4  # three similarity batches of 4, no regressor batch
+    assert res.throughput["drrs_rendered"] == 2 * 4 + 2 * 3  # initial similarity pool + one item a step
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ Layout (``FORMAT_VERSION`` 1)::
      "regressor": {"config": {...}, "state_dict": {...}},
      "geometry": CarmGeometry.to_dict() at the training resolution,
      "pose_distribution": {...}, "center_world": [x, y, z] (mm),
-     "ct": {"source": fingerprint, "working": fingerprint},  # dataset.ct_fingerprint
+     "ct": {"source": fingerprint, "working": fingerprint},  # ct_fingerprint
      "training": {"seed", "steps", "wall_time_s", "validation": [...], ...},
      "weights_sha256": digest of both state dicts}
 
@@ -43,17 +43,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from sphere_reg_ros.core.carm import CarmGeometry
-from sphere_reg_ros.core.regressor import PoseRegressor, RegressorConfig
-from sphere_reg_ros.core.sampling import PoseDistribution
-from sphere_reg_ros.core.similarity import SimilarityConfig, SimilarityNet
-from sphere_reg_ros.core.volume import Volume
-
-from .dataset import ct_fingerprint
+from .carm import CarmGeometry
+from .regressor import PoseRegressor, RegressorConfig
+from .sampling import PoseDistribution
+from .similarity import SimilarityConfig, SimilarityNet
+from .volume import Volume
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "CheckpointWarning", "Bundle",
            "save_checkpoint", "load_checkpoint", "geometry_differences", "ct_differences",
-           "default_checkpoint_path", "plain_metadata"]
+           "default_checkpoint_path", "plain_metadata", "ct_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +66,31 @@ class CheckpointError(ValueError):
 
 class CheckpointWarning(UserWarning):
     """A checkpoint used despite a mismatch (``force=True``)."""
+
+
+def ct_fingerprint(ct: Volume) -> dict:
+    """Identity of a CT: ``{"sha256", "shape", "spacing", "origin", "description"}``.
+
+    The hash covers the grid shape, the affine (rounded to 1e-4 mm) and a strided subsample of
+    ~2¹⁸ HU values (rounded to 0.1 HU), so it is cheap for any size, changes with any resampling,
+    re-orientation or different patient, and is stable across file formats holding the same data.
+    """
+    data = np.ascontiguousarray(ct.data).reshape(-1)
+    stride = max(1, data.size // (1 << 18))
+    sample = np.round(data[::stride].astype(np.float64) * 10.0).astype(np.int64)
+    h = hashlib.sha256()
+    h.update(np.asarray(ct.shape, dtype=np.int64).tobytes())
+    h.update(np.round(ct.affine, 4).astype(np.float64).tobytes())
+    h.update(sample.tobytes())
+    spacing = [round(float(s), 4) for s in ct.spacing]
+    return {
+        "sha256": h.hexdigest(),
+        "shape": [int(s) for s in ct.shape],
+        "spacing": spacing,
+        "origin": [round(float(v), 4) for v in ct.affine[:3, 3]],
+        "description": f"{ct.source}: {'x'.join(map(str, ct.shape))} voxels of "
+                       f"{'x'.join(f'{s:.2f}' for s in spacing)} mm",
+    }
 
 
 def default_checkpoint_path() -> Path:
