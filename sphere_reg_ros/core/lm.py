@@ -192,8 +192,10 @@ class LevenbergMarquardt:
     cost), so accepted steps show gain ratios ρ ≈ 2 with λ at its floor, and plain LM crawls.
     Each element therefore carries a scalar ``κ ∈ [1, max_step_scale]``: the model Hessian is
     ``JᵀWJ/κ`` (the step is ``κ`` times the LM step, the predicted reduction ``κ`` times
-    Nielsen's), ``κ`` grows by ``min(ρ, 2)`` after an accepted step with ρ > 1.5 and halves after
-    a step with ρ < 0.25 or a rejection. For a zero-residual problem ρ ≈ 1 and ``κ`` stays 1.
+    Nielsen's). After an accepted step ``κ`` moves to the minimum of the parabola through the
+    cost along that step, ``κ / (2 − ρ)`` (at most ×2 or ÷2 per step); a rejection halves it. For
+    a zero-residual problem ρ ≈ 1 and ``κ`` stays 1. A registration that starts at the pose where
+    a recent one ended (tracking) starts with the ``κ`` that one ended with.
 
     Args:
         model: the residual model (learned similarity or :mod:`.residuals`); may also offer
@@ -210,6 +212,10 @@ class LevenbergMarquardt:
         # DRR and its Jacobian depend on the pose and the CT only, not on the X-ray, so a tracking
         # registration that starts where the previous one ended reuses its last render.
         self._recent: list[tuple] = []
+        # the step scale κ each element ended with: (renderer, final pose, κ). A registration that
+        # starts where one ended (tracking) starts with that κ: the curvature mismatch κ measures
+        # belongs to the similarity and the anatomy, which barely change from frame to frame.
+        self._recent_kappa: list[tuple] = []
 
     # ------------------------------------------------------------------ pieces
     def _weights(self, emb_fixed: torch.Tensor) -> torch.Tensor | None:
@@ -255,6 +261,20 @@ class LevenbergMarquardt:
         window = self._window(renderer, pose)
         img, jd = self._render(renderer, window, pose, True)
         return window, img, jd
+
+    def _start_kappa(self, renderer: DrrRenderer, pose: torch.Tensor) -> torch.Tensor:
+        """Step scale ``κ`` (n,) to start from: the one a recent registration ended with at exactly
+        this pose and renderer (tracking), else 1."""
+        kappa = torch.ones(pose.shape[0], dtype=torch.float64, device=pose.device)
+        if self.config.unrolled:
+            return kappa
+        p = pose.detach().to(renderer.dtype)
+        for k in range(p.shape[0]):
+            for r, q, kap in reversed(self._recent_kappa):
+                if r is renderer and torch.equal(q, p[k]):
+                    kappa[k] = kap
+                    break
+        return kappa
 
     def linearize(self, image: torch.Tensor, image_jacobian: torch.Tensor, emb_fixed: torch.Tensor,
                   P: torch.Tensor, weights: torch.Tensor | None, scale: torch.Tensor | None = None
@@ -429,7 +449,7 @@ class LevenbergMarquardt:
             lam_unit = diagH.mean(-1)
         lam = lam.clamp(cfg.lambda_min, cfg.lambda_max) if cfg.damping == "marquardt" else lam
         nu = torch.full((n,), 2.0, dtype=torch.float64, device=pose.device)
-        kappa = torch.ones(n, dtype=torch.float64, device=pose.device)
+        kappa = self._start_kappa(renderer, pose)
         rej = torch.zeros(n, dtype=torch.long, device=pose.device)
         if first:
             now = time.perf_counter() - t_start
@@ -496,8 +516,11 @@ class LevenbergMarquardt:
             # a rejected step with λ still negligible against D would come back unchanged: jump
             new_lam = torch.where(acc, new_lam, torch.maximum(new_lam, cfg.lambda_reject * lam_unit[a]))
             lam, nu = put(lam, a, new_lam), put(nu, a, new_nu)
-            k_new = torch.where(acc & (rho > 1.5), kappa[a] * rho.clamp(max=2.0),
-                                torch.where(~acc | (rho < 0.25), kappa[a] / 2, kappa[a]))
+            # along the step the cost is f0 − a·t + c·t²/2 (t in units of the plain LM step); the
+            # step t = κ gave ρ = 2 − κ·c/a, so the best scale t* = a/c = κ / (2 − ρ). Move κ there,
+            # by at most a factor 2 per step; a rejection halves it.
+            k_fit = kappa[a] / (2.0 - rho.clamp(max=1.5))
+            k_new = torch.where(acc, torch.minimum(torch.maximum(k_fit, kappa[a] / 2), kappa[a] * 2), kappa[a] / 2)
             kappa = put(kappa, a, k_new.clamp(1.0, cfg.max_step_scale))
             rej = put(rej, a, torch.where(acc, torch.zeros_like(rej[a]), rej[a] + 1))
             iterations[idx_global[a].cpu()] += 1
@@ -527,5 +550,8 @@ class LevenbergMarquardt:
         for k in range(n):
             if status[k] is None and final:
                 status[k], message[k] = Status.MAX_ITERATIONS, f"iteration cap ({cfg.max_iterations}) reached"
+        if not cfg.unrolled:
+            done = [(renderer, pose[k].detach().to(renderer.dtype), float(kappa[k])) for k in range(n)]
+            self._recent_kappa = [*self._recent_kappa, *done][-_RECENT_RENDERS:]
         return {"pose": pose, "cost": cost, "initial_cost": initial_cost, "status": status,
                 "message": message, "H": H, "M": M}

@@ -194,3 +194,33 @@ def test_unrolled_solve_is_differentiable(scene):
     assert res.pose.requires_grad
     res.pose[:, :3, 3].sum().backward()
     assert fixed.grad is not None and torch.isfinite(fixed.grad).all() and float(fixed.grad.abs().sum()) > 0
+
+
+def test_step_scale_follows_the_cost_along_the_step_and_carries_over_to_tracking(scene):
+    """κ ends where the parabola through the cost along the last step put it, and a
+    registration that starts where one ended (tracking) starts with that κ; another start
+    pose starts at 1."""
+    renderers, true, fixed, c, landmarks, _ = scene
+    lm = LevenbergMarquardt(IntensityResiduals(), LMConfig())
+    init = _offset(true, c, [1.0, -1.0, 0.5], [2.0, -1.5, 1.0])
+    first = lm.solve(renderers[-1:], fixed, init)
+    expected = 1.0  # replay the rule on the trials of the history
+    for h in first.history[0][1:]:
+        if h["accepted"]:
+            fit = expected / (2.0 - min(h["rho"], 1.5))
+            expected = min(max(fit, expected / 2), expected * 2)
+        else:
+            expected = expected / 2
+        expected = min(max(expected, 1.0), lm.config.max_step_scale)
+    assert len(first.history[0]) > 2
+    assert float(lm._start_kappa(renderers[-1], first.pose)[0]) == pytest.approx(expected, rel=1e-9)
+    # no registration ended at the initial pose: it starts plain
+    assert float(lm._start_kappa(renderers[-1], init)[0]) == 1.0
+    # the next frame, slightly moved, starts with the κ the last one ended with and converges
+    moved = _offset(true, c, [0.05, 0.0, 0.0], [0.3, 0.0, 0.0])
+    fixed2 = renderers[-1](moved.float())
+    second = lm.solve(renderers[-1:], fixed2, first.pose)
+    assert second.status[0] in (Status.CONVERGED, Status.MAX_ITERATIONS)
+    assert float(mtre(second.pose, moved, landmarks)) < 0.5
+    # a different renderer (another scale) does not share it
+    assert float(lm._start_kappa(renderers[0], second.pose)[0]) == 1.0
