@@ -81,6 +81,10 @@ class RegistrarConfig:
         render_max_size: largest side rendered by :meth:`Registrar.render` (then upsampled).
         ray_step_mm: spacing of the DRR samples along each ray (None: the CT's voxel size;
             a model is best used with the step it was trained with, see ``from_files``).
+        tracking_window_margin_mm: depth margin of the DRR sampling window for tracking
+            registrations (``fine_only``; cold ones use ``LMConfig.window_margin_mm``, 60 mm): they
+            move by about a millimetre, so fewer samples per ray suffice (the LM widens the window
+            if a trial pose leaves it).
     """
 
     resolution: int = 64
@@ -102,6 +106,7 @@ class RegistrarConfig:
     device: str = "cpu"
     render_max_size: int = 256
     ray_step_mm: float | None = None
+    tracking_window_margin_mm: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -113,16 +118,20 @@ class RegistrarConfig:
             raise ValueError(f"robust must be 'auto', 'none', 'cauchy' or 'huber', got {self.robust!r}")
         if self.residuals not in ("intensity", "intensity+gradient"):
             raise ValueError(f"residuals must be 'intensity' or 'intensity+gradient', got {self.residuals!r}")
+        if not (math.isfinite(self.tracking_window_margin_mm) and self.tracking_window_margin_mm > 0):
+            raise ValueError(f"tracking_window_margin_mm must be > 0, got {self.tracking_window_margin_mm}")
         if self.ray_step_mm is not None and not (math.isfinite(self.ray_step_mm) and self.ray_step_mm > 0):
             raise ValueError(f"ray_step_mm must be > 0 (or None), got {self.ray_step_mm}")
         if self.device != "auto":
             torch.device(self.device)  # raises for a malformed name
         self.lm_config()  # validates the solver settings
 
-    def lm_config(self, unrolled: bool = False, learned: bool = False) -> LMConfig:
-        """The solver settings of this configuration (``learned``: for a learned similarity)."""
+    def lm_config(self, unrolled: bool = False, learned: bool = False, tracking: bool = False) -> LMConfig:
+        """The solver settings of this configuration (``learned``: for a learned similarity;
+        ``tracking``: for registrations that start within about a millimetre)."""
         robust = ("none" if learned else "cauchy") if self.robust == "auto" else self.robust
-        return LMConfig(max_iterations=self.max_iterations, step_tol_mm=self.step_tol_mm,
+        margin = {"window_margin_mm": self.tracking_window_margin_mm} if tracking else {}
+        return LMConfig(**margin, max_iterations=self.max_iterations, step_tol_mm=self.step_tol_mm,
                         step_tol_rad=self.step_tol_rad, cost_tol=self.cost_tol, damping=self.damping,
                         lambda_init=self.lambda_init, rotation_scale_mm=self.rotation_scale_mm,
                         max_translation_mm=self.max_translation_mm, max_rotation_rad=self.max_rotation_rad,
@@ -237,6 +246,8 @@ class Registrar:
         self.similarity = similarity
         self.regressor = regressor.to(self.device).eval() if regressor is not None else None
         self.solver = LevenbergMarquardt(similarity, config.lm_config(learned=self.learned))
+        # tracking registrations: own solver (narrower sampling window; its own render cache)
+        self.tracking_solver = LevenbergMarquardt(similarity, config.lm_config(learned=self.learned, tracking=True))
         self._renderers: dict[CarmGeometry, DrrRenderer] = {}
         self.model_geometry: CarmGeometry | None = None  # the detector the models were trained for
         self.source = f"CT {ct.source} at {spacing_mm:g} mm; " + (
@@ -316,7 +327,8 @@ class Registrar:
         the AP view without one. Never raises for bad input (see the module docstring).
         ``solver``: another optimiser with the LM's ``solve`` signature (e.g. a baseline from
         :mod:`.baselines`) to run instead of ``self.solver``. ``fine_only``: skip the coarse scales
-        (tracking: the initial pose is already close, so the coarse pass only costs time).
+        (tracking: the initial pose is already close, so the coarse pass only costs time; the
+        default solver is then ``tracking_solver``).
         """
         return self.register_batch([image], geometry, None if init_pose is None else [init_pose],
                                    solver=solver, fine_only=fine_only)[0]
@@ -356,7 +368,8 @@ class Registrar:
                                      {"total": time.perf_counter() - t0})
         if valid:
             try:
-                done = self._register_valid(arrays, inits, geometry, t0, solver or self.solver, fine_only)
+                default = self.tracking_solver if fine_only else self.solver
+                done = self._register_valid(arrays, inits, geometry, t0, solver or default, fine_only)
             except Exception as exc:  # never let a bad case take the caller down
                 log.exception("registration failed")
                 status = Status.INVALID_INPUT if isinstance(exc, ValueError) else Status.DIVERGED

@@ -72,16 +72,21 @@ def test_fine_only_skips_the_coarse_scales_when_tracking(registrar, case):
     assert full.ok and fine.ok, (full.message, fine.message)
     assert {h["scale"] for h in full.history} == {16, 32}
     assert {h["scale"] for h in fine.history} == {32}
+    assert registrar.tracking_solver.config.window_margin_mm < registrar.solver.config.window_margin_mm
     assert fine.iterations < full.iterations
     assert _mtre(registrar, fine.pose, true) < 0.5
 
 
 def test_a_registration_starting_where_the_last_ended_reuses_its_render(registrar, case, monkeypatch):
-    """Tracking: the DRR and Jacobian at the start pose were rendered by the previous registration."""
+    """Tracking: the DRR and Jacobian at the start pose were rendered by the previous tracking
+    registration (the first one after a cold start renders it: tracking uses its own, narrower
+    sampling window)."""
     from sphere_reg_ros.core.drr import DrrRenderer
 
     image, true, init = case
-    first = registrar.register(image, GEOMETRY, init)
+    cold = registrar.register(image, GEOMETRY, init)
+    first = registrar.register(image, GEOMETRY, np.array(cold.pose, copy=True), fine_only=True)
+    assert first.ok, first.message
     calls = []
     real = DrrRenderer.render_with_jacobian
     monkeypatch.setattr(DrrRenderer, "render_with_jacobian",
