@@ -58,6 +58,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--embedding", default="spherical", choices=list(EMBEDDINGS), help="similarity embedding")
     p.add_argument("--regressor-loss", default="so4", choices=["so4", "se3"], help="geodesic loss (default so4)")
     p.add_argument("--batch-size", type=int, default=32, help="regressor batch size (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="peak learning rate of both networks (default 1e-3; lower for fine-tuning with --resume)")
     p.add_argument("--train", default="both", choices=["both", "regressor", "similarity"],
                    help="which network to train (default both). 'similarity' trains the similarity "
                         "alone, one step per iteration (the ablation checkpoints: --embedding, "
@@ -109,7 +111,7 @@ def run_train(args: argparse.Namespace) -> int:
             resolution=args.resolution, seed=args.seed, spacing_mm=args.spacing_mm or None,
             backbone=args.backbone, channel_scale=scale,
             similarity=SimilarityConfig(embedding=args.embedding),
-            regressor_loss=args.regressor_loss, batch_size=args.batch_size,
+            regressor_loss=args.regressor_loss, batch_size=args.batch_size, lr=args.lr, sim_lr=args.lr,
             val_every_s=args.val_every_s, max_steps=args.max_steps,
             **(dict(p_collimation=0.0, p_metal=0.0) if args.no_content else {}),
             budget_s=None if budget is None else 60.0 * budget, device=args.device, **schedule)
@@ -124,13 +126,14 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"checkpoint written to {result.checkpoint} ({Path(result.checkpoint).stat().st_size / 2**20:.1f} MB)")
     print(f"CT: {desc}; {result.steps} steps in {time.perf_counter() - t0:.0f} s "
           f"(total wall time {result.wall_time_s:.0f} s)")
+    untrained = " (not trained in this run: --train {})".format(args.train)
     print(f"validation ({config.n_val} held-out poses): regressor mTRE median "
           f"{final['mtre_median_mm']:.1f} mm with X-ray augmentation, {final['clean_mtre_median_mm']:.1f} mm "
           f"on clean DRRs (initial {first['mtre_median_mm']:.1f} mm); loss {final['loss']:.4f} "
-          f"(initial {first['loss']:.4f})")
+          f"(initial {first['loss']:.4f})" + ("" if config.train_regressor else untrained))
     print(f"similarity gradient matching: loss {final['sim_loss']:.3f} (initial {first['sim_loss']:.3f}), "
           f"cosine to the geodesic gradient: translation {final['sim_cos_translation']:.2f}, "
-          f"rotation {final['sim_cos_rotation']:.2f}")
+          f"rotation {final['sim_cos_rotation']:.2f}" + ("" if config.train_similarity else untrained))
     tp = result.throughput
     print(f"throughput: {tp['drrs_per_s']} DRRs/s rendered, {tp['samples_per_s']} training samples/s")
     return 0

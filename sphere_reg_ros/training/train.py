@@ -139,6 +139,9 @@ class TrainConfig:
                      "initial_sim_pool", "n_val", "n_val_sim", "sim_render_every", "sim_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "sim_lr"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)}")
         if not (self.train_regressor or self.train_similarity):
             raise ValueError("nothing to train: train_regressor and train_similarity are both False")
 

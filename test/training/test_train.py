@@ -109,3 +109,9 @@ def test_cli_parsers_and_bad_input(tmp_path, capsys):
     assert run_train(_parse(["train", "--ct", str(tmp_path / "none.nii"), "--out", str(tmp_path / "m.pt"),
                              "--max-steps", "1"])) == 2
     assert "none.nii" in capsys.readouterr().err
+    ablation = _parse(["train", "--out", str(tmp_path / "m.pt"), "--train", "similarity", "--embedding",
+                       "euclidean", "--regressor-loss", "se3", "--lr", "3e-4"])
+    assert (ablation.train, ablation.embedding, ablation.regressor_loss, ablation.lr) == \
+        ("similarity", "euclidean", "se3", 3e-4)
+    assert run_train(_parse(["train", "--out", str(tmp_path / "m.pt"), "--max-steps", "1", "--lr", "0"])) == 2
+    assert "lr must be finite and > 0" in capsys.readouterr().err
