@@ -51,6 +51,10 @@ def add_make_benchmark_parser(subparsers: argparse._SubParsersAction) -> argpars
     p.add_argument("--rot-deg", type=float, default=15.0, help="pose range: rotation per axis, degrees")
     p.add_argument("--inplane-mm", type=float, default=30.0, help="pose range: in-plane shift, mm")
     p.add_argument("--depth-mm", type=float, default=60.0, help="pose range: depth shift, mm")
+    p.add_argument("--degradation", choices=("benchmark", "mild", "none"), default="benchmark",
+                   help="X-ray degradations (evaluation.simulate.DEGRADATION_PRESETS): 'benchmark' the full "
+                        "physics and content gap (default), 'mild' no instruments or shutters, 'none' "
+                        "matched physics (the models' own domain)")
     p.add_argument("--preview", type=Path, default=None, metavar="PNG",
                    help="also write a PNG grid of the first cases")
     p.add_argument("--preview-cases", type=int, default=8, help="cases in the preview (default 8)")
@@ -70,6 +74,7 @@ def _size(n_bytes: int) -> str:
 def run_make_benchmark(args: argparse.Namespace) -> int:
     """Run ``make-benchmark``; prints a summary; returns 0, or 2 on bad input (message on stderr)."""
     from sphere_reg_ros.evaluation.benchmark import BenchmarkError, make_benchmark, save_benchmark
+    from sphere_reg_ros.evaluation.simulate import DEGRADATION_PRESETS
 
     start = time.perf_counter()
     try:
@@ -88,7 +93,7 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
         loaded = time.perf_counter()
         bm = make_benchmark(ct, labels, structures, args.cases, args.seed, args.resolution, distribution,
                             split=args.split, spacing_mm=args.spacing, landmarks=landmarks,
-                            progress=not args.no_progress)
+                            degradation=DEGRADATION_PRESETS[args.degradation], progress=not args.no_progress)
         out = save_benchmark(args.out, bm)
         if args.preview is not None:
             from sphere_reg_ros.evaluation.preview import save_preview
@@ -99,7 +104,8 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
         return 2
     elapsed = time.perf_counter() - start
     init = bm.initial_mtre_mm
-    print(f"benchmark: {bm.n_cases} cases ({bm.split}, seed {bm.seed}) of {bm.ct_source}")
+    print(f"benchmark: {bm.n_cases} cases ({bm.split}, seed {bm.seed}, degradation '{args.degradation}') "
+          f"of {bm.ct_source}")
     print(f"  registration resolution {bm.resolution}x{bm.resolution}, images rendered at "
           f"{bm.images.shape[1]}x{bm.images.shape[2]}; {len(bm.landmarks)} landmarks")
     print(f"  initial mTRE {init.min():.1f}-{init.max():.1f} mm (median {float(sorted(init)[len(init) // 2]):.1f})")

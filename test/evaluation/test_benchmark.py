@@ -276,6 +276,15 @@ def test_cli_writes_a_loadable_file(ct8, tmp_path, capsys):
     assert png.stat().st_size > 1000
     summary = capsys.readouterr().out
     assert "3 cases" in summary and "wrote" in summary and "s/case" in summary
+    # --degradation none: matched physics, recorded in the file's config
+    clean = parser.parse_args(["make-benchmark", "--ct", str(tmp_path / "ct.nii.gz"), "--cases", "2", "--seed", "2",
+                               "--out", str(tmp_path / "clean.npz"), "--resolution", str(R), "--degradation",
+                               "none", "--no-progress"])
+    assert run_make_benchmark(clean) == 0
+    assert "degradation 'none'" in capsys.readouterr().out
+    clean_bm = load_benchmark(tmp_path / "clean.npz")
+    assert clean_bm.config["degradation"] == DegradationConfig.none().to_dict()
+    assert loaded.config["degradation"] == DegradationConfig().to_dict()
     bad = parser.parse_args(["make-benchmark", "--ct", str(tmp_path / "nope.nii.gz"), "--out", str(out)])
     assert run_make_benchmark(bad) == 2
     assert "nope.nii.gz" in capsys.readouterr().err
