@@ -150,7 +150,6 @@ class GradientRegistration:
     def solve(self, renderers: Sequence[DrrRenderer], fixed: torch.Tensor, init_pose: torch.Tensor,
               center=None) -> LMResult:
         """Refine ``init_pose`` (B, 4, 4) against ``fixed`` (B, 1, H, W), coarse to fine."""
-        cfg = self.config
         t_start = time.perf_counter()
         B = init_pose.shape[0]
         dev, dtype = renderers[-1].device, renderers[-1].dtype
