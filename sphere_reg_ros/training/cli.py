@@ -102,9 +102,8 @@ def run_train(args: argparse.Namespace) -> int:
         cuda = resolve_device(args.device).type == "cuda"
         scale = args.channel_scale if args.channel_scale is not None else (1.0 if cuda else 0.5)
         schedule = dict(render_per_step=4, sim_render_every=1, sim_every=1) if cuda else {}
-        if args.train == "similarity":  # no regressor pool; same renders per similarity step as 'both'
-            schedule = dict(schedule, train_regressor=False, render_per_step=0, sim_every=1,
-                       sim_render_every=1 if cuda else 2)
+        if args.train == "similarity":  # a similarity step every step, same renders per step as 'both'
+            schedule = dict(schedule, train_regressor=False, sim_every=1, sim_render_every=1 if cuda else 2)
         elif args.train == "regressor":
             schedule = dict(schedule, train_similarity=False)
         config = TrainConfig(
@@ -126,7 +125,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"checkpoint written to {result.checkpoint} ({Path(result.checkpoint).stat().st_size / 2**20:.1f} MB)")
     print(f"CT: {desc}; {result.steps} steps in {time.perf_counter() - t0:.0f} s "
           f"(total wall time {result.wall_time_s:.0f} s)")
-    untrained = " (not trained in this run: --train {})".format(args.train)
+    untrained = f" (not trained in this run: --train {args.train})"
     print(f"validation ({config.n_val} held-out poses): regressor mTRE median "
           f"{final['mtre_median_mm']:.1f} mm with X-ray augmentation, {final['clean_mtre_median_mm']:.1f} mm "
           f"on clean DRRs (initial {first['mtre_median_mm']:.1f} mm); loss {final['loss']:.4f} "

@@ -43,17 +43,15 @@ from sphere_reg_ros.core.landmarks import landmarks_from_labels
 from sphere_reg_ros.core.sampling import PoseDistribution
 from sphere_reg_ros.core.volume import Volume, hu_to_attenuation, resample
 
-from sphere_reg_ros.core.checkpoint import ct_fingerprint
-
 from .content import ContentAugmentation
 
 __all__ = ["TrainingScene", "DrrPool", "SimilarityPool", "jitter_rotations", "warp_to_pose",
-           "margin_pixels", "default_landmarks", "ct_fingerprint"]
+           "margin_pixels", "default_landmarks"]
 
 log = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------- CT identity
+# ----------------------------------------------------------------------------- landmarks
 def default_landmarks(ct: Volume, labels: Volume | None = None,
                       structures: dict[int, str] | None = None) -> tuple[list[str], np.ndarray]:
     """mTRE landmarks ``(names, (K, 3) world mm)``: label centroids, else a 3×3×3 body grid.

@@ -49,9 +49,9 @@ from sphere_reg_ros.core.similarity import SimilarityConfig, SimilarityNet
 from sphere_reg_ros.core.views import default_geometry
 from sphere_reg_ros.core.volume import Volume
 
-from sphere_reg_ros.core.checkpoint import load_checkpoint, save_checkpoint
+from sphere_reg_ros.core.checkpoint import ct_fingerprint, load_checkpoint, save_checkpoint
 from .content import ContentAugmentation
-from .dataset import DrrPool, SimilarityPool, TrainingScene, ct_fingerprint
+from .dataset import DrrPool, SimilarityPool, TrainingScene
 from .losses import (centered_jacobian, geodesic_pose_gradient, gradient_alignment, gradient_matching_loss,
                      regressor_loss, similarity_pose_gradient)
 

@@ -53,8 +53,8 @@ def test_similarity_only_training_trains_and_renders_nothing_for_the_regressor(s
     """``--train similarity`` (the ablation checkpoints): only similarity batches are trained and
     no regressor DRR pool is rendered."""
     ct, labels, structures = small_ct
-    res = train(ct, _config(max_steps=3, train_regressor=False, render_per_step=0, sim_every=1,
-                            sim_render_every=1), labels=labels, structures=structures, progress=False)
+    res = train(ct, _config(max_steps=3, train_regressor=False, sim_every=1, sim_render_every=1),
+                labels=labels, structures=structures, progress=False)
     assert res.steps == 3
     assert res.throughput["samples_trained"] == 3 * 4  # three similarity batches of 4, no regressor batch
     assert res.throughput["drrs_rendered"] == 2 * 4 + 2 * 3  # initial similarity pool + one item a step
