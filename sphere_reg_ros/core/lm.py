@@ -57,9 +57,10 @@ import torch
 
 from .drr import DrrRenderer
 from .geometry import se3_exp, se3_inverse, se3_log, so3_log
-from .lm_steps import (ResidualModel, damped_solve, gain_ratio, increment_matrix, normal_equations, put,
-                       resize_images, residual_jacobian, robust_cost, robust_spread, singular, update_lambda,
-                       valid_poses)
+from .lm_steps import (ResidualModel, damped_solve, embed, gain_ratio, increment_matrix, mask_weights,
+                       normal_equations, put, resize_images, residual_jacobian, robust_cost, robust_spread, singular,
+                       update_lambda, valid_poses)
+from .masks import resize_mask
 from .lm_config import LMConfig, LMResult
 from .result import Status
 
@@ -109,9 +110,15 @@ class LevenbergMarquardt:
         self._recent_kappa: list[tuple] = []
 
     # ------------------------------------------------------------------ pieces
-    def _weights(self, emb_fixed: torch.Tensor) -> torch.Tensor | None:
+    def _weights(self, emb_fixed: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Diagonal of ``W`` (n, M): the model's own weights times the mask's (None: all 1)."""
         fn = getattr(self.model, "weights", None)
-        return fn(emb_fixed) if callable(fn) else None
+        w = fn(emb_fixed) if callable(fn) else None
+        wm = mask_weights(self.model, mask)
+        if wm is None:
+            return w
+        wm = wm.to(emb_fixed.dtype)
+        return wm if w is None else w * wm
 
     def _window(self, renderer: DrrRenderer, pose: torch.Tensor, extra: tuple | None = None) -> tuple:
         lo, hi = renderer.window(pose.detach().to(renderer.dtype))
@@ -168,33 +175,36 @@ class LevenbergMarquardt:
         return kappa
 
     def linearize(self, image: torch.Tensor, image_jacobian: torch.Tensor, emb_fixed: torch.Tensor,
-                  P: torch.Tensor, weights: torch.Tensor | None, scale: torch.Tensor | None = None
+                  P: torch.Tensor, weights: torch.Tensor | None, scale: torch.Tensor | None = None,
+                  mask: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cost (n,), residuals (n, M), Jacobian (n, M, 6) in the scaled increments, and the
         normal equations ``H = JᵀWJ`` (n, 6, 6), ``g = JᵀWR`` (n, 6) (float64); ``W`` includes
         the robust kernel's IRLS weights (kernel scale ``scale`` (n,), see :func:`robust_cost`)."""
-        r, J = residual_jacobian(self.model, image, emb_fixed, image_jacobian @ P.to(image_jacobian))
+        r, J = residual_jacobian(self.model, image, emb_fixed, image_jacobian @ P.to(image_jacobian), mask)
         if scale is None and self.config.robust != "none":
-            scale = self.config.robust_scale * robust_spread(r)
+            scale = self.config.robust_scale * robust_spread(r, weights)
         cost, W = robust_cost(r, weights, self.config.robust, scale)
         H, g = normal_equations(J, r, W)
         return cost, r, J, H, g
 
-    def _residuals(self, image: torch.Tensor, emb_fixed: torch.Tensor, weights, scale=None
+    def _residuals(self, image: torch.Tensor, emb_fixed: torch.Tensor, weights, scale=None, mask=None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        r = self.model.residuals(self.model.embed(image), emb_fixed)
+        r = self.model.residuals(embed(self.model, image, mask), emb_fixed)
         if scale is None and self.config.robust != "none":
-            scale = self.config.robust_scale * robust_spread(r)
+            scale = self.config.robust_scale * robust_spread(r, weights)
         return robust_cost(r, weights, self.config.robust, scale)[0], r
 
     # ------------------------------------------------------------------ solve
     def solve(self, renderers: Sequence[DrrRenderer], fixed: torch.Tensor, init_pose: torch.Tensor,
-              center: torch.Tensor | np.ndarray | None = None) -> LMResult:
+              center: torch.Tensor | np.ndarray | None = None, mask: torch.Tensor | None = None) -> LMResult:
         """Refine ``init_pose`` (B, 4, 4) against ``fixed`` (B, 1, H, W), coarse to fine.
 
         ``renderers`` (coarse → fine) share the CT and the detector (``CarmGeometry.resized``);
         the fixed images are area-resampled to each renderer's size. ``center`` (3,) world mm is
-        the rotation centre of the increments (default: the CT's centre). Elements with a
+        the rotation centre of the increments (default: the CT's centre). ``mask`` (B, 1, H, W)
+        bool marks the valid pixels of ``fixed`` (:mod:`.masks`; None: all valid): masked pixels
+        get zero weight at every scale and take no part in the model's normalisation. Elements with a
         non-finite image or an invalid pose get ``Status.INVALID_INPUT``; nothing is raised
         for them. Raises ValueError only for inconsistent shapes of the whole call.
         """
@@ -207,13 +217,17 @@ class LevenbergMarquardt:
         B = init_pose.shape[0]
         if not (isinstance(fixed, torch.Tensor) and fixed.ndim == 4 and fixed.shape[:2] == (B, 1)):
             raise ValueError(f"fixed must be a (B, 1, H, W) tensor with B={B}, got {getattr(fixed, 'shape', type(fixed))}")
+        if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(fixed.shape)):
+            raise ValueError(f"mask must be a tensor shaped like fixed {tuple(fixed.shape)}, "
+                             f"got {getattr(mask, 'shape', type(mask))}")
         finest = renderers[-1]
         dtype, device = finest.dtype, finest.device
         grad_ctx = torch.enable_grad() if cfg.unrolled else torch.no_grad()
         with grad_ctx:
-            return self._solve(renderers, fixed.to(device, dtype), init_pose.to(device), center, t_start)
+            mask = None if mask is None else mask.to(device).bool()
+            return self._solve(renderers, fixed.to(device, dtype), init_pose.to(device), center, t_start, mask)
 
-    def _solve(self, renderers, fixed, init_pose, center, t_start) -> LMResult:
+    def _solve(self, renderers, fixed, init_pose, center, t_start, mask=None) -> LMResult:
         cfg = self.config
         B = init_pose.shape[0]
         device = fixed.device
@@ -239,7 +253,7 @@ class LevenbergMarquardt:
         cost, initial_cost = nan.clone(), nan.clone()
         iterations = torch.zeros(B, dtype=torch.long)
         H_final = torch.full((B, 6, 6), math.nan, dtype=torch.float64, device=device)
-        M_final = 0
+        M_final = torch.zeros(B, dtype=torch.float64, device=device)  # residuals that count
 
         def live_idx() -> torch.Tensor:
             return torch.tensor([i for i in range(B) if status[i] is None], dtype=torch.long, device=device)
@@ -249,9 +263,10 @@ class LevenbergMarquardt:
         if len(renderers) > 1 and idx.numel():
             fin = renderers[-1]
             fx = resize_images(fixed[idx], fin.geometry.height, fin.geometry.width)
-            ef = self.model.embed(fx)
+            mf = None if mask is None else resize_mask(mask[idx], fin.geometry.height, fin.geometry.width)
+            ef = embed(self.model, fx, mf)
             img, _ = self._render(fin, self._window(fin, pose[idx]), pose[idx], jacobian=False)
-            c0, _ = self._residuals(img, ef, self._weights(ef))
+            c0, _ = self._residuals(img, ef, self._weights(ef, mf), mask=mf)
             initial_cost = put(initial_cost, idx, c0.detach())
 
         for si, renderer in enumerate(renderers):
@@ -261,10 +276,11 @@ class LevenbergMarquardt:
                 break
             g_ = renderer.geometry
             fx = resize_images(fixed[idx], g_.height, g_.width)
-            emb_f = self.model.embed(fx)
-            w = self._weights(emb_f)
+            ms = None if mask is None else resize_mask(mask[idx], g_.height, g_.width)
+            emb_f = embed(self.model, fx, ms)
+            w = self._weights(emb_f, ms)
             out = self._run_scale(renderer, emb_f, w, pose[idx], pose0[idx], P, c, final, t_start,
-                                  [history[i] for i in idx.tolist()], iterations, idx, si == 0)
+                                  [history[i] for i in idx.tolist()], iterations, idx, si == 0, ms)
             pose = put(pose, idx, out["pose"])
             cost = put(cost, idx, out["cost"].detach())
             if si == 0 and len(renderers) == 1:
@@ -275,7 +291,7 @@ class LevenbergMarquardt:
                     status[i], message[i] = st, msg
             if final:
                 H_final = put(H_final, idx, out["H"].detach())
-                M_final = out["M"]
+                M_final = put(M_final, idx, out["M"])
 
         cov = torch.full((B, 6, 6), math.nan, dtype=torch.float64, device=device)
         for i in range(B):
@@ -286,7 +302,7 @@ class LevenbergMarquardt:
             if bool(singular(H_final[i:i + 1], cfg.rcond)[0]):
                 status[i], message[i] = Status.SINGULAR, "normal equations are singular at the final pose"
                 continue
-            sigma2 = 2.0 * float(cost[i]) / max(M_final - 6, 1)
+            sigma2 = 2.0 * float(cost[i]) / max(float(M_final[i]) - 6, 1)
             cov_s = sigma2 * torch.linalg.inv(H_final[i])
             cov_w = P @ cov_s @ P.T
             cov[i] = 0.5 * (cov_w + cov_w.T)
@@ -303,7 +319,7 @@ class LevenbergMarquardt:
         return moved.norm(dim=-1), so3_log(Dm[:, :3, :3]).norm(dim=-1)
 
     def _run_scale(self, renderer, emb_f, w, pose, pose0, P, c, final, t_start, hist, iterations,
-                   idx_global, first) -> dict:
+                   idx_global, first, m=None) -> dict:
         cfg = self.config
         n, L = pose.shape[0], cfg.rotation_scale_mm
         f = 1.0 if final else cfg.coarse_tol_factor
@@ -316,9 +332,11 @@ class LevenbergMarquardt:
             return None if x is None else x[i]
 
         window, img, jd = self._start_render(renderer, pose)
-        cost, r0, J, H, g = self.linearize(img, jd, emb_f, P, w)
-        rs = cfg.robust_scale * robust_spread(r0) if cfg.robust != "none" else None
-        M = J.shape[1]
+        cost, r0, J, H, g = self.linearize(img, jd, emb_f, P, w, mask=m)
+        rs = cfg.robust_scale * robust_spread(r0, w) if cfg.robust != "none" else None
+        # residuals that count (non-zero weight before the robust kernel), per element
+        M = (w > 0).sum(-1).to(torch.float64) if w is not None else torch.full(
+            (n,), float(J.shape[1]), dtype=torch.float64, device=pose.device)
         initial_cost = cost
         bad = ~torch.isfinite(cost) | ~torch.isfinite(H).flatten(1).all(-1)
         sing = singular(torch.where(bad[:, None, None], torch.eye(6, dtype=H.dtype, device=H.device), H), cfg.rcond)
@@ -373,14 +391,15 @@ class LevenbergMarquardt:
             if rewindows < 3 and not self._covers(window, renderer, trial[ok_idx]):
                 window = self._window(renderer, torch.cat([pose[a], trial[ok_idx]]))
                 img, jd = self._render(renderer, window, pose[a], True)
-                c_a, _, _, H_a, g_a = self.linearize(img, jd, emb_f[a], P, sub(w, a), sub(rs, a))
+                c_a, _, _, H_a, g_a = self.linearize(img, jd, emb_f[a], P, sub(w, a), sub(rs, a), sub(m, a))
                 cost, H, g = put(cost, a, c_a), put(H, a, H_a), put(g, a, g_a)
                 rewindows += 1
                 continue
             cost_t = torch.full((len(a),), math.nan, dtype=torch.float64, device=pose.device)
             if ok_idx.numel():
                 img_t, jd_t = self._render(renderer, window, trial[ok_idx], True)
-                ct, _ = self._residuals(img_t, emb_f[a[ok_idx]], sub(w, a[ok_idx]), sub(rs, a[ok_idx]))
+                ct, _ = self._residuals(img_t, emb_f[a[ok_idx]], sub(w, a[ok_idx]), sub(rs, a[ok_idx]),
+                                        sub(m, a[ok_idx]))
                 cost_t = put(cost_t, ok_idx, ct.detach())
             s0 = s.detach() / kappa[a, None]  # the plain LM step; predicted reduction scales with κ
             rho, pred0 = gain_ratio(cost[a].detach(), cost[a].detach(), s0, g[a].detach(), lam[a], D[a])
@@ -398,7 +417,7 @@ class LevenbergMarquardt:
                 row[ok_idx] = torch.arange(len(ok_idx), device=pose.device)
                 gi = a[ai]
                 c_n, _, _, H_n, g_n = self.linearize(img_t[row[ai]], jd_t[row[ai]], emb_f[gi], P, sub(w, gi),
-                                                     sub(rs, gi))
+                                                     sub(rs, gi), sub(m, gi))
                 pose = put(pose, gi, trial[ai])
                 cost, H, g = put(cost, gi, c_n), put(H, gi, H_n), put(g, gi, g_n)
                 if cfg.damping == "marquardt":

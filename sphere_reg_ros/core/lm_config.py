@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from .lm_steps import ROBUST_KERNELS
 from .result import RegistrationResult, Status
 
 __all__ = ["LMConfig", "LMResult"]
@@ -34,7 +35,8 @@ class LMConfig:
         window_margin_mm: depth margin of the DRR sampling window held fixed during a scale.
         rcond: reciprocal condition number of the normalised JᵀWJ below which the system
             counts as singular.
-        robust: ``"none"`` (least squares), ``"cauchy"`` or ``"huber"``: a robust kernel on each
+        robust: ``"none"`` (least squares), ``"cauchy"``, ``"huber"``, ``"geman-mcclure"`` or
+            ``"tukey"`` (see :func:`~.lm_steps.robust_cost`): a robust kernel on each
             residual, by iteratively reweighted least squares (weights from the residuals at each
             linearisation; costs and gain ratios use the robust cost).
         robust_scale: kernel scale in units of the residuals' robust spread (1.4826·median|r|,
@@ -83,8 +85,8 @@ class LMConfig:
                 raise ValueError(f"{name} must be finite and > 0, got {v!r}")
         if not 0 <= self.eta < 1:
             raise ValueError(f"eta must be in [0, 1), got {self.eta}")
-        if self.robust not in ("none", "cauchy", "huber"):
-            raise ValueError(f"robust must be 'none', 'cauchy' or 'huber', got {self.robust!r}")
+        if self.robust not in ROBUST_KERNELS:
+            raise ValueError(f"robust must be one of {', '.join(ROBUST_KERNELS)}, got {self.robust!r}")
         if not (math.isfinite(self.lambda_reject) and self.lambda_reject >= 0):
             raise ValueError(f"lambda_reject must be finite and >= 0, got {self.lambda_reject}")
         if not (math.isfinite(self.max_step_scale) and self.max_step_scale >= 1):

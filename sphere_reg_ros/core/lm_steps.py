@@ -4,7 +4,8 @@ step acceptance -- each a pure batched function, testable alone.
 * :func:`residual_jacobian`: residuals ``R (B, M)`` and ``J = ∂R/∂s (B, M, K)`` by forward-mode AD
   of ``embed`` + ``residuals``, given the image Jacobian ``∂I/∂s`` (the K columns ride along the
   batch in one ``torch.func.jvp``);
-* :func:`robust_cost`: cost and IRLS weights (least squares, Cauchy, Huber);
+* :func:`robust_cost`: cost and IRLS weights (least squares, Cauchy, Huber, Geman–McClure, Tukey);
+* :func:`embed`, :func:`mask_weights`: embeddings and residual weights under a valid mask;
 * :func:`damped_solve`: ``(H + λ diag(D)) s = −g`` by Cholesky per element;
 * :func:`gain_ratio`, :func:`update_lambda`: Nielsen's acceptance and damping update;
 * :func:`increment_matrix`: scaled centred increments → the core's world increments;
@@ -21,7 +22,9 @@ import torch.nn.functional as F
 
 from .geometry import hat
 
-__all__ = ["ResidualModel", "increment_matrix", "resize_images", "residual_jacobian", "damped_solve",
+ROBUST_KERNELS = ("none", "cauchy", "huber", "geman-mcclure", "tukey")
+
+__all__ = ["ResidualModel", "ROBUST_KERNELS", "embed", "mask_weights", "increment_matrix", "resize_images", "residual_jacobian", "damped_solve",
            "gain_ratio", "update_lambda", "robust_cost", "robust_spread", "normal_equations", "singular",
            "valid_poses", "put"]
 
@@ -60,8 +63,26 @@ def resize_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor
                          antialias=h > height or w > width)
 
 
+def embed(model: ResidualModel, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``model.embed(images)``, with the valid mask ``(B, 1, H, W)`` when one is given (a model
+    that takes masks has ``embed(images, mask=...)`` and ``residual_weights(mask)``)."""
+    return model.embed(images) if mask is None else model.embed(images, mask=mask)
+
+
+def mask_weights(model: ResidualModel, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The model's residual weights ``(B, M)`` for valid masks ``(B, 1, H, W)``; None without
+    a mask. Raises ValueError for a model that cannot take masks."""
+    if mask is None:
+        return None
+    fn = getattr(model, "residual_weights", None)
+    if not callable(fn):
+        raise ValueError(f"{type(model).__name__} cannot take masks (no residual_weights)")
+    return fn(mask)
+
+
 def residual_jacobian(model: ResidualModel, images: torch.Tensor, emb_fixed: torch.Tensor,
-                      image_jacobian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      image_jacobian: torch.Tensor, mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residuals ``(B, M)`` and their Jacobian ``(B, M, K)`` by forward-mode AD.
 
     ``image_jacobian`` (B, H·W, K) holds ``∂image/∂s``; its K columns are the tangents of one
@@ -75,7 +96,7 @@ def residual_jacobian(model: ResidualModel, images: torch.Tensor, emb_fixed: tor
     tangents = image_jacobian.permute(2, 0, 1).reshape(K, B, 1, H, W).to(images.dtype).contiguous()
 
     def f(x: torch.Tensor) -> torch.Tensor:
-        return model.residuals(model.embed(x), emb_fixed)
+        return model.residuals(embed(model, x, mask), emb_fixed)
 
     try:
         r, jr = torch.func.vmap(lambda t: torch.func.jvp(f, (images,), (t,)), out_dims=(None, 0))(tangents)
@@ -84,7 +105,8 @@ def residual_jacobian(model: ResidualModel, images: torch.Tensor, emb_fixed: tor
         pass
     stacked = images.expand(K, *images.shape).reshape(K * B, 1, H, W).contiguous()
     emb_f = emb_fixed.expand(K, *emb_fixed.shape).reshape(K * B, *emb_fixed.shape[1:])
-    r, jr = torch.func.jvp(lambda x: model.residuals(model.embed(x), emb_f), (stacked,),
+    m_k = None if mask is None else mask.expand(K, *mask.shape).reshape(K * B, *mask.shape[1:])
+    r, jr = torch.func.jvp(lambda x: model.residuals(embed(model, x, m_k), emb_f), (stacked,),
                            (tangents.reshape(K * B, 1, H, W),))
     M = r.shape[-1]
     return r[:B], jr.reshape(K, B, M).permute(1, 2, 0)
@@ -137,8 +159,10 @@ def robust_cost(r: torch.Tensor, w: torch.Tensor | None, kind: str = "none",
                 scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Cost (n,) ``Σ w ρ(r)`` and IRLS weights (n, M) (``w · ρ'(r)/r``) of residuals ``r`` (n, M).
 
-    ``ρ(r) = ½r²`` (none), ``½s² log(1 + r²/s²)`` (Cauchy), or Huber with threshold ``s``;
-    ``scale`` (n,) is ``s``. Weights are None for plain least squares without ``w``.
+    ``ρ(r) = ½r²`` (none), ``½s² log(1 + r²/s²)`` (Cauchy), Huber with threshold ``s``,
+    ``½s² r²/(s² + r²)`` (Geman–McClure, redescending) or Tukey's biweight
+    ``s²/6 (1 − (1 − r²/s²)³)`` for ``|r| < s``, ``s²/6`` beyond (redescending, zero weight
+    past ``s``); ``scale`` (n,) is ``s``. Weights are None for plain least squares without ``w``.
     """
     r64 = r.to(torch.float64)
     r2 = r64 * r64
@@ -153,6 +177,12 @@ def robust_cost(r: torch.Tensor, w: torch.Tensor | None, kind: str = "none",
             a = r64.abs()
             rho = torch.where(a <= s, 0.5 * r2, s * a - 0.5 * s * s)
             irls = torch.where(a <= s, torch.ones_like(a), s / a.clamp_min(1e-300))
+        elif kind == "geman-mcclure":
+            d = s * s + r2
+            rho, irls = 0.5 * s * s * r2 / d, (s * s / d) ** 2
+        elif kind == "tukey":
+            u = (1.0 - r2 / (s * s)).clamp_min(0.0)
+            rho, irls = s * s / 6.0 * (1.0 - u ** 3), u * u
         else:
             raise ValueError(f"unknown robust kernel {kind!r}")
     cost = (rho if w64 is None else w64 * rho).sum(-1)
@@ -160,9 +190,14 @@ def robust_cost(r: torch.Tensor, w: torch.Tensor | None, kind: str = "none",
     return cost, weights
 
 
-def robust_spread(r: torch.Tensor) -> torch.Tensor:
-    """1.4826 · median |r| per element (n,): the residuals' spread, robust to outliers."""
-    return 1.4826 * r.detach().to(torch.float64).abs().median(dim=-1).values.clamp_min(1e-12)
+def robust_spread(r: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """1.4826 · median |r| per element (n,): the residuals' spread, robust to outliers; with
+    weights ``w`` (n, M) over the residuals of non-zero weight only."""
+    a = r.detach().to(torch.float64).abs()
+    if w is not None:
+        a = torch.where(w.detach() > 0, a, torch.nan)
+        return (1.4826 * torch.nanmedian(a, dim=-1).values).nan_to_num(1e-12).clamp_min(1e-12)
+    return 1.4826 * a.median(dim=-1).values.clamp_min(1e-12)
 
 
 def singular(H: torch.Tensor, rcond: float) -> torch.Tensor:

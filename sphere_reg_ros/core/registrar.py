@@ -20,6 +20,7 @@ much faster than the default for these small tensors.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -33,6 +34,8 @@ from .carm import CarmGeometry
 from .checkpoint import load_checkpoint
 from .drr import DrrRenderer
 from .lm import LevenbergMarquardt, LMConfig, resize_images
+from .lm_steps import ROBUST_KERNELS
+from .masks import MaskConfig, detect_masks, resize_mask
 from .residuals import IntensityResiduals
 from .result import RegistrationResult, Status
 from .views import ap_pose
@@ -73,9 +76,11 @@ class RegistrarConfig:
         local_window: learning-free residuals standardise intensities over windows of this
             fraction of the image height (local NCC; robust to scatter, heel effect, bone
             contrast); 0 = globally.
-        robust: robust kernel of the LM (``"none"``, ``"cauchy"``, ``"huber"``); ``"auto"`` =
-            Cauchy for the learning-free residuals (collimator shutters, metal, noise are
-            outliers there), none for a learned similarity.
+        robust: robust kernel of the LM (``"none"``, ``"cauchy"``, ``"huber"``,
+            ``"geman-mcclure"``, ``"tukey"``); ``"auto"`` = Cauchy for the learning-free residuals
+            (metal, noise, scatter are outliers there), none for a learned similarity.
+        masking: detect what the CT cannot explain in each X-ray (collimator shutters, metal,
+            saturated pixels: :mod:`.masks`) and give it zero weight in the LM.
         robust_scale: kernel scale in units of the residuals' robust spread.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         render_max_size: largest side rendered by :meth:`Registrar.render` (then upsampled).
@@ -103,6 +108,7 @@ class RegistrarConfig:
     local_window: float = 0.125
     robust: str = "auto"
     robust_scale: float = 2.0
+    masking: bool = True
     device: str = "cpu"
     render_max_size: int = 256
     ray_step_mm: float | None = None
@@ -114,8 +120,10 @@ class RegistrarConfig:
             raise ValueError(f"resolution must be an int in [8, 2048], got {self.resolution!r}")
         if not self.scales or not all(0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be fractions in (0, 1], got {self.scales}")
-        if self.robust not in ("auto", "none", "cauchy", "huber"):
-            raise ValueError(f"robust must be 'auto', 'none', 'cauchy' or 'huber', got {self.robust!r}")
+        if self.robust != "auto" and self.robust not in ROBUST_KERNELS:
+            raise ValueError(f"robust must be 'auto' or one of {', '.join(ROBUST_KERNELS)}, got {self.robust!r}")
+        if not isinstance(self.masking, bool):
+            raise ValueError(f"masking must be a bool, got {self.masking!r}")
         if self.residuals not in ("intensity", "intensity+gradient"):
             raise ValueError(f"residuals must be 'intensity' or 'intensity+gradient', got {self.residuals!r}")
         if not (math.isfinite(self.tracking_window_margin_mm) and self.tracking_window_margin_mm > 0):
@@ -249,6 +257,7 @@ class Registrar:
         # tracking registrations: own solver (narrower sampling window; its own render cache)
         self.tracking_solver = LevenbergMarquardt(similarity, config.lm_config(learned=self.learned, tracking=True))
         self._renderers: dict[CarmGeometry, DrrRenderer] = {}
+        self.mask_config = MaskConfig()
         self.model_geometry: CarmGeometry | None = None  # the detector the models were trained for
         self.source = f"CT {ct.source} at {spacing_mm:g} mm; " + (
             "learned similarity" if self.learned else f"learning-free {config.residuals} residuals") + (
@@ -410,7 +419,17 @@ class Registrar:
         scales = self.scale_geometries(reg_geometry)
         renderers = [self.renderer(g) for g in (scales[-1:] if fine_only else scales)]
         t2 = time.perf_counter()
-        out = solver.solve(renderers, fixed, torch.from_numpy(poses), center=self.center_world)
+        kwargs, fractions = {}, [0.0] * n
+        if self.config.masking and "mask" in inspect.signature(solver.solve).parameters:
+            found = [detect_masks(a, self.mask_config) for a in arrays]
+            fractions = [m.masked_fraction for m in found]
+            valid = torch.stack([m.valid for m in found])[:, None].to(self.device)
+            kwargs["mask"] = resize_mask(valid, reg_geometry.height, reg_geometry.width)
+            for i, m in enumerate(found):
+                if m.masked_fraction > 0:
+                    parts = ", ".join(f"{k} {100 * v:.0f} %" for k, v in m.fractions().items() if k != "masked" and v > 0)
+                    messages[i] = "; ".join(x for x in (messages[i], f"masked {100 * m.masked_fraction:.0f} % ({parts})") if x)
+        out = solver.solve(renderers, fixed, torch.from_numpy(poses), center=self.center_world, **kwargs)
         t_lm = time.perf_counter() - t2
         total = time.perf_counter() - t0
         timings = {"regressor": t_reg / n, "lm": t_lm / n, "total": total / n}
@@ -421,7 +440,7 @@ class Registrar:
             final.append(RegistrationResult(pose=res.pose, covariance=res.covariance, cost=res.cost,
                                             initial_cost=res.initial_cost, iterations=res.iterations,
                                             status=res.status, message=msg, timings=res.timings,
-                                            history=res.history))
+                                            history=res.history, masked_fraction=fractions[i]))
         return final
 
     # ------------------------------------------------------------------ rendering

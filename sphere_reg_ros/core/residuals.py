@@ -20,40 +20,74 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IntensityResiduals", "CombinedResiduals", "standardize", "local_standardize"]
+__all__ = ["IntensityResiduals", "CombinedResiduals", "standardize", "local_standardize", "erode"]
 
 
-def standardize(images: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Per-image, per-channel zero mean and unit variance over ``(H, W)``: ``(B, C, H, W)``."""
-    mean = images.mean(dim=(-2, -1), keepdim=True)
-    var = (images - mean).square().mean(dim=(-2, -1), keepdim=True)
-    return (images - mean) / torch.sqrt(var + eps)
+def standardize(images: torch.Tensor, eps: float = 1e-8, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image, per-channel zero mean and unit variance over ``(H, W)``: ``(B, C, H, W)``.
+
+    ``mask`` ``(B, 1, H, W)`` (1 = valid): statistics over the valid pixels only, 0 elsewhere."""
+    if mask is None:
+        mean = images.mean(dim=(-2, -1), keepdim=True)
+        var = (images - mean).square().mean(dim=(-2, -1), keepdim=True)
+        return (images - mean) / torch.sqrt(var + eps)
+    m = mask.to(images.dtype)
+    n = m.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+    mean = (images * m).sum(dim=(-2, -1), keepdim=True) / n
+    var = ((images - mean).square() * m).sum(dim=(-2, -1), keepdim=True) / n
+    return (images - mean) / torch.sqrt(var + eps) * m
 
 
-def local_standardize(images: torch.Tensor, window: int, eps: float = 1e-8) -> torch.Tensor:
+def local_standardize(images: torch.Tensor, window: int, eps: float = 1e-8,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """Standardise each pixel by the mean and standard deviation of its ``window × window``
     neighbourhood (box window, borders by the pixels inside the image): ``(B, C, H, W)``.
 
     Invariant to intensity changes that are affine over a window (scatter, heel effect, bone
     contrast to first order). ``eps`` is relative to the image's global variance, so flat
-    regions (e.g. behind collimator shutters) map to ~0 rather than amplified noise.
+    regions (e.g. behind collimator shutters) map to ~0 rather than amplified noise. With
+    ``mask`` ``(B, 1, H, W)`` (1 = valid) the window statistics use the valid pixels only
+    (normalised convolution) and masked pixels map to 0.
     """
     pad = window // 2
-    mean = F.avg_pool2d(images, window, stride=1, padding=pad, count_include_pad=False)
-    sq = F.avg_pool2d(images * images, window, stride=1, padding=pad, count_include_pad=False)
+    if mask is None:
+        mean = F.avg_pool2d(images, window, stride=1, padding=pad, count_include_pad=False)
+        sq = F.avg_pool2d(images * images, window, stride=1, padding=pad, count_include_pad=False)
+        var = (sq - mean * mean).clamp_min(0.0)
+        floor = eps + 1e-2 * images.var(dim=(-2, -1), keepdim=True, unbiased=False)
+        return (images - mean) / torch.sqrt(var + floor)
+    m = mask.to(images.dtype)
+    frac = F.avg_pool2d(m, window, stride=1, padding=pad, count_include_pad=False).clamp_min(1e-6)
+    mean = F.avg_pool2d(images * m, window, stride=1, padding=pad, count_include_pad=False) / frac
+    sq = F.avg_pool2d(images * images * m, window, stride=1, padding=pad, count_include_pad=False) / frac
     var = (sq - mean * mean).clamp_min(0.0)
-    floor = eps + 1e-2 * images.var(dim=(-2, -1), keepdim=True, unbiased=False)
-    return (images - mean) / torch.sqrt(var + floor)
+    n = m.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+    gmean = (images * m).sum(dim=(-2, -1), keepdim=True) / n
+    gvar = ((images - gmean).square() * m).sum(dim=(-2, -1), keepdim=True) / n
+    return (images - mean) / torch.sqrt(var + eps + 1e-2 * gvar) * m
 
 
-def _gradients(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """Central differences along columns and rows (replicate border), joint-RMS normalised."""
+def erode(mask: torch.Tensor) -> torch.Tensor:
+    """Valid masks ``(B, 1, H, W)`` eroded by one pixel (3×3; the image border counts as valid)."""
+    m = mask.to(torch.float32)
+    return -F.max_pool2d(F.pad(-m, (1, 1, 1, 1), mode="replicate"), 3, stride=1) > 0.5
+
+
+def _gradients(z: torch.Tensor, eps: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Central differences along columns and rows (replicate border), joint-RMS normalised;
+    with ``mask`` (valid pixels) only where the eroded mask is valid (a difference across the
+    mask's edge compares a pixel with a masked one)."""
     p = F.pad(z, (1, 1, 1, 1), mode="replicate")
     gx = 0.5 * (p[..., 1:-1, 2:] - p[..., 1:-1, :-2])
     gy = 0.5 * (p[..., 2:, 1:-1] - p[..., :-2, 1:-1])
     g = torch.cat([gx, gy], dim=1)
-    rms = torch.sqrt(g.square().mean(dim=(1, 2, 3), keepdim=True) + eps)
-    return g / rms
+    if mask is None:
+        rms = torch.sqrt(g.square().mean(dim=(1, 2, 3), keepdim=True) + eps)
+        return g / rms
+    m = erode(mask).to(g.dtype)
+    g = g * m
+    n = (2 * m.sum(dim=(1, 2, 3), keepdim=True)).clamp_min(1.0)
+    return g / torch.sqrt(g.square().sum(dim=(1, 2, 3), keepdim=True) / n + eps)
 
 
 class IntensityResiduals(torch.nn.Module):
@@ -89,18 +123,44 @@ class IntensityResiduals(torch.nn.Module):
         self.level_weights = weights
         self.eps = float(eps)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, H, W)`` images → ``(B, C, H, W)`` (C = 1, or 3 with gradients)."""
+    def embed(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, 1, H, W)`` images → ``(B, C, H, W)`` (C = 1, or 3 with gradients).
+
+        ``mask`` ``(B, 1, H, W)`` bool (True = valid, see :mod:`.masks`): statistics over the
+        valid pixels only; masked pixels embed to 0 (give them zero weight:
+        :meth:`residual_weights`)."""
         if images.ndim != 4 or images.shape[1] != 1:
             raise ValueError(f"images must be (B, 1, H, W), got {tuple(images.shape)}")
+        if mask is not None and mask.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"mask {tuple(mask.shape)} does not match images {tuple(images.shape)}")
         if self.local_window > 0:
             window = max(3, 2 * int(round(self.local_window * images.shape[-2] / 2)) + 1)
-            z = standardize(local_standardize(images, window, self.eps), self.eps)
+            z = standardize(local_standardize(images, window, self.eps, mask), self.eps, mask)
         else:
-            z = standardize(images, self.eps)
+            z = standardize(images, self.eps, mask)
         if not self.gradients:
             return z
-        return torch.cat([z, _gradients(z, self.eps)], dim=1)
+        return torch.cat([z, _gradients(z, self.eps, mask)], dim=1)
+
+    def residual_weights(self, mask: torch.Tensor) -> torch.Tensor:
+        """Weights ``(B, M)`` (1 valid, 0 masked) in the layout of :meth:`residuals` for valid
+        masks ``(B, 1, H, W)``: a pooled residual is valid when all its pixels are, a gradient
+        residual when its 3×3 neighbourhood is."""
+        m = mask.to(torch.float32)
+        g = erode(mask).to(torch.float32) if self.gradients else None
+        out = []
+        for level, weight in enumerate(self.level_weights):
+            if level:
+                if min(m.shape[-2:]) < 2:
+                    break
+                m = (F.avg_pool2d(m, 2) > 0.999).float()
+                g = None if g is None else (F.avg_pool2d(g, 2) > 0.999).float()
+            if weight == 0:
+                continue
+            out.append(m.flatten(1))
+            if self.gradients and self.gradient_weight > 0:
+                out.append(torch.cat([g, g], dim=1).flatten(1))
+        return torch.cat(out, dim=1)
 
     def residuals(self, emb_moving: torch.Tensor, emb_fixed: torch.Tensor) -> torch.Tensor:
         """Residuals ``(B, M)``; ``½|R|²`` = weighted sum over levels of ``(1 − NCC)``-type terms."""
@@ -150,8 +210,8 @@ class CombinedResiduals(torch.nn.Module):
         cfgs = [getattr(m, "config", None) for m in models]
         self.config = next((c for c in cfgs if c is not None and hasattr(c, "downsample")), None)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        embs = [m.embed(images) for m in self.models]
+    def embed(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        embs = [m.embed(images) if mask is None else m.embed(images, mask=mask) for m in self.models]
         self._shapes[tuple(images.shape[-2:])] = [tuple(e.shape[1:]) for e in embs]
         return torch.cat([e.flatten(1) for e in embs], dim=1)
 
@@ -171,3 +231,7 @@ class CombinedResiduals(torch.nn.Module):
     def similarity(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         r = self.residuals(self.embed(moving), self.embed(fixed))
         return 0.5 * r.square().sum(-1)
+
+    def residual_weights(self, mask: torch.Tensor) -> torch.Tensor:
+        """Mask weights ``(B, M)`` of the stacked residuals (each model's own layout)."""
+        return torch.cat([m.residual_weights(mask) for m in self.models], dim=1)

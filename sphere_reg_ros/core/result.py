@@ -37,6 +37,8 @@ class RegistrationResult:
         status: see :class:`Status`; ``message`` says why in words.
         timings: seconds per stage (e.g. ``{"regressor": 0.05, "lm": 1.2, "total": 1.3}``).
         history: per-iteration records (``{"iteration", "cost", "lambda", "accepted", "time_s"}``).
+        masked_fraction: share of the image's pixels masked as unexplainable by the CT
+            (collimator shutters, metal, saturation: :mod:`.masks`).
     """
 
     pose: np.ndarray
@@ -48,6 +50,7 @@ class RegistrationResult:
     message: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    masked_fraction: float = 0.0
 
     @property
     def ok(self) -> bool:

@@ -244,14 +244,31 @@ class SimilarityNet(nn.Module):
         phi = self.head(self.norm(tokens))  # (B, h*w, C)
         return phi.transpose(1, 2).reshape(b, self.config.channels, h, w)
 
-    def embed(self, images: Tensor) -> Tensor:
-        """Embedded images ``(B, D, h, w)``: ``D = C + 1`` (spherical, hyperbolic) or ``C``."""
+    def embed(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Embedded images ``(B, D, h, w)``: ``D = C + 1`` (spherical, hyperbolic) or ``C``.
+
+        ``mask`` ``(B, 1, H, W)`` bool (True = valid): masked pixels are filled with the mean of
+        the valid ones first, so that what the CT cannot explain does not set the features'
+        normalisation (give them zero weight with :meth:`residual_weights`)."""
+        if mask is not None:
+            m = mask.to(images.dtype)
+            fill = (images * m).sum(dim=(-2, -1), keepdim=True) / m.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+            images = images * m + fill * (1 - m)
         phi = self.features(images)
         if self.config.embedding == "spherical":
             return sphere_exp(phi, dim=1)
         if self.config.embedding == "hyperbolic":
             return lorentz_exp(phi, dim=1)
         return phi
+
+    def residual_weights(self, mask: Tensor) -> Tensor:
+        """Weights ``(B, M)`` in the layout of :meth:`residuals` for valid masks ``(B, 1, H, W)``:
+        a feature pixel is valid when all the image pixels of its cell are."""
+        f = self.config.downsample
+        m = (F.avg_pool2d(mask.to(torch.float32), f) > 0.999).float() if f > 1 else mask.to(torch.float32)
+        if self.config.embedding != "hyperbolic":
+            m = m.expand(-1, self.config.embedded_dim, -1, -1)
+        return m.flatten(1)
 
     # ------------------------------------------------------------------ comparison
     def residuals(self, moving_embedded: Tensor, fixed_embedded: Tensor) -> Tensor:

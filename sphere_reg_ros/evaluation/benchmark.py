@@ -25,6 +25,7 @@ Files: :func:`save_benchmark` / :func:`load_benchmark` (format below them).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -47,7 +48,7 @@ from sphere_reg_ros.evaluation.cases import InitialErrorConfig, ct_fingerprint, 
 from sphere_reg_ros.evaluation.degrade import (PARAM_NAMES, ChannelRenderer, DegradationConfig, apply_degradations,
                                                draw_degradations)
 
-__all__ = ["Benchmark", "BenchmarkError", "InitialErrorConfig", "make_benchmark", "save_benchmark",
+__all__ = ["Benchmark", "BenchmarkError", "benchmark_checksum", "InitialErrorConfig", "make_benchmark", "save_benchmark",
            "load_benchmark", "DegradationConfig", "perturb_poses", "default_landmarks", "ct_fingerprint",
            "FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -114,6 +115,32 @@ class Benchmark:
     def initial_poses(self) -> torch.Tensor:
         """``(N, 4, 4)`` float64 tensor of the initial poses."""
         return torch.from_numpy(self.poses_init)
+
+
+def benchmark_checksum(bm: Benchmark) -> str:
+    """SHA-256 (first 16 hex digits) of a benchmark's content: images, poses, initial errors,
+    landmarks, seeds, degradation parameters, geometry, CT fingerprint and generation settings
+    (not the CT's path, and not the file's bytes, which carry zip time stamps). The same
+    ``make-benchmark`` command gives the same checksum on every commit; tables print it."""
+    h = hashlib.sha256()
+
+    def add(name: str, a) -> None:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+
+    add("images", bm.images.astype(np.float32, copy=False))
+    for name in ("poses_true", "poses_init", "initial_mtre_mm", "landmarks"):
+        add(name, np.asarray(getattr(bm, name), dtype=np.float64))
+    add("case_seeds", np.asarray(bm.case_seeds, dtype=np.int64))
+    for name in sorted(bm.degradations):
+        add(f"degradation.{name}", bm.degradations[name])
+    meta = {"resolution": int(bm.resolution), "seed": int(bm.seed), "split": bm.split,
+            "landmark_names": list(bm.landmark_names), "geometry": bm.geometry.to_dict(),
+            "render_geometry": bm.render_geometry.to_dict(), "ct_fingerprint": bm.ct_fingerprint,
+            "config": bm.config}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    return h.hexdigest()[:16]
 
 
 def _case_seeds(root: int, n: int) -> np.ndarray:

@@ -73,7 +73,7 @@ def _size(n_bytes: int) -> str:
 
 def run_make_benchmark(args: argparse.Namespace) -> int:
     """Run ``make-benchmark``; prints a summary; returns 0, or 2 on bad input (message on stderr)."""
-    from sphere_reg_ros.evaluation.benchmark import BenchmarkError, make_benchmark, save_benchmark
+    from sphere_reg_ros.evaluation.benchmark import BenchmarkError, benchmark_checksum, make_benchmark, save_benchmark
     from sphere_reg_ros.evaluation.simulate import DEGRADATION_PRESETS
 
     start = time.perf_counter()
@@ -112,4 +112,5 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
     per_case = (elapsed - (loaded - start)) / bm.n_cases
     print(f"  time {elapsed:.1f} s (loading {loaded - start:.1f} s, {per_case:.2f} s/case)")
     print(f"  wrote {out} ({_size(out.stat().st_size)})" + (f", preview {args.preview}" if args.preview else ""))
+    print(f"  checksum {benchmark_checksum(bm)} (content; `sphere-reg evaluate` prints it with every table)")
     return 0

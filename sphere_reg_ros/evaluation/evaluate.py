@@ -342,7 +342,11 @@ def evaluate(benchmark, ct: Volume, methods: Sequence[str], model: str | None = 
                                iterations_to_final=np.array([c[0] for c in conv]),
                                time_to_final_s=np.array([c[1] for c in conv]))
     bar.close()
-    title = (f"Benchmark {benchmark.ct_source} ({benchmark.split}, seed {benchmark.seed}): {n} cases, "
+    from .benchmark import benchmark_checksum
+
+    family = benchmark.config.get("family", "") if isinstance(benchmark.config, dict) else ""
+    title = (f"Benchmark {benchmark.ct_source} ({benchmark.split}, seed {benchmark.seed}"
+             f"{', family ' + family if family else ''}, checksum {benchmark_checksum(benchmark)}): {n} cases, "
              f"{benchmark.resolution}x{benchmark.resolution} px, initial mTRE median "
              f"{float(np.median(benchmark.initial_mtre_mm[:n])):.1f} mm")
     table = format_table({k: r.summary for k, r in runs.items()}, title=title) if runs else "(no method ran)"

@@ -224,3 +224,89 @@ def test_step_scale_follows_the_cost_along_the_step_and_carries_over_to_tracking
     assert float(mtre(second.pose, moved, landmarks)) < 0.5
     # a different renderer (another scale) does not share it
     assert float(lm._start_kappa(renderers[0], second.pose)[0]) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["cauchy", "huber", "geman-mcclure", "tukey"])
+def test_robust_kernels_irls_weights_are_the_kernel_derivative(kind):
+    """IRLS weight w(r) = ρ'(r)/r (checked by finite differences in float64), ρ ≈ ½r² near 0."""
+    r = torch.linspace(-3.0, 3.0, 61, dtype=torch.float64)[None] + 1e-3
+    s = torch.tensor([1.3], dtype=torch.float64)
+    h = 1e-6
+    up, _ = robust_cost(r + h, None, kind, s)
+    cost, w = robust_cost(r, None, kind, s)
+    per = [robust_cost(r[:, i:i + 1] + d, None, kind, s)[0] for i in range(r.shape[1]) for d in (h, -h)]
+    deriv = torch.stack([(per[2 * i] - per[2 * i + 1]) / (2 * h) for i in range(r.shape[1])], dim=1)
+    torch.testing.assert_close(w * r, deriv, rtol=1e-5, atol=1e-8)
+    small = torch.tensor([[1e-4]], dtype=torch.float64)
+    assert float(robust_cost(small, None, kind, s)[0]) == pytest.approx(0.5e-8, rel=1e-4)
+    if kind in ("geman-mcclure", "tukey"):  # redescending: far outliers lose (almost) all weight
+        assert float(robust_cost(torch.tensor([[50.0]], dtype=torch.float64), None, kind, s)[1]) < 1e-6
+
+
+def test_robust_spread_ignores_residuals_of_zero_weight():
+    from sphere_reg_ros.core.lm_steps import robust_spread
+
+    r = torch.tensor([[1.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    w = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert float(robust_spread(r, w)) == pytest.approx(1.4826)
+    assert float(robust_spread(r)) == pytest.approx(1.4826 * 0.0 + 1e-12, abs=1e-11)
+
+
+@pytest.mark.parametrize("kind", ["geman-mcclure", "tukey"])
+def test_planted_outliers_get_no_weight_and_do_not_move_the_minimum(scene, kind):
+    """A bright block (an object the CT does not contain) in the fixed image: least squares is
+    pulled away from the truth, a redescending kernel is not."""
+    renderers, true, fixed, c, landmarks, _ = scene
+    planted = fixed.clone()
+    planted[..., 6:20, 30:40] += 4.0 * float(fixed.std())
+    init = _offset(true, c, [1.0, -1.0, 1.0], [2.0, -2.0, 1.0])
+    robust = LevenbergMarquardt(IntensityResiduals(), LMConfig(robust=kind)).solve(renderers, planted, init)
+    plain = LevenbergMarquardt(IntensityResiduals(), LMConfig()).solve(renderers, planted, init)
+    assert robust.status[0].usable, robust.message
+    e_robust, e_plain = float(mtre(robust.pose, true, landmarks)), float(mtre(plain.pose, true, landmarks))
+    assert e_robust < 1.0 and e_robust < 0.5 * e_plain, (e_robust, e_plain)
+
+
+def test_masked_pixels_take_no_part(scene):
+    """Whatever a mask covers may be anything: the solution with a mask over garbage equals the
+    solution with the same mask over the clean image."""
+    renderers, true, fixed, c, landmarks, _ = scene
+    mask = torch.ones_like(fixed, dtype=torch.bool)
+    mask[..., :, :8] = False
+    mask[..., :6, :] = False
+    garbage = torch.where(mask, fixed, 9.0 + torch.randn_like(fixed))
+    init = _offset(true, c, [2.0, -1.0, 1.0], [3.0, -2.0, 2.0])
+    for model in (IntensityResiduals(), IntensityResiduals(gradients=True, levels=2)):
+        solver = LevenbergMarquardt(model, LMConfig(robust="cauchy"))
+        a = solver.solve(renderers, garbage, init, mask=mask)
+        b = LevenbergMarquardt(model, LMConfig(robust="cauchy")).solve(renderers, fixed, init, mask=mask)
+        assert a.status[0].usable and float(mtre(a.pose, true, landmarks)) < 0.5
+        torch.testing.assert_close(a.pose, b.pose, rtol=0, atol=1e-6)
+        assert float(a.cost[0]) == pytest.approx(float(b.cost[0]), rel=1e-5)
+    with pytest.raises(ValueError, match="mask"):
+        LevenbergMarquardt(IntensityResiduals()).solve(renderers, fixed, init, mask=mask[..., :10])
+
+
+def test_masked_jacobian_matches_finite_differences(scene):
+    """The chained Jacobian under a mask, against central differences of the residuals (float64)."""
+    renderers, true, fixed, c, landmarks, (mu, affine) = scene
+    r64 = DrrRenderer(mu, affine, renderers[0].geometry).double()
+    model = IntensityResiduals(gradients=True, local_window=0.2)
+    pose = _offset(true, c, [1.0, 0.5, -1.0], [2.0, 1.0, -1.0])
+    fx = r64(true.double())
+    mask = torch.ones_like(fx, dtype=torch.bool)
+    mask[..., :, -5:] = False
+    emb_f = model.embed(fx, mask=mask)
+    window = r64.window(pose)
+    img, jac = r64.render_with_jacobian(pose, window=window)
+    r, J = residual_jacobian(model, img, emb_f, jac, mask)
+    fd = torch.zeros_like(J)
+    for k in range(6):
+        d = torch.zeros(1, 6, dtype=torch.float64)
+        d[0, k] = 1e-5 if k < 3 else 1e-7  # far below a voxel: the interpolant's kinks stay out
+        plus = model.residuals(model.embed(r64(se3_exp(d) @ pose, window=window), mask=mask), emb_f)
+        minus = model.residuals(model.embed(r64(se3_exp(-d) @ pose, window=window), mask=mask), emb_f)
+        fd[..., k] = (plus - minus) / (2 * d[0, k])
+    for k in range(6):
+        assert (J[..., k] - fd[..., k]).norm() / fd[..., k].norm() < 1e-3
+    assert (r.reshape(-1) != 0).sum() < r.numel()  # masked residuals are exactly zero

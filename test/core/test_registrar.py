@@ -163,7 +163,8 @@ def test_non_square_images_keep_the_field_of_view(registrar):
     img = registrar.render(registrar.default_pose(), g)
     assert img.shape == (48, 64)
     res = registrar.register(img, g, registrar.default_pose())
-    assert res.ok and _mtre(registrar, res.pose, registrar.default_pose()) < 1.0
+    # registration pixels of 9 mm here (32x43 on a 384 mm detector): 2 mm is a quarter pixel
+    assert res.ok and _mtre(registrar, res.pose, registrar.default_pose()) < 2.0
 
 
 def test_renders_large_geometries_at_the_capped_size(registrar):

@@ -18,7 +18,7 @@ from sphere_reg_ros.core.sampling import PoseDistribution, split_seed
 from sphere_reg_ros.core.views import ap_pose, default_geometry
 from sphere_reg_ros.core.volume import BONE_HU_THRESHOLD, hu_to_attenuation, resample
 from sphere_reg_ros.evaluation.benchmark import (FORMAT_VERSION, BenchmarkError, InitialErrorConfig,
-                                                 default_landmarks, load_benchmark, make_benchmark,
+                                                 benchmark_checksum, default_landmarks, load_benchmark, make_benchmark,
                                                  perturb_poses, save_benchmark)
 from sphere_reg_ros.evaluation.cli import add_make_benchmark_parser, run_make_benchmark
 from sphere_reg_ros.evaluation.degrade import (PARAM_NAMES, ChannelRenderer, DegradationConfig,
@@ -45,6 +45,16 @@ def _same(a, b) -> bool:
     return (np.array_equal(a.images, b.images) and np.array_equal(a.poses_true, b.poses_true)
             and np.array_equal(a.poses_init, b.poses_init)
             and all(np.array_equal(a.degradations[k], b.degradations[k]) for k in PARAM_NAMES))
+
+
+#: Content checksum of ``make_benchmark(ct8, labels8, structures, 3, seed=7, resolution=16)``. A
+#: benchmark is a fixed instrument: if this changes, the generator's output changed and every
+#: table made with it is no longer comparable. Add a new degradation family instead.
+PINNED_CHECKSUM = "a7be2541d936f308"
+
+
+def test_benchmark_content_is_pinned(bm):
+    assert benchmark_checksum(bm) == PINNED_CHECKSUM
 
 
 def test_generation_is_deterministic_for_a_seed(ct8, bm):
@@ -276,6 +286,7 @@ def test_cli_writes_a_loadable_file(ct8, tmp_path, capsys):
     assert png.stat().st_size > 1000
     summary = capsys.readouterr().out
     assert "3 cases" in summary and "wrote" in summary and "s/case" in summary
+    assert f"checksum {benchmark_checksum(loaded)}" in summary
     # --degradation none: matched physics, recorded in the file's config
     clean = parser.parse_args(["make-benchmark", "--ct", str(tmp_path / "ct.nii.gz"), "--cases", "2", "--seed", "2",
                                "--out", str(tmp_path / "clean.npz"), "--resolution", str(R), "--degradation",
