@@ -67,6 +67,15 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's); 1 is fastest on a loaded machine")
+    p.add_argument("--start", choices=("init", "truth"), default="init",
+                   help="start poses: the benchmark's initial poses (default), or the true poses: then the "
+                        "mTRE is each method's drift, telling a misplaced cost minimum from a too small basin")
+    p.add_argument("--robust", default=None, choices=("auto", "none", "cauchy", "huber", "geman-mcclure", "tukey"),
+                   help="robust kernel of the LM rows (default: the registrar's, auto)")
+    p.add_argument("--robust-scale", type=float, default=None, metavar="K",
+                   help="kernel scale in robust spreads of the residuals (default: the registrar's)")
+    p.add_argument("--no-masks", action="store_true",
+                   help="no masks of shutters, metal and saturation (default: detected and given zero weight)")
     p.add_argument("--no-landscape", action="store_true", help="skip the similarity-landscape plot")
     p.add_argument("--no-warmup", action="store_true",
                    help="time the first case too (default: one untimed warm-up registration per method)")
@@ -108,10 +117,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if fp.get("sha256") != bm.ct_fingerprint.get("sha256") and not args.force:
             raise ValueError(f"the CT {ct.source} is not the benchmark's ({bm.ct_source}): fingerprints differ "
                              "(pass --ct with the right CT, or --force)")
-        base = RegistrarConfig(max_iterations=args.max_iterations, device=args.device)
+        lm = {"max_iterations": args.max_iterations, "device": args.device, "masking": not args.no_masks}
+        if args.robust is not None:
+            lm["robust"] = args.robust
+        if args.robust_scale is not None:
+            lm["robust_scale"] = args.robust_scale
+        base = RegistrarConfig(**lm)
         ev = EvaluationConfig()
-        config = replace(ev, registrar=base, learning_free=replace(ev.learning_free, max_iterations=args.max_iterations,
-                                                                    device=args.device),
+        config = replace(ev, registrar=base, learning_free=replace(ev.learning_free, **lm), start=args.start,
                          gradient=replace(ev.gradient, max_iterations=args.adam_iterations),
                          xvr=replace(ev.xvr, scales=tuple(args.xvr_scales) if args.xvr_scales else None,
                                      n_itrs=args.xvr_iterations),

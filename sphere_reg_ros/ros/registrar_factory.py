@@ -42,6 +42,9 @@ def registrar_config(settings) -> RegistrarConfig:
         damping=str(settings.lm_damping),
         lambda_init=float(settings.lm_lambda_init),
         residuals=str(settings.residuals),
+        robust=str(settings.lm_robust),
+        robust_scale=float(settings.lm_robust_scale),
+        masking=bool(settings.masking),
         device=str(settings.device),
     )
 

@@ -84,6 +84,20 @@ def test_failed_cases_count_as_failed(tiny, tmp_path):
     assert run.summary.n == 3 and np.isinf(run.mtre_mm[1]) and run.results[1].status.value == "invalid_input"
 
 
+def test_start_truth_reports_drift_and_ablation_rows_run(tiny):
+    ct, bm, _ = tiny
+    methods = ["lm-intensity", "lm-nomask", "lm-ls"]
+    report = evaluate(bm, ct, methods, config=_config(landscape=False, start="truth", cases=2), progress=False)
+    assert "AT THE TRUE POSE" in report.table and "checksum" in report.table
+    for name in methods:
+        run = report.runs[name]
+        assert run.summary.n == 2 and np.all(np.isfinite(run.mtre_mm))
+    # started at 0, not at the 5+ mm of the initial poses (without masks a shutter may pull it away)
+    assert float(np.max(report.runs["lm-intensity"].mtre_mm)) < float(np.min(bm.initial_mtre_mm))
+    with pytest.raises(ValueError, match="start"):
+        _config(start="nowhere")
+
+
 def test_convergence_point():
     m = np.array([20.0, 5.0, 1.2, 0.55, 0.5, 0.5])
     it = np.arange(6.0)
