@@ -41,11 +41,17 @@ from .result import RegistrationResult, Status
 from .views import ap_pose
 from .volume import Volume, hu_to_attenuation, load_example_ct, load_volume, resample
 
-__all__ = ["RegistrarConfig", "Registrar", "resolve_device"]
+__all__ = ["RegistrarConfig", "Registrar", "resolve_device", "AUTO_ROBUST", "DEFAULT_ROBUST_SCALE"]
 
 log = logging.getLogger(__name__)
 
 _MAX_RENDERERS = 12
+
+#: Robust kernel of ``robust="auto"`` for the learning-free residuals, and each kernel's default
+#: scale (robust spreads); chosen on the validation split of the degraded benchmark
+#: (docs/ROBUSTNESS.md).
+AUTO_ROBUST = "tukey"
+DEFAULT_ROBUST_SCALE = {"none": 2.0, "cauchy": 2.0, "huber": 2.0, "geman-mcclure": 2.0, "tukey": 4.0}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -77,11 +83,13 @@ class RegistrarConfig:
             fraction of the image height (local NCC; robust to scatter, heel effect, bone
             contrast); 0 = globally.
         robust: robust kernel of the LM (``"none"``, ``"cauchy"``, ``"huber"``,
-            ``"geman-mcclure"``, ``"tukey"``); ``"auto"`` = Cauchy for the learning-free residuals
-            (metal, noise, scatter are outliers there), none for a learned similarity.
+            ``"geman-mcclure"``, ``"tukey"``); ``"auto"`` = :data:`AUTO_ROBUST` for the
+            learning-free residuals (metal, noise, scatter are outliers there), none for a learned
+            similarity.
         masking: detect what the CT cannot explain in each X-ray (collimator shutters, metal,
             saturated pixels: :mod:`.masks`) and give it zero weight in the LM.
-        robust_scale: kernel scale in units of the residuals' robust spread.
+        robust_scale: kernel scale in units of the residuals' robust spread; 0 = the kernel's
+            default (:data:`DEFAULT_ROBUST_SCALE`, chosen on the validation split).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         render_max_size: largest side rendered by :meth:`Registrar.render` (then upsampled).
         ray_step_mm: spacing of the DRR samples along each ray (None: the CT's voxel size;
@@ -107,7 +115,7 @@ class RegistrarConfig:
     residual_levels: int = 1
     local_window: float = 0.125
     robust: str = "auto"
-    robust_scale: float = 2.0
+    robust_scale: float = 0.0
     masking: bool = True
     device: str = "cpu"
     render_max_size: int = 256
@@ -137,13 +145,14 @@ class RegistrarConfig:
     def lm_config(self, unrolled: bool = False, learned: bool = False, tracking: bool = False) -> LMConfig:
         """The solver settings of this configuration (``learned``: for a learned similarity;
         ``tracking``: for registrations that start within about a millimetre)."""
-        robust = ("none" if learned else "cauchy") if self.robust == "auto" else self.robust
+        robust = ("none" if learned else AUTO_ROBUST) if self.robust == "auto" else self.robust
         margin = {"window_margin_mm": self.tracking_window_margin_mm} if tracking else {}
         return LMConfig(**margin, max_iterations=self.max_iterations, step_tol_mm=self.step_tol_mm,
                         step_tol_rad=self.step_tol_rad, cost_tol=self.cost_tol, damping=self.damping,
                         lambda_init=self.lambda_init, rotation_scale_mm=self.rotation_scale_mm,
                         max_translation_mm=self.max_translation_mm, max_rotation_rad=self.max_rotation_rad,
-                        robust=robust, robust_scale=self.robust_scale, unrolled=unrolled)
+                        robust=robust, robust_scale=self.robust_scale or DEFAULT_ROBUST_SCALE.get(robust, 2.0),
+                        unrolled=unrolled)
 
     @classmethod
     def from_dict(cls, values: dict) -> "RegistrarConfig":

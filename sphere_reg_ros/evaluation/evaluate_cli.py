@@ -266,7 +266,7 @@ def pose_json(result, geometry) -> dict:
         "status": result.status.value, "ok": result.ok, "message": result.message,
         "cost": result.cost if math.isfinite(result.cost) else None,
         "initial_cost": result.initial_cost if math.isfinite(result.initial_cost) else None,
-        "iterations": result.iterations,
+        "iterations": result.iterations, "masked_fraction": result.masked_fraction,
         "covariance_v_mm_w_rad": clean(result.covariance),
         "position_std_mm": result.position_std_mm if math.isfinite(result.position_std_mm) else None,
         "timings_s": result.timings, "geometry": geometry.to_dict(),
@@ -335,6 +335,7 @@ def run_register(args: argparse.Namespace) -> int:
              f"status: {result.status.value} ({result.message})",
              f"cost: {result.initial_cost:.4g} -> {result.cost:.4g} in {result.iterations} iterations",
              f"position std (from the covariance): {result.position_std_mm:.3g} mm",
+             f"masked (shutters, metal, saturation; zero weight): {100 * result.masked_fraction:.1f} % of the image",
              "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()),
              "T_ct_from_carm (mm):"] + ["  " + " ".join(f"{v:10.4f}" for v in row) for row in np.asarray(result.pose)]
     (out / "report.txt").write_text("\n".join(lines) + "\n")

@@ -9,7 +9,7 @@ with ``hardware_id`` = the CT in use; its ``level``/``message`` is the outcome o
 ``frames_dropped`` (overwritten by a newer frame before the worker took them), ``frames_rejected``
 (bad input), ``registrations_failed`` (failed a quality gate), ``input_rate_hz``,
 ``output_rate_hz`` (published poses per second, over the last 10 s), ``last_cost``,
-``last_position_std_mm``, ``last_iterations``, ``latency_<stage>_ms`` of the last frame
+``last_position_std_mm``, ``last_iterations``, ``last_masked_fraction`` (share of the image masked), ``latency_<stage>_ms`` of the last frame
 (``queue``, ``convert``, ``register`` and the registrar's own stages, ``publish``, ``total`` =
 receipt to TF published), and ``image_age_ms`` (receipt time minus the image stamp).
 """

@@ -67,12 +67,12 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("residuals", "intensity", "Learning-free residuals used without a learned "
               "similarity: intensity (1 - NCC) or intensity+gradient.",
               choices=("intensity", "intensity+gradient"), kind="registrar"),
-    ParamSpec("lm_robust", "auto", "Robust kernel of the LM on the residuals (IRLS): auto (cauchy "
+    ParamSpec("lm_robust", "auto", "Robust kernel of the LM on the residuals (IRLS): auto (tukey "
               "for the learning-free residuals, none for a learned similarity), none, cauchy, huber, "
               "geman-mcclure, tukey.", choices=("auto", "none", "cauchy", "huber", "geman-mcclure", "tukey"),
               kind="registrar"),
-    ParamSpec("lm_robust_scale", 2.0, "Robust kernel scale in robust spreads (1.4826 median |r|) of the "
-              "residuals.", (0.1, 100.0), kind="registrar"),
+    ParamSpec("lm_robust_scale", 0.0, "Robust kernel scale in robust spreads (1.4826 median |r|) of the "
+              "residuals; 0 = the kernel's default (tukey 4, the others 2).", (0.0, 100.0), kind="registrar"),
     ParamSpec("masking", True, "Detect what the CT cannot explain in each X-ray (collimator shutters, "
               "metal, saturated pixels) and give it zero weight; the masked share is in /diagnostics.",
               kind="registrar"),

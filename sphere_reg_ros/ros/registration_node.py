@@ -350,6 +350,7 @@ class RegistrationNode(Node):
         with self._lock:
             tracking_state = "tracking" if self._track_pose is not None else "cold"
         self.stats.set_values(last_cost=f"{result.cost:.6g}", last_iterations=result.iterations,
+                              last_masked_fraction=f"{result.masked_fraction:.3f}",
                               last_position_std_mm=f"{result.position_std_mm:.4g}", last_init=how,
                               last_registration_status=result.status.value, tracking_state=tracking_state,
                               image_age_ms=f"{1000 * frame.age_s:.1f}",
