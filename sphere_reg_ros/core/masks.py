@@ -125,6 +125,24 @@ def _rotation_grid(shape: tuple[int, int], phi: torch.Tensor) -> torch.Tensor:
     return F.affine_grid(theta, (len(phi), 1, *shape), align_corners=False)
 
 
+def _band_steps(values: torch.Tensor, valid: torch.Tensor, j: torch.Tensor, band: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps along the last axis at each index of ``j`` (J,): mean of the valid ``values`` in the
+    ``band`` after the index minus the mean in the ``band`` ending at it. Returns the steps
+    (..., J) (NaN where undefined) and where they are defined (..., J): at least one valid value
+    outside and a full band inside."""
+    n = values.shape[-1]
+    cs = F.pad(torch.cumsum(values * valid, -1), (1, 0))
+    cn = F.pad(torch.cumsum(valid.to(values.dtype), -1), (1, 0))
+    jo0, jo1 = (j + 1).clamp(max=n), (j + 1 + band).clamp(max=n)
+    ji0, ji1 = (j + 1 - band).clamp(min=0), j + 1
+    out_sum, out_n = cs[..., jo1] - cs[..., jo0], cn[..., jo1] - cn[..., jo0]
+    in_sum, in_n = cs[..., ji1] - cs[..., ji0], cn[..., ji1] - cn[..., ji0]
+    ok = (out_n >= 1) & (in_n >= band)
+    d = torch.where(ok, out_sum / out_n.clamp_min(1) - in_sum / in_n.clamp_min(1), torch.nan)
+    return d, ok
+
+
 def _step_scores(img: torch.Tensor, phi: torch.Tensor, band: int, max_inset: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Median over rows of the outward step at each offset, per angle: scores (A, J) and the
@@ -137,16 +155,8 @@ def _step_scores(img: torch.Tensor, phi: torch.Tensor, band: int, max_inset: flo
     rot = F.grid_sample(x, grid, align_corners=False)[:, 0]
     ones = known.to(img.dtype).expand(len(phi), 1, H, W)
     valid = F.grid_sample(ones, grid, align_corners=False)[:, 0] > 0.999
-    rot = rot * valid
-    cs = F.pad(torch.cumsum(rot, -1), (1, 0))
-    cn = F.pad(torch.cumsum(valid.to(img.dtype), -1), (1, 0))
     j = torch.arange(int(W * (1.0 - max_inset)), W - 1)  # column of the last inside pixel
-    jo0, jo1 = (j + 1).clamp(max=W), (j + 1 + band).clamp(max=W)
-    ji0, ji1 = (j + 1 - band).clamp(min=0), j + 1
-    out_sum, out_n = cs[..., jo1] - cs[..., jo0], cn[..., jo1] - cn[..., jo0]
-    in_sum, in_n = cs[..., ji1] - cs[..., ji0], cn[..., ji1] - cn[..., ji0]
-    ok = (out_n >= 1) & (in_n >= band)
-    d = torch.where(ok, out_sum / out_n.clamp_min(1) - in_sum / in_n.clamp_min(1), torch.nan)
+    d, ok = _band_steps(rot, valid, j, band)
     enough = ok.sum(1) >= 0.2 * H  # a line needs a fair length inside the image
     score = torch.nanmedian(d, dim=1).values
     score = torch.where(enough & torch.isfinite(score), score, torch.full_like(score, -math.inf))
@@ -154,12 +164,14 @@ def _step_scores(img: torch.Tensor, phi: torch.Tensor, band: int, max_inset: flo
     return score, inset
 
 
-def shutter_edges(img: torch.Tensor, config: MaskConfig = MaskConfig()) -> list[tuple[float, float, float]]:
+def shutter_edges(img: torch.Tensor, config: MaskConfig = MaskConfig(), spread: float | None = None
+                  ) -> list[tuple[float, float, float]]:
     """Straight shutter edges of ``img`` (H, W) as ``(angle_rad, inset, score)``: beyond the line
     at distance ``(0.5 − inset)·W`` from the centre along direction ``angle`` (from +columns
-    towards +rows) the image steps up by ``score`` robust spreads."""
+    towards +rows) the image steps up by ``score`` robust spreads (``spread``: the image's, computed
+    when not given)."""
     H, W = img.shape
-    spread = _spread(img)
+    spread = _spread(img) if spread is None else spread
     phi = torch.arange(config.angles, dtype=torch.float64) * (2 * math.pi / config.angles)
     band = max(2, int(round(config.band * W)))
     score, inset = _step_scores(img.double(), phi, band, config.max_inset)
@@ -194,10 +206,9 @@ def shutter_edges(img: torch.Tensor, config: MaskConfig = MaskConfig()) -> list[
     return kept
 
 
-def _circle(img: torch.Tensor, config: MaskConfig) -> tuple[float, float, float, float] | None:
-    """Best circular field ``(cx, cy, r, score)`` (fractions of the side, score in spreads)."""
+def _circle(img: torch.Tensor, config: MaskConfig, spread: float) -> tuple[float, float, float, float] | None:
+    """Best circular field ``(cx, cy, r, score)`` (fractions of the side, score in ``spread``s)."""
     H, W = img.shape
-    spread = _spread(img)
     n_ang, n_rad = 72, W // 2 + W // 4
     ang = torch.arange(n_ang, dtype=torch.float64) * (2 * math.pi / n_ang)
     rad = torch.arange(n_rad, dtype=torch.float64) / (W / 2)  # in half sides
@@ -210,13 +221,8 @@ def _circle(img: torch.Tensor, config: MaskConfig) -> tuple[float, float, float,
             grid = torch.stack([gx, gy], -1)[None]
             polar = F.grid_sample(img.double()[None, None], grid, align_corners=False)[0, 0]  # (A, R)
             inside = (gx.abs() < 1) & (gy.abs() < 1)
-            cs = F.pad(torch.cumsum(polar * inside, -1), (1, 0))
-            cn = F.pad(torch.cumsum(inside.double(), -1), (1, 0))
             j = torch.arange(int(n_rad * 0.35), n_rad - band)
-            o = (cs[:, j + 1 + band] - cs[:, j + 1]) / (cn[:, j + 1 + band] - cn[:, j + 1]).clamp_min(1)
-            i = (cs[:, j + 1] - cs[:, j + 1 - band]) / (cn[:, j + 1] - cn[:, j + 1 - band]).clamp_min(1)
-            ok = (cn[:, j + 1 + band] - cn[:, j + 1] >= 1) & (cn[:, j + 1] - cn[:, j + 1 - band] >= band)
-            d = torch.where(ok, o - i, torch.nan)
+            d, ok = _band_steps(polar, inside, j, band)
             enough = ok.sum(0) >= 0.5 * n_ang
             s = torch.where(enough, torch.nanmedian(d, dim=0).values, torch.full((len(j),), -math.inf,
                                                                                  dtype=torch.float64))
@@ -236,7 +242,7 @@ def _beyond(shape: tuple[int, int], phi: float, inset: float, margin: float) -> 
     return t > 0.5 - inset - margin
 
 
-def _metal(img: torch.Tensor, config: MaskConfig) -> torch.Tensor:
+def _metal(img: torch.Tensor, config: MaskConfig, spread: float) -> torch.Tensor:
     H, W = img.shape
     k = max(3, 2 * int(round(config.metal_window * W / 2)) + 1)
     x = img.double()[None, None]
@@ -244,7 +250,7 @@ def _metal(img: torch.Tensor, config: MaskConfig) -> torch.Tensor:
     ero = -F.max_pool2d(F.pad(-x, (pad,) * 4, mode="replicate"), k, stride=1)
     opened = F.max_pool2d(F.pad(ero, (pad,) * 4, mode="replicate"), k, stride=1)
     tophat = (x - opened)[0, 0]
-    mask = tophat > config.metal_threshold * _spread(img)
+    mask = tophat > config.metal_threshold * spread
     if config.metal_dilate > 0 and bool(mask.any()):
         d = 2 * config.metal_dilate + 1
         mask = F.max_pool2d(mask.double()[None, None], d, stride=1, padding=config.metal_dilate)[0, 0] > 0
@@ -278,6 +284,7 @@ def detect_masks(image: torch.Tensor | np.ndarray, config: MaskConfig = MaskConf
     f = max(1, math.ceil(max(H, W) / config.detect_size))
     small = F.avg_pool2d(img[None, None], f, ceil_mode=True)[0, 0] if f > 1 else img
     h, w = small.shape
+    spread = _spread(small)
     none = torch.zeros((h, w), dtype=torch.bool)
     coll, metal, sat = none.clone(), none.clone(), none.clone()
     edges: list[tuple[float, float, float]] = []
@@ -285,11 +292,11 @@ def detect_masks(image: torch.Tensor | np.ndarray, config: MaskConfig = MaskConf
     if config.saturation:
         sat = _saturated(small, config)
     if config.collimator:
-        edges = shutter_edges(small, config)
+        edges = shutter_edges(small, config, spread)
         for phi, inset, _ in edges:
             coll |= _beyond((h, w), phi, inset, config.margin)
         if config.circular:
-            c = _circle(small, config)
+            c = _circle(small, config, spread)
             if c is not None:
                 yy = (torch.arange(h, dtype=torch.float64)[:, None] + 0.5) / h
                 xx = (torch.arange(w, dtype=torch.float64)[None, :] + 0.5) / w
@@ -299,7 +306,7 @@ def detect_masks(image: torch.Tensor | np.ndarray, config: MaskConfig = MaskConf
                     circle = c[:3]
     if config.metal:
         near = F.max_pool2d(coll.double()[None, None], 7, stride=1, padding=3)[0, 0] > 0  # shutter edges
-        metal = _metal(small, config) & ~near
+        metal = _metal(small, config, spread) & ~near
     if float((coll | metal).double().mean()) > config.max_masked_fraction:
         coll, metal, edges, circle = none.clone(), none.clone(), [], None
     masks = [coll, metal, sat]
