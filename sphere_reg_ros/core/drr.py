@@ -63,6 +63,9 @@ class DrrRenderer(torch.nn.Module):
         step_mm: spacing of samples along the central ray (default: the smallest voxel spacing).
         scale: multiplies the integral (default ``MU_WATER_PER_MM``), giving line integrals
             of attenuation (dimensionless, ~0–6 for a human torso).
+        channels: ``(C, X, Y, Z)`` extra attenuation channels on the same grid (e.g. the bone
+            part of ``mu``, :func:`~.volume.bone_attenuation`), rendered beside ``mu`` by
+            ``render_with_jacobian(..., channels=True)``: images ``(B, 1 + C, H, W)``.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class DrrRenderer(torch.nn.Module):
         geometry: CarmGeometry,
         step_mm: float | None = None,
         scale: float = MU_WATER_PER_MM,
+        channels: torch.Tensor | np.ndarray | None = None,
     ) -> None:
         super().__init__()
         mu = torch.as_tensor(np.asarray(mu) if not isinstance(mu, torch.Tensor) else mu).float()
@@ -79,6 +83,18 @@ class DrrRenderer(torch.nn.Module):
             raise RenderError(f"attenuation volume must be 3-D, got shape {tuple(mu.shape)}")
         if not torch.isfinite(mu).all():
             raise RenderError("attenuation volume contains NaN or inf")
+        if channels is not None:
+            channels = torch.as_tensor(np.asarray(channels) if not isinstance(channels, torch.Tensor)
+                                       else channels).float()
+            if channels.ndim != 4 or channels.shape[1:] != mu.shape or not torch.isfinite(channels).all():
+                raise RenderError(f"channels must be finite (C, {', '.join(map(str, mu.shape))}), "
+                                  f"got shape {tuple(channels.shape)}")
+            # (X, Y, Z, 1 + C), padded like the density (see _padded_density)
+            stacked = torch.cat([mu[None], channels]).permute(1, 2, 3, 0)
+            self.register_buffer("_channels", torch.nn.functional.pad(stacked, (0, 0, 2, 2, 2, 2, 2, 2)).contiguous())
+        else:
+            self.register_buffer("_channels", None)
+        self.n_channels = 1 if channels is None else 1 + int(channels.shape[0])
         affine = np.asarray(affine, dtype=np.float64)
         if affine.shape != (4, 4) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
             raise RenderError(f"affine must be an invertible 4x4 matrix, got {affine.tolist()}")
@@ -159,12 +175,15 @@ class DrrRenderer(torch.nn.Module):
         pose: torch.Tensor,
         window: tuple[float, float] | None = None,
         rows_per_chunk: int | None = None,
+        channels: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """DRRs and their exact Jacobian for a left-multiplied se(3) increment.
 
         Returns:
             image ``(B, 1, H, W)`` and Jacobian ``(B, H·W, 6)``, columns ``(v, w)``: mm⁻¹ and
             rad⁻¹ (image units per mm of translation / per rad of rotation, CT world frame).
+            With ``channels`` (and channels given at construction): the DRR of ``mu`` and of
+            each extra channel, ``(B, 1 + C, H, W)`` and ``(B, (1 + C)·H·W, 6)`` (channel-major).
         """
         pose = _check_pose(pose).to(self.dtype)
         window = self.window(pose) if window is None else window
@@ -172,23 +191,33 @@ class DrrRenderer(torch.nn.Module):
         with torch.no_grad():
             source, target = self.rays(pose)
         H, W = self.geometry.height, self.geometry.width
-        rows_per_chunk = rows_per_chunk or max(1, (1 << 19) // max(1, n * W * len(pose)))
+        if channels and self._channels is None:
+            raise RenderError("this renderer has no extra channels")
+        volume = self._channels.to(self.dtype) if channels else self._padded_density()
+        C = volume.shape[-1] if channels else 1
+        rows_per_chunk = rows_per_chunk or max(1, (1 << 19) // max(1, n * W * len(pose) * C))
         alphas = torch.linspace(0.0, 1.0, n, dtype=self.dtype, device=self.device)
         alphas = alphas * (window[1] - window[0]) + window[0]
         step = (window[1] - window[0]) / (n - 1)
         images, jacobians = [], []
         for start in range(0, H, rows_per_chunk):
             tgt = target[:, start * W:(start + rows_per_chunk) * W]
-            img, jac = self._integrate(source, tgt, alphas, step)
+            img, jac = self._integrate(source, tgt, alphas, step, volume)
             images.append(img)
             jacobians.append(jac)
-        image = torch.cat(images, dim=1).view(len(pose), 1, H, W)
-        return image, torch.cat(jacobians, dim=1)
+        B = len(pose)
+        if not channels:
+            return torch.cat(images, dim=1).view(B, 1, H, W), torch.cat(jacobians, dim=1)
+        # chunks are (B, P, C) and (B, P, C, 6): channel-major layout
+        image = torch.cat(images, dim=1).permute(0, 2, 1).reshape(B, C, H, W)
+        return image, torch.cat(jacobians, dim=1).permute(0, 2, 1, 3).reshape(B, C * H * W, 6)
 
     def _integrate(
-        self, source: torch.Tensor, target: torch.Tensor, alphas: torch.Tensor, step: float
+        self, source: torch.Tensor, target: torch.Tensor, alphas: torch.Tensor, step: float,
+        volume: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Line integrals ``(B, P)`` and Jacobians ``(B, P, 6)`` for the rays to ``target``.
+        """Line integrals ``(B, P)`` and Jacobians ``(B, P, 6)`` for the rays to ``target``
+        (``(B, P, C)`` and ``(B, P, C, 6)`` for a padded volume with channels ``(X, Y, Z, C)``).
 
         With ``p_k = s + alpha_k d``: ``Σ p_k × g_k = s × Σ g_k + d × Σ alpha_k g_k``, so only two
         weighted sums of the voxel-space gradient are needed per ray; the change to world
@@ -200,12 +229,19 @@ class DrrRenderer(torch.nn.Module):
         s_vox = source @ lin.T + offset + 2.0  # padded voxel coordinates
         d_vox = direction @ lin.T
         vox = s_vox[:, :, None] + alphas[None, None, :, None] * d_vox[:, :, None]  # (B, P, N, 3)
-        value, grad_vox = _trilinear_padded(self._padded_density(), vox)
-        sum_g = grad_vox.sum(dim=2) @ lin  # (B, P, 3) world gradient sums
-        sum_ag = torch.einsum("n,bpnc->bpc", alphas, grad_vox) @ lin
+        value, grad_vox = _trilinear_padded(volume, vox)
         c = self.scale * step * direction.norm(dim=-1)  # (B, P)
-        image = c * value.sum(dim=-1)
-        jw = torch.linalg.cross(source.expand_as(sum_g), sum_g, dim=-1) + torch.linalg.cross(direction, sum_ag, dim=-1)
+        if volume.ndim == 4:  # channels: value (B, P, N, C), grad (B, P, N, C, 3)
+            sum_g = grad_vox.sum(dim=2) @ lin  # (B, P, C, 3)
+            sum_ag = torch.einsum("n,bpnkc->bpkc", alphas, grad_vox) @ lin
+            src, direction, c = source[:, :, None], direction[:, :, None], c[..., None]
+        else:
+            sum_g = grad_vox.sum(dim=2) @ lin  # (B, P, 3) world gradient sums
+            sum_ag = torch.einsum("n,bpnc->bpc", alphas, grad_vox) @ lin
+            src = source
+        image = c * value.sum(dim=2)
+        jw = torch.linalg.cross(src.expand_as(sum_g), sum_g, dim=-1) + torch.linalg.cross(
+            direction.expand_as(sum_ag), sum_ag, dim=-1)
         return image, c[..., None] * torch.cat([sum_g, jw], dim=-1)
 
     def _padded_density(self) -> torch.Tensor:
@@ -235,7 +271,8 @@ def _trilinear_padded(padded: torch.Tensor, vox: torch.Tensor) -> tuple[torch.Te
 
     Points outside ``[1, dim - 2]`` (the original volume plus its one-voxel zero border) are moved
     into the padding, where value and gradient are exactly zero, so no bounds test per corner
-    is needed.
+    is needed. A padded volume ``(X, Y, Z, C)`` gives values ``(..., C)`` and gradients
+    ``(..., C, 3)`` (the same eight voxels and weights for every channel).
     """
     dims = padded.shape
     upper = torch.tensor([dims[0] - 2.0, dims[1] - 2.0, dims[2] - 2.0], dtype=vox.dtype, device=vox.device)
@@ -247,7 +284,11 @@ def _trilinear_padded(padded: torch.Tensor, vox: torch.Tensor) -> tuple[torch.Te
     sy, sx = dims[2], dims[1] * dims[2]
     index = base[..., 0] * sx + base[..., 1] * sy + base[..., 2]
     offsets = torch.tensor([0, 1, sy, sy + 1, sx, sx + 1, sx + sy, sx + sy + 1], device=vox.device)
-    corners = padded.reshape(-1)[index[..., None] + offsets]  # (..., 8) ordered (x, y, z) bits
+    if padded.ndim == 4:  # channels last: (..., 8, C) -> (..., C, 8), one weight per corner
+        corners = padded.reshape(-1, dims[3])[index[..., None] + offsets].transpose(-1, -2)
+        frac = frac[..., None, :]
+    else:
+        corners = padded.reshape(-1)[index[..., None] + offsets]  # (..., 8) ordered (x, y, z) bits
     c = corners.unflatten(-1, (2, 2, 2))
     fx, fy, fz = frac[..., 0, None], frac[..., 1, None], frac[..., 2, None]
     # along z

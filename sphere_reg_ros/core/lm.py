@@ -136,11 +136,18 @@ class LevenbergMarquardt:
 
     def _render(self, renderer: DrrRenderer, window: tuple, pose: torch.Tensor, jacobian: bool
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Images (n, 1, H, W) and ``∂image/∂δ`` (n, H·W, 6) (world increments) or None."""
+        """Images (n, C, H, W) and ``∂image/∂δ`` (n, C·H·W, 6) (world increments) or None; C is
+        the model's ``drr_channels`` (default 1)."""
         p = pose.detach().to(renderer.dtype)
-        if not (jacobian or self.config.unrolled):
+        # e.g. whole DRR + bone DRR; a renderer without the channel gives the DRR alone (the
+        # model then fits without it)
+        channels = getattr(self.model, "drr_channels", 1) > 1 and getattr(renderer, "n_channels", 1) > 1
+        if not (jacobian or self.config.unrolled or channels):
             return renderer(p, window=window), None
-        img, jac = renderer.render_with_jacobian(p, window=window)
+        img, jac = renderer.render_with_jacobian(p, window=window, channels=channels) if channels else \
+            renderer.render_with_jacobian(p, window=window)
+        if not (jacobian or self.config.unrolled):
+            return img, None
         if self.config.unrolled:  # exact first-order dependence on the pose (straight-through)
             xi = se3_log(pose @ se3_inverse(pose.detach())).to(jac.dtype)
             img = img.detach() + (jac @ xi[..., None]).view_as(img)

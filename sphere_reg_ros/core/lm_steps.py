@@ -85,15 +85,16 @@ def residual_jacobian(model: ResidualModel, images: torch.Tensor, emb_fixed: tor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residuals ``(B, M)`` and their Jacobian ``(B, M, K)`` by forward-mode AD.
 
-    ``image_jacobian`` (B, H·W, K) holds ``∂image/∂s``; its K columns are the tangents of one
+    ``image_jacobian`` (B, C·H·W, K) holds ``∂image/∂s`` (images ``(B, C, H, W)``, channel-major
+    as ``DrrRenderer.render_with_jacobian`` gives them); its K columns are the tangents of one
     ``torch.func.jvp`` of ``embed`` + ``residuals``, vectorised with ``torch.func.vmap`` (the
     primal is computed once). Models with operations vmap does not support fall back to
     stacking the K tangents along the batch (then ``embed`` must treat batch elements
     independently, e.g. eval mode).
     """
-    B, _, H, W = images.shape
+    B, C, H, W = images.shape
     K = image_jacobian.shape[-1]
-    tangents = image_jacobian.permute(2, 0, 1).reshape(K, B, 1, H, W).to(images.dtype).contiguous()
+    tangents = image_jacobian.permute(2, 0, 1).reshape(K, B, C, H, W).to(images.dtype).contiguous()
 
     def f(x: torch.Tensor) -> torch.Tensor:
         return model.residuals(embed(model, x, mask), emb_fixed)
@@ -103,11 +104,11 @@ def residual_jacobian(model: ResidualModel, images: torch.Tensor, emb_fixed: tor
         return r, jr.permute(1, 2, 0)
     except (RuntimeError, ValueError, NotImplementedError):  # an op without a vmap rule
         pass
-    stacked = images.expand(K, *images.shape).reshape(K * B, 1, H, W).contiguous()
+    stacked = images.expand(K, *images.shape).reshape(K * B, C, H, W).contiguous()
     emb_f = emb_fixed.expand(K, *emb_fixed.shape).reshape(K * B, *emb_fixed.shape[1:])
     m_k = None if mask is None else mask.expand(K, *mask.shape).reshape(K * B, *mask.shape[1:])
     r, jr = torch.func.jvp(lambda x: model.residuals(embed(model, x, m_k), emb_f), (stacked,),
-                           (tangents.reshape(K * B, 1, H, W),))
+                           (tangents.reshape(K * B, C, H, W),))
     M = r.shape[-1]
     return r[:B], jr.reshape(K, B, M).permute(1, 2, 0)
 

@@ -39,7 +39,7 @@ from .masks import MaskConfig, detect_masks, resize_mask
 from .residuals import IntensityResiduals
 from .result import RegistrationResult, Status
 from .views import ap_pose
-from .volume import Volume, hu_to_attenuation, load_example_ct, load_volume, resample
+from .volume import Volume, bone_attenuation, hu_to_attenuation, load_example_ct, load_volume, resample
 
 __all__ = ["RegistrarConfig", "Registrar", "resolve_device", "AUTO_ROBUST", "DEFAULT_ROBUST_SCALE"]
 
@@ -51,6 +51,8 @@ _MAX_RENDERERS = 12
 #: scale (robust spreads); chosen on the validation split of the degraded benchmark
 #: (docs/ROBUSTNESS.md).
 AUTO_ROBUST = "tukey"
+#: Intensity models the learning-free residuals can fit (``RegistrarConfig.intensity_fit``).
+INTENSITY_FITS = ("none", "bone", "curve", "bone+curve")
 DEFAULT_ROBUST_SCALE = {"none": 2.0, "cauchy": 2.0, "huber": 2.0, "geman-mcclure": 2.0, "tukey": 4.0}
 
 
@@ -82,6 +84,11 @@ class RegistrarConfig:
         local_window: learning-free residuals standardise intensities over windows of this
             fraction of the image height (local NCC; robust to scatter, heel effect, bone
             contrast); 0 = globally.
+        intensity_fit: an intensity model the learning-free residuals fit to each X-ray in closed
+            form at every evaluation (``residuals.fit_intensity``) before comparing: ``"bone"``
+            (the bone's DRR weighed freely against the whole DRR: bone contrast), ``"curve"``
+            (a cubic of the DRR: beam hardening, detector response), ``"bone+curve"``, or
+            ``"none"``.
         robust: robust kernel of the LM (``"none"``, ``"cauchy"``, ``"huber"``,
             ``"geman-mcclure"``, ``"tukey"``); ``"auto"`` = :data:`AUTO_ROBUST` for the
             learning-free residuals (metal, noise, scatter are outliers there), none for a learned
@@ -114,6 +121,7 @@ class RegistrarConfig:
     residuals: str = "intensity"
     residual_levels: int = 1
     local_window: float = 0.125
+    intensity_fit: str = "none"
     robust: str = "auto"
     robust_scale: float = 0.0
     masking: bool = True
@@ -134,6 +142,8 @@ class RegistrarConfig:
             raise ValueError(f"masking must be a bool, got {self.masking!r}")
         if self.residuals not in ("intensity", "intensity+gradient"):
             raise ValueError(f"residuals must be 'intensity' or 'intensity+gradient', got {self.residuals!r}")
+        if self.intensity_fit not in INTENSITY_FITS:
+            raise ValueError(f"intensity_fit must be one of {', '.join(INTENSITY_FITS)}, got {self.intensity_fit!r}")
         if not (math.isfinite(self.tracking_window_margin_mm) and self.tracking_window_margin_mm > 0):
             raise ValueError(f"tracking_window_margin_mm must be > 0, got {self.tracking_window_margin_mm}")
         if self.ray_step_mm is not None and not (math.isfinite(self.ray_step_mm) and self.ray_step_mm > 0):
@@ -252,12 +262,18 @@ class Registrar:
         self.spacing_mm = float(spacing_mm)
         render_ct = ct if np.allclose(ct.spacing, spacing_mm) else resample(ct, spacing_mm)
         self._mu = torch.as_tensor(hu_to_attenuation(render_ct.data))
+        # the bone's own attenuation, rendered beside the whole DRR when the residuals weigh it
+        self._channels = (torch.as_tensor(bone_attenuation(render_ct.data))[None]
+                          if "bone" in config.intensity_fit or getattr(similarity, "drr_channels", 1) > 1 else None)
         self._affine = render_ct.affine
         self.center_world = np.asarray(ct.center_world, dtype=np.float64)
         self.learned = similarity is not None
         if similarity is None:
             similarity = IntensityResiduals(gradients=config.residuals == "intensity+gradient",
-                                            levels=config.residual_levels, local_window=config.local_window)
+                                            levels=config.residual_levels, local_window=config.local_window,
+                                            curve_degree=3 if "curve" in config.intensity_fit else 0,
+                                            materials="bone" in config.intensity_fit,
+                                            fit_min_height=config.resolution)
         if isinstance(similarity, torch.nn.Module):
             similarity = similarity.to(self.device).eval()
         self.similarity = similarity
@@ -328,7 +344,10 @@ class Registrar:
         if r is None:
             if len(self._renderers) >= _MAX_RENDERERS:
                 self._renderers.pop(next(iter(self._renderers)))
-            r = DrrRenderer(self._mu, self._affine, geometry, step_mm=self.config.ray_step_mm).to(self.device)
+            # the bone's DRR only where the residuals fit it (see IntensityResiduals.fit_min_height)
+            fits = geometry.height >= getattr(self.similarity, "fit_min_height", 0)
+            r = DrrRenderer(self._mu, self._affine, geometry, step_mm=self.config.ray_step_mm,
+                            channels=self._channels if fits else None).to(self.device)
             self._renderers[geometry] = r
         return r
 

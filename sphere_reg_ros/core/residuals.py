@@ -20,7 +20,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IntensityResiduals", "CombinedResiduals", "standardize", "local_standardize", "erode"]
+__all__ = ["IntensityResiduals", "CombinedResiduals", "standardize", "local_standardize", "erode", "fit_intensity", "fit_bone_weight",
+           "BONE_WEIGHT_BOUNDS"]
 
 
 def standardize(images: torch.Tensor, eps: float = 1e-8, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,6 +91,78 @@ def _gradients(z: torch.Tensor, eps: float, mask: torch.Tensor | None = None) ->
     return g / torch.sqrt(g.square().sum(dim=(1, 2, 3), keepdim=True) / n + eps)
 
 
+#: Range of the bone weight ``m`` :func:`fit_bone_weight` may fit (bone in the X-ray 0.5 to 3 times
+#: as dense, relative to soft tissue, as in the CT: spectra of CT and C-arm differ by about ×1.2–2).
+BONE_WEIGHT_BOUNDS = (0.5, 3.0)
+
+
+def _high_pass(x: torch.Tensor, w: torch.Tensor, window: int) -> torch.Tensor:
+    """``x`` minus its mean over the valid pixels (weights ``w`` (B, 1, H, W)) of each
+    ``window × window`` box (window 0: of the whole image)."""
+    if window <= 0:
+        return x - (x * w).sum(dim=(-2, -1), keepdim=True) / w.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+    pad = window // 2
+    frac = F.avg_pool2d(w, window, stride=1, padding=pad, count_include_pad=False).clamp_min(1e-6)
+    return x - F.avg_pool2d(x * w, window, stride=1, padding=pad, count_include_pad=False) / frac
+
+
+def fit_bone_weight(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = None, window: int = 0,
+                    bounds: tuple[float, float] = BONE_WEIGHT_BOUNDS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DRR with its bone reweighted as the X-ray shows it: ``t + (m − 1)·b`` for moving
+    images ``(B, 2, H, W)`` = (whole DRR ``t``, bone DRR ``b``), and ``m`` (B,).
+
+    ``m`` (how much denser bone looks in the X-ray than in the CT) comes from the least-squares
+    fit ``f ≈ a·t + c·b`` on high-passed copies (as :func:`fit_intensity`), ``m = 1 + c/a``,
+    bounded to ``bounds``: a fit at a wrong pose cannot turn the DRR into something else (a
+    bone-only or inverted image), it can only reweigh bone within a physical range.
+    Differentiable (forward-mode AD too) inside the bounds.
+    """
+    w = torch.ones_like(fixed[:, :1]) if mask is None else mask.to(moving.dtype)
+    hp = _high_pass(moving[:, :2], w, window).double().flatten(2)  # (B, 2, N)
+    f = _high_pass(fixed[:, :1], w, window).double().flatten(1)
+    wd = w.double().flatten(1)
+    A = (hp * wd[:, None]) @ hp.transpose(1, 2)
+    A = A + 1e-9 * torch.diagonal(A, dim1=-2, dim2=-1).sum(-1)[:, None, None] * torch.eye(2, dtype=A.dtype,
+                                                                                         device=A.device)
+    coef = torch.linalg.solve(A, (hp * wd[:, None]) @ f[..., None])[..., 0]  # (B, 2)
+    a = coef[:, 0]
+    tiny = 1e-9 * coef.abs().amax(-1).clamp_min(1e-30)
+    m = (1.0 + coef[:, 1] / torch.where(a > tiny, a, tiny)).clamp(*bounds)
+    return moving[:, :1] + (m - 1.0).to(moving.dtype)[:, None, None, None] * moving[:, 1:2], m
+
+
+def fit_intensity(moving: torch.Tensor, fixed: torch.Tensor, degree: int = 1, mask: torch.Tensor | None = None,
+                  window: int = 0, ridge: float = 1e-3) -> torch.Tensor:
+    """The intensity model ``Σₖ cₖ φₖ`` that best fits the fixed image, per batch element:
+    ``(B, 1, H, W)``.
+
+    The regressors ``φ`` are the powers ``1 … degree`` of the moving image's first channel (the
+    DRR) and its further channels as they are (e.g. the DRR of the bone alone, so that bone may
+    weigh more or less in the X-ray than in the CT). The coefficients solve a least-squares fit
+    in closed form over the valid pixels (variable projection), on high-passed copies of the
+    regressors and the target (each minus its local mean over ``window`` px, 0 = the global
+    mean), so that scatter and the heel effect, which are smooth, do not bend the fit. What is
+    returned is the model on the unfiltered regressors (an additive constant is left to the
+    standardisation that follows). Solved in float64 with a ridge relative to the valid pixel
+    count (a regressor that is flat or zero gets weight 0, never NaN). Differentiable, also by
+    forward-mode AD: a Jacobian taken through it includes how the fit changes with the pose.
+    """
+    if not (isinstance(degree, int) and degree >= 1):
+        raise ValueError(f"degree must be an int >= 1, got {degree!r}")
+    dtype = moving.dtype
+    w = torch.ones_like(fixed[:, :1]) if mask is None else mask.to(dtype)
+    first = standardize(moving[:, :1], mask=mask)
+    phi = torch.cat([first ** k for k in range(1, degree + 1)] + [standardize(moving[:, 1:], mask=mask)], dim=1)
+    hp = _high_pass(phi, w, window).double().flatten(2)  # (B, D, N)
+    f = _high_pass(fixed[:, :1], w, window).double().flatten(1)  # (B, N)
+    wd = w.double().flatten(1)
+    n = wd.sum(-1).clamp_min(1.0)[:, None, None]
+    A = (hp * wd[:, None]) @ hp.transpose(1, 2) + ridge * n * torch.eye(hp.shape[1], dtype=torch.float64,
+                                                                           device=hp.device)
+    coef = torch.linalg.solve(A, (hp * wd[:, None]) @ f[..., None])  # (B, D, 1)
+    return (coef.to(dtype)[..., None] * phi).sum(dim=1, keepdim=True)
+
+
 class IntensityResiduals(torch.nn.Module):
     """Normalised-intensity (optionally + gradient) residuals, at one or several scales.
 
@@ -101,11 +174,27 @@ class IntensityResiduals(torch.nn.Module):
         local_window: > 0: standardise locally (see :func:`local_standardize`) over a window of
             this fraction of the image height (odd, >= 3 px) -- local NCC; 0: globally.
         eps: variance floor of the standardisation (a constant image maps to 0, never NaN).
+        curve_degree: > 0: before comparing, map the DRR's values through the polynomial of this
+            degree that best fits the X-ray (:func:`fit_intensity`, refitted at every
+            evaluation, so also at every linearisation): an unknown smooth intensity curve
+            (beam hardening, the detector's response) then costs nothing.
+        materials: the moving images carry a second channel, the DRR of the bone alone
+            (``DrrRenderer(..., channels=...)``), and the fit weighs it freely against the
+            whole DRR: bone contrast that differs between the CT and the X-ray (another
+            spectrum) then costs nothing. Implies a fit (degree ``max(1, curve_degree)``).
+        fit_min_height: images less tall than this are compared without the fit (e.g. the
+            coarse scales: a fitted model also adapts to a wrong pose, which narrows the basin;
+            the registrar fits at the finest scale only).
+
+    With a fit, the embedding is the raw image (its channels, zero-filled to
+    :attr:`drr_channels`) and the valid mask, and the standardisations run in :meth:`residuals`
+    (after the fit); the cost is the same kind of local NCC, now of the fitted DRR.
     """
 
     def __init__(self, gradients: bool = False, gradient_weight: float = 1.0, levels: int = 1,
                  level_weights: Sequence[float] | None = None, local_window: float = 0.0,
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, curve_degree: int = 0, materials: bool = False,
+                 fit_min_height: int = 0) -> None:
         super().__init__()
         if not (isinstance(levels, int) and levels >= 1):
             raise ValueError(f"levels must be an int >= 1, got {levels!r}")
@@ -116,6 +205,13 @@ class IntensityResiduals(torch.nn.Module):
             raise ValueError(f"gradient_weight must be finite and >= 0, got {gradient_weight}")
         if not (math.isfinite(local_window) and 0 <= local_window < 1):
             raise ValueError(f"local_window must be a fraction in [0, 1), got {local_window}")
+        if not (isinstance(curve_degree, int) and 0 <= curve_degree <= 5):
+            raise ValueError(f"curve_degree must be an int in [0, 5], got {curve_degree!r}")
+        self.curve_degree = max(curve_degree, 1) if materials else curve_degree
+        self.fit_min_height = int(fit_min_height)
+        self.materials = bool(materials)
+        #: channels of the moving images (DRRs) this model compares: 2 = whole DRR + bone DRR
+        self.drr_channels = 2 if materials else 1
         self.local_window = float(local_window)
         self.gradients = bool(gradients)
         self.gradient_weight = float(gradient_weight)
@@ -129,12 +225,25 @@ class IntensityResiduals(torch.nn.Module):
         ``mask`` ``(B, 1, H, W)`` bool (True = valid, see :mod:`.masks`): statistics over the
         valid pixels only; masked pixels embed to 0 (give them zero weight:
         :meth:`residual_weights`)."""
-        if images.ndim != 4 or images.shape[1] != 1:
-            raise ValueError(f"images must be (B, 1, H, W), got {tuple(images.shape)}")
+        if images.ndim != 4 or not 1 <= images.shape[1] <= self.drr_channels:
+            raise ValueError(f"images must be (B, 1, H, W) (or (B, {self.drr_channels}, H, W) DRRs), "
+                             f"got {tuple(images.shape)}")
         if mask is not None and mask.shape[-2:] != images.shape[-2:]:
             raise ValueError(f"mask {tuple(mask.shape)} does not match images {tuple(images.shape)}")
+        if self.curve_degree:
+            valid = torch.ones_like(images[:, :1]) if mask is None else mask.to(images.dtype)
+            missing = self.drr_channels - images.shape[1]
+            return torch.cat([images, images.new_zeros(images.shape[0], missing, *images.shape[2:]), valid], dim=1)
+        return self._standardized(images, mask)
+
+    def _window(self, height: int) -> int:
+        """Local standardisation window (odd, px) for images of ``height``; 0 = global."""
+        return max(3, 2 * int(round(self.local_window * height / 2)) + 1) if self.local_window > 0 else 0
+
+    def _standardized(self, images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The comparison embedding (standardised image, optionally its gradients)."""
         if self.local_window > 0:
-            window = max(3, 2 * int(round(self.local_window * images.shape[-2] / 2)) + 1)
+            window = self._window(images.shape[-2])
             z = standardize(local_standardize(images, window, self.eps, mask), self.eps, mask)
         else:
             z = standardize(images, self.eps, mask)
@@ -166,6 +275,16 @@ class IntensityResiduals(torch.nn.Module):
         """Residuals ``(B, M)``; ``½|R|²`` = weighted sum over levels of ``(1 − NCC)``-type terms."""
         if emb_moving.shape[1:] != emb_fixed.shape[1:]:
             raise ValueError(f"embedding shapes differ: {tuple(emb_moving.shape)} vs {tuple(emb_fixed.shape)}")
+        if self.curve_degree:
+            mask = emb_fixed[:, -1:] > 0.5
+            fitted = emb_moving[:, :1]
+            if emb_fixed.shape[-2] >= self.fit_min_height:
+                window = self._window(emb_fixed.shape[-2])
+                if self.materials and self.curve_degree == 1:
+                    fitted = fit_bone_weight(emb_moving[:, :2], emb_fixed[:, :1], mask, window)[0]
+                else:
+                    fitted = fit_intensity(emb_moving[:, :-1], emb_fixed[:, :1], self.curve_degree, mask, window)
+            emb_moving, emb_fixed = self._standardized(fitted, mask), self._standardized(emb_fixed[:, :1], mask)
         diff = emb_moving - emb_fixed
         out = []
         for level, weight in enumerate(self.level_weights):
@@ -207,11 +326,16 @@ class CombinedResiduals(torch.nn.Module):
         self.models = torch.nn.ModuleList(models)
         self.weights = [float(w) for w in weights]
         self._shapes: dict[tuple[int, int], list[tuple[int, ...]]] = {}
+        #: DRR channels the stack compares (each model gets the first ones it takes)
+        self.drr_channels = max(getattr(m, "drr_channels", 1) for m in models)
         cfgs = [getattr(m, "config", None) for m in models]
         self.config = next((c for c in cfgs if c is not None and hasattr(c, "downsample")), None)
 
     def embed(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        embs = [m.embed(images) if mask is None else m.embed(images, mask=mask) for m in self.models]
+        embs = []
+        for m in self.models:
+            x = images[:, :getattr(m, "drr_channels", 1)]
+            embs.append(m.embed(x) if mask is None else m.embed(x, mask=mask))
         self._shapes[tuple(images.shape[-2:])] = [tuple(e.shape[1:]) for e in embs]
         return torch.cat([e.flatten(1) for e in embs], dim=1)
 

@@ -32,7 +32,7 @@ from pydicom.errors import InvalidDicomError
 
 __all__ = [
     "BONE_HU_THRESHOLD", "WATER_MU_PER_MM", "Volume", "VolumeError", "example_data_dir",
-    "hu_to_attenuation", "load_example_ct", "load_volume", "resample",
+    "hu_to_attenuation", "bone_attenuation", "load_example_ct", "load_volume", "resample",
 ]
 
 log = logging.getLogger(__name__)
@@ -358,6 +358,14 @@ def hu_to_attenuation(
     h = np.asarray(hu, dtype=np.float32)
     mu = np.maximum(np.float32(0.0), 1.0 + h / np.float32(1000.0)) * np.float32(water_mu)
     return np.where(h > bone_threshold_hu, mu * np.float32(bone_multiplier), mu).astype(np.float32)
+
+
+def bone_attenuation(hu: ArrayT, bone_threshold_hu: float = BONE_HU_THRESHOLD) -> ArrayT:
+    """The bone part of :func:`hu_to_attenuation`: the attenuation of the voxels above
+    ``bone_threshold_hu``, 0 elsewhere (same shape, kind and dtype rules). A DRR of it beside the
+    whole DRR lets a registration weigh bone against soft tissue as the X-ray shows it."""
+    return hu_to_attenuation(hu, bone_threshold_hu=bone_threshold_hu) - hu_to_attenuation(
+        hu, bone_multiplier=0.0, bone_threshold_hu=bone_threshold_hu)
 
 
 def resample(

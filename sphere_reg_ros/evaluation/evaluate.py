@@ -15,7 +15,8 @@ Methods (:data:`METHODS`):
 * ``ours-se3``, ``ours-so4``, ``euclidean``, ``hyperbolic``: LM on the similarity of the
   checkpoint named for that method (``models={"euclidean": path, ...}``: the ablations);
 * ``lm-intensity``: learning-free LM (normalised-intensity residuals, :mod:`~sphere_reg_ros.core.residuals`);
-  ``lm-nomask`` / ``lm-ls``: the same without masks / without the robust kernel (ablation rows);
+  ``lm-nomask`` / ``lm-ls`` / ``lm-nofit``: the same without masks / without the robust kernel /
+  without the fitted intensity model (ablation rows);
 * ``adam`` / ``gd``: Adam / gradient descent with DiffPose's learning rates on the same
   similarity as ``ours`` (the learning-free residuals when no model is given);
 * ``ncc-adam``: Adam on DiffPose's multiscale NCC (learning-free);
@@ -69,6 +70,7 @@ METHODS: dict[str, str] = {
     "lm-intensity": "learning-free LM on normalised-intensity residuals (masks and robust kernel as configured)",
     "lm-nomask": "ablation: lm-intensity without the masks of what the CT cannot explain",
     "lm-ls": "ablation: lm-intensity with plain least squares (masks kept, no robust kernel)",
+    "lm-nofit": "ablation: lm-intensity without the fitted intensity model (bone weight, curve)",
     "adam": "Adam (DiffPose lr: rot 7.5e-3, trans 7.5) on the same similarity as 'ours'",
     "gd": "gradient descent (first step = DiffPose lr) on the same similarity as 'ours'",
     "ncc-adam": "Adam (DiffPose lr) on DiffPose's multiscale NCC (learning-free)",
@@ -292,8 +294,9 @@ def _build(methods: Sequence[str], ct: Volume, model: str | None, models: dict[s
                 reg = learning_free()
                 runners[name] = reg.register
                 sims["intensity"] = reg.similarity
-            elif name in ("lm-nomask", "lm-ls"):
-                variant = replace(lcfg, masking=False) if name == "lm-nomask" else replace(lcfg, robust="none")
+            elif name in ("lm-nomask", "lm-ls", "lm-nofit"):
+                variant = {"lm-nomask": replace(lcfg, masking=False), "lm-ls": replace(lcfg, robust="none"),
+                           "lm-nofit": replace(lcfg, intensity_fit="none")}[name]
                 runners[name] = Registrar(ct, config=variant, spacing_mm=config.spacing_mm).register
             elif name in ("adam", "gd"):
                 reg = learned("ours", model) if model else learning_free()

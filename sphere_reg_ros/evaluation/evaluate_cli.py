@@ -70,18 +70,35 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--start", choices=("init", "truth"), default="init",
                    help="start poses: the benchmark's initial poses (default), or the true poses: then the "
                         "mTRE is each method's drift, telling a misplaced cost minimum from a too small basin")
-    p.add_argument("--robust", default=None, choices=("auto", "none", "cauchy", "huber", "geman-mcclure", "tukey"),
-                   help="robust kernel of the LM rows (default: the registrar's, auto)")
-    p.add_argument("--robust-scale", type=float, default=None, metavar="K",
-                   help="kernel scale in robust spreads of the residuals (default: the registrar's)")
-    p.add_argument("--no-masks", action="store_true",
-                   help="no masks of shutters, metal and saturation (default: detected and given zero weight)")
+    _robustness_options(p)
     p.add_argument("--no-landscape", action="store_true", help="skip the similarity-landscape plot")
     p.add_argument("--no-warmup", action="store_true",
                    help="time the first case too (default: one untimed warm-up registration per method)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_evaluate)
     return p
+
+
+def _robustness_options(p: argparse.ArgumentParser) -> None:
+    """The options of docs/ROBUSTNESS.md (kernel, intensity model, masks), shared by evaluate and register."""
+    from sphere_reg_ros.core.lm_steps import ROBUST_KERNELS
+    from sphere_reg_ros.core.registrar import INTENSITY_FITS
+
+    p.add_argument("--robust", default=None, choices=("auto", *ROBUST_KERNELS),
+                   help="robust kernel of the LM (default: the registrar's, auto)")
+    p.add_argument("--robust-scale", type=float, default=None, metavar="K",
+                   help="kernel scale in robust spreads of the residuals (default: the registrar's)")
+    p.add_argument("--intensity-fit", default=None, choices=INTENSITY_FITS,
+                   help="intensity model the learning-free residuals fit to each X-ray (default: the "
+                        "registrar's); see docs/ROBUSTNESS.md")
+    p.add_argument("--no-masks", action="store_true",
+                   help="no masks of shutters, metal and saturation (default: detected and given zero weight)")
+
+
+def _robustness_settings(args: argparse.Namespace) -> dict:
+    """``RegistrarConfig`` fields of the options of :func:`_robustness_options` that were given."""
+    given = {k: getattr(args, k) for k in ("robust", "robust_scale", "intensity_fit") if getattr(args, k) is not None}
+    return {**given, "masking": not args.no_masks}
 
 
 def _models(items: list[str]) -> dict[str, str]:
@@ -117,11 +134,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if fp.get("sha256") != bm.ct_fingerprint.get("sha256") and not args.force:
             raise ValueError(f"the CT {ct.source} is not the benchmark's ({bm.ct_source}): fingerprints differ "
                              "(pass --ct with the right CT, or --force)")
-        lm = {"max_iterations": args.max_iterations, "device": args.device, "masking": not args.no_masks}
-        if args.robust is not None:
-            lm["robust"] = args.robust
-        if args.robust_scale is not None:
-            lm["robust_scale"] = args.robust_scale
+        lm = {"max_iterations": args.max_iterations, "device": args.device, **_robustness_settings(args)}
         base = RegistrarConfig(**lm)
         ev = EvaluationConfig()
         config = replace(ev, registrar=base, learning_free=replace(ev.learning_free, **lm), start=args.start,
@@ -178,6 +191,7 @@ def add_register_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--force", action="store_true", help="use a checkpoint made for another CT")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    _robustness_options(p)
     p.set_defaults(func=run_register)
     return p
 
@@ -313,7 +327,7 @@ def run_register(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        config = RegistrarConfig(resolution=args.resolution, device=args.device)
+        config = RegistrarConfig(resolution=args.resolution, device=args.device, **_robustness_settings(args))
         registrar = Registrar.from_files(str(args.ct) if args.ct else None, str(args.model) if args.model else None,
                                          config, spacing_mm=args.spacing, force=args.force)
     except (ValueError, VolumeError, CarmGeometryError, OSError) as exc:

@@ -73,6 +73,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               kind="registrar"),
     ParamSpec("lm_robust_scale", 0.0, "Robust kernel scale in robust spreads (1.4826 median |r|) of the "
               "residuals; 0 = the kernel's default (tukey 4, the others 2).", (0.0, 100.0), kind="registrar"),
+    ParamSpec("intensity_fit", "none", "Intensity model the learning-free residuals fit to each X-ray "
+              "before comparing: bone (bone weighed freely against the whole DRR), curve (a cubic of "
+              "the DRR), bone+curve, none.", choices=("none", "bone", "curve", "bone+curve"), kind="registrar"),
     ParamSpec("masking", True, "Detect what the CT cannot explain in each X-ray (collimator shutters, "
               "metal, saturated pixels) and give it zero weight; the masked share is in /diagnostics.",
               kind="registrar"),

@@ -45,6 +45,7 @@ def registrar_config(settings) -> RegistrarConfig:
         robust=str(settings.lm_robust),
         robust_scale=float(settings.lm_robust_scale),
         masking=bool(settings.masking),
+        intensity_fit=str(settings.intensity_fit),
         device=str(settings.device),
     )
 

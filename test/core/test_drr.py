@@ -118,3 +118,27 @@ def test_trilinear_gradient_is_exact_inside_cells():
 def test_bad_poses_are_rejected(renderer_64, pose):
     with pytest.raises(RenderError):
         renderer_64[0](pose)
+
+
+def test_extra_channels_render_like_separate_renderers(small_ct):
+    from sphere_reg_ros.core.volume import bone_attenuation, hu_to_attenuation
+
+    ct = small_ct[0]
+    geometry = CarmGeometry(sdd=1020.0, height=24, width=20, delx=16.0, dely=16.0, x0=8.0, y0=-4.0)
+    mu, bone = hu_to_attenuation(ct.data), bone_attenuation(ct.data)
+    assert float(bone.max()) > 0 and np.all(bone <= mu) and np.all(bone >= 0)
+    both = DrrRenderer(mu, ct.affine, geometry, channels=bone[None])
+    pose = se3_exp(torch.tensor([[5.0, -8.0, 12.0, 0.1, -0.05, 0.07]])) @ ap_pose(ct.center_world).float()
+    window = both.window(pose)
+    image, jac = both.render_with_jacobian(pose, window=window, channels=True)
+    assert image.shape == (1, 2, 24, 20) and jac.shape == (1, 2 * 24 * 20, 6)
+    for k, volume in enumerate((mu, bone)):  # channel-major: channel k's Jacobian rows are block k
+        ref_image, ref_jac = DrrRenderer(volume, ct.affine, geometry).render_with_jacobian(pose, window=window)
+        torch.testing.assert_close(image[:, k:k + 1], ref_image, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(jac[:, k * 480:(k + 1) * 480], ref_jac, rtol=1e-4, atol=1e-4)
+    plain, _ = both.render_with_jacobian(pose, window=window)
+    assert plain.shape == (1, 1, 24, 20)
+    with pytest.raises(RenderError, match="no extra channels"):
+        DrrRenderer(mu, ct.affine, geometry).render_with_jacobian(pose, channels=True)
+    with pytest.raises(RenderError, match="channels must be"):
+        DrrRenderer(mu, ct.affine, geometry, channels=bone)  # (X, Y, Z): the channel axis is missing
