@@ -41,7 +41,7 @@ def _add_demo_parser(subparsers) -> None:
                         help="registered frames the expectation needs (default 20, as the README states)")
     parser.add_argument("--rate", type=float, default=0.2, help="simulator frame rate, Hz (default 0.2)")
     parser.add_argument("--resolution", type=int, default=128, help="simulated image size, px (default 128)")
-    parser.add_argument("--degradation", default="mild", choices=("none", "mild", "benchmark"),
+    parser.add_argument("--degradation", default="mild", choices=("none", "mild", "benchmark", "harsh"),
                         help="image degradations of the simulator (default mild)")
     parser.add_argument("--ct", default=None, help="CT file (default: the embedded example CT)")
     parser.add_argument("--ct-spacing-mm", type=float, default=None,

@@ -262,9 +262,6 @@ class Registrar:
         self.spacing_mm = float(spacing_mm)
         render_ct = ct if np.allclose(ct.spacing, spacing_mm) else resample(ct, spacing_mm)
         self._mu = torch.as_tensor(hu_to_attenuation(render_ct.data))
-        # the bone's own attenuation, rendered beside the whole DRR when the residuals weigh it
-        self._channels = (torch.as_tensor(bone_attenuation(render_ct.data))[None]
-                          if "bone" in config.intensity_fit or getattr(similarity, "drr_channels", 1) > 1 else None)
         self._affine = render_ct.affine
         self.center_world = np.asarray(ct.center_world, dtype=np.float64)
         self.learned = similarity is not None
@@ -277,6 +274,9 @@ class Registrar:
         if isinstance(similarity, torch.nn.Module):
             similarity = similarity.to(self.device).eval()
         self.similarity = similarity
+        # the bone's own attenuation, rendered beside the whole DRR when the residuals weigh it
+        self._channels = (torch.as_tensor(bone_attenuation(render_ct.data))[None]
+                          if getattr(similarity, "drr_channels", 1) > 1 else None)
         self.regressor = regressor.to(self.device).eval() if regressor is not None else None
         self.solver = LevenbergMarquardt(similarity, config.lm_config(learned=self.learned))
         # tracking registrations: own solver (narrower sampling window; its own render cache)

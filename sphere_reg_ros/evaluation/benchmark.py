@@ -47,6 +47,7 @@ from sphere_reg_ros.core.volume import BONE_HU_THRESHOLD, Volume, hu_to_attenuat
 from sphere_reg_ros.evaluation.cases import InitialErrorConfig, ct_fingerprint, default_landmarks, perturb_poses
 from sphere_reg_ros.evaluation.degrade import (PARAM_NAMES, ChannelRenderer, DegradationConfig, apply_degradations,
                                                draw_degradations)
+from sphere_reg_ros.evaluation.degrade_harsh import HARSH_PARAM_NAMES, HarshConfig, apply_harsh, draw_harsh, mineral_fraction
 
 __all__ = ["Benchmark", "BenchmarkError", "benchmark_checksum", "InitialErrorConfig", "make_benchmark", "save_benchmark",
            "load_benchmark", "DegradationConfig", "perturb_poses", "default_landmarks", "ct_fingerprint",
@@ -163,7 +164,7 @@ def make_benchmark(
     geometry: CarmGeometry | None = None,
     landmarks: tuple[Sequence[str], np.ndarray] | None = None,
     landmark_ids: Sequence[int] | None = None,
-    degradation: DegradationConfig = DegradationConfig(),
+    degradation: DegradationConfig | HarshConfig = DegradationConfig(),
     initial_error: InitialErrorConfig = InitialErrorConfig(),
     progress: bool = False,
 ) -> Benchmark:
@@ -205,9 +206,16 @@ def make_benchmark(
 
     render_ct = ct if spacing_mm is None else resample(ct, float(spacing_mm))
     mu = hu_to_attenuation(render_ct.data)
-    bone = np.where(render_ct.data > BONE_HU_THRESHOLD, mu, np.float32(0.0))
-    renderer = ChannelRenderer(np.stack([mu - bone, bone]), render_ct.affine, render_geometry)
-    del mu, bone
+    harsh = isinstance(degradation, HarshConfig)
+    if harsh:  # channels: μ and its bone-mineral part (a ramp in HU)
+        renderer = ChannelRenderer(np.stack([mu, mu * mineral_fraction(render_ct.data)]), render_ct.affine,
+                                   render_geometry)
+    else:
+        bone = np.where(render_ct.data > BONE_HU_THRESHOLD, mu, np.float32(0.0))
+        renderer = ChannelRenderer(np.stack([mu - bone, bone]), render_ct.affine, render_geometry)
+        del bone
+    del mu
+    draw, apply = (draw_harsh, apply_harsh) if harsh else (draw_degradations, apply_degradations)
 
     seeds = _case_seeds(root, int(n_cases))
     images = np.empty((int(n_cases), 2 * resolution, 2 * resolution), dtype=np.float32)
@@ -215,10 +223,9 @@ def make_benchmark(
     for i in tqdm(range(int(n_cases)), desc="make-benchmark", unit="case", disable=not progress):
         gen = torch.Generator().manual_seed(int(seeds[i]))
         pose = poses[i].numpy()
-        params = draw_degradations(degradation, gen, pose, render_geometry, center)
-        p_soft, p_bone = renderer(poses[i:i + 1])
-        images[i] = apply_degradations(p_soft, p_bone, params, render_geometry, pose, gen,
-                                       renderer.scale, noise=degradation.noise).numpy()
+        params = draw(degradation, gen, pose, render_geometry, center)
+        p_a, p_b = renderer(poses[i:i + 1])
+        images[i] = apply(p_a, p_b, params, render_geometry, pose, gen, renderer.scale, noise=degradation.noise).numpy()
         drawn.append(params)
     degradations = {k: np.stack([d[k] for d in drawn]) for k in drawn[0]}
     config = {
@@ -322,8 +329,7 @@ def _from_arrays(data: dict[str, np.ndarray], path: Path) -> Benchmark:
         raise fail("missing or malformed format_version")
     if int(version) != FORMAT_VERSION:
         raise fail(f"unsupported format version {int(version)} (this software reads version {FORMAT_VERSION})")
-    missing = [k for k in _ARRAY_KEYS + _SCALAR_KEYS + tuple(f"degradation.{n}" for n in PARAM_NAMES)
-               if k not in data]
+    missing = [k for k in _ARRAY_KEYS + _SCALAR_KEYS if k not in data]
     if missing:
         raise fail(f"missing entries {missing}")
 
@@ -381,15 +387,22 @@ def _from_arrays(data: dict[str, np.ndarray], path: Path) -> Benchmark:
             for k, v in expected.items()):
         raise fail(f"geometry {geometry.to_dict()} / render geometry {render_geometry.to_dict()} do not match "
                    f"resolution {resolution} and its double")
+    fingerprint, config = as_json("ct_fingerprint_json"), as_json("config_json")
+    if not isinstance(fingerprint, dict) or not isinstance(config, dict):
+        raise fail("ct_fingerprint_json and config_json must hold JSON objects")
+    family = (config.get("degradation") or {}).get("family", "benchmark")
+    if family not in ("benchmark", "harsh"):
+        raise fail(f"unknown degradation family {family!r}")
+    param_names = HARSH_PARAM_NAMES if family == "harsh" else PARAM_NAMES
+    missing = [f"degradation.{n}" for n in param_names if f"degradation.{n}" not in data]
+    if missing:
+        raise fail(f"missing entries {missing}")
     degradations = {}
-    for name, tail in PARAM_NAMES.items():
+    for name, tail in param_names.items():
         values = data[f"degradation.{name}"]
         if values.shape != (n, *tail):
             raise fail(f"degradation.{name} must have shape {(n, *tail)}, got {values.shape}")
         degradations[name] = values
-    fingerprint, config = as_json("ct_fingerprint_json"), as_json("config_json")
-    if not isinstance(fingerprint, dict) or not isinstance(config, dict):
-        raise fail("ct_fingerprint_json and config_json must hold JSON objects")
     return Benchmark(
         images=images, resolution=resolution, geometry=geometry, render_geometry=render_geometry,
         poses_true=data["poses_true"], poses_init=data["poses_init"], initial_mtre_mm=data["initial_mtre_mm"],

@@ -51,10 +51,13 @@ def add_make_benchmark_parser(subparsers: argparse._SubParsersAction) -> argpars
     p.add_argument("--rot-deg", type=float, default=15.0, help="pose range: rotation per axis, degrees")
     p.add_argument("--inplane-mm", type=float, default=30.0, help="pose range: in-plane shift, mm")
     p.add_argument("--depth-mm", type=float, default=60.0, help="pose range: depth shift, mm")
-    p.add_argument("--degradation", choices=("benchmark", "mild", "none"), default="benchmark",
+    p.add_argument("--degradation", choices=("benchmark", "mild", "none", "harsh"), default="benchmark",
                    help="X-ray degradations (evaluation.simulate.DEGRADATION_PRESETS): 'benchmark' the full "
                         "physics and content gap (default), 'mild' no instruments or shutters, 'none' "
-                        "matched physics (the models' own domain)")
+                        "matched physics (the models' own domain), 'harsh' a second family with physics of "
+                        "its own (evaluation.degrade_harsh) and a wider initial error (mTRE 10-35 mm)")
+    p.add_argument("--init-mtre", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="initial mTRE range, mm (uniform; default 5 25, 10 35 for 'harsh')")
     p.add_argument("--preview", type=Path, default=None, metavar="PNG",
                    help="also write a PNG grid of the first cases")
     p.add_argument("--preview-cases", type=int, default=8, help="cases in the preview (default 8)")
@@ -74,7 +77,8 @@ def _size(n_bytes: int) -> str:
 def run_make_benchmark(args: argparse.Namespace) -> int:
     """Run ``make-benchmark``; prints a summary; returns 0, or 2 on bad input (message on stderr)."""
     from sphere_reg_ros.evaluation.benchmark import BenchmarkError, benchmark_checksum, make_benchmark, save_benchmark
-    from sphere_reg_ros.evaluation.simulate import DEGRADATION_PRESETS
+    from sphere_reg_ros.evaluation.cases import InitialErrorConfig
+    from sphere_reg_ros.evaluation.simulate import DEGRADATION_PRESETS, HARSH_INITIAL_MTRE_MM
 
     start = time.perf_counter()
     try:
@@ -91,9 +95,12 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
             structures = None
         landmarks = load_landmarks(args.landmarks) if args.landmarks else None
         loaded = time.perf_counter()
+        init_mtre = args.init_mtre or HARSH_INITIAL_MTRE_MM if args.degradation == "harsh" else args.init_mtre
+        initial_error = InitialErrorConfig(mtre_mm=tuple(init_mtre)) if init_mtre else InitialErrorConfig()
         bm = make_benchmark(ct, labels, structures, args.cases, args.seed, args.resolution, distribution,
                             split=args.split, spacing_mm=args.spacing, landmarks=landmarks,
-                            degradation=DEGRADATION_PRESETS[args.degradation], progress=not args.no_progress)
+                            degradation=DEGRADATION_PRESETS[args.degradation], initial_error=initial_error,
+                            progress=not args.no_progress)
         out = save_benchmark(args.out, bm)
         if args.preview is not None:
             from sphere_reg_ros.evaluation.preview import save_preview

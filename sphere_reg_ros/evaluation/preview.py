@@ -24,11 +24,18 @@ def project_landmarks(bm: Benchmark, case: int) -> np.ndarray:
 
 def _title(bm: Benchmark, i: int) -> str:
     d = bm.degradations
-    tags = [f"bone×{float(d['bone_multiplier'][i]):.2f}", f"N0 {float(d['photons'][i]):.0e}"]
-    if bool(d["collimation"][i]):
-        tags.append("shutters")
-    if bool(d["metal"][i]):
-        tags.append("metal")
+    if "bone_gain" in d:  # the harsh family
+        tags = [f"mineral+{float(d['bone_gain'][i]):.2f}", f"N0 {float(d['photons'][i]):.0e}"]
+        tags += [name for name, key in (("collimator", "collimator"), ("iris", "iris"), ("lead", "lead"))
+                 if bool(d[key][i])]
+        if int(d["screws"][i]):
+            tags.append(f"{int(d['screws'][i])} screws")
+    else:
+        tags = [f"bone×{float(d['bone_multiplier'][i]):.2f}", f"N0 {float(d['photons'][i]):.0e}"]
+        if bool(d["collimation"][i]):
+            tags.append("shutters")
+        if bool(d["metal"][i]):
+            tags.append("metal")
     return f"case {i}: " + ", ".join(tags) + f"\ninit mTRE {float(bm.initial_mtre_mm[i]):.1f} mm"
 
 

@@ -24,6 +24,7 @@ from ..core.geometry import make_pose, so3_exp
 from ..core.views import ap_pose
 from ..core.volume import BONE_HU_THRESHOLD, Volume, hu_to_attenuation
 from .degrade import ChannelRenderer, DegradationConfig, apply_degradations, draw_degradations
+from .degrade_harsh import HarshConfig, apply_harsh, draw_harsh, mineral_fraction
 
 #: ``none``: matched physics; ``mild``: a clinical-looking image with bone contrast, scatter,
 #: blur and quantum noise but no instruments; ``benchmark``: the synthetic benchmark's ranges.
@@ -33,7 +34,10 @@ DEGRADATION_PRESETS = {
                               scatter_fraction=(0.05, 0.2), psf_sigma_mm=(0.5, 1.5), photons=(5e4, 2e5),
                               electronic_noise=(0.0, 2.0), collimation_probability=0.0, metal_probability=0.0),
     "benchmark": DegradationConfig(),
+    "harsh": HarshConfig(),
 }
+#: Initial mTRE range (mm) of ``make-benchmark --degradation harsh`` (median 22.5 mm).
+HARSH_INITIAL_MTRE_MM = (10.0, 35.0)
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ class XraySimulator:
         seed: seeds the per-frame degradation draws (frame ``i`` uses ``seed * 100003 + i``).
     """
 
-    def __init__(self, ct: Volume, geometry: CarmGeometry, degradation: str | DegradationConfig = "mild",
+    def __init__(self, ct: Volume, geometry: CarmGeometry, degradation: str | DegradationConfig | HarshConfig = "mild",
                  seed: int = 0) -> None:
         if isinstance(degradation, str):
             if degradation not in DEGRADATION_PRESETS:
@@ -84,15 +88,21 @@ class XraySimulator:
             degradation = DEGRADATION_PRESETS[degradation]
         self.ct, self.geometry, self.degradation, self.seed = ct, geometry, degradation, int(seed)
         mu = hu_to_attenuation(ct.data)
-        bone = np.where(ct.data > BONE_HU_THRESHOLD, mu, np.float32(0.0))
-        self.renderer = ChannelRenderer(np.stack([mu - bone, bone]), ct.affine, geometry)
+        if isinstance(degradation, HarshConfig):
+            channels = np.stack([mu, mu * mineral_fraction(ct.data)])
+            self._draw, self._apply = draw_harsh, apply_harsh
+        else:
+            bone = np.where(ct.data > BONE_HU_THRESHOLD, mu, np.float32(0.0))
+            channels = np.stack([mu - bone, bone])
+            self._draw, self._apply = draw_degradations, apply_degradations
+        self.renderer = ChannelRenderer(channels, ct.affine, geometry)
 
     def render(self, pose: np.ndarray, frame: int = 0) -> np.ndarray:
         """The degraded image ``(H, W)`` float32 of pose ``(4, 4)`` for frame number ``frame``."""
         pose = np.asarray(pose, dtype=np.float64)
         generator = torch.Generator().manual_seed(self.seed * 100003 + int(frame))
-        params = draw_degradations(self.degradation, generator, pose, self.geometry, self.ct.center_world)
-        p_soft, p_bone = self.renderer(torch.as_tensor(pose)[None])
-        image = apply_degradations(p_soft, p_bone, params, self.geometry, pose, generator, self.renderer.scale,
-                                   noise=self.degradation.noise)
+        params = self._draw(self.degradation, generator, pose, self.geometry, self.ct.center_world)
+        p_a, p_b = self.renderer(torch.as_tensor(pose)[None])
+        image = self._apply(p_a, p_b, params, self.geometry, pose, generator, self.renderer.scale,
+                            noise=self.degradation.noise)
         return image.numpy().astype(np.float32)
