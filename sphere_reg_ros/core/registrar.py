@@ -78,8 +78,9 @@ class RegistrarConfig:
         damping: ``"marquardt"`` or ``"levenberg"``; ``lambda_init``: initial damping (relative).
         rotation_scale_mm: characteristic length balancing rotations against translations.
         max_translation_mm, max_rotation_rad: divergence limits from the initial pose.
-        residuals: learning-free model used without a similarity network: ``"intensity"``
-            (normalised intensity, cost = 1 − NCC) or ``"intensity+gradient"``.
+        residuals: learning-free model used without a similarity network:
+            ``"intensity+gradient"`` (normalised intensities and gradients; the default, as
+            evaluated) or ``"intensity"`` (normalised intensity, cost = 1 − NCC).
         residual_levels: pyramid levels of the learning-free residuals.
         local_window: learning-free residuals standardise intensities over windows of this
             fraction of the image height (local NCC; robust to scatter, heel effect, bone
@@ -88,7 +89,7 @@ class RegistrarConfig:
             form at every evaluation (``residuals.fit_intensity``) before comparing: ``"bone"``
             (the bone's DRR weighed freely against the whole DRR: bone contrast), ``"curve"``
             (a cubic of the DRR: beam hardening, detector response), ``"bone+curve"``, or
-            ``"none"``.
+            ``"none"``. Default ``"bone"``, chosen on the validation split (docs/ROBUSTNESS.md).
         robust: robust kernel of the LM (``"none"``, ``"cauchy"``, ``"huber"``,
             ``"geman-mcclure"``, ``"tukey"``); ``"auto"`` = :data:`AUTO_ROBUST` for the
             learning-free residuals (metal, noise, scatter are outliers there), none for a learned
@@ -118,10 +119,10 @@ class RegistrarConfig:
     rotation_scale_mm: float = 100.0
     max_translation_mm: float = 300.0
     max_rotation_rad: float = 1.2
-    residuals: str = "intensity"
+    residuals: str = "intensity+gradient"
     residual_levels: int = 1
     local_window: float = 0.125
-    intensity_fit: str = "none"
+    intensity_fit: str = "bone"
     robust: str = "auto"
     robust_scale: float = 0.0
     masking: bool = True

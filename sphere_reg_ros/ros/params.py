@@ -64,8 +64,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               "images are area-resampled to this before registering.", (8, 1024), kind="registrar"),
     ParamSpec("lm_scales", [0.5, 1.0], "Coarse-to-fine fractions of the resolution, each in "
               "(0, 1]; the last should be 1.0.", kind="registrar"),
-    ParamSpec("residuals", "intensity", "Learning-free residuals used without a learned "
-              "similarity: intensity (1 - NCC) or intensity+gradient.",
+    ParamSpec("residuals", "intensity+gradient", "Learning-free residuals used without a learned "
+              "similarity: intensity+gradient (local NCC of intensities and gradients, the evaluated "
+              "default) or intensity (intensities only).",
               choices=("intensity", "intensity+gradient"), kind="registrar"),
     ParamSpec("lm_robust", "auto", "Robust kernel of the LM on the residuals (IRLS): auto (tukey "
               "for the learning-free residuals, none for a learned similarity), none, cauchy, huber, "
@@ -73,7 +74,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               kind="registrar"),
     ParamSpec("lm_robust_scale", 0.0, "Robust kernel scale in robust spreads (1.4826 median |r|) of the "
               "residuals; 0 = the kernel's default (tukey 4, the others 2).", (0.0, 100.0), kind="registrar"),
-    ParamSpec("intensity_fit", "none", "Intensity model the learning-free residuals fit to each X-ray "
+    ParamSpec("intensity_fit", "bone", "Intensity model the learning-free residuals fit to each X-ray "
               "before comparing: bone (bone weighed freely against the whole DRR), curve (a cubic of "
               "the DRR), bone+curve, none.", choices=("none", "bone", "curve", "bone+curve"), kind="registrar"),
     ParamSpec("masking", True, "Detect what the CT cannot explain in each X-ray (collimator shutters, "
