@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MaskConfig", "ImageMasks", "detect_masks", "shutter_edges", "resize_mask"]
+__all__ = ["hatch_pattern", "MaskConfig", "ImageMasks", "detect_masks", "shutter_edges", "resize_mask"]
 
 
 @dataclass(frozen=True)
@@ -327,3 +327,13 @@ def resize_mask(valid: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if h % height == 0 and w % width == 0:
         return F.avg_pool2d(v, (h // height, w // width)) > 0.999
     return F.interpolate(v, size=(height, width), mode="area") > 0.999
+
+
+def hatch_pattern(mask: np.ndarray, period: int = 8) -> np.ndarray:
+    """Where to draw the hatching of masked pixels in an overlay: ``(H, W)`` bool, True on
+    diagonal lines ``period`` px apart inside ``mask`` (True = masked)."""
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {m.shape}")
+    rows, cols = np.indices(m.shape)
+    return m & ((rows + cols) % max(2, int(period)) < max(1, int(period) // 4))

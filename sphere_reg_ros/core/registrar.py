@@ -448,10 +448,11 @@ class Registrar:
         scales = self.scale_geometries(reg_geometry)
         renderers = [self.renderer(g) for g in (scales[-1:] if fine_only else scales)]
         t2 = time.perf_counter()
-        kwargs, fractions = {}, [0.0] * n
+        kwargs, fractions, valid_masks = {}, [0.0] * n, [None] * n
         if self.config.masking and "mask" in inspect.signature(solver.solve).parameters:
             found = [detect_masks(a, self.mask_config) for a in arrays]
             fractions = [m.masked_fraction for m in found]
+            valid_masks = [m.valid.cpu().numpy() for m in found]
             valid = torch.stack([m.valid for m in found])[:, None].to(self.device)
             kwargs["mask"] = resize_mask(valid, reg_geometry.height, reg_geometry.width)
             for i, m in enumerate(found):
@@ -469,7 +470,8 @@ class Registrar:
             final.append(RegistrationResult(pose=res.pose, covariance=res.covariance, cost=res.cost,
                                             initial_cost=res.initial_cost, iterations=res.iterations,
                                             status=res.status, message=msg, timings=res.timings,
-                                            history=res.history, masked_fraction=fractions[i]))
+                                            history=res.history, masked_fraction=fractions[i],
+                                            valid_mask=valid_masks[i]))
         return final
 
     # ------------------------------------------------------------------ rendering

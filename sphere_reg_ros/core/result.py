@@ -39,6 +39,8 @@ class RegistrationResult:
         history: per-iteration records (``{"iteration", "cost", "lambda", "accepted", "time_s"}``).
         masked_fraction: share of the image's pixels masked as unexplainable by the CT
             (collimator shutters, metal, saturation: :mod:`.masks`).
+        valid_mask: ``(H, W)`` bool at the image's size, False where masked (None: no masks
+            were computed); overlays draw the masked pixels hatched.
     """
 
     pose: np.ndarray
@@ -51,6 +53,7 @@ class RegistrationResult:
     timings: dict[str, float] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     masked_fraction: float = 0.0
+    valid_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -287,9 +287,12 @@ def pose_json(result, geometry) -> dict:
     }
 
 
-def overlay_image(xray: np.ndarray, drr: np.ndarray) -> np.ndarray:
+def overlay_image(xray: np.ndarray, drr: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """RGB uint8 ``(kH, kW, 3)``: the X-ray in grey with the DRR's strongest edges in orange
-    (``k`` enlarges images smaller than 512 px by pixel repetition)."""
+    (``k`` enlarges images smaller than 512 px by pixel repetition); pixels the registration
+    masked (``valid`` False: collimator, metal, saturation) tinted blue and hatched."""
+    from sphere_reg_ros.core.masks import hatch_pattern
+
     def norm(a: np.ndarray) -> np.ndarray:
         lo, hi = np.percentile(a, [1, 99])
         return np.clip((a - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
@@ -300,6 +303,10 @@ def overlay_image(xray: np.ndarray, drr: np.ndarray) -> np.ndarray:
     mag = np.hypot(gx, gy)
     edges = mag > np.percentile(mag, 92)
     rgb = np.repeat(norm(xray)[..., None], 3, axis=-1)
+    if valid is not None:
+        masked = np.kron(~np.asarray(valid, dtype=bool), np.ones((k, k), dtype=bool))
+        rgb[masked] = 0.6 * rgb[masked] + 0.4 * np.array([0.0, 0.47, 0.78])
+        rgb[hatch_pattern(masked)] = np.array([0.0, 0.47, 0.78])
     rgb[edges] = 0.3 * rgb[edges] + 0.7 * np.array([1.0, 0.25, 0.05])
     return (rgb * 255).astype(np.uint8)
 
@@ -341,7 +348,7 @@ def run_register(args: argparse.Namespace) -> int:
     files = [out / "pose.json"]
     if np.all(np.isfinite(result.pose)):
         drr = registrar.render(result.pose, geometry)
-        mpimg.imsave(out / "overlay.png", overlay_image(image, drr))
+        mpimg.imsave(out / "overlay.png", overlay_image(image, drr, result.valid_mask))
         files.append(out / "overlay.png")
     lines = [f"sphere-reg register: {args.image}",
              f"CT / model: {registrar.source}",

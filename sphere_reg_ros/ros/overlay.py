@@ -8,11 +8,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["to_uint8", "make_overlay", "EDGE_COLOUR_OK", "EDGE_COLOUR_FAIL"]
+from ..core.masks import hatch_pattern
+
+__all__ = ["to_uint8", "make_overlay", "EDGE_COLOUR_OK", "EDGE_COLOUR_FAIL", "MASK_COLOUR"]
 
 #: BGR colours of the DRR edges for an accepted / a rejected registration.
 EDGE_COLOUR_OK = (0, 255, 0)
 EDGE_COLOUR_FAIL = (0, 0, 255)
+#: BGR colour of the tint and hatching of masked pixels (what the CT cannot explain).
+MASK_COLOUR = (200, 120, 0)
 
 
 def to_uint8(image: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> np.ndarray:
@@ -36,7 +40,7 @@ def to_uint8(image: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) ->
 
 
 def make_overlay(xray: np.ndarray, drr: np.ndarray | None, status: str, ok: bool = True,
-                 min_size: int = 256) -> np.ndarray:
+                 min_size: int = 256, valid: np.ndarray | None = None) -> np.ndarray:
     """BGR ``uint8`` overlay ``(H', W', 3)`` of the X-ray with the DRR's Canny edges.
 
     Args:
@@ -47,6 +51,8 @@ def make_overlay(xray: np.ndarray, drr: np.ndarray | None, status: str, ok: bool
         ok: edge colour green (accepted) or red (rejected).
         min_size: images smaller than this (pixels, shorter side) are upscaled by an integer
             factor first so that the text stays legible.
+        valid: ``(H, W)`` bool, False where the registration masked the X-ray (collimator,
+            metal, saturation: ``RegistrationResult.valid_mask``); drawn tinted and hatched.
 
     Returns:
         The overlay; ``H' = H · k``, ``W' = W · k`` with ``k = max(1, ceil(min_size / min(H, W)))``.
@@ -57,6 +63,14 @@ def make_overlay(xray: np.ndarray, drr: np.ndarray | None, status: str, ok: bool
     if k > 1:
         grey = cv2.resize(grey, (w * k, h * k), interpolation=cv2.INTER_NEAREST)
     out = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    if valid is not None:
+        masked = ~np.asarray(valid, dtype=bool)
+        if masked.shape != (h, w):
+            raise ValueError(f"valid mask {masked.shape} does not match the X-ray {(h, w)}")
+        if k > 1:
+            masked = np.kron(masked, np.ones((k, k), dtype=bool))
+        out[masked] = (0.6 * out[masked] + 0.4 * np.array(MASK_COLOUR)).astype(np.uint8)
+        out[hatch_pattern(masked)] = MASK_COLOUR
     if drr is not None:
         d = np.asarray(drr, dtype=np.float32)
         if d.ndim != 2 or d.size == 0:

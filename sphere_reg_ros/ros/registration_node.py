@@ -366,7 +366,9 @@ class RegistrationNode(Node):
             drr = drr.reshape(small.height, small.width)
         status = (f"OK cost {result.cost:.3g} std {result.position_std_mm:.2g} mm" if gate is None
                   else gate[1])
-        bgr = make_overlay(image, drr, status, ok=gate is None)
+        valid = getattr(result, "valid_mask", None)
+        bgr = make_overlay(image, drr, status, ok=gate is None,
+                           valid=valid if valid is not None and valid.shape == np.shape(image) else None)
         self._overlay_pub.publish(conv.numpy_to_image(bgr, "bgr8", header))
 
     def _publish_diagnostics(self) -> None:

@@ -19,10 +19,14 @@ GEOMETRY = CarmGeometry(sdd=1020.0, height=96, width=96, delx=4.0, dely=4.0)
 
 
 @pytest.fixture(scope="module")
-def drr(small_ct):
-    reg = Registrar(resample(small_ct[0], 6.0), config=RegistrarConfig(resolution=48), spacing_mm=6.0)
-    img = reg.render(reg.default_pose(), GEOMETRY).astype(np.float64)
-    return img
+def registrar(small_ct):
+    return Registrar(resample(small_ct[0], 6.0), config=RegistrarConfig(resolution=48, max_iterations=2),
+                     spacing_mm=6.0)
+
+
+@pytest.fixture(scope="module")
+def drr(registrar):
+    return registrar.render(registrar.default_pose(), GEOMETRY).astype(np.float64)
 
 
 def _noisy(img, seed=0, sigma=0.02):
@@ -131,3 +135,17 @@ def test_shutter_scores_separate_shutters_from_anatomy(drr):
     edges = shutter_edges(torch.from_numpy(_noisy(_shutter(drr, inside))))
     assert len(edges) == 1 and edges[0][0] == pytest.approx(0.0, abs=0.05)
     assert edges[0][1] == pytest.approx(10 / n, abs=1.5 / n) and edges[0][2] > 2 * MaskConfig().edge_threshold
+
+
+def test_the_registration_result_carries_the_mask_for_the_overlay(registrar, drr):
+    from sphere_reg_ros.core.masks import hatch_pattern
+
+    inside = np.zeros_like(drr, dtype=bool)
+    inside[:, 12:] = True
+    image = _noisy(_shutter(drr, inside)).astype(np.float32)
+    res = registrar.register(image, GEOMETRY, registrar.default_pose())
+    assert res.valid_mask is not None and res.valid_mask.shape == image.shape
+    assert not res.valid_mask[:, :12].any() and res.valid_mask[:, 16:].all()
+    assert res.masked_fraction == pytest.approx(1.0 - res.valid_mask.mean())
+    hatch = hatch_pattern(~res.valid_mask)
+    assert hatch[:, :12].any() and not hatch[:, 16:].any()

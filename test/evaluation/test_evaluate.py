@@ -157,6 +157,11 @@ def test_image_readers_and_overlay(tmp_path):
     assert np.isfinite(b).all() and b[0, -1] < b[0, 1]  # bright = low attenuation after the log
     rgb = overlay_image(a, a)
     assert rgb.shape == (24 * 16, 32 * 16, 3) and rgb.dtype == np.uint8
+    valid = np.ones((24, 32), dtype=bool)
+    valid[:6] = False  # a shutter along the top: tinted and hatched
+    hatched = overlay_image(a, a, valid)
+    blue = (hatched[..., 2] > 150) & (hatched[..., 0] < 50)
+    assert blue[:6 * 16].mean() > 0.1 and not blue[8 * 16:].any()
     with pytest.raises(ValueError):
         read_image(tmp_path / "x.bmp2")
 

@@ -11,7 +11,7 @@ from builtin_interfaces.msg import Time
 
 from sphere_reg_ros.ros import params as P
 from sphere_reg_ros.ros.diagnostics import ERROR, NodeStats
-from sphere_reg_ros.ros.overlay import make_overlay, to_uint8
+from sphere_reg_ros.ros.overlay import MASK_COLOUR, make_overlay, to_uint8
 from sphere_reg_ros.ros.registrar_factory import registrar_config
 
 pytestmark = pytest.mark.ros
@@ -108,5 +108,13 @@ def test_overlay_draws_edges_and_status():
     red = make_overlay(xray, xray, "failed", ok=False)
     assert ((red[..., 2] == 255) & (red[..., 1] == 0)).sum() > 100
     assert make_overlay(xray, None, "no drr").shape == (256, 256, 3)
+    # masked pixels (here the left quarter) are tinted and hatched in MASK_COLOUR, the rest not
+    valid = np.ones((32, 32), dtype=bool)
+    valid[:, :8] = False
+    masked = make_overlay(xray, None, "masked", valid=valid)
+    hatch = (masked == np.array(MASK_COLOUR, dtype=np.uint8)).all(-1)
+    assert hatch[40:, :64].mean() > 0.1 and not hatch[40:, 64:].any()
+    with pytest.raises(ValueError, match="valid mask"):
+        make_overlay(xray, None, "bad", valid=valid[:10])
     assert to_uint8(np.full((4, 4), 2.0)).max() == 0
     assert to_uint8(np.array([[np.nan, 1.0], [2.0, 3.0]])).max() == 255
