@@ -202,6 +202,29 @@ class LevenbergMarquardt:
             scale = self.config.robust_scale * robust_spread(r, weights)
         return robust_cost(r, weights, self.config.robust, scale)[0], r
 
+    @torch.no_grad()
+    def score(self, renderer: DrrRenderer, fixed: torch.Tensor, poses: torch.Tensor, mask: torch.Tensor | None = None,
+              scale: float | None = None) -> tuple[torch.Tensor, float | None]:
+        """Costs ``(K,)`` of ``K`` poses ``(K, 4, 4)`` against one image ``fixed`` ``(1, 1, H, W)`` on one
+        renderer, all with the same robust kernel scale (given, or the one of the first pose's
+        residuals, which is returned), so that they compare (e.g. the ends of several starts:
+        each LM run sets its own scale)."""
+        g = renderer.geometry
+        fx = resize_images(fixed.to(renderer.device, renderer.dtype), g.height, g.width)
+        m = None if mask is None else resize_mask(mask.to(renderer.device).bool(), g.height, g.width)
+        emb = embed(self.model, fx, m)
+        w = self._weights(emb, m)
+        poses = poses.to(renderer.device)
+        img, _ = self._render(renderer, self._window(renderer, poses), poses, jacobian=False)
+        k = poses.shape[0]
+        r = self.model.residuals(embed(self.model, img, None if m is None else m.expand(k, -1, -1, -1)),
+                                 emb.expand(k, *emb.shape[1:]))
+        wk = None if w is None else w.expand(k, -1)
+        if self.config.robust != "none" and scale is None:
+            scale = float(self.config.robust_scale * robust_spread(r[:1], None if wk is None else wk[:1])[0])
+        s = None if scale is None else torch.full((k,), scale, dtype=torch.float64, device=r.device)
+        return robust_cost(r, wk, self.config.robust, s)[0], scale
+
     # ------------------------------------------------------------------ solve
     def solve(self, renderers: Sequence[DrrRenderer], fixed: torch.Tensor, init_pose: torch.Tensor,
               center: torch.Tensor | np.ndarray | None = None, mask: torch.Tensor | None = None) -> LMResult:

@@ -106,6 +106,12 @@ class RegistrarConfig:
             registrations (``fine_only``; cold ones use ``LMConfig.window_margin_mm``, 60 mm): they
             move by about a millimetre, so fewer samples per ray suffice (the LM widens the window
             if a trial pose leaves it).
+        restarts: when a cold registration looks failed (not usable, or its final cost above
+            ``restart_cost_ratio`` times its initial cost), start again from up to this many
+            hypotheses around the initial pose (rotated by ``± restart_rotation_deg`` about the
+            C-arm's axes through the CT's centre; at most 6), in pairs until
+            ``restart_budget_s`` is spent, and keep the end with the lowest cost (all scored with
+            one kernel scale). 0 = off.
     """
 
     resolution: int = 64
@@ -130,6 +136,10 @@ class RegistrarConfig:
     render_max_size: int = 256
     ray_step_mm: float | None = None
     tracking_window_margin_mm: float = 10.0
+    restarts: int = 0
+    restart_rotation_deg: float = 10.0
+    restart_cost_ratio: float = 0.5
+    restart_budget_s: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -149,6 +159,12 @@ class RegistrarConfig:
             raise ValueError(f"tracking_window_margin_mm must be > 0, got {self.tracking_window_margin_mm}")
         if self.ray_step_mm is not None and not (math.isfinite(self.ray_step_mm) and self.ray_step_mm > 0):
             raise ValueError(f"ray_step_mm must be > 0 (or None), got {self.ray_step_mm}")
+        if not (isinstance(self.restarts, int) and 0 <= self.restarts <= 6):
+            raise ValueError(f"restarts must be an int in [0, 6], got {self.restarts!r}")
+        for name in ("restart_rotation_deg", "restart_cost_ratio", "restart_budget_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
         if self.device != "auto":
             torch.device(self.device)  # raises for a malformed name
         self.lm_config()  # validates the solver settings
@@ -460,6 +476,8 @@ class Registrar:
                     parts = ", ".join(f"{k} {100 * v:.0f} %" for k, v in m.fractions().items() if k != "masked" and v > 0)
                     messages[i] = "; ".join(x for x in (messages[i], f"masked {100 * m.masked_fraction:.0f} % ({parts})") if x)
         out = solver.solve(renderers, fixed, torch.from_numpy(poses), center=self.center_world, **kwargs)
+        if self.config.restarts and not fine_only and solver is self.solver:
+            self._restart_failures(out, renderers, fixed, poses, kwargs.get("mask"), messages)
         t_lm = time.perf_counter() - t2
         total = time.perf_counter() - t0
         timings = {"regressor": t_reg / n, "lm": t_lm / n, "total": total / n}
@@ -473,6 +491,65 @@ class Registrar:
                                             history=res.history, masked_fraction=fractions[i],
                                             valid_mask=valid_masks[i]))
         return final
+
+    def _looks_failed(self, out, i: int) -> bool:
+        """Whether element ``i`` of an LM result should be started again (see ``restarts``)."""
+        st, cost, c0 = out.status[i], float(out.cost[i]), float(out.initial_cost[i])
+        return not st.usable or not math.isfinite(cost) or cost > self.config.restart_cost_ratio * c0
+
+    def hypotheses(self, pose: np.ndarray) -> np.ndarray:
+        """Start poses ``(K, 4, 4)`` around ``pose``: rotated by ``± restart_rotation_deg`` about the
+        C-arm's x, y and z axes through the CT's centre (the first ``restarts`` of them)."""
+        from .geometry import so3_exp
+
+        a = math.radians(self.config.restart_rotation_deg)
+        c = self.center_world
+        out = []
+        for axis in (0, 1, 2):
+            for sign in (1.0, -1.0):
+                w = np.asarray(pose, dtype=np.float64)[:3, :3][:, axis] * sign * a  # C-arm axis, world frame
+                R = so3_exp(torch.as_tensor(w)[None])[0].numpy()
+                G = np.eye(4)
+                G[:3, :3], G[:3, 3] = R, c - R @ c
+                out.append(G @ pose)
+        order = (0, 2, 1, 3, 4, 5)  # out-of-plane first: the C-arm's hardest directions
+        return np.stack([out[k] for k in order[:self.config.restarts]])
+
+    def _restart_failures(self, out, renderers, fixed, poses, mask, messages) -> None:
+        """Multi-start for the elements of ``out`` that look failed (in place, see ``restarts``)."""
+        t0 = time.perf_counter()
+        for i in range(len(poses)):
+            if not self._looks_failed(out, i) or time.perf_counter() - t0 > self.config.restart_budget_s:
+                continue
+            starts = self.hypotheses(poses[i])
+            fx, mk = fixed[i:i + 1], None if mask is None else mask[i:i + 1]
+            ends = [(out, i)]  # (LM result, element) of every usable end; the first run's first
+            tried = 0
+            for k in range(0, len(starts), 2):
+                if time.perf_counter() - t0 > self.config.restart_budget_s:
+                    break
+                batch = starts[k:k + 2]
+                n = len(batch)
+                kw = {} if mk is None else {"mask": mk.expand(n, -1, -1, -1)}
+                res = self.solver.solve(renderers, fx.expand(n, -1, -1, -1), torch.from_numpy(batch),
+                                        center=self.center_world, **kw)
+                ends += [(res, j) for j in range(n) if res.status[j].usable]
+                tried += n
+            end_poses = torch.stack([r.pose[j].detach().to(torch.float64).cpu() for r, j in ends])
+            costs, _ = self.solver.score(renderers[-1], fx, end_poses, mk)
+            best = int(torch.argmin(torch.nan_to_num(costs, nan=math.inf)))
+            note = f"restarted from {tried} hypotheses ({time.perf_counter() - t0:.1f} s)"
+            if best > 0:
+                res, j = ends[best]
+                for name in ("pose", "covariance", "cost"):
+                    getattr(out, name)[i] = getattr(res, name)[j].to(getattr(out, name).dtype)
+                out.status[i], out.message[i] = res.status[j], res.message[j]
+                out.iterations[i] = out.iterations[i] + res.iterations[j]
+                out.history[i] = out.history[i] + res.history[j]
+                note += f": hypothesis {best} kept (lowest cost)"
+            else:
+                note += ": the first end kept (lowest cost)"
+            messages[i] = "; ".join(x for x in (messages[i], note) if x)
 
     # ------------------------------------------------------------------ rendering
     def render(self, pose: np.ndarray, geometry: CarmGeometry) -> np.ndarray:

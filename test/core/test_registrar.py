@@ -200,3 +200,33 @@ def test_a_tiny_untrained_similarity_net_and_regressor_run_end_to_end(ct8, case)
     assert np.isfinite(res.pose).all()
     bad = reg.register(np.full((64, 64), np.nan, dtype=np.float32), GEOMETRY)
     assert bad.status == Status.INVALID_INPUT
+
+
+def test_hypotheses_rotate_about_the_carm_axes_through_the_ct_centre(ct8):
+    reg = Registrar(ct8, config=RegistrarConfig(resolution=32, restarts=6, restart_rotation_deg=10.0), spacing_mm=8.0)
+    pose = reg.default_pose()
+    hyps = reg.hypotheses(pose)
+    assert hyps.shape == (6, 4, 4)
+    c = np.append(reg.center_world, 1.0)
+    for h in hyps:
+        D = h @ np.linalg.inv(pose)
+        angle = math.degrees(math.acos(np.clip((np.trace(D[:3, :3]) - 1) / 2, -1, 1)))
+        assert angle == pytest.approx(10.0, abs=1e-6)
+        np.testing.assert_allclose(D @ c, c, atol=1e-9)  # the CT centre stays put
+    assert len({tuple(np.round(h, 6).ravel()) for h in hyps}) == 6
+    with pytest.raises(ValueError, match="restarts"):
+        RegistrarConfig(restarts=7)
+
+
+def test_a_failed_registration_restarts_and_keeps_the_lowest_cost(ct8, case):
+    """Started 10° off about the C-arm's x axis with one LM iteration per scale, the run cannot get
+    there; one of the hypotheses is the truth itself, and scoring all ends picks it."""
+    image, true, _ = case
+    cfg = dict(resolution=32, max_iterations=1, restart_rotation_deg=10.0, restart_cost_ratio=1e-9)
+    reg = Registrar(ct8, config=RegistrarConfig(**cfg, restarts=3), spacing_mm=8.0)
+    start = reg.hypotheses(true)[2]  # -10° about x; its own +10° hypothesis (the first) is the truth
+    np.testing.assert_allclose(reg.hypotheses(start)[0], true, atol=1e-9)
+    plain = Registrar(ct8, config=RegistrarConfig(**cfg), spacing_mm=8.0).register(image, GEOMETRY, start)
+    res = reg.register(image, GEOMETRY, start)
+    assert "restarted from 3 hypotheses" in res.message and "hypothesis 1 kept" in res.message
+    assert _mtre(reg, res.pose, true) < 1.0 < _mtre(reg, plain.pose, true)
