@@ -91,13 +91,16 @@ def _robustness_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intensity-fit", default=None, choices=INTENSITY_FITS,
                    help="intensity model the learning-free residuals fit to each X-ray (default: the "
                         "registrar's); see docs/ROBUSTNESS.md")
+    p.add_argument("--restarts", type=int, default=None, metavar="N",
+                   help="hypotheses tried when a registration looks failed (0-6; default: the registrar's)")
     p.add_argument("--no-masks", action="store_true",
                    help="no masks of shutters, metal and saturation (default: detected and given zero weight)")
 
 
 def _robustness_settings(args: argparse.Namespace) -> dict:
     """``RegistrarConfig`` fields of the options of :func:`_robustness_options` that were given."""
-    given = {k: getattr(args, k) for k in ("robust", "robust_scale", "intensity_fit") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("robust", "robust_scale", "intensity_fit", "restarts")
+             if getattr(args, k) is not None}
     return {**given, "masking": not args.no_masks}
 
 

@@ -77,6 +77,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("intensity_fit", "bone", "Intensity model the learning-free residuals fit to each X-ray "
               "before comparing: bone (bone weighed freely against the whole DRR), curve (a cubic of "
               "the DRR), bone+curve, none.", choices=("none", "bone", "curve", "bone+curve"), kind="registrar"),
+    ParamSpec("lm_restarts", 4, "When a cold registration looks failed (not converged, or its cost above "
+              "0.35 times its initial cost), start again from up to this many hypotheses around the initial "
+              "pose (rotated 10 degrees about the C-arm's axes; new pairs within 10 s) and keep the lowest "
+              "cost; 0 = off.", (0, 6), kind="registrar"),
     ParamSpec("masking", True, "Detect what the CT cannot explain in each X-ray (collimator shutters, "
               "metal, saturated pixels) and give it zero weight; the masked share is in /diagnostics.",
               kind="registrar"),

@@ -46,6 +46,7 @@ def registrar_config(settings) -> RegistrarConfig:
         robust_scale=float(settings.lm_robust_scale),
         masking=bool(settings.masking),
         intensity_fit=str(settings.intensity_fit),
+        restarts=int(settings.lm_restarts),
         device=str(settings.device),
     )
 
