@@ -20,6 +20,7 @@ much faster than the default for these small tensors.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -190,6 +191,18 @@ class RegistrarConfig:
         if unknown:
             raise ValueError(f"unknown RegistrarConfig keys: {sorted(unknown)}")
         return cls(**values)
+
+
+@functools.lru_cache(maxsize=32)
+def _solve_takes_mask(solve_type: type) -> bool:
+    return "mask" in inspect.signature(solve_type.solve).parameters
+
+
+def _takes_mask(solver) -> bool:
+    """Whether ``solver.solve`` accepts ``mask=`` (the LM does; some baselines do not), per type."""
+    if not callable(getattr(type(solver), "solve", None)):  # solve set on the instance
+        return "mask" in inspect.signature(solver.solve).parameters
+    return _solve_takes_mask(type(solver))
 
 
 class _Invalid(ValueError):
@@ -467,7 +480,7 @@ class Registrar:
         renderers = [self.renderer(g) for g in (scales[-1:] if fine_only else scales)]
         t2 = time.perf_counter()
         kwargs, fractions, valid_masks = {}, [0.0] * n, [None] * n
-        if self.config.masking and "mask" in inspect.signature(solver.solve).parameters:
+        if self.config.masking and _takes_mask(solver):
             found = [detect_masks(a, self.mask_config) for a in arrays]
             fractions = [m.masked_fraction for m in found]
             valid_masks = [m.valid.cpu().numpy() for m in found]
