@@ -106,6 +106,18 @@ def _high_pass(x: torch.Tensor, w: torch.Tensor, window: int) -> torch.Tensor:
     return x - F.avg_pool2d(x * w, window, stride=1, padding=pad, count_include_pad=False) / frac
 
 
+def _normal_equations(phi: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None, window: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares fit of the fixed image on the regressors ``phi`` ``(B, D, H, W)`` over the
+    valid pixels, both high-passed (:func:`_high_pass`): ``A = ΦᵀWΦ`` (B, D, D), ``b = ΦᵀWf``
+    (B, D, 1) and the valid pixel count (B,), float64 (the regularisation is the caller's)."""
+    w = torch.ones_like(fixed[:, :1]) if mask is None else mask.to(phi.dtype)
+    hp = _high_pass(phi, w, window).double().flatten(2)  # (B, D, N)
+    f = _high_pass(fixed[:, :1], w, window).double().flatten(1)  # (B, N)
+    hw = hp * w.double().flatten(1)[:, None]
+    return hw @ hp.transpose(1, 2), hw @ f[..., None], w.double().flatten(1).sum(-1).clamp_min(1.0)
+
+
 def fit_bone_weight(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = None, window: int = 0,
                     bounds: tuple[float, float] = BONE_WEIGHT_BOUNDS) -> tuple[torch.Tensor, torch.Tensor]:
     """The DRR with its bone reweighted as the X-ray shows it: ``t + (m − 1)·b`` for moving
@@ -117,14 +129,10 @@ def fit_bone_weight(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tenso
     bone-only or inverted image), it can only reweigh bone within a physical range.
     Differentiable (forward-mode AD too) inside the bounds.
     """
-    w = torch.ones_like(fixed[:, :1]) if mask is None else mask.to(moving.dtype)
-    hp = _high_pass(moving[:, :2], w, window).double().flatten(2)  # (B, 2, N)
-    f = _high_pass(fixed[:, :1], w, window).double().flatten(1)
-    wd = w.double().flatten(1)
-    A = (hp * wd[:, None]) @ hp.transpose(1, 2)
+    A, b, _ = _normal_equations(moving[:, :2], fixed, mask, window)
     A = A + 1e-9 * torch.diagonal(A, dim1=-2, dim2=-1).sum(-1)[:, None, None] * torch.eye(2, dtype=A.dtype,
                                                                                          device=A.device)
-    coef = torch.linalg.solve(A, (hp * wd[:, None]) @ f[..., None])[..., 0]  # (B, 2)
+    coef = torch.linalg.solve(A, b)[..., 0]  # (B, 2)
     a = coef[:, 0]
     tiny = 1e-9 * coef.abs().amax(-1).clamp_min(1e-30)
     m = (1.0 + coef[:, 1] / torch.where(a > tiny, a, tiny)).clamp(*bounds)
@@ -149,18 +157,12 @@ def fit_intensity(moving: torch.Tensor, fixed: torch.Tensor, degree: int = 1, ma
     """
     if not (isinstance(degree, int) and degree >= 1):
         raise ValueError(f"degree must be an int >= 1, got {degree!r}")
-    dtype = moving.dtype
-    w = torch.ones_like(fixed[:, :1]) if mask is None else mask.to(dtype)
     first = standardize(moving[:, :1], mask=mask)
     phi = torch.cat([first ** k for k in range(1, degree + 1)] + [standardize(moving[:, 1:], mask=mask)], dim=1)
-    hp = _high_pass(phi, w, window).double().flatten(2)  # (B, D, N)
-    f = _high_pass(fixed[:, :1], w, window).double().flatten(1)  # (B, N)
-    wd = w.double().flatten(1)
-    n = wd.sum(-1).clamp_min(1.0)[:, None, None]
-    A = (hp * wd[:, None]) @ hp.transpose(1, 2) + ridge * n * torch.eye(hp.shape[1], dtype=torch.float64,
-                                                                           device=hp.device)
-    coef = torch.linalg.solve(A, (hp * wd[:, None]) @ f[..., None])  # (B, D, 1)
-    return (coef.to(dtype)[..., None] * phi).sum(dim=1, keepdim=True)
+    A, b, n = _normal_equations(phi, fixed, mask, window)
+    A = A + ridge * n[:, None, None] * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    coef = torch.linalg.solve(A, b)  # (B, D, 1)
+    return (coef.to(moving.dtype)[..., None] * phi).sum(dim=1, keepdim=True)
 
 
 class IntensityResiduals(torch.nn.Module):
