@@ -120,6 +120,16 @@ class LevenbergMarquardt:
         wm = wm.to(emb_fixed.dtype)
         return wm if w is None else w * wm
 
+    def _fixed_embedding(self, renderer: DrrRenderer, fixed: torch.Tensor, mask: torch.Tensor | None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The fixed images ``(n, 1, H, W)`` at ``renderer``'s size: embeddings, the diagonal of ``W``
+        and the valid mask resized alike (None without a mask)."""
+        g = renderer.geometry
+        fx = resize_images(fixed, g.height, g.width)
+        m = None if mask is None else resize_mask(mask, g.height, g.width)
+        emb = embed(self.model, fx, m)
+        return emb, self._weights(emb, m), m
+
     def _window(self, renderer: DrrRenderer, pose: torch.Tensor, extra: tuple | None = None) -> tuple:
         lo, hi = renderer.window(pose.detach().to(renderer.dtype))
         if extra is not None:
@@ -209,11 +219,8 @@ class LevenbergMarquardt:
         renderer, all with the same robust kernel scale (given, or the one of the first pose's
         residuals, which is returned), so that they compare (e.g. the ends of several starts:
         each LM run sets its own scale)."""
-        g = renderer.geometry
-        fx = resize_images(fixed.to(renderer.device, renderer.dtype), g.height, g.width)
-        m = None if mask is None else resize_mask(mask.to(renderer.device).bool(), g.height, g.width)
-        emb = embed(self.model, fx, m)
-        w = self._weights(emb, m)
+        emb, w, m = self._fixed_embedding(renderer, fixed.to(renderer.device, renderer.dtype),
+                                          None if mask is None else mask.to(renderer.device).bool())
         poses = poses.to(renderer.device)
         img, _ = self._render(renderer, self._window(renderer, poses), poses, jacobian=False)
         k = poses.shape[0]
@@ -292,11 +299,9 @@ class LevenbergMarquardt:
         idx = live_idx()
         if len(renderers) > 1 and idx.numel():
             fin = renderers[-1]
-            fx = resize_images(fixed[idx], fin.geometry.height, fin.geometry.width)
-            mf = None if mask is None else resize_mask(mask[idx], fin.geometry.height, fin.geometry.width)
-            ef = embed(self.model, fx, mf)
+            ef, wf, mf = self._fixed_embedding(fin, fixed[idx], None if mask is None else mask[idx])
             img, _ = self._render(fin, self._window(fin, pose[idx]), pose[idx], jacobian=False)
-            c0, _ = self._residuals(img, ef, self._weights(ef, mf), mask=mf)
+            c0, _ = self._residuals(img, ef, wf, mask=mf)
             initial_cost = put(initial_cost, idx, c0.detach())
 
         for si, renderer in enumerate(renderers):
@@ -304,11 +309,7 @@ class LevenbergMarquardt:
             idx = live_idx()
             if not idx.numel():
                 break
-            g_ = renderer.geometry
-            fx = resize_images(fixed[idx], g_.height, g_.width)
-            ms = None if mask is None else resize_mask(mask[idx], g_.height, g_.width)
-            emb_f = embed(self.model, fx, ms)
-            w = self._weights(emb_f, ms)
+            emb_f, w, ms = self._fixed_embedding(renderer, fixed[idx], None if mask is None else mask[idx])
             out = self._run_scale(renderer, emb_f, w, pose[idx], pose0[idx], P, c, final, t_start,
                                   [history[i] for i in idx.tolist()], iterations, idx, si == 0, ms)
             pose = put(pose, idx, out["pose"])
