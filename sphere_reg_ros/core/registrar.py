@@ -515,20 +515,17 @@ class Registrar:
     def hypotheses(self, pose: np.ndarray) -> np.ndarray:
         """Start poses ``(K, 4, 4)`` around ``pose``: rotated by ``± restart_rotation_deg`` about the
         C-arm's x, y and z axes through the CT's centre (the first ``restarts`` of them)."""
-        from .geometry import so3_exp
+        from .geometry import make_pose, so3_exp
 
+        pose = torch.as_tensor(np.asarray(pose, dtype=np.float64))
+        c = torch.as_tensor(self.center_world, dtype=torch.float64)
         a = math.radians(self.config.restart_rotation_deg)
-        c = self.center_world
-        out = []
-        for axis in (0, 1, 2):
-            for sign in (1.0, -1.0):
-                w = np.asarray(pose, dtype=np.float64)[:3, :3][:, axis] * sign * a  # C-arm axis, world frame
-                R = so3_exp(torch.as_tensor(w)[None])[0].numpy()
-                G = np.eye(4)
-                G[:3, :3], G[:3, 3] = R, c - R @ c
-                out.append(G @ pose)
-        order = (0, 2, 1, 3, 4, 5)  # out-of-plane first: the C-arm's hardest directions
-        return np.stack([out[k] for k in order[:self.config.restarts]])
+        # out-of-plane (the C-arm's x and y axes, in world coordinates) first: the hardest directions
+        order = ((0, 1.0), (1, 1.0), (0, -1.0), (1, -1.0), (2, 1.0), (2, -1.0))[:self.config.restarts]
+        if not order:
+            return np.empty((0, 4, 4))
+        R = so3_exp(torch.stack([pose[:3, axis] * sign * a for axis, sign in order]))
+        return (make_pose(R, c - R @ c) @ pose).numpy()
 
     def _restart_failures(self, out, renderers, fixed, poses, mask, messages) -> None:
         """Multi-start for the elements of ``out`` that look failed (in place, see ``restarts``)."""
