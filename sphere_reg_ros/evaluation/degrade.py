@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from sphere_reg_ros.core.carm import CarmGeometry
 from sphere_reg_ros.core.drr import MU_WATER_PER_MM, DrrRenderer
 
-__all__ = ["DegradationConfig", "PARAM_NAMES", "ChannelRenderer", "draw_degradations", "apply_degradations",
+__all__ = ["DegradationConfig", "PARAM_NAMES", "check_fields", "ChannelRenderer", "draw_degradations", "apply_degradations",
            "metal_line_integral", "gaussian_blur_mm"]
 
 Range = tuple[float, float]
@@ -91,19 +91,7 @@ class DegradationConfig:
     metal_tilt_deg: float = 30.0
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "noise":
-                if not isinstance(value, bool):
-                    raise ValueError(f"DegradationConfig.noise must be a bool, got {value!r}")
-            elif isinstance(value, tuple):
-                if len(value) != 2 or not all(math.isfinite(v) and v >= 0 for v in value) or value[0] > value[1]:
-                    raise ValueError(f"DegradationConfig.{f.name} must be a range 0 <= low <= high, got {value!r}")
-            elif not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"DegradationConfig.{f.name} must be finite and >= 0, got {value!r}")
-        for name in ("collimation_probability", "metal_probability"):
-            if getattr(self, name) > 1:
-                raise ValueError(f"DegradationConfig.{name} must be a probability, got {getattr(self, name)}")
+        check_fields(self, probabilities=("collimation_probability", "metal_probability"))
         if self.bone_multiplier[0] <= 0 or self.photons[0] <= 0:
             raise ValueError("DegradationConfig: bone_multiplier and photons must be positive")
         if self.collimation_inset[1] >= 0.5 or self.collimator_transmission[1] > 1:
@@ -129,6 +117,26 @@ class DegradationConfig:
     def from_dict(cls, values: dict) -> "DegradationConfig":
         """Inverse of :meth:`to_dict`."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def check_fields(config, probabilities: tuple[str, ...] = ()) -> None:
+    """Validate a degradation config dataclass: ``noise`` a bool, every tuple a range
+    ``0 <= low <= high``, every other field finite and ``>= 0``, ``probabilities`` at most 1.
+    Raises ValueError naming the class and the field."""
+    name = type(config).__name__
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name == "noise":
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}.noise must be a bool, got {value!r}")
+        elif isinstance(value, tuple):
+            if len(value) != 2 or not all(math.isfinite(v) and v >= 0 for v in value) or value[0] > value[1]:
+                raise ValueError(f"{name}.{f.name} must be a range 0 <= low <= high, got {value!r}")
+        elif not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}.{f.name} must be finite and >= 0, got {value!r}")
+    for field_name in probabilities:
+        if getattr(config, field_name) > 1:
+            raise ValueError(f"{name}.{field_name} must be a probability, got {getattr(config, field_name)}")
 
 
 def _uniform(gen: torch.Generator, bounds: Range) -> float:

@@ -36,7 +36,7 @@ objects included), then the noise, from the case's generator.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from sphere_reg_ros.core.carm import CarmGeometry
 
-from .degrade import gaussian_blur_mm, metal_line_integral
+from .degrade import check_fields, gaussian_blur_mm, metal_line_integral
 
 __all__ = ["HarshConfig", "HARSH_PARAM_NAMES", "MAX_SCREWS", "LEAD_POINTS", "mineral_fraction",
            "draw_harsh", "apply_harsh"]
@@ -101,19 +101,7 @@ class HarshConfig:
     noise: bool = True
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "noise":
-                if not isinstance(value, bool):
-                    raise ValueError(f"HarshConfig.noise must be a bool, got {value!r}")
-            elif isinstance(value, tuple):
-                if len(value) != 2 or not all(math.isfinite(v) and v >= 0 for v in value) or value[0] > value[1]:
-                    raise ValueError(f"HarshConfig.{f.name} must be a range 0 <= low <= high, got {value!r}")
-            elif not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"HarshConfig.{f.name} must be finite and >= 0, got {value!r}")
-        for name in ("collimator_probability", "iris_probability", "lead_probability"):
-            if getattr(self, name) > 1:
-                raise ValueError(f"HarshConfig.{name} must be a probability, got {getattr(self, name)}")
+        check_fields(self, probabilities=("collimator_probability", "iris_probability", "lead_probability"))
         if self.response[0] <= 0 or self.photons[0] <= 0 or self.scatter_length_mm[0] <= 0:
             raise ValueError("HarshConfig: response, photons and scatter_length_mm must be positive")
         if self.collimator_inset[1] >= 0.5 or self.collimator_transmission[1] > 1 or self.saturation_quantile[1] >= 0.5:
