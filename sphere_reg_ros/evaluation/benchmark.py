@@ -43,7 +43,7 @@ from sphere_reg_ros.core.carm import CarmGeometry, CarmGeometryError
 from sphere_reg_ros.core.landmarks import as_landmarks
 from sphere_reg_ros.core.sampling import PoseDistribution, split_seed
 from sphere_reg_ros.core.views import default_geometry
-from sphere_reg_ros.core.volume import BONE_HU_THRESHOLD, Volume, hu_to_attenuation, resample
+from sphere_reg_ros.core.volume import BONE_HU_THRESHOLD, Volume, bone_attenuation, hu_to_attenuation, resample
 from sphere_reg_ros.evaluation.cases import InitialErrorConfig, ct_fingerprint, default_landmarks, perturb_poses
 from sphere_reg_ros.evaluation.degrade import (PARAM_NAMES, ChannelRenderer, DegradationConfig, apply_degradations,
                                                draw_degradations)
@@ -211,7 +211,7 @@ def make_benchmark(
         renderer = ChannelRenderer(np.stack([mu, mu * mineral_fraction(render_ct.data)]), render_ct.affine,
                                    render_geometry)
     else:
-        bone = np.where(render_ct.data > BONE_HU_THRESHOLD, mu, np.float32(0.0))
+        bone = bone_attenuation(render_ct.data)
         renderer = ChannelRenderer(np.stack([mu - bone, bone]), render_ct.affine, render_geometry)
         del bone
     del mu

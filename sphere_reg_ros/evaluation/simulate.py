@@ -22,7 +22,7 @@ import torch
 from ..core.carm import CarmGeometry
 from ..core.geometry import make_pose, so3_exp
 from ..core.views import ap_pose
-from ..core.volume import BONE_HU_THRESHOLD, Volume, hu_to_attenuation
+from ..core.volume import Volume, bone_attenuation, hu_to_attenuation
 from .degrade import ChannelRenderer, DegradationConfig, apply_degradations, draw_degradations
 from .degrade_harsh import HarshConfig, apply_harsh, draw_harsh, mineral_fraction
 
@@ -92,7 +92,7 @@ class XraySimulator:
             channels = np.stack([mu, mu * mineral_fraction(ct.data)])
             self._draw, self._apply = draw_harsh, apply_harsh
         else:
-            bone = np.where(ct.data > BONE_HU_THRESHOLD, mu, np.float32(0.0))
+            bone = bone_attenuation(ct.data)
             channels = np.stack([mu - bone, bone])
             self._draw, self._apply = draw_degradations, apply_degradations
         self.renderer = ChannelRenderer(channels, ct.affine, geometry)
