@@ -16,7 +16,7 @@ from sphere_reg_ros.core.geometry import se3_inverse, so3_log
 from sphere_reg_ros.core.metrics import mtre
 from sphere_reg_ros.core.sampling import PoseDistribution, split_seed
 from sphere_reg_ros.core.views import ap_pose, default_geometry
-from sphere_reg_ros.core.volume import BONE_HU_THRESHOLD, hu_to_attenuation, resample
+from sphere_reg_ros.core.volume import BONE_HU_THRESHOLD, hu_to_attenuation
 from sphere_reg_ros.evaluation.benchmark import (FORMAT_VERSION, BenchmarkError, InitialErrorConfig,
                                                  benchmark_checksum, default_landmarks, load_benchmark, make_benchmark,
                                                  perturb_poses, save_benchmark)
@@ -26,13 +26,6 @@ from sphere_reg_ros.evaluation.degrade import (PARAM_NAMES, ChannelRenderer, Deg
 
 R = 16  # registration resolution: images are rendered at 32 x 32
 N = 3
-
-
-@pytest.fixture(scope="module")
-def ct8(example_ct):
-    """The example CT and its label map at 8 mm (45 x 45 x 42 voxels)."""
-    ct, labels, structures = example_ct
-    return resample(ct, 8.0), resample(labels, 8.0, order=0), structures
 
 
 @pytest.fixture(scope="module")

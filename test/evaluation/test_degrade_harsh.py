@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -12,19 +11,12 @@ import torch
 
 from sphere_reg_ros.core.masks import detect_masks
 from sphere_reg_ros.core.views import ap_pose, default_geometry
-from sphere_reg_ros.core.volume import resample
 from sphere_reg_ros.evaluation.benchmark import benchmark_checksum, load_benchmark, make_benchmark, save_benchmark
 from sphere_reg_ros.evaluation.cli import add_make_benchmark_parser, run_make_benchmark
 from sphere_reg_ros.evaluation.degrade_harsh import (HARSH_PARAM_NAMES, HarshConfig, apply_harsh, draw_harsh,
                                                      mineral_fraction)
 
 R = 16
-
-
-@pytest.fixture(scope="module")
-def ct8(example_ct):
-    ct, labels, structures = example_ct
-    return resample(ct, 8.0), resample(labels, 8.0, order=0), structures
 
 
 @pytest.fixture(scope="module")
