@@ -52,9 +52,9 @@ _MAX_RENDERERS = 12
 #: scale (robust spreads); chosen on the validation split of the degraded benchmark
 #: (docs/ROBUSTNESS.md).
 AUTO_ROBUST = "tukey"
+DEFAULT_ROBUST_SCALE = {"none": 2.0, "cauchy": 2.0, "huber": 2.0, "geman-mcclure": 2.0, "tukey": 4.0}
 #: Intensity models the learning-free residuals can fit (``RegistrarConfig.intensity_fit``).
 INTENSITY_FITS = ("none", "bone", "curve", "bone+curve")
-DEFAULT_ROBUST_SCALE = {"none": 2.0, "cauchy": 2.0, "huber": 2.0, "geman-mcclure": 2.0, "tukey": 4.0}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -191,6 +191,11 @@ class RegistrarConfig:
         if unknown:
             raise ValueError(f"unknown RegistrarConfig keys: {sorted(unknown)}")
         return cls(**values)
+
+
+def _joined(*parts: str) -> str:
+    """The non-empty ``parts`` joined by "; " (messages of one registration)."""
+    return "; ".join(p for p in parts if p)
 
 
 @functools.lru_cache(maxsize=32)
@@ -489,7 +494,7 @@ class Registrar:
             for i, m in enumerate(found):
                 if m.masked_fraction > 0:
                     parts = ", ".join(f"{k} {100 * v:.0f} %" for k, v in m.fractions().items() if k != "masked" and v > 0)
-                    messages[i] = "; ".join(x for x in (messages[i], f"masked {100 * m.masked_fraction:.0f} % ({parts})") if x)
+                    messages[i] = _joined(messages[i], f"masked {100 * m.masked_fraction:.0f} % ({parts})")
         out = solver.solve(renderers, fixed, torch.from_numpy(poses), center=self.center_world, **kwargs)
         if self.config.restarts and not fine_only and solver is self.solver:
             self._restart_failures(out, renderers, fixed, poses, kwargs.get("mask"), messages)
@@ -499,7 +504,7 @@ class Registrar:
         results = out.to_results([timings] * n)
         final = []
         for i, res in enumerate(results):
-            msg = "; ".join(m for m in (res.message, messages[i]) if m)
+            msg = _joined(res.message, messages[i])
             final.append(RegistrationResult(pose=res.pose, covariance=res.covariance, cost=res.cost,
                                             initial_cost=res.initial_cost, iterations=res.iterations,
                                             status=res.status, message=msg, timings=res.timings,
@@ -561,7 +566,7 @@ class Registrar:
                 note += f": hypothesis {best} kept (lowest cost)"
             else:
                 note += ": the first end kept (lowest cost)"
-            messages[i] = "; ".join(x for x in (messages[i], note) if x)
+            messages[i] = _joined(messages[i], note)
 
     # ------------------------------------------------------------------ rendering
     def render(self, pose: np.ndarray, geometry: CarmGeometry) -> np.ndarray:
