@@ -12,10 +12,14 @@ message raises :class:`ImageConversionError` (a ``ValueError``) saying what is w
 encoding, zero size, ``step < width · bytes per pixel``, data length ``≠ step · height``, NaN or
 inf pixels.
 
-Intrinsics: ``CameraInfo`` ``K`` (else ``P``'s left 3×3) plus ``width``/``height`` ⇄
+Intrinsics: ``CameraInfo`` ``K`` plus ``width``/``height`` ⇄
 :class:`~sphere_reg_ros.core.carm.CarmGeometry`. ``K`` fixes only ``sdd / pixel spacing``; the
-source-to-detector distance comes from a parameter (``sdd_mm``). Binning is honoured (the image
-is the binned one); a region of interest that is not the full image is rejected.
+source-to-detector distance comes from a parameter (``sdd_mm``). An all-zero ``K`` means an
+uncalibrated camera (sensor_msgs/CameraInfo); then ``P``'s left 3×3 is used and
+:func:`camera_info_note` says so. Any other ``K`` without two positive focal lengths (a negative
+one, one positive and one zero, zero focal lengths in an otherwise filled ``K``, non-finite
+entries) is an error. Binning is honoured (the image is the binned one); a region of interest
+that is not the full image is rejected.
 
 Poses: a ``(4, 4)`` pose in millimetres ``T_parent_from_child`` ⇄ ``TransformStamped`` /
 ``PoseWithCovarianceStamped`` in metres and quaternions (REP-103). A ``TransformStamped`` with
@@ -50,7 +54,7 @@ from ..core.geometry import pose_to_translation_quaternion, translation_quaterni
 __all__ = [
     "ENCODINGS", "ConversionError", "ImageConversionError", "CameraInfoConversionError",
     "PoseConversionError", "image_to_numpy", "numpy_to_image", "camera_info_to_geometry",
-    "geometry_to_camera_info", "pose_to_transform_stamped", "transform_stamped_to_pose",
+    "camera_info_note", "geometry_to_camera_info", "pose_to_transform_stamped", "transform_stamped_to_pose",
     "pose_to_pose_with_covariance", "pose_with_covariance_to_pose", "covariance_to_ros",
     "covariance_from_ros", "invert_pose", "stamp_to_seconds", "pose_from_translation_quaternion",
 ]
@@ -241,26 +245,63 @@ def numpy_to_image(
 
 
 # ----------------------------------------------------------------------------- intrinsics
+def _intrinsic_matrix(msg: CameraInfo) -> tuple[np.ndarray, str | None]:
+    """The 3×3 intrinsic matrix of ``msg`` and a note when it is not ``K`` (see the module docstring).
+
+    Raises:
+        CameraInfoConversionError: non-finite K, a K with a negative focal length or one positive
+            and one non-positive (or zero focal lengths in a K that is not all zero), or an
+            all-zero K whose P has no positive focal lengths either.
+    """
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(K)):
+        raise CameraInfoConversionError(f"CameraInfo K has non-finite entries: {K.reshape(-1).tolist()}")
+    fx, fy = float(K[0, 0]), float(K[1, 1])
+    if fx > 0 and fy > 0:
+        return K, None
+    if fx < 0 or fy < 0:
+        raise CameraInfoConversionError(f"CameraInfo K has a negative focal length (fx {fx:g}, fy {fy:g})")
+    if fx > 0 or fy > 0:
+        raise CameraInfoConversionError(f"CameraInfo K has one positive and one zero focal length "
+                                        f"(fx {fx:g}, fy {fy:g}); both must be > 0")
+    if np.any(K != 0):
+        raise CameraInfoConversionError("CameraInfo K has zero focal lengths but is not all zero "
+                                        f"(an all-zero K means uncalibrated): {K.reshape(-1).tolist()}")
+    P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
+    if not (np.all(np.isfinite(P)) and P[0, 0] > 0 and P[1, 1] > 0):
+        raise CameraInfoConversionError("CameraInfo has neither K nor P with positive focal lengths "
+                                        "(K all zero: uncalibrated camera)")
+    return P[:, :3].copy(), "CameraInfo K is all zero (uncalibrated camera); intrinsics taken from P"
+
+
+def camera_info_note(msg: CameraInfo) -> str | None:
+    """What :func:`camera_info_to_geometry` did that a user should know of, else None.
+
+    Today one case: an all-zero ``K`` (uncalibrated) whose intrinsics were taken from ``P``.
+
+    Raises:
+        CameraInfoConversionError: as :func:`camera_info_to_geometry` for K and P.
+    """
+    return _intrinsic_matrix(msg)[1]
+
+
 def camera_info_to_geometry(msg: CameraInfo, sdd_mm: float) -> CarmGeometry:
     """C-arm geometry of the images that go with ``msg`` (``sdd_mm``: source-to-detector, mm).
 
-    Uses ``K`` when its focal lengths are non-zero, else the left 3×3 of ``P`` (rectified
-    images). With binning ``b_x, b_y > 1`` the geometry is that of the binned image,
+    Uses ``K`` when both its focal lengths are positive; an all-zero ``K`` (uncalibrated, per
+    sensor_msgs) falls back to the left 3×3 of ``P`` (:func:`camera_info_note` reports that).
+    With binning ``b_x, b_y > 1`` the geometry is that of the binned image,
     ``width // b_x × height // b_y`` pixels over the same detector.
 
     Raises:
-        CameraInfoConversionError: zero size, neither K nor P usable, skew, non-finite values,
+        CameraInfoConversionError: zero size; a K with a negative focal length, one positive and
+            one non-positive, or non-finite entries; an all-zero K without a usable P; skew;
             a partial region of interest.
     """
     w, h = int(msg.width), int(msg.height)
     if w <= 0 or h <= 0:
         raise CameraInfoConversionError(f"CameraInfo has zero size ({h}x{w})")
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    if not (K[0, 0] > 0 and K[1, 1] > 0):
-        P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
-        if not (P[0, 0] > 0 and P[1, 1] > 0):
-            raise CameraInfoConversionError("CameraInfo has neither K nor P with positive focal lengths")
-        K = P[:, :3].copy()
+    K, _ = _intrinsic_matrix(msg)
     roi = msg.roi
     if (roi.width or roi.height) and (roi.x_offset or roi.y_offset or roi.width != w or roi.height != h):
         raise CameraInfoConversionError(

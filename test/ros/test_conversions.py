@@ -132,9 +132,11 @@ def test_camera_info_round_trip():
 def test_camera_info_falls_back_to_p_and_honours_binning():
     g = CarmGeometry(sdd=1000.0, height=64, width=64, delx=2.0, dely=2.0)
     msg = conv.geometry_to_camera_info(g)
-    msg.k = [0.0] * 9
+    assert conv.camera_info_note(msg) is None  # K used as it is: nothing to report
+    msg.k = [0.0] * 9  # all zero: uncalibrated (sensor_msgs), so P's left 3x3, and the note says so
     np.testing.assert_allclose(conv.camera_info_to_geometry(msg, 1000.0).intrinsic_matrix(),
                                g.intrinsic_matrix())
+    assert "K is all zero (uncalibrated camera); intrinsics taken from P" in conv.camera_info_note(msg)
     msg = conv.geometry_to_camera_info(g)
     msg.binning_x = msg.binning_y = 2
     binned = conv.camera_info_to_geometry(msg, 1000.0)
@@ -143,6 +145,14 @@ def test_camera_info_falls_back_to_p_and_honours_binning():
 
 @pytest.mark.parametrize("mutate,match", [
     (lambda m: setattr(m, "k", [0.0] * 9) or setattr(m, "p", [0.0] * 12), "neither K nor P"),
+    # K that is not all zero must have two positive focal lengths: no silent fall-back to P
+    (lambda m: setattr(m, "k", [-500.0, 0.0, 32.0, 0.0, 500.0, 32.0, 0.0, 0.0, 1.0]),
+     r"negative focal length \(fx -500, fy 500\)"),
+    (lambda m: setattr(m, "k", [500.0, 0.0, 32.0, 0.0, -1.0, 32.0, 0.0, 0.0, 1.0]), "negative focal length"),
+    (lambda m: setattr(m, "k", [500.0, 0.0, 32.0, 0.0, 0.0, 32.0, 0.0, 0.0, 1.0]),
+     r"one positive and one zero focal length \(fx 500, fy 0\)"),
+    (lambda m: setattr(m, "k", [0.0, 0.0, 32.0, 0.0, 0.0, 32.0, 0.0, 0.0, 1.0]), "zero focal lengths but is not all zero"),
+    (lambda m: setattr(m, "k", [float("nan")] + [0.0] * 8), "non-finite"),
     (lambda m: setattr(m, "width", 0), "zero size"),
     (lambda m: setattr(m, "k", [500.0, 3.0, 32.0, 0.0, 500.0, 32.0, 0.0, 0.0, 1.0]), "skew"),
     (lambda m: setattr(m.roi, "width", 10) or setattr(m.roi, "height", 10), "region of interest"),
