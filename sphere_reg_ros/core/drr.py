@@ -170,6 +170,36 @@ class DrrRenderer(torch.nn.Module):
         img = self.drr(extrinsic, n_points=self.n_samples(window), alphamin=window[0], alphamax=window[1])
         return img * self.scale
 
+    def render_channels(self, pose: torch.Tensor, window: tuple[float, float] | None = None) -> torch.Tensor:
+        """DRRs of ``mu`` and of each extra channel, ``(B, 1 + C, H, W)``, without the Jacobian
+        (``F.grid_sample``; the same samples and trilinear weights as :meth:`render_with_jacobian`).
+        Without extra channels: ``(B, 1, H, W)``."""
+        pose = _check_pose(pose).to(self.dtype)
+        window = self.window(pose) if window is None else window
+        n = self.n_samples(window)
+        volume = (self._channels if self._channels is not None else self._padded_density()[..., None]).to(self.dtype)
+        C = volume.shape[-1]
+        grid_volume = volume.permute(3, 0, 1, 2)[None]  # (1, C, X + 4, Y + 4, Z + 4)
+        dims = torch.tensor(grid_volume.shape[2:], dtype=self.dtype, device=self.device)
+        affine_inv = self.drr._affine_inverse[0].to(self.dtype)
+        lin, offset = affine_inv[:3, :3], affine_inv[:3, 3]
+        alphas = torch.linspace(0.0, 1.0, n, dtype=self.dtype, device=self.device) * (window[1] - window[0]) + window[0]
+        step = (window[1] - window[0]) / (n - 1)
+        H, W = self.geometry.height, self.geometry.width
+        out = []
+        with torch.no_grad():
+            source, target = self.rays(pose)
+            for b in range(len(pose)):
+                direction = target[b] - source[b]  # (P, 3)
+                s_vox = source[b] @ lin.T + offset + 2.0  # padded voxel coordinates
+                vox = s_vox + alphas[None, :, None] * (direction @ lin.T)[:, None]  # (P, N, 3)
+                grid = (2.0 * vox / (dims - 1) - 1.0).flip(-1)  # grid_sample's (x, y, z) = (Z, Y, X)
+                val = torch.nn.functional.grid_sample(grid_volume, grid[None, :, :, None], mode="bilinear",
+                                                      padding_mode="zeros", align_corners=True)
+                c = self.scale * step * direction.norm(dim=-1)  # (P,)
+                out.append((val[0, :, :, :, 0].sum(-1) * c).view(C, H, W))
+        return torch.stack(out)
+
     def render_with_jacobian(
         self,
         pose: torch.Tensor,

@@ -35,14 +35,18 @@ ratio shows the Gauss–Newton model too pessimistic (see :class:`LevenbergMarqu
 
 Stopping, per element: a step below ``step_tol_mm`` / ``step_tol_rad`` or an accepted step that
 lowers the cost by less than ``cost_tol`` (relative) → CONVERGED; ``max_rejections`` rejections
-in a row or λ at ``lambda_max`` → CONVERGED (no decrease found); the iteration cap of the last
+in a row or λ at ``lambda_max`` → CONVERGED (no further decrease found); any of these before a
+single step was accepted (over all scales) → NO_PROGRESS (the start was not improved: a flat or
+uninformative cost, or a start already at the minimum); the iteration cap of the last
 scale → MAX_ITERATIONS; moving more than ``max_translation_mm`` / ``max_rotation_rad`` from the
 initial pose → DIVERGED; singular normal equations → SINGULAR; a non-finite image, pose or initial
 cost → INVALID_INPUT. The pose returned is always the best accepted one.
 
-Covariance: ``σ² (JᵀWJ)⁻¹`` with ``σ² = 2F/(M − 6)`` at the final pose of the finest scale,
-mapped to the world increment ``δ = (v [mm], w [rad])``: ``P Σ_s Pᵀ``. It assumes independent
-residuals (neighbouring pixels are not), so it is optimistic; use it for relative confidence.
+Covariance: ``k · f · σ² (JᵀWJ)⁻¹`` with ``σ² = 2F/(M − 6)`` at the final pose of the finest
+scale, mapped to the world increment ``δ = (v [mm], w [rad])``: ``P Σ_s Pᵀ``. ``f`` corrects for
+residuals correlated between neighbouring pixels (:func:`~.lm_steps.correlation_inflation`,
+``M / f`` effective independent residuals); ``k`` = ``covariance_scale``, calibrated on a
+validation benchmark against the true errors (docs/TRUST.md).
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ import torch
 
 from .drr import DrrRenderer
 from .geometry import se3_exp, se3_inverse, se3_log, so3_log
-from .lm_steps import (ResidualModel, damped_solve, embed, gain_ratio, increment_matrix, mask_weights,
+from .lm_steps import (ResidualModel, correlation_inflation, damped_solve, embed, gain_ratio, increment_matrix,
+                       mask_weights,
                        normal_equations, put, resize_images, residual_jacobian, robust_cost, robust_spread, singular,
                        update_lambda, valid_poses)
 from .masks import resize_mask
@@ -152,8 +157,8 @@ class LevenbergMarquardt:
         # e.g. whole DRR + bone DRR; a renderer without the channel gives the DRR alone (the
         # model then fits without it)
         channels = getattr(self.model, "drr_channels", 1) > 1 and getattr(renderer, "n_channels", 1) > 1
-        if not (jacobian or self.config.unrolled or channels):
-            return renderer(p, window=window), None
+        if not (jacobian or self.config.unrolled):
+            return (renderer.render_channels(p, window=window) if channels else renderer(p, window=window)), None
         img, jac = renderer.render_with_jacobian(p, window=window, channels=channels) if channels else \
             renderer.render_with_jacobian(p, window=window)
         if not (jacobian or self.config.unrolled):
@@ -232,6 +237,34 @@ class LevenbergMarquardt:
         s = None if scale is None else torch.full((k,), scale, dtype=torch.float64, device=r.device)
         return robust_cost(r, wk, self.config.robust, s)[0], scale
 
+    def normalised_cost(self, renderer: DrrRenderer, fixed: torch.Tensor, pose: torch.Tensor,
+                        mask: torch.Tensor | None = None, offset_mm: float = 5.0,
+                        center: torch.Tensor | np.ndarray | None = None) -> float:
+        """The cost at ``pose`` (4, 4) over the mean cost at reference offsets around it, all with
+        one kernel scale (:meth:`score`): ``pose`` moved by ``± offset_mm`` along the C-arm's x and y
+        axes and rotated by ``± offset_mm / rotation_scale_mm`` about its x, y and z axes through
+        ``center`` (the CT's centre by default); depth is left out (an X-ray barely shows it).
+
+        About 1 when the image does not pin the pose down (noise, a blank or unrelated image), well
+        below 1 at a distinct minimum; a ratio, so comparable across residual models, resolutions
+        and masks. NaN when a cost is not finite.
+        """
+        from .geometry import make_pose, so3_exp
+
+        T = torch.as_tensor(pose, dtype=torch.float64).reshape(4, 4).cpu()
+        c = torch.as_tensor(renderer._center if center is None else center, dtype=torch.float64).reshape(3).cpu()
+        a = offset_mm / self.config.rotation_scale_mm
+        axes = T[:3, :3].T  # the C-arm's x, y, z axes in world coordinates (rows)
+        moves = [make_pose(torch.eye(3, dtype=torch.float64), sign * offset_mm * axes[k]) @ T
+                 for k in (0, 1) for sign in (1.0, -1.0)]
+        R = so3_exp(torch.stack([sign * a * axes[k] for k in (0, 1, 2) for sign in (1.0, -1.0)]))
+        turns = make_pose(R, c - R @ c) @ T
+        poses = torch.stack([T, *moves, *turns]).to(renderer.device)
+        costs, _ = self.score(renderer, fixed[:1], poses, None if mask is None else mask[:1])
+        costs = costs.detach().cpu()
+        ratio = float(costs[0] / costs[1:].mean().clamp_min(1e-300))
+        return ratio if torch.isfinite(costs).all() else math.nan
+
     # ------------------------------------------------------------------ solve
     def solve(self, renderers: Sequence[DrrRenderer], fixed: torch.Tensor, init_pose: torch.Tensor,
               center: torch.Tensor | np.ndarray | None = None, mask: torch.Tensor | None = None) -> LMResult:
@@ -291,6 +324,7 @@ class LevenbergMarquardt:
         iterations = torch.zeros(B, dtype=torch.long)
         H_final = torch.full((B, 6, 6), math.nan, dtype=torch.float64, device=device)
         M_final = torch.zeros(B, dtype=torch.float64, device=device)  # residuals that count
+        inflation = torch.ones(B, dtype=torch.float64, device=device)  # for correlated residuals
 
         def live_idx() -> torch.Tensor:
             return torch.tensor([i for i in range(B) if status[i] is None], dtype=torch.long, device=device)
@@ -323,18 +357,22 @@ class LevenbergMarquardt:
             if final:
                 H_final = put(H_final, idx, out["H"].detach())
                 M_final = put(M_final, idx, out["M"])
+                inflation = put(inflation, idx, out["inflation"])
 
         cov = torch.full((B, 6, 6), math.nan, dtype=torch.float64, device=device)
         for i in range(B):
             if status[i] is None:  # no scale ran for it (max_iterations = 0 on every scale)
                 status[i], message[i] = Status.MAX_ITERATIONS, "iteration cap reached"
+            if status[i] is Status.CONVERGED and not any(h["accepted"] and h["iteration"] > 0 for h in history[i]):
+                # a tolerance met before any step was accepted: the start was not improved
+                status[i], message[i] = Status.NO_PROGRESS, f"no step lowered the cost ({message[i]})"
             if not status[i].usable or not torch.isfinite(H_final[i]).all():
                 continue
             if bool(singular(H_final[i:i + 1], cfg.rcond)[0]):
                 status[i], message[i] = Status.SINGULAR, "normal equations are singular at the final pose"
                 continue
             sigma2 = 2.0 * float(cost[i]) / max(float(M_final[i]) - 6, 1)
-            cov_s = sigma2 * torch.linalg.inv(H_final[i])
+            cov_s = cfg.covariance_scale * float(inflation[i]) * sigma2 * torch.linalg.inv(H_final[i])
             cov_w = P @ cov_s @ P.T
             cov[i] = 0.5 * (cov_w + cov_w.T)
         return LMResult(pose=pose, covariance=cov, cost=cost, initial_cost=initial_cost,
@@ -364,6 +402,7 @@ class LevenbergMarquardt:
 
         window, img, jd = self._start_render(renderer, pose)
         cost, r0, J, H, g = self.linearize(img, jd, emb_f, P, w, mask=m)
+        R = r0.detach()  # residuals at the current pose (for the covariance)
         rs = cfg.robust_scale * robust_spread(r0, w) if cfg.robust != "none" else None
         # residuals that count (non-zero weight before the robust kernel), per element
         M = (w > 0).sum(-1).to(torch.float64) if w is not None else torch.full(
@@ -422,8 +461,8 @@ class LevenbergMarquardt:
             if rewindows < 3 and not self._covers(window, renderer, trial[ok_idx]):
                 window = self._window(renderer, torch.cat([pose[a], trial[ok_idx]]))
                 img, jd = self._render(renderer, window, pose[a], True)
-                c_a, _, _, H_a, g_a = self.linearize(img, jd, emb_f[a], P, sub(w, a), sub(rs, a), sub(m, a))
-                cost, H, g = put(cost, a, c_a), put(H, a, H_a), put(g, a, g_a)
+                c_a, r_a, _, H_a, g_a = self.linearize(img, jd, emb_f[a], P, sub(w, a), sub(rs, a), sub(m, a))
+                cost, H, g, R = put(cost, a, c_a), put(H, a, H_a), put(g, a, g_a), put(R, a, r_a.detach())
                 rewindows += 1
                 continue
             cost_t = torch.full((len(a),), math.nan, dtype=torch.float64, device=pose.device)
@@ -447,10 +486,10 @@ class LevenbergMarquardt:
                 row = torch.full((len(a),), -1, dtype=torch.long, device=pose.device)
                 row[ok_idx] = torch.arange(len(ok_idx), device=pose.device)
                 gi = a[ai]
-                c_n, _, _, H_n, g_n = self.linearize(img_t[row[ai]], jd_t[row[ai]], emb_f[gi], P, sub(w, gi),
+                c_n, r_n, _, H_n, g_n = self.linearize(img_t[row[ai]], jd_t[row[ai]], emb_f[gi], P, sub(w, gi),
                                                      sub(rs, gi), sub(m, gi))
                 pose = put(pose, gi, trial[ai])
-                cost, H, g = put(cost, gi, c_n), put(H, gi, H_n), put(g, gi, g_n)
+                cost, H, g, R = put(cost, gi, c_n), put(H, gi, H_n), put(g, gi, g_n), put(R, gi, r_n.detach())
                 if cfg.damping == "marquardt":
                     D = put(D, gi, torch.maximum(D[gi], torch.diagonal(H_n, dim1=-2, dim2=-1).detach()))
             new_lam, new_nu = update_lambda(lam[a], nu[a], rho, acc, cfg.lambda_min, cfg.lambda_max)
@@ -494,5 +533,9 @@ class LevenbergMarquardt:
         if not cfg.unrolled:
             done = [(renderer, pose[k].detach().to(renderer.dtype), float(kappa[k])) for k in range(n)]
             self._recent_kappa = [*self._recent_kappa, *done][-_RECENT_RENDERS:]
+        if cfg.robust != "none":
+            W = robust_cost(R, w, cfg.robust, rs)[1]
+        else:
+            W = w
         return {"pose": pose, "cost": cost, "initial_cost": initial_cost, "status": status,
-                "message": message, "H": H, "M": M}
+                "message": message, "H": H, "M": M, "inflation": correlation_inflation(R, W)}

@@ -201,6 +201,22 @@ def robust_spread(r: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tenso
     return 1.4826 * a.median(dim=-1).values.clamp_min(1e-12)
 
 
+def correlation_inflation(r: torch.Tensor, W: torch.Tensor | None, max_correlation: float = 0.95) -> torch.Tensor:
+    """Variance inflation (n,) of a least-squares fit whose residuals ``r`` (n, M) are correlated
+    between neighbouring pixels: ``((1 + ρ) / (1 − ρ))²``, ``ρ`` the weighted lag-1
+    autocorrelation of the residuals in memory order (horizontally adjacent pixels of the
+    flattened residual maps), clipped to ``[0, max_correlation]``, for a separable first-order
+    autoregressive field with the same correlation along columns. ``M / inflation`` is the
+    effective number of independent residuals; 1 for independent ones."""
+    r64 = r.detach().to(torch.float64)
+    w = torch.ones_like(r64) if W is None else W.detach().to(torch.float64).clamp_min(0)
+    a, b = r64[:, :-1] * w[:, :-1].sqrt(), r64[:, 1:] * w[:, 1:].sqrt()
+    num = (a * b).sum(-1)
+    den = (0.5 * (a * a + b * b)).sum(-1).clamp_min(1e-300)
+    rho = (num / den).nan_to_num(0.0).clamp(0.0, max_correlation)
+    return ((1 + rho) / (1 - rho)) ** 2
+
+
 def singular(H: torch.Tensor, rcond: float) -> torch.Tensor:
     """(B,) bool: ``H`` (B, 6, 6) is numerically singular (after Jacobi normalisation)."""
     d = torch.diagonal(H, dim1=-2, dim2=-1)

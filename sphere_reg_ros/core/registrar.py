@@ -38,7 +38,8 @@ from .lm import LevenbergMarquardt, LMConfig, resize_images
 from .lm_steps import ROBUST_KERNELS
 from .masks import MaskConfig, detect_masks, resize_mask
 from .residuals import IntensityResiduals
-from .result import RegistrationResult, Status
+from .result import RegistrationResult, Status, point_error
+from .trust import TrustConfig, apply_gates
 from .views import ap_pose
 from .volume import Volume, bone_attenuation, hu_to_attenuation, load_example_ct, load_volume, resample
 
@@ -53,6 +54,10 @@ _MAX_RENDERERS = 12
 #: (docs/ROBUSTNESS.md).
 AUTO_ROBUST = "tukey"
 DEFAULT_ROBUST_SCALE = {"none": 2.0, "cauchy": 2.0, "huber": 2.0, "geman-mcclure": 2.0, "tukey": 4.0}
+#: Factor on the LM's covariance (``RegistrarConfig.covariance_scale``), calibrated on the
+#: validation splits so that the 95 % error ellipsoid at the region of interest covers about
+#: 95 % of the true errors (docs/TRUST.md).
+DEFAULT_COVARIANCE_SCALE = 1.0
 #: Intensity models the learning-free residuals can fit (``RegistrarConfig.intensity_fit``).
 INTENSITY_FITS = ("none", "bone", "curve", "bone+curve")
 
@@ -115,6 +120,17 @@ class RegistrarConfig:
             one kernel scale). 0 = off. Default 4 hypotheses and a ratio of 0.35, chosen on
             the validation split (docs/ROBUSTNESS.md); the budget is checked between pairs, so a
             restart may take up to about twice it.
+        roi: where the uncertainty is expressed and the consistency measured: ``"bone"`` (the
+            centroid of the CT's bone, the default), ``"center"`` (the CT's centre) or three
+            numbers (a world point, mm, e.g. the centroid of the surgical landmarks).
+        covariance_scale: factor on the LM's covariance (after its correction for correlated
+            residuals), calibrated on validation benchmarks (docs/TRUST.md).
+        reference_offset_mm: offsets of the reference poses of the normalised cost
+            (:meth:`.lm.LevenbergMarquardt.normalised_cost`).
+        gates: apply the quality gates of ``trust`` (:mod:`.trust`): a converged registration that
+            fails one is ``Status.REJECTED``. False: the results keep the solver's status (the
+            features are still computed, for calibration).
+        trust: :class:`~.trust.TrustConfig` (thresholds; the consistency check's offset).
     """
 
     resolution: int = 64
@@ -143,9 +159,33 @@ class RegistrarConfig:
     restart_rotation_deg: float = 10.0
     restart_cost_ratio: float = 0.35
     restart_budget_s: float = 10.0
+    roi: str | tuple[float, float, float] = "bone"
+    covariance_scale: float = DEFAULT_COVARIANCE_SCALE
+    reference_offset_mm: float = 5.0
+    gates: bool = True
+    trust: TrustConfig = TrustConfig()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if isinstance(self.roi, str):
+            if self.roi not in ("bone", "center"):
+                raise ValueError(f"roi must be 'bone', 'center' or three numbers (mm), got {self.roi!r}")
+        else:
+            try:
+                point = tuple(float(v) for v in self.roi)
+            except (TypeError, ValueError):
+                point = ()
+            if len(point) != 3 or not all(math.isfinite(v) for v in point):
+                raise ValueError(f"roi must be 'bone', 'center' or three finite numbers (mm), got {self.roi!r}")
+            object.__setattr__(self, "roi", point)
+        if isinstance(self.trust, dict):
+            object.__setattr__(self, "trust", TrustConfig(**self.trust))
+        if not isinstance(self.trust, TrustConfig):
+            raise ValueError(f"trust must be a TrustConfig, got {type(self.trust).__name__}")
+        if not isinstance(self.gates, bool):
+            raise ValueError(f"gates must be a bool, got {self.gates!r}")
+        if not (math.isfinite(self.reference_offset_mm) and self.reference_offset_mm > 0):
+            raise ValueError(f"reference_offset_mm must be finite and > 0, got {self.reference_offset_mm!r}")
         if not (isinstance(self.resolution, int) and 8 <= self.resolution <= 2048):
             raise ValueError(f"resolution must be an int in [8, 2048], got {self.resolution!r}")
         if not self.scales or not all(0 < s <= 1 for s in self.scales):
@@ -182,7 +222,7 @@ class RegistrarConfig:
                         lambda_init=self.lambda_init, rotation_scale_mm=self.rotation_scale_mm,
                         max_translation_mm=self.max_translation_mm, max_rotation_rad=self.max_rotation_rad,
                         robust=robust, robust_scale=self.robust_scale or DEFAULT_ROBUST_SCALE.get(robust, 2.0),
-                        unrolled=unrolled)
+                        unrolled=unrolled, covariance_scale=self.covariance_scale)
 
     @classmethod
     def from_dict(cls, values: dict) -> "RegistrarConfig":
@@ -301,6 +341,7 @@ class Registrar:
         self._mu = torch.as_tensor(hu_to_attenuation(render_ct.data))
         self._affine = render_ct.affine
         self.center_world = np.asarray(ct.center_world, dtype=np.float64)
+        self.roi_world = self._roi(ct, render_ct, config.roi)
         self.learned = similarity is not None
         if similarity is None:
             similarity = IntensityResiduals(gradients=config.residuals == "intensity+gradient",
@@ -318,12 +359,26 @@ class Registrar:
         self.solver = LevenbergMarquardt(similarity, config.lm_config(learned=self.learned))
         # tracking registrations: own solver (narrower sampling window; its own render cache)
         self.tracking_solver = LevenbergMarquardt(similarity, config.lm_config(learned=self.learned, tracking=True))
+        # the consistency check's second starts: own solver, so they leave the tracking render cache alone
+        self._check_solver = LevenbergMarquardt(similarity, config.lm_config(learned=self.learned, tracking=True))
         self._renderers: dict[CarmGeometry, DrrRenderer] = {}
         self.mask_config = MaskConfig()
         self.model_geometry: CarmGeometry | None = None  # the detector the models were trained for
         self.source = f"CT {ct.source} at {spacing_mm:g} mm; " + (
             "learned similarity" if self.learned else f"learning-free {config.residuals} residuals") + (
             " + regressor" if regressor is not None else "")
+
+    def _roi(self, ct: Volume, render_ct: Volume, roi) -> np.ndarray:
+        """The region-of-interest point (world mm) of ``config.roi``."""
+        if not isinstance(roi, str):
+            return np.asarray(roi, dtype=np.float64)
+        if roi == "bone":
+            bone = np.asarray(bone_attenuation(render_ct.data)) > 0
+            if bone.any():
+                ijk = np.argwhere(bone).mean(axis=0)
+                return (render_ct.affine @ np.append(ijk, 1.0))[:3].astype(np.float64)
+            log.warning("the CT has no bone voxels: the region of interest is its centre")
+        return np.asarray(ct.center_world, dtype=np.float64)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -499,18 +554,51 @@ class Registrar:
         if self.config.restarts and not fine_only and solver is self.solver:
             self._restart_failures(out, renderers, fixed, poses, kwargs.get("mask"), messages)
         t_lm = time.perf_counter() - t2
-        total = time.perf_counter() - t0
-        timings = {"regressor": t_reg / n, "lm": t_lm / n, "total": total / n}
-        results = out.to_results([timings] * n)
+        mask = kwargs.get("mask")
+        results = out.to_results()
+        t3 = time.perf_counter()
         final = []
         for i, res in enumerate(results):
-            msg = _joined(res.message, messages[i])
-            final.append(RegistrationResult(pose=res.pose, covariance=res.covariance, cost=res.cost,
-                                            initial_cost=res.initial_cost, iterations=res.iterations,
-                                            status=res.status, message=msg, timings=res.timings,
-                                            history=res.history, masked_fraction=fractions[i],
-                                            valid_mask=valid_masks[i]))
+            status, msg = res.status, res.message
+            if fine_only and status is Status.NO_PROGRESS:
+                # the warm start is a previous registration's end (real progress was made there)
+                status, msg = Status.CONVERGED, f"the start (the last registration's end) is already the minimum ({msg})"
+            res = replace(res, status=status, masked_fraction=fractions[i], valid_mask=valid_masks[i],
+                          roi_mm=self.roi_world.copy())
+            if status.usable:
+                m = None if mask is None else mask[i:i + 1]
+                res = replace(res, normalised_cost=self.solver.normalised_cost(
+                    renderers[-1], fixed[i:i + 1], torch.from_numpy(res.pose), m,
+                    offset_mm=self.config.reference_offset_mm, center=self.center_world))
+                if status is Status.CONVERGED and self.config.trust.consistency:
+                    res = replace(res, consistency_mm=self._consistency(renderers[-1], fixed[i:i + 1], res.pose, m))
+            final.append(replace(res, message=_joined(msg, messages[i])))
+        t_trust = (time.perf_counter() - t3) / n
+        total = time.perf_counter() - t0
+        timings = {"regressor": t_reg / n, "lm": t_lm / n, "trust": t_trust, "total": total / n}
+        final = [replace(r, timings=dict(timings)) for r in final]
+        if self.config.gates:
+            final = [apply_gates(r, self.config.trust) for r in final]
         return final
+
+    def _consistency(self, renderer: DrrRenderer, fixed: torch.Tensor, pose: np.ndarray,
+                     mask: torch.Tensor | None) -> float:
+        """Distance (mm, at the region of interest) between ``pose`` and where a second start ends:
+        ``pose`` moved by ``trust.consistency_offset_mm`` along the C-arm's x axis and rotated by
+        ``offset / 100`` rad about its y axis through the CT's centre (finest scale only)."""
+        from .geometry import make_pose, so3_exp
+
+        d = self.config.trust.consistency_offset_mm
+        T = torch.as_tensor(pose, dtype=torch.float64)
+        c = torch.as_tensor(self.center_world, dtype=torch.float64)
+        R = so3_exp(T[:3, 1] * (d / 100.0))
+        start = make_pose(R, c - R @ c) @ make_pose(torch.eye(3, dtype=torch.float64), d * T[:3, 0]) @ T
+        kw = {} if mask is None else {"mask": mask}
+        out = self._check_solver.solve([renderer], fixed, start[None], center=self.center_world, **kw)
+        if not out.status[0].usable:
+            return math.inf
+        end = out.pose[0].detach().to("cpu", torch.float64).numpy()
+        return float(np.linalg.norm(point_error(end, np.asarray(pose, dtype=np.float64), self.roi_world)))
 
     def _looks_failed(self, out, i: int) -> bool:
         """Whether element ``i`` of an LM result should be started again (see ``restarts``)."""
