@@ -4,9 +4,11 @@ Each method registers every case of a benchmark file from the same initial pose 
 benchmark's ``poses_init``; the regressor rows start from the regressor instead), one case at
 a time so that the run time is per case. Scores: mTRE (mm, 3-D, on the benchmark's landmarks),
 SMSR (mTRE < 1 mm), percentiles and mean run time in the seed's Table 1 layout
-(:func:`~sphere_reg_ros.core.metrics.format_table`). A failed case (any status other than
-converged / iteration cap, or a non-finite pose) counts with mTRE = inf and is never dropped;
-an unknown or unavailable method is listed with the reason.
+(:func:`~sphere_reg_ros.core.metrics.format_table`). A failed case (diverged, singular, invalid
+input, or a non-finite pose) counts with mTRE = inf and is never dropped; a registration a quality
+gate rejected is scored by its pose (the accuracy table measures the method's estimate). The trust
+table (:func:`trust_table`, docs/TRUST.md) says which of them the gates would let through. An
+unknown or unavailable method is listed with the reason.
 
 Methods (:data:`METHODS`):
 
@@ -49,7 +51,7 @@ from sphere_reg_ros.core.metrics import CSV_FIELDS, Summary, format_table, mtre,
 from sphere_reg_ros.core.lm import LevenbergMarquardt
 from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig, resolve_device
 from sphere_reg_ros.core.residuals import CombinedResiduals
-from sphere_reg_ros.core.result import RegistrationResult, Status
+from sphere_reg_ros.core.result import RegistrationResult, Status, point_error
 from sphere_reg_ros.core.volume import Volume
 from sphere_reg_ros.evaluation.xvr_adapter import INSTALL_HINT, XvrConfig, XvrRegistration, xvr_available
 
@@ -139,9 +141,10 @@ class EvaluationReport:
     table: str
     extra_table: str
     files: list[Path] = field(default_factory=list)
+    trust_table: str = ""
 
     def text(self) -> str:
-        lines = [self.table, "", self.extra_table]
+        lines = [self.table, "", self.extra_table] + (["", self.trust_table] if self.trust_table else [])
         if self.unavailable:
             lines += ["", "Unavailable methods:"] + [f"  {k}: {v}" for k, v in self.unavailable.items()]
         return "\n".join(lines)
@@ -162,8 +165,15 @@ def convergence_point(mtres: np.ndarray, elapsed: np.ndarray, iterations: np.nda
     return float(iterations[k]), float(elapsed[k])
 
 
+def _scored(result: RegistrationResult) -> bool:
+    """Whether a result carries the method's pose: the solver ended normally (converged, no
+    progress, iteration cap) or a gate rejected it (the accuracy table scores the pose; the trust
+    table says whether it would have been published)."""
+    return (result.status.usable or result.status is Status.REJECTED) and bool(np.all(np.isfinite(result.pose)))
+
+
 def _score(result: RegistrationResult, true: np.ndarray, landmarks: torch.Tensor) -> float:
-    if not result.ok or not np.all(np.isfinite(result.pose)):
+    if not _scored(result):
         return math.inf
     return float(mtre(torch.as_tensor(result.pose)[None], torch.as_tensor(true)[None], landmarks)[0])
 
@@ -369,7 +379,9 @@ def evaluate(benchmark, ct: Volume, methods: Sequence[str], model: str | None = 
                  "every method started AT THE TRUE POSE (mTRE = drift from the truth)" if config.start == "truth" else
                  f"initial mTRE median {float(np.median(benchmark.initial_mtre_mm[:n])):.1f} mm"))
     table = format_table({k: r.summary for k, r in runs.items()}, title=title) if runs else "(no method ran)"
-    report = EvaluationReport(runs=runs, unavailable=unavailable, table=table, extra_table=_extra_table(runs))
+    trust = trust_points(runs, benchmark.poses_true[:n])
+    report = EvaluationReport(runs=runs, unavailable=unavailable, table=table, extra_table=_extra_table(runs),
+                              trust_table=trust_table(trust))
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -377,6 +389,7 @@ def evaluate(benchmark, ct: Volume, methods: Sequence[str], model: str | None = 
         from . import plots
 
         report.files += plots.convergence(runs, out / "convergence.png")
+        report.files += plots.reliability(trust, out / "reliability.png")
         if config.landscape and extra["registrars"]:
             try:
                 report.files += plots.landscape_for_benchmark(benchmark, extra, out / "landscape.png")
@@ -385,6 +398,65 @@ def evaluate(benchmark, ct: Volume, methods: Sequence[str], model: str | None = 
         (out / "table.txt").write_text(report.text() + "\n")
         report.files.append(out / "table.txt")
     return report
+
+
+#: χ² quantile (3 degrees of freedom) of the 95 % error ellipsoid.
+CHI2_3_95 = 7.814727903251178
+
+
+def trust_points(runs: dict[str, MethodRun], poses_true: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Per method and case: ``passed`` (may be published), ``mtre_mm``, ``actual_mm`` (the true
+    error's length at the region of interest), ``predicted_mm`` (95 % radius along the predicted
+    error's worst axis) and ``inside`` (the true error inside the 95 % ellipsoid; False without a
+    covariance)."""
+    out = {}
+    for name, r in runs.items():
+        rows = {k: [] for k in ("passed", "mtre_mm", "actual_mm", "predicted_mm", "inside")}
+        for res, true, m in zip(r.results, poses_true, r.mtre_mm):
+            C = res.roi_covariance
+            if _scored(res):
+                e = point_error(res.pose, true, res.roi_mm)
+            else:
+                e = np.full(3, math.inf)
+            finite = bool(np.all(np.isfinite(C)) and np.all(np.isfinite(e)))
+            inside = False
+            if finite:
+                try:
+                    inside = float(e @ np.linalg.solve(C, e)) <= CHI2_3_95
+                except np.linalg.LinAlgError:
+                    inside = False
+            rows["passed"].append(bool(res.ok))
+            rows["mtre_mm"].append(float(m))
+            rows["actual_mm"].append(float(np.linalg.norm(e)))
+            rows["predicted_mm"].append(math.sqrt(CHI2_3_95) * res.position_std_mm)
+            rows["inside"].append(inside)
+        out[name] = {k: np.asarray(v) for k, v in rows.items()}
+    return out
+
+
+def trust_table(points: dict[str, dict[str, np.ndarray]]) -> str:
+    """The trust table: per method, the share of failures (mTRE > 2 mm) flagged, of good
+    registrations (mTRE < 1 mm) passed, and the 95 % ellipsoid's coverage of the true error at the
+    region of interest over the passed cases (and over every case with a pose)."""
+    if not points:
+        return ""
+    head = ("Method", "Failed flagged", "Good passed", "Passed", "Coverage (passed)", "Coverage (all)")
+    rows = []
+
+    def share(sel: np.ndarray, of: np.ndarray) -> str:
+        return "n/a (0 cases)" if not of.any() else f"{100 * sel[of].mean():.1f} % ({int(sel[of].sum())}/{int(of.sum())})"
+
+    for name, p in points.items():
+        bad, good, passed = p["mtre_mm"] > 2.0, p["mtre_mm"] < 1.0, p["passed"]
+        posed = np.isfinite(p["actual_mm"])
+        rows.append((name, share(~passed, bad), share(passed, good), share(passed, np.ones_like(passed)),
+                     share(p["inside"], passed), share(p["inside"], posed)))
+    w = [max(len(x[i]) for x in (head, *rows)) for i in range(len(head))]
+    fmt = lambda cells: "| " + " | ".join(c.ljust(w[0]) if j == 0 else c.rjust(w[j]) for j, c in enumerate(cells)) + " |"
+    rule = "|" + "|".join([":" + "-" * (w[0] + 1)] + ["-" * (x + 1) + ":" for x in w[1:]]) + "|"
+    return "\n".join(["Trust: failures (mTRE > 2 mm) flagged, good registrations (mTRE < 1 mm) passed by the "
+                      "quality gates; coverage = share whose true error at the region of interest lies inside "
+                      "the 95 % ellipsoid", "", fmt(head), rule] + [fmt(r) for r in rows])
 
 
 def _extra_table(runs: dict[str, MethodRun]) -> str:
@@ -434,11 +506,13 @@ def write_csvs(report: EvaluationReport, out: Path, initial_mtre: np.ndarray) ->
     with open(cases_path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["method", "case", "initial_mtre_mm", "mtre_mm", "run_time_s", "iterations", "status",
-                    "cost", "message"])
+                    "cost", "normalised_cost", "position_std_mm", "masked_fraction", "consistency_mm", "passed",
+                    "message"])
         for name, r in report.runs.items():
             for i, res in enumerate(r.results):
                 w.writerow([name, i, float(initial_mtre[i]), r.mtre_mm[i], r.run_time_s[i], res.iterations,
-                            res.status.value, res.cost, res.message])
+                            res.status.value, res.cost, res.normalised_cost, res.position_std_mm,
+                            res.masked_fraction, res.consistency_mm, int(res.ok), res.message])
     curves_path = out / "curves.json"
     curves = {name: [{k: [None if not math.isfinite(v) else float(v) for v in c[k]] for k in c} for c in r.curves]
               for name, r in report.runs.items()}

@@ -160,3 +160,42 @@ def landscape_for_benchmark(benchmark, extra: dict, path: str | Path, case: int 
     if not costs:
         return []
     return landscape(costs, offsets, path, f"Similarity landscape around the true pose of case {case}")
+
+
+def reliability(points: Mapping[str, Mapping[str, np.ndarray]], path: str | Path) -> list[Path]:
+    """Predicted vs actual error at the region of interest, one panel per method.
+
+    ``points[name]``: ``predicted_mm`` (the 95 % radius of the predicted error along its worst axis,
+    ``2.80 · largest std``), ``actual_mm`` (the true error's length), ``passed`` (bool: the
+    registration passed the gates) and ``mtre_mm``. A calibrated, honest method has its passed
+    cases below the diagonal (the actual error inside the predicted 95 % radius) and its failures
+    flagged.
+    """
+    path = Path(path)
+    names = [n for n in points if len(points[n]["actual_mm"])]
+    if not names:
+        return []
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        p = points[name]
+        pred = np.clip(np.nan_to_num(p["predicted_mm"], nan=1e3, posinf=1e3), 1e-3, 1e3)
+        act = np.clip(np.nan_to_num(p["actual_mm"], nan=1e3, posinf=1e3), 1e-3, 1e3)
+        passed = np.asarray(p["passed"], dtype=bool)
+        bad = np.asarray(p["mtre_mm"]) > 2.0
+        for sel, style, label in ((passed & ~bad, dict(c="tab:green", marker="o"), "passed, mTRE ≤ 2 mm"),
+                                  (passed & bad, dict(c="tab:red", marker="o"), "passed, mTRE > 2 mm"),
+                                  (~passed & ~bad, dict(c="tab:gray", marker="x"), "flagged, mTRE ≤ 2 mm"),
+                                  (~passed & bad, dict(c="tab:orange", marker="x"), "flagged, mTRE > 2 mm")):
+            if sel.any():
+                ax.scatter(pred[sel], act[sel], s=18, alpha=0.8, label=f"{label} ({int(sel.sum())})", **style)
+        lo, hi = 1e-2, max(1e2, float(max(pred.max(), act.max())))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="actual = predicted")
+        ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), title=name,
+               xlabel="predicted 95 % error radius at the ROI (mm)", ylabel="actual error at the ROI (mm)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Reliability: predicted vs actual error (points above the diagonal lie outside the ellipsoid's radius)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
