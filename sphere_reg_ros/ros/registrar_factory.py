@@ -1,21 +1,22 @@
 """Node parameters → a :class:`~sphere_reg_ros.core.registrar.Registrar` (CT, model, solver).
 
 ``model_path ''`` means: the checkpoint shipped with the package (:func:`shipped_checkpoint`)
-when there is one and it fits the CT, else learning-free residuals (logged); ``'none'`` means
-learning-free residuals whatever is shipped.
+when there is one and it fits the CT, else learning-free residuals; that fall-back is not silent:
+:func:`build_registrar` returns the reason as ``warning``, which the node logs at WARN and reports
+on ``/diagnostics`` (``model_warning``). ``'none'`` means learning-free residuals whatever is
+shipped. A file named explicitly must load: any error is raised (the node refuses to start, or
+keeps its old registrar when the change came at run time).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
+from typing import NamedTuple
 
 from ..core.registrar import Registrar, RegistrarConfig
 from ..core.volume import VolumeError
 
-__all__ = ["build_registrar", "registrar_config", "shipped_checkpoint"]
-
-log = logging.getLogger(__name__)
+__all__ = ["Built", "build_registrar", "registrar_config", "shipped_checkpoint"]
 
 #: Where a checkpoint shipped with the package lies (installed as package data).
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -51,13 +52,24 @@ def registrar_config(settings) -> RegistrarConfig:
     )
 
 
-def build_registrar(settings) -> tuple[Registrar, str]:
-    """Load the CT and models named by ``settings``; returns the registrar and a description.
+class Built(NamedTuple):
+    """What :func:`build_registrar` made: the registrar, a one-line description of it, and why it
+    is not what ``model_path`` asked for (None when it is)."""
+
+    registrar: Registrar
+    source: str
+    warning: str | None = None
+
+
+def build_registrar(settings) -> Built:
+    """Load the CT and models named by ``settings``.
 
     Raises:
-        VolumeError: the CT cannot be read; ValueError/OSError/RuntimeError: bad model or device.
+        VolumeError: the CT cannot be read; ValueError (``CheckpointError``)/OSError/RuntimeError:
+            the model file named by ``model_path`` cannot be used, or the device.
     """
     config = registrar_config(settings)
+    warning = None
     ct_path = settings.ct_path or None
     spacing = float(settings.ct_spacing_mm)
     if settings.model_path == "none":
@@ -67,17 +79,20 @@ def build_registrar(settings) -> tuple[Registrar, str]:
     else:
         shipped = shipped_checkpoint()
         registrar = None
-        if shipped is not None:
+        if shipped is None:
+            warning = (f"model_path '': no checkpoint shipped with the package (none in {DATA_DIR}); "
+                       "learning-free residuals")
+        else:
             try:
                 registrar = Registrar.from_files(ct_path, str(shipped), config, spacing_mm=spacing)
             except VolumeError:
                 raise
             except Exception as exc:  # e.g. the shipped model belongs to another CT
-                log.warning("shipped checkpoint %s not used (%s: %s); learning-free residuals",
-                            shipped, type(exc).__name__, exc)
+                warning = (f"model_path '': shipped checkpoint {shipped.name} not used "
+                           f"({type(exc).__name__}: {exc}); learning-free residuals")
         if registrar is None:
             registrar = Registrar.from_files(ct_path, None, config, spacing_mm=spacing)
     source = getattr(registrar, "source", None) or f"CT {ct_path or 'embedded example'}"
     if not ct_path:
         source = source.replace("CT ", "CT (embedded example) ", 1)
-    return registrar, f"{source}; device {registrar.device}"
+    return Built(registrar, f"{source}; device {registrar.device}", warning)

@@ -83,6 +83,7 @@ class _Service:
     registrar: Any
     key: tuple
     source: str
+    warning: str | None = None  # why the registrar is not what model_path asked for
 
 
 class RegistrationNode(Node):
@@ -109,6 +110,7 @@ class RegistrationNode(Node):
         t0 = time.monotonic()
         self._service = self._build(self._settings)
         self.get_logger().info(f"registrar built in {time.monotonic() - t0:.1f} s: {self._service.source}")
+        self._report_model(self._service)
 
         # background loader for registrar rebuilds (ct_path etc. changed at run time)
         self._load_request: Settings | None = None
@@ -141,8 +143,17 @@ class RegistrationNode(Node):
 
     # ------------------------------------------------------------------ registrar life cycle
     def _build(self, settings: Settings) -> _Service:
-        registrar, source = build_registrar(settings)
-        return _Service(registrar, settings.registrar_key(), source)
+        built = build_registrar(settings)
+        return _Service(built.registrar, settings.registrar_key(), built.source, built.warning)
+
+    def _report_model(self, service: _Service) -> bool:
+        """Log and show on /diagnostics that ``service`` is not the model asked for; True if so."""
+        self.stats.set_values(model_warning=service.warning or "")
+        if service.warning is None:
+            return False
+        self.get_logger().warning(service.warning)
+        self.stats.set_outcome(WARN, service.warning, "model_warning")
+        return True
 
     def _take(self, cv: threading.Condition, slot: str):
         """Wait (until stopped) for ``self.<slot>`` to be set under ``cv``; take it and clear the slot.
@@ -177,7 +188,8 @@ class RegistrationNode(Node):
                 self._track_pose, self._track_cost = None, float("inf")
             msg = f"registrar swapped in after {time.monotonic() - t0:.1f} s: {service.source}"
             self.get_logger().info(msg)
-            self.stats.set_outcome(OK, msg, "ct_loaded")
+            if not self._report_model(service):
+                self.stats.set_outcome(OK, msg, "ct_loaded")
             self._publish_diagnostics()
 
     def _reload_failed(self, request: Settings, exc: Exception) -> None:
