@@ -30,7 +30,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("image", default_value="image",
                               description="C-arm image topic (mono8, mono16/16UC1, 32FC1)"),
         DeclareLaunchArgument("camera_info", default_value="camera_info",
-                              description="CameraInfo topic of the C-arm images"),
+                              description="CameraInfo topic of the C-arm images, each stamped like its "
+                                          "image (the node pairs them by stamp)"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="Use /clock (simulation or bag replay) as the node's clock"),
         DeclareLaunchArgument("launch_rviz", default_value="false",

@@ -185,6 +185,7 @@ class _Player:
         stamp = Time(sec=int(t), nanosec=int((t - int(t)) * 1e9))
         msg = conv.numpy_to_image(image, "32FC1", Header(frame_id="carm", stamp=stamp))
         key, dkey = (stamp.sec, stamp.nanosec), f"{stamp.sec}.{stamp.nanosec:09d}"
+        info.header.stamp = stamp  # the node pairs CameraInfo with its image by stamp
         self.info_pub.publish(info)
         t0 = time.monotonic()
         self.image_pub.publish(msg)

@@ -3,11 +3,16 @@
 :class:`NodeStats` is thread-safe (the image callback, the worker thread and the diagnostics
 timer all touch it). One ``DiagnosticStatus`` is published, named ``<node name>: registration``
 with ``hardware_id`` = the CT in use; its ``level``/``message`` is the outcome of the last frame
-(or of the last CT load) and its ``values`` hold:
+(or of the last CT load: ``ct_loaded``, ``ct_load_failed``, or ``model_warning`` at WARN when
+``model_path ''`` fell back to learning-free residuals) and its ``values`` hold:
 
-``status``, ``ct``, ``ct_loading``, ``tracking``, ``frames_received``, ``frames_processed``,
-``frames_dropped`` (overwritten by a newer frame before the worker took them), ``frames_rejected``
-(bad input), ``registrations_failed`` (failed a quality gate), ``input_rate_hz``,
+``status``, ``ct``, ``ct_loading``, ``model_warning`` (why the registrar in service is not the
+model ``model_path`` asked for; empty when it is), ``tracking``, ``frames_received``,
+``frames_processed``, ``frames_dropped`` (overwritten by a newer frame before the worker took
+them), ``frames_rejected`` (bad input), ``frames_unmatched_camera_info`` (of those, no CameraInfo
+paired with the image by stamp), ``registrations_failed`` (failed a quality gate),
+``camera_info_offset_ms`` (image stamp minus the stamp of the CameraInfo used for the last
+frame), ``camera_info_note`` (e.g. an all-zero K whose P was used; empty otherwise), ``input_rate_hz``,
 ``output_rate_hz`` (published poses per second, over the last 10 s), ``last_cost``,
 ``last_position_std_mm``, ``last_iterations``, ``last_masked_fraction`` (share of the image masked), ``latency_<stage>_ms`` of the last frame
 (``queue``, ``convert``, ``register`` and the registrar's own stages, ``publish``, ``total`` =
@@ -109,7 +114,7 @@ class NodeStats:
             outcome = self.outcome
             kv = {"status": outcome.reason}
             for name in ("frames_received", "frames_processed", "frames_dropped", "frames_rejected",
-                         "registrations_failed"):
+                         "frames_unmatched_camera_info", "registrations_failed"):
                 kv[name] = str(self.counters[name])
             kv["input_rate_hz"] = f"{rate_in:.3f}"
             kv["output_rate_hz"] = f"{rate_out:.3f}"

@@ -2,23 +2,46 @@
 
 :func:`prepare_frame` runs the node's input checks in order and returns the line-integral image
 ``(H, W)`` float32 and its :class:`~sphere_reg_ros.core.carm.CarmGeometry`, or raises
-:class:`FrameRejected` whose ``reason`` is a key of :data:`REASONS` (the diagnostic ``status``):
+:class:`FrameRejected` whose ``reason`` is a key of :data:`REASONS` (the diagnostic ``status``).
+The node first checks the stamp (:func:`check_stamp`) and pairs the image with a CameraInfo
+(:func:`match_camera_info`), then calls :func:`prepare_frame` with that CameraInfo:
 
-=======================  =====  ==============================================================
-reason                   level  when
-=======================  =====  ==============================================================
-``stale``                WARN   stamp older than ``max_image_age_s`` on arrival (node clock;
-                                an unstamped image, stamp 0, is stale too)
-``unsupported_encoding`` ERROR  encoding not mono8, mono16, 16UC1, 32FC1
-``zero_size``            ERROR  height or width 0
-``bad_step``             ERROR  ``step`` smaller than ``width`` × bytes per pixel
-``bad_data_length``      ERROR  ``len(data) != step × height``
-``non_finite``           WARN   NaN or inf pixels (32FC1)
-``bad_camera_info``      ERROR  CameraInfo without usable K/P, with skew or a partial ROI
-``no_intrinsics``        ERROR  no CameraInfo yet and no fx/fy/width/height parameters
-``size_mismatch``        ERROR  image size differs from the CameraInfo (or parameters) size
-``bad_intensity``        WARN   ``image_domain: intensity`` with no positive pixel
-=======================  =====  ==============================================================
+=========================  =====  ==============================================================
+reason                     level  when
+=========================  =====  ==============================================================
+``stale``                  WARN   stamp older than ``max_image_age_s`` on arrival (node clock;
+                                  an unstamped image, stamp 0, is stale too)
+``future_stamp``           ERROR  stamp more than ``max_future_stamp_s`` ahead of the node clock
+                                  on arrival (unsynchronised clocks, or ``use_sim_time`` without
+                                  ``/clock``); the message says how far ahead
+``unmatched_camera_info``  WARN   ``use_camera_info`` and CameraInfo messages have arrived, but
+                                  none pairs with the image (rule below)
+``unsupported_encoding``   ERROR  encoding not mono8, mono16, 16UC1, 32FC1
+``zero_size``              ERROR  height or width 0
+``bad_step``               ERROR  ``step`` smaller than ``width`` × bytes per pixel
+``bad_data_length``        ERROR  ``len(data) != step × height``
+``non_finite``             WARN   NaN or inf pixels (32FC1)
+``bad_camera_info``        ERROR  CameraInfo without usable intrinsics: a K with a negative
+                                  focal length or one positive and one non-positive, an all-zero
+                                  K without a usable P, skew, a partial ROI
+``no_intrinsics``          ERROR  no CameraInfo yet and no fx/fy/width/height parameters
+``size_mismatch``          ERROR  image size differs from the CameraInfo (or parameters) size
+``bad_intensity``          WARN   ``image_domain: intensity`` with no positive pixel
+=========================  =====  ==============================================================
+
+Pairing an image with its CameraInfo (:func:`match_camera_info`; ``Δ`` = image stamp − CameraInfo
+stamp, over the last :data:`CAMERA_INFO_BUFFER` CameraInfo messages received):
+
+1. the CameraInfo with the smallest ``|Δ|``, if ``|Δ| ≤ camera_info_tolerance_s``;
+2. else the newest one stamped at or before the image, if ``Δ ≤ camera_info_max_age_s``
+   (``0`` turns this fall-back off: strict pairing);
+3. else ``unmatched_camera_info``. A CameraInfo stamped after the image by more than the
+   tolerance is never used for it, nor one older than ``camera_info_max_age_s`` (an unstamped
+   CameraInfo, stamp 0, pairs only with unstamped images).
+
+Publish CameraInfo with its image's stamp (as ``image_transport``'s camera publishers do) and
+rule 1 pairs them exactly. Before any CameraInfo has arrived the ``fx``/``fy``/``cx``/``cy``/
+``width``/``height`` parameters are used; with ``use_camera_info: false`` always.
 
 Intensity domain: ``line_integral`` takes pixel values as they are (−log attenuation line
 integrals, bone bright; our simulator and benchmark publish 32FC1 so); ``intensity`` takes raw
@@ -36,17 +59,21 @@ from ..core.carm import CarmGeometry, CarmGeometryError
 from . import conversions as conv
 from .diagnostics import ERROR, OK, WARN
 
-__all__ = ["ACCEPTED_ENCODINGS", "REASONS", "FrameRejected", "line_integrals", "frame_geometry",
-           "prepare_frame"]
+__all__ = ["ACCEPTED_ENCODINGS", "CAMERA_INFO_BUFFER", "REASONS", "FrameRejected", "check_stamp",
+           "line_integrals", "frame_geometry", "match_camera_info", "paired_camera_info", "prepare_frame",
+           "stamp_ns"]
 
 #: Encodings the node registers (conversions can decode more, e.g. bgr8 for the overlay).
 ACCEPTED_ENCODINGS = ("mono8", "mono16", "16UC1", "32FC1")
 
+#: How many CameraInfo messages the node keeps to pair images with.
+CAMERA_INFO_BUFFER = 10
+
 #: Diagnostic ``status`` value → level, for everything the node reports about a frame or a CT.
 REASONS = {
     "ok": OK, "waiting": OK, "ct_loaded": OK,
-    "stale": WARN, "non_finite": WARN, "bad_intensity": WARN,
-    "unsupported_encoding": ERROR, "bad_step": ERROR, "bad_data_length": ERROR,
+    "stale": WARN, "non_finite": WARN, "bad_intensity": WARN, "unmatched_camera_info": WARN,
+    "model_warning": WARN, "future_stamp": ERROR, "unsupported_encoding": ERROR, "bad_step": ERROR, "bad_data_length": ERROR,
     "zero_size": ERROR, "size_mismatch": ERROR, "no_intrinsics": ERROR, "bad_camera_info": ERROR,
     "frame_conflict": ERROR, "registration_failed": ERROR, "rejected_cost": ERROR,
     "rejected_covariance": ERROR, "ct_load_failed": ERROR, "internal_error": ERROR,
@@ -59,6 +86,66 @@ class FrameRejected(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def stamp_ns(stamp) -> int:
+    """``builtin_interfaces/Time`` as integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def check_stamp(age_s: float, s) -> None:
+    """Refuse an image by its age on arrival (``age_s`` = node clock − stamp; negative: ahead).
+
+    ``stale`` when older than ``max_image_age_s``, ``future_stamp`` when more than
+    ``max_future_stamp_s`` ahead (either 0 = no limit).
+    """
+    if s.max_image_age_s > 0 and age_s > s.max_image_age_s:
+        raise FrameRejected("stale", f"stale image: stamp {age_s:.2f} s old on arrival "
+                            f"(max_image_age_s {s.max_image_age_s:g})")
+    if s.max_future_stamp_s > 0 and -age_s > s.max_future_stamp_s:
+        raise FrameRejected("future_stamp", f"image stamp {-age_s:.3f} s ahead of the node clock on "
+                            f"arrival (max_future_stamp_s {s.max_future_stamp_s:g}); are the clocks "
+                            "synchronised (or use_sim_time without /clock)?")
+
+
+def paired_camera_info(infos, image_stamp_ns: int, tolerance_s: float) -> CameraInfo | None:
+    """The CameraInfo of ``infos`` closest in stamp to the image, if within ``tolerance_s``; a tie
+    goes to the one received last (``infos`` in order of arrival)."""
+    best, best_dt = None, None
+    for info in reversed(tuple(infos)):
+        dt = abs(image_stamp_ns - stamp_ns(info.header.stamp))
+        if best_dt is None or dt < best_dt:
+            best, best_dt = info, dt
+    return best if best is not None and best_dt <= tolerance_s * 1e9 else None
+
+
+def match_camera_info(infos, image_stamp_ns: int, tolerance_s: float, max_age_s: float) -> CameraInfo | None:
+    """The CameraInfo for an image stamped ``image_stamp_ns`` (rules in the module docstring).
+
+    ``infos``: the buffered CameraInfo messages in order of arrival. None when there are none
+    (the caller then uses the intrinsics parameters).
+
+    Raises:
+        FrameRejected: ``unmatched_camera_info``, saying how far off the closest one was.
+    """
+    infos = tuple(infos)
+    if not infos:
+        return None
+    paired = paired_camera_info(infos, image_stamp_ns, tolerance_s)
+    if paired is not None:
+        return paired
+    older = [i for i in infos if stamp_ns(i.header.stamp) <= image_stamp_ns]
+    newest = max(older, key=lambda i: stamp_ns(i.header.stamp), default=None)
+    age_s = None if newest is None else (image_stamp_ns - stamp_ns(newest.header.stamp)) * 1e-9
+    if age_s is not None and max_age_s > 0 and age_s <= max_age_s:
+        return newest
+    closest = min(abs(image_stamp_ns - stamp_ns(i.header.stamp)) for i in infos) * 1e-9
+    newest_text = ("none is stamped at or before it" if age_s is None
+                   else f"the newest at or before it is {age_s:.3f} s older")
+    raise FrameRejected("unmatched_camera_info", (
+        f"no CameraInfo pairs with the image stamped {image_stamp_ns * 1e-9:.3f}: the closest of the "
+        f"last {len(infos)} is {closest:.3f} s off (camera_info_tolerance_s {tolerance_s:g}) and "
+        f"{newest_text} (camera_info_max_age_s {max_age_s:g})"))
 
 
 def line_integrals(image: np.ndarray, domain: str, intensity_max: float = 0.0) -> np.ndarray:
@@ -75,7 +162,7 @@ def line_integrals(image: np.ndarray, domain: str, intensity_max: float = 0.0) -
 
 
 def frame_geometry(info: CameraInfo | None, s, height: int, width: int) -> CarmGeometry:
-    """Geometry of a ``height × width`` image: CameraInfo when used and present, else parameters.
+    """Geometry of a ``height × width`` image: CameraInfo when used and given, else parameters.
 
     ``s``: the node's settings (``use_camera_info``, ``sdd_mm``, ``fx``, ``fy``, ``cx``, ``cy``,
     ``width``, ``height``).
@@ -105,10 +192,9 @@ def frame_geometry(info: CameraInfo | None, s, height: int, width: int) -> CarmG
 
 
 def prepare_frame(msg: Image, info: CameraInfo | None, s, age_s: float) -> tuple[np.ndarray, CarmGeometry]:
-    """Checks + conversion of one frame (``age_s``: its age on arrival). Raises FrameRejected."""
-    if s.max_image_age_s > 0 and age_s > s.max_image_age_s:
-        raise FrameRejected("stale", f"stale image: stamp {age_s:.2f} s old on arrival "
-                            f"(max_image_age_s {s.max_image_age_s:g})")
+    """Checks + conversion of one frame (``age_s``: its age on arrival; ``info``: the CameraInfo
+    paired with it, or None). Raises FrameRejected."""
+    check_stamp(age_s, s)
     if msg.encoding not in ACCEPTED_ENCODINGS:
         raise FrameRejected("unsupported_encoding", f"unsupported image encoding {msg.encoding!r} "
                             f"(accepted: {', '.join(ACCEPTED_ENCODINGS)})")

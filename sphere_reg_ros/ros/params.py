@@ -7,6 +7,10 @@ Every parameter is declared from :data:`PARAMS` with a description, its range (n
 initial pose, CUDA) and is what the node's on-set-parameters callback runs, so a bad value is
 rejected with the reason and the old value stays.
 
+Units are in the names: times end in ``_s``, lengths in ``_mm`` (``initial_pose_mm`` too, whose
+translation is in mm like every other length here; :data:`RENAMED` lists old names that a node
+refuses at start-up instead of ignoring them).
+
 Groups (``kind``):
 
 * ``registrar``: changing one rebuilds the registrar (CT, model, solver) in a background thread
@@ -27,7 +31,7 @@ import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 __all__ = ["ParamSpec", "PARAMS", "SPECS", "Settings", "ParameterError", "descriptor", "validate",
-           "REGISTRAR_KEYS", "yaml_defaults", "probe_volume_file", "freeze"]
+           "REGISTRAR_KEYS", "RENAMED", "yaml_defaults", "probe_volume_file", "freeze", "check_renamed"]
 
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm", ".ima", ".dicom")
 
@@ -57,7 +61,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("ct_spacing_mm", 2.0, "Voxel size (mm) the CT is resampled to for rendering DRRs.",
               (0.5, 10.0), kind="registrar"),
     ParamSpec("model_path", "none", "Checkpoint of the learned models. 'none' (default) = learning-free "
-              "residuals; '' = the shipped checkpoint if the package has one, else learning-free.", kind="registrar"),
+              "residuals; '' = the shipped checkpoint if the package has one and it fits the CT, else "
+              "learning-free with a WARN on /diagnostics (model_warning); a file that cannot be loaded "
+              "is an error (start-up: the node exits; at run time: the old registrar stays).", kind="registrar"),
     ParamSpec("device", "auto", "Torch device: auto (cuda when available, else cpu), cpu, cuda.",
               choices=("auto", "cpu", "cuda"), kind="registrar"),
     ParamSpec("resolution", 64, "Registration image height in pixels (width in proportion): "
@@ -103,8 +109,16 @@ PARAMS: tuple[ParamSpec, ...] = (
               "ct_frame, child = C-arm frame, transform T_ct_from_carm (for trees rooted at the CT)."),
     ParamSpec("publish_tf", True, "Publish the registered transform on /tf."),
     # --- intrinsics -----------------------------------------------------------------------------
-    ParamSpec("use_camera_info", True, "Intrinsics from the latest camera_info message; the "
-              "fx/fy/cx/cy/width/height parameters are the fallback until one arrives."),
+    ParamSpec("use_camera_info", True, "Intrinsics from the camera_info message paired with each image "
+              "by stamp (camera_info_tolerance_s, camera_info_max_age_s); the fx/fy/cx/cy/width/height "
+              "parameters are the fallback until the first one arrives. False: the parameters always."),
+    ParamSpec("camera_info_tolerance_s", 0.05, "An image is paired with the buffered camera_info (last 10) "
+              "whose header stamp is closest to its own, if they differ by at most this (s).",
+              (0.0, 10.0)),
+    ParamSpec("camera_info_max_age_s", 1.0, "When no camera_info is within camera_info_tolerance_s of "
+              "an image, the newest one stamped at or before the image is used if it is at most this "
+              "much older than the image (s, stamp to stamp); else the image is rejected "
+              "(unmatched_camera_info). 0 = no such fall-back.", (0.0, 3600.0)),
     ParamSpec("sdd_mm", 1020.0, "Source-to-detector distance (mm); CameraInfo's K fixes only "
               "sdd / pixel spacing.", (1.0, 10000.0)),
     ParamSpec("fx", 0.0, "Fallback focal length along x (pixels); 0 = not set.", (0.0, 1e7)),
@@ -115,10 +129,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("width", 0, "Fallback image width (pixels); 0 = not set.", (0, 100000)),
     ParamSpec("height", 0, "Fallback image height (pixels); 0 = not set.", (0, 100000)),
     # --- initialisation and tracking ------------------------------------------------------------
-    ParamSpec("use_initial_pose", False, "Start cold registrations from initial_pose instead of "
+    ParamSpec("use_initial_pose", False, "Start cold registrations from initial_pose_mm instead of "
               "the regressor (or the registrar's default view without one)."),
-    ParamSpec("initial_pose", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], "Initial C-arm pose "
-              "T_ct_from_carm: [x, y, z (m), qx, qy, qz, qw] of the C-arm optical frame in the CT "
+    ParamSpec("initial_pose_mm", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], "Initial C-arm pose "
+              "T_ct_from_carm: [x, y, z (mm), qx, qy, qz, qw] of the C-arm optical frame in the CT "
               "frame; used when use_initial_pose is true."),
     ParamSpec("tracking", True, "Warm start from the last accepted pose (finest scale only); falls "
               "back to a cold start when the cost degrades beyond tracking_cost_factor or a gate fails."),
@@ -132,6 +146,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               (0.0, 1e6)),
     ParamSpec("max_image_age_s", 2.0, "Reject images whose stamp is older than this on arrival "
               "(s, node clock); 0 = no limit.", (0.0, 1e6)),
+    ParamSpec("max_future_stamp_s", 0.5, "Reject images whose stamp is more than this ahead of the "
+              "node clock on arrival (s; future_stamp); 0 = no limit.", (0.0, 1e6)),
     ParamSpec("image_domain", "line_integral", "Pixel meaning. line_integral: values already are "
               "-log attenuation line integrals (bone bright; the simulator's 32FC1). intensity: "
               "raw detector counts (bone dark), converted with -log(I / I_max).",
@@ -150,6 +166,20 @@ PARAMS: tuple[ParamSpec, ...] = (
 
 SPECS = {p.name: p for p in PARAMS}
 REGISTRAR_KEYS = tuple(p.name for p in PARAMS if p.kind == "registrar")
+
+#: Old parameter name → what replaced it and how. rclpy would silently ignore the old name in a
+#: params file or on the command line; :func:`check_renamed` turns that into an error instead.
+RENAMED = {
+    "initial_pose": "initial_pose_mm, whose translation is in mm (it was in m): "
+                    "[x, y, z (mm), qx, qy, qz, qw]",
+}
+
+
+def check_renamed(names) -> None:
+    """Raise ParameterError when ``names`` (parameters given to the node) hold a renamed one."""
+    old = sorted(set(names) & set(RENAMED))
+    if old:
+        raise ParameterError("; ".join(f"parameter {n} was renamed {RENAMED[n]}" for n in old))
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -261,11 +291,11 @@ def validate(values: dict, changed: set[str] | None = None, cuda_available: bool
     scales = np.asarray(values["lm_scales"], dtype=np.float64)
     if scales.ndim != 1 or scales.size == 0 or not np.all((scales > 0) & (scales <= 1)):
         raise ParameterError("lm_scales must be one or more fractions in (0, 1]")
-    pose = np.asarray(values["initial_pose"], dtype=np.float64)
+    pose = np.asarray(values["initial_pose_mm"], dtype=np.float64)
     if pose.shape != (7,) or not np.all(np.isfinite(pose)):
-        raise ParameterError("initial_pose must be 7 finite numbers [x, y, z, qx, qy, qz, qw]")
+        raise ParameterError("initial_pose_mm must be 7 finite numbers [x, y, z (mm), qx, qy, qz, qw]")
     if np.linalg.norm(pose[3:]) < 1e-6:
-        raise ParameterError("initial_pose has a zero quaternion")
+        raise ParameterError("initial_pose_mm has a zero quaternion")
     if "ct_path" in changed and values["ct_path"]:
         probe_volume_file(values["ct_path"])
     if "model_path" in changed and values["model_path"] and values["model_path"] != "none":

@@ -6,7 +6,8 @@ Thin glue over :class:`sphere_reg_ros.core.registrar.Registrar`::
     ros2 run sphere_reg_ros registration_node --ros-args --params-file config/register.yaml
 
 Topics (relative names, remap in launch): subscribes ``image`` (mono8, mono16/16UC1, 32FC1) and
-``camera_info`` (sensor-data QoS unless ``qos_reliability``/``qos_depth`` say otherwise);
+``camera_info`` (sensor-data QoS unless ``qos_reliability``/``qos_depth`` say otherwise; the last
+10 CameraInfo messages are kept and each image is paired with one by stamp, see below);
 publishes ``/tf``, ``~/pose`` (``PoseWithCovarianceStamped``), ``~/overlay`` (bgr8, only computed
 while subscribed) and ``/diagnostics``; serves ``~/reset`` (``std_srvs/Trigger``: forget the
 tracking state).
@@ -21,13 +22,29 @@ of ``(x, y, z, rx, ry, rz)`` in m², rad² (see :func:`conversions.covariance_to
 the image's stamp. A registration that fails a gate publishes neither.
 
 Processing. The image callback only stores the newest frame (an older one still waiting is
-counted as dropped); a worker thread registers it: checks (age, encoding, layout, finite pixels,
-size against the intrinsics) → line integrals (``image_domain``) → ``register`` → gates → outputs.
+counted as dropped); a worker thread registers it: checks (stamp: not older than
+``max_image_age_s``, not more than ``max_future_stamp_s`` ahead of the node clock) → the
+CameraInfo paired with the image by stamp (``camera_info_tolerance_s``, else the newest one at
+most ``camera_info_max_age_s`` older; when none is in tolerance yet the worker waits up to 0.25 s
+after the image's arrival for it, as the two topics race; the rule is in :mod:`.frame_input`) →
+encoding, layout, finite pixels, size against the intrinsics → line integrals (``image_domain``)
+→ ``register`` → gates → outputs. A CameraInfo with an all-zero K (uncalibrated) is used through
+its P; that is logged once at WARN and shown as ``camera_info_note`` on ``/diagnostics`` (the
+frame's level is unchanged).
 Initial pose: with ``tracking`` and a last accepted pose, that pose (a cold restart follows when
 the result fails a gate or its cost exceeds ``tracking_cost_factor`` × the last accepted cost);
-otherwise ``initial_pose`` when ``use_initial_pose``, else the registrar's own (regressor, or its
-default view). Input problems are logged (at most once per 5 s per reason) and reported on
-``/diagnostics`` (see :mod:`.frame_input` for the reasons and levels); the node keeps serving.
+otherwise ``initial_pose_mm`` (translation in mm) when ``use_initial_pose``, else the registrar's
+own (regressor, or its default view). Input problems are logged (at most once per 5 s per reason)
+and reported on ``/diagnostics`` (see :mod:`.frame_input` for the reasons and levels); the node
+keeps serving. Frames without a paired CameraInfo are also counted in
+``frames_unmatched_camera_info``.
+
+Checkpoint. ``model_path ''`` (the shipped checkpoint) that is missing or does not fit the CT falls
+back to learning-free residuals: logged at WARN, status ``model_warning`` (WARN) on
+``/diagnostics`` at start-up or after the reload (until the next frame's outcome), and the value
+``model_warning`` holds the reason while that registrar serves. A ``model_path`` file that cannot
+be loaded is an error: at start-up the node exits (code 2) with the reason, at run time the
+change is rejected (``ct_load_failed``), the parameter reverted and the old registrar kept.
 Quality gates (ERROR, no TF/pose): ``registration_failed`` (the registrar's status is not usable),
 ``rejected_cost`` (cost > ``max_cost``), ``rejected_covariance`` (largest translational standard
 deviation > ``max_position_std_mm``).
@@ -35,6 +52,7 @@ deviation > ``max_position_std_mm``).
 
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 import time
@@ -57,9 +75,10 @@ from std_srvs.srv import Trigger
 
 from . import conversions as conv
 from .diagnostics import ERROR, OK, WARN, NodeStats
-from .frame_input import REASONS, FrameRejected, prepare_frame
+from .frame_input import (CAMERA_INFO_BUFFER, REASONS, FrameRejected, check_stamp, match_camera_info,
+                          paired_camera_info, prepare_frame, stamp_ns)
 from .overlay import make_overlay
-from .params import PARAMS, SPECS, ParameterError, Settings, descriptor, freeze, validate
+from .params import PARAMS, SPECS, ParameterError, Settings, check_renamed, descriptor, freeze, validate
 from .registrar_factory import build_registrar
 from .tf_publisher import TfPublisher
 
@@ -68,12 +87,14 @@ __all__ = ["RegistrationNode", "main"]
 _LOG_THROTTLE_S = 5.0
 #: Costs below this count as perfect when judging whether tracking degraded (1 - NCC = 1e-4).
 _TRACKING_COST_FLOOR = 1e-4
+#: How long after an image's arrival the worker waits for its CameraInfo (the topics race).
+_CAMERA_INFO_WAIT_S = 0.25
+_MM_PER_M = 1000.0
 
 
 @dataclass
 class _Frame:
     msg: Image
-    info: CameraInfo | None
     received_mono: float
     age_s: float
 
@@ -96,6 +117,7 @@ class RegistrationNode(Node):
         self._load_cv = threading.Condition()
         self._worker: threading.Thread | None = None
         self._loader: threading.Thread | None = None
+        check_renamed(getattr(self, "_parameter_overrides", {}))  # raises ParameterError: main() exits
         for spec in PARAMS:
             self.declare_parameter(spec.name, spec.default, descriptor(spec))
         values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
@@ -105,7 +127,10 @@ class RegistrationNode(Node):
         self._lock = threading.Lock()
         self._track_pose: np.ndarray | None = None
         self._track_cost = float("inf")
-        self._camera_info: CameraInfo | None = None
+        self._info_cv = threading.Condition()
+        self._camera_infos: collections.deque[CameraInfo] = collections.deque(maxlen=CAMERA_INFO_BUFFER)
+        self._camera_info_note: str | None = None
+        self.stats.set_values(camera_info_note="")
 
         t0 = time.monotonic()
         self._service = self._build(self._settings)
@@ -228,13 +253,15 @@ class RegistrationNode(Node):
 
     # ------------------------------------------------------------------ callbacks
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
+        """Buffer the CameraInfo (the last CAMERA_INFO_BUFFER); a worker waiting for it wakes up."""
+        with self._info_cv:
+            self._camera_infos.append(msg)
+            self._info_cv.notify_all()
 
     def _on_image(self, msg: Image) -> None:
         self.stats.mark_input()
-        now_ns = self.get_clock().now().nanoseconds
-        age = (now_ns - (msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)) * 1e-9
-        frame = _Frame(msg, self._camera_info, time.monotonic(), age)
+        age = (self.get_clock().now().nanoseconds - stamp_ns(msg.header.stamp)) * 1e-9
+        frame = _Frame(msg, time.monotonic(), age)
         with self._frame_cv:
             if self._pending is not None:
                 self.stats.count("frames_dropped")
@@ -262,6 +289,8 @@ class RegistrationNode(Node):
                     self._process(frame)
                 except FrameRejected as exc:
                     self.stats.count("frames_rejected")
+                    if exc.reason == "unmatched_camera_info":
+                        self.stats.count("frames_unmatched_camera_info")
                     stamp = frame.msg.header.stamp
                     self.stats.set_values(last_stamp=f"{stamp.sec}.{stamp.nanosec:09d}")
                     self._report(exc.reason, str(exc))
@@ -290,10 +319,49 @@ class RegistrationNode(Node):
         with self._lock:
             if s.tracking and self._track_pose is not None:
                 return self._track_pose.copy(), "tracking"
-        if s.use_initial_pose:
-            p = np.asarray(s.initial_pose, dtype=np.float64)
-            return conv.pose_from_translation_quaternion(p[:3], p[3:]), "initial_pose"
+        if s.use_initial_pose:  # [x, y, z (mm), qx, qy, qz, qw]; the conversion takes metres
+            p = np.asarray(s.initial_pose_mm, dtype=np.float64)
+            return conv.pose_from_translation_quaternion(p[:3] / _MM_PER_M, p[3:]), "initial_pose_mm"
         return None, "registrar_default"
+
+    def _camera_info_for(self, frame: _Frame, s: Settings) -> CameraInfo | None:
+        """The CameraInfo paired with ``frame`` (None: use the intrinsics parameters).
+
+        Waits until ``_CAMERA_INFO_WAIT_S`` after the image's arrival for one within
+        ``camera_info_tolerance_s`` unless a CameraInfo stamped later than that has already come
+        (then the image's own will not). Raises FrameRejected (``unmatched_camera_info``).
+        """
+        if not s.use_camera_info:
+            return None
+        image_ns = stamp_ns(frame.msg.header.stamp)
+        tolerance_ns = s.camera_info_tolerance_s * 1e9
+        deadline = frame.received_mono + _CAMERA_INFO_WAIT_S
+        with self._info_cv:
+            while True:
+                infos = tuple(self._camera_infos)
+                left = deadline - time.monotonic()
+                if (left <= 0 or self._stop.is_set()
+                        or paired_camera_info(infos, image_ns, s.camera_info_tolerance_s) is not None
+                        or any(stamp_ns(i.header.stamp) > image_ns + tolerance_ns for i in infos)):
+                    break
+                self._info_cv.wait(left)
+        info = match_camera_info(infos, image_ns, s.camera_info_tolerance_s, s.camera_info_max_age_s)
+        if info is not None:
+            self.stats.set_values(camera_info_offset_ms=f"{(image_ns - stamp_ns(info.header.stamp)) * 1e-6:.1f}")
+        return info
+
+    def _prepare(self, frame: _Frame, s: Settings) -> tuple[np.ndarray, Any]:
+        """Stamp checks, CameraInfo pairing, then :func:`prepare_frame`: (image, geometry)."""
+        check_stamp(frame.age_s, s)  # before waiting for a CameraInfo the frame does not need
+        info = self._camera_info_for(frame, s)
+        image, geometry = prepare_frame(frame.msg, info, s, frame.age_s)
+        note = None if info is None else conv.camera_info_note(info)
+        if note != self._camera_info_note:
+            self._camera_info_note = note
+            self.stats.set_values(camera_info_note=note or "")
+            if note is not None:
+                self.get_logger().warning(note)  # once, until a CameraInfo without it is used
+        return image, geometry
 
     @staticmethod
     def _gate(result, s: Settings) -> tuple[str, str] | None:
@@ -311,7 +379,7 @@ class RegistrationNode(Node):
         s, service = self._settings, self._service
         t0 = time.monotonic()
         lat = {"queue": t0 - frame.received_mono}
-        image, geometry = prepare_frame(frame.msg, frame.info, s, frame.age_s)
+        image, geometry = self._prepare(frame, s)
         header = frame.msg.header
         carm_frame = header.frame_id.lstrip("/") or s.default_carm_frame
         if carm_frame == s.ct_frame:

@@ -8,7 +8,9 @@ import pytest
 from sphere_reg_ros.core.carm import CarmGeometry
 from sphere_reg_ros.ros import conversions as conv
 from sphere_reg_ros.ros import params as P
-from sphere_reg_ros.ros.frame_input import REASONS, FrameRejected, frame_geometry, line_integrals, prepare_frame
+from sphere_reg_ros.ros.diagnostics import ERROR, WARN
+from sphere_reg_ros.ros.frame_input import (REASONS, FrameRejected, check_stamp, frame_geometry, line_integrals,
+                                            match_camera_info, prepare_frame)
 
 pytestmark = pytest.mark.ros
 
@@ -58,6 +60,7 @@ def test_prepare_frame_checks_in_order_and_every_reason_has_a_level():
     assert prepare_frame(mono16, info, s, 0.0)[0].max() == 1000.0
     cases = [
         (good, 1.5, "stale"),
+        (good, -0.6, "future_stamp"),  # max_future_stamp_s 0.5 by default
         (conv.numpy_to_image(np.zeros((24, 32, 3), np.uint8), "bgr8"), 0.0, "unsupported_encoding"),
         (conv.numpy_to_image(np.full((24, 32), np.nan, np.float32), "32FC1"), 0.0, "non_finite"),
         (conv.numpy_to_image(np.ones((24, 31), np.float32), "32FC1"), 0.0, "size_mismatch"),
@@ -66,3 +69,63 @@ def test_prepare_frame_checks_in_order_and_every_reason_has_a_level():
         with pytest.raises(FrameRejected) as e:
             prepare_frame(msg, info, s, age)
         assert e.value.reason == reason and reason in REASONS
+
+
+def test_stamps_too_old_or_too_far_ahead_are_refused_with_how_far():
+    s = _settings(max_image_age_s=2.0, max_future_stamp_s=0.5)
+    for age in (2.0, 0.0, -0.5):  # limits inclusive
+        check_stamp(age, s)
+    with pytest.raises(FrameRejected, match=r"image stamp 3\.250 s ahead of the node clock .*max_future_stamp_s 0\.5") as e:
+        check_stamp(-3.25, s)
+    assert e.value.reason == "future_stamp" and REASONS["future_stamp"] == ERROR
+    with pytest.raises(FrameRejected, match="stale image: stamp 2.50 s old"):
+        check_stamp(2.5, s)
+    check_stamp(-1e5, _settings(max_future_stamp_s=0.0))  # 0 = no limit
+
+
+def _info(sec: float, width: int = 32):
+    info = conv.geometry_to_camera_info(CarmGeometry(sdd=1020.0, height=24, width=width, delx=3.0, dely=3.0))
+    info.header.stamp.sec, info.header.stamp.nanosec = int(sec), int(round((sec - int(sec)) * 1e9))
+    return info
+
+
+NS = 1_000_000_000
+
+
+def test_camera_info_is_paired_by_stamp_not_by_arrival():
+    # arrival order 100.0, 100.5, 101.0 (widths 30, 31, 32 tell them apart)
+    buffer = [_info(100.0, 30), _info(100.5, 31), _info(101.0, 32)]
+    assert match_camera_info(buffer, 100 * NS, 0.05, 1.0).width == 30  # not the newest
+    assert match_camera_info(buffer, 100 * NS + 40_000_000, 0.05, 1.0).width == 30  # 40 ms: in tolerance
+    assert match_camera_info(buffer, 100 * NS + 460_000_000, 0.05, 1.0).width == 31  # closer to 100.5
+    # none within tolerance: the newest at or before the image, if at most camera_info_max_age_s older
+    assert match_camera_info(buffer, 100 * NS + 300_000_000, 0.05, 1.0).width == 30
+    assert match_camera_info(buffer, 101 * NS + 900_000_000, 0.05, 1.0).width == 32
+    assert match_camera_info([], 100 * NS, 0.05, 1.0) is None  # none yet: the parameters
+    assert REASONS["unmatched_camera_info"] == WARN
+
+
+@pytest.mark.parametrize("image_s,tolerance,max_age,why", [
+    (102.5, 0.05, 1.0, r"the newest at or before it is 1\.500 s older \(camera_info_max_age_s 1\)"),
+    (99.0, 0.05, 1.0, "none is stamped at or before it"),  # CameraInfo from after the image: never
+    (100.3, 0.05, 0.0, "camera_info_max_age_s 0"),  # 0: strict pairing, no fall-back
+    # 0.2 s before 100.5 (beyond 0.1 s), 0.3 s after 100.0 (beyond 0.25 s)
+    (100.3, 0.1, 0.25, r"closest of the last 3 is 0\.200 s off \(camera_info_tolerance_s 0\.1\)"),
+])
+def test_unmatched_camera_info_says_why(image_s, tolerance, max_age, why):
+    buffer = [_info(100.0), _info(100.5), _info(101.0)]
+    with pytest.raises(FrameRejected, match=why) as e:
+        match_camera_info(buffer, int(round(image_s * NS)), tolerance, max_age)
+    assert e.value.reason == "unmatched_camera_info"
+    assert "no CameraInfo pairs with the image stamped" in str(e.value)
+
+
+def test_zero_k_reaches_the_node_as_a_note_and_a_bad_k_as_bad_camera_info():
+    info = conv.geometry_to_camera_info(GEOMETRY)
+    info.k = [0.0] * 9
+    np.testing.assert_allclose(frame_geometry(info, _settings(), 24, 32).intrinsic_matrix(),
+                               GEOMETRY.intrinsic_matrix())
+    info.k = [-340.0, 0.0, 15.5, 0.0, 340.0, 11.5, 0.0, 0.0, 1.0]
+    with pytest.raises(FrameRejected, match="negative focal length") as e:
+        frame_geometry(info, _settings(), 24, 32)
+    assert e.value.reason == "bad_camera_info"

@@ -59,14 +59,37 @@ def test_defaults_validate_and_make_a_registrar_config():
     ({"resolution": 5}, "outside"),
     ({"sdd_mm": float("nan")}, "outside"),
     ({"lm_scales": [0.5, 1.5]}, "fractions"),
-    ({"initial_pose": [0.0] * 6}, "7 finite numbers"),
-    ({"initial_pose": [0.0] * 7}, "zero quaternion"),
+    ({"initial_pose_mm": [0.0] * 6}, r"7 finite numbers \[x, y, z \(mm\)"),
+    ({"initial_pose_mm": [0.0] * 7}, "zero quaternion"),
+    ({"max_future_stamp_s": -1.0}, "outside"),
+    ({"camera_info_tolerance_s": float("inf")}, "outside"),
     ({"ct_path": "/definitely/missing.nii.gz"}, "no such file"),
     ({"model_path": "/definitely/missing.pt"}, "no such readable file"),
 ])
 def test_validation_rejects_with_a_reason(change, match):
     with pytest.raises(P.ParameterError, match=match):
         P.validate({**P.yaml_defaults(), **change}, changed=set(change))
+
+
+def test_units_are_in_the_names():
+    """A description giving a unit as "(mm" or "(s" belongs to a parameter named ..._mm / ..._s, and
+    the other way round; no parameter takes metres (initial_pose took them, now initial_pose_mm)."""
+    import re
+    for spec in P.PARAMS:
+        units = set(re.findall(r"\((mm|m|s)[,;)]", spec.description))
+        assert "m" not in units, f"{spec.name} takes metres: {spec.description}"
+        for unit in units:
+            assert spec.name.endswith(f"_{unit}"), f"{spec.name}: description in {unit}, name without _{unit}"
+        for unit in ("mm", "s"):
+            if spec.name.endswith(f"_{unit}"):
+                assert unit in units, f"{spec.name}: the description does not give the unit ({unit})"
+
+
+def test_renamed_parameters_are_refused_with_the_new_name():
+    P.check_renamed(["initial_pose_mm", "ct_path"])  # current names pass
+    with pytest.raises(P.ParameterError, match=r"initial_pose was renamed initial_pose_mm.*\(mm\)"):
+        P.check_renamed({"initial_pose": None, "ct_path": None})
+    assert not set(P.RENAMED) & set(P.SPECS)
 
 
 def test_cuda_is_refused_without_a_gpu_and_files_are_probed(tmp_path):

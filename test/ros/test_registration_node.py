@@ -3,12 +3,14 @@
 One node process per module (``python -m sphere_reg_ros.ros.registration_node --ros-args -p ...``)
 serves every test, on an 8 mm copy of the example CT written to a temporary NIfTI file, with
 32×32 images registered at 32 px in one scale. X-rays are rendered with ``core.drr.DrrRenderer``
-at a known pose ``T_true`` (``T_ct_from_carm``). Start pose: the node's ``initial_pose``
-parameter (``use_initial_pose:=true``) holds ``T_true`` perturbed by a few mm and about a degree,
-standing in for the regressor (tests run with ``tracking:=false`` except the tracking/reset test).
-Every wait is for a message (TF with the image's stamp, a diagnostic status, a service reply)
-with a timeout; frames are re-sent while waiting only where delivery order between two topics
-or a fresh subscription matters.
+at a known pose ``T_true`` (``T_ct_from_carm``). Start pose: the node's ``initial_pose_mm``
+parameter (``use_initial_pose:=true``; translation in mm, so a registration that lands within
+2 mm also checks that unit) holds ``T_true`` perturbed by a few mm and about a degree, standing
+in for the regressor (tests run with ``tracking:=false`` except the tracking/reset test).
+CameraInfo goes out stamped with its image's stamp, as a camera driver publishes it; the node
+pairs them by stamp. Every wait is for a message (TF with the image's stamp, a diagnostic status,
+a service reply) with a timeout; frames are re-sent while waiting only where delivery order
+between two topics or a fresh subscription matters.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -25,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 
-from sphere_reg_ros.core.geometry import se3_exp
+from sphere_reg_ros.core.geometry import pose_to_translation_quaternion, se3_exp
 from sphere_reg_ros.core.views import ap_pose, default_geometry
 from sphere_reg_ros.core.volume import hu_to_attenuation, resample
 from sphere_reg_ros.core.drr import DrrRenderer
@@ -55,6 +58,8 @@ def scene(tmp_path_factory, example_ct):
         nib.save(nib.Nifti1Image(ct.data, ct.affine), str(paths[name]))
     garbage = folder / "garbage.nii.gz"
     garbage.write_bytes(b"this is not a NIfTI file" * 10)
+    corrupt_model = folder / "model.pt"
+    corrupt_model.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     geometry = default_geometry(SIZE)
     delta = se3_exp(torch.tensor([3.0, -2.0, 4.0, 0.02, -0.01, 0.015], dtype=torch.float64))
     truth = (delta @ ap_pose(ct.center_world))[0].numpy()
@@ -63,14 +68,14 @@ def scene(tmp_path_factory, example_ct):
         image = renderer(torch.as_tensor(truth, dtype=torch.float32)[None])[0, 0].numpy()
     init = se3_exp(torch.tensor([3.0, 2.5, -3.0, 0.012, 0.015, -0.01], dtype=torch.float64)).numpy() @ truth
     return dict(ct_path=paths["ct_a.nii.gz"], ct_path_b=paths["ct_b.nii.gz"], garbage=garbage,
+                corrupt_model=corrupt_model,
                 geometry=geometry, truth=truth, image=image.astype(np.float32), init=init)
 
 
 def _pose_param(T: np.ndarray) -> str:
-    msg = conv.pose_to_transform_stamped(T, "a", "b").transform
-    values = [msg.translation.x, msg.translation.y, msg.translation.z,
-              msg.rotation.x, msg.rotation.y, msg.rotation.z, msg.rotation.w]
-    return "[" + ",".join(repr(float(v)) for v in values) + "]"
+    """``initial_pose_mm`` of ``T`` (mm): ``[x, y, z (mm), qx, qy, qz, qw]``."""
+    t, q = pose_to_translation_quaternion(torch.as_tensor(T, dtype=torch.float64), unit="mm")
+    return "[" + ",".join(repr(float(v)) for v in [*t.tolist(), *q.tolist()]) + "]"
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +85,7 @@ def node_process(scene, ros_domain_id):
     args = ["-m", "sphere_reg_ros.ros.registration_node", "--ros-args", "-r", f"__node:={NODE}",
             "-p", f"ct_path:={scene['ct_path']}", "-p", f"ct_spacing_mm:={SPACING_MM}",
             "-p", f"resolution:={SIZE}", "-p", "lm_scales:=[1.0]", "-p", "tracking:=false",
-            "-p", "use_initial_pose:=true", "-p", f"initial_pose:={_pose_param(scene['init'])}",
+            "-p", "use_initial_pose:=true", "-p", f"initial_pose_mm:={_pose_param(scene['init'])}",
             "-p", "max_image_age_s:=30.0", "-p", "diagnostics_period_s:=0.5",
             "-p", "qos_reliability:=reliable", "-p", "qos_depth:=10"]  # deep enough that a burst reaches the callback
     proc = _helpers.RosProcess(args, env)
@@ -164,11 +169,16 @@ class Client:
         header = Header(frame_id=frame_id, stamp=stamp or self.stamp())
         return conv.numpy_to_image(pixels, encoding, header)
 
-    def info_msg(self, geometry, frame_id=CARM_FRAME):
+    def info_msg(self, geometry, frame_id=CARM_FRAME, stamp=None):
+        """CameraInfo of ``geometry``; unstamped unless ``stamp`` (:meth:`send` stamps it)."""
         from std_msgs.msg import Header
-        return conv.geometry_to_camera_info(geometry, Header(frame_id=frame_id))
+        header = Header(frame_id=frame_id) if stamp is None else Header(frame_id=frame_id, stamp=stamp)
+        return conv.geometry_to_camera_info(geometry, header)
 
     def send(self, image, info):
+        """CameraInfo, then the image; an unstamped CameraInfo gets the image's stamp (a driver's)."""
+        if (info.header.stamp.sec, info.header.stamp.nanosec) == (0, 0):
+            info.header.stamp = image.header.stamp
         self.info_pub.publish(info)
         self.image_pub.publish(image)
 
@@ -227,8 +237,9 @@ class Client:
         """Register a first frame (the node's first registration also pays one-time costs).
 
         CameraInfo goes out alone first: ``image`` and ``camera_info`` are separate topics, so an
-        image sent with its CameraInfo can reach the node first and is rejected for lack of
-        intrinsics, as documented. Frames are sent until one is registered."""
+        image sent with its CameraInfo can reach the node first; the node waits a moment for its
+        CameraInfo, else rejects it for lack of intrinsics, as documented. Frames are sent until
+        one is registered."""
         deadline = time.monotonic() + timeout
         self.info_pub.publish(self.info_msg(scene["geometry"]))
         while True:
@@ -385,6 +396,15 @@ def test_quality_gate_failure_publishes_no_tf_and_reports_error(client, scene):
 
 
 def _bad_image(client, scene, case):
+    """(image, CameraInfo) that the node must reject for ``case``."""
+    info = client.info_msg(scene["geometry"])
+    if case == "bad_camera_info":  # a negative focal length: no fall-back to P any more
+        info.k = [-v if i == 0 else v for i, v in enumerate(info.k)]
+        return client.image_msg(scene["image"]), info
+    return _bad_pixels(client, scene, case), info
+
+
+def _bad_pixels(client, scene, case):
     img = scene["image"]
     if case == "unsupported_encoding":
         rgb = np.repeat(conv_to_u8(img)[..., None], 3, axis=2)
@@ -406,6 +426,8 @@ def _bad_image(client, scene, case):
         return client.image_msg(bad)
     if case == "stale":
         return client.image_msg(img, stamp=client.stamp(age_s=100.0))
+    if case == "future_stamp":
+        return client.image_msg(img, stamp=client.stamp(age_s=-100.0))
     raise ValueError(case)
 
 
@@ -420,6 +442,8 @@ BAD_INPUTS = {
     "zero_size": (b"\x02", "zero-size image"),
     "non_finite": (b"\x01", "2 of 1024 pixels are NaN or infinite"),
     "stale": (b"\x01", "stale image: stamp"),
+    "future_stamp": (b"\x02", "s ahead of the node clock on arrival (max_future_stamp_s 0.5)"),
+    "bad_camera_info": (b"\x02", "CameraInfo K has a negative focal length"),
 }
 
 
@@ -427,11 +451,20 @@ BAD_INPUTS = {
 def test_bad_input_is_reported_and_the_next_frame_registers(client, scene, reason):
     level, text = BAD_INPUTS[reason]
     start = client.mark()
-    client.send(_bad_image(client, scene, reason), client.info_msg(scene["geometry"]))
+    image, info = _bad_image(client, scene, reason)
+    client.send(image, info)
     status, values = client.diag_since(start, reason)
     assert status.level == level and text in status.message, status.message
+    if reason == "future_stamp":
+        ahead = re.search(r"image stamp (\d+\.\d{3}) s ahead", status.message)
+        assert ahead and 99.0 < float(ahead.group(1)) <= 100.0, status.message  # 100 s less the transit
     client.proc.wait_for_line(text, timeout=10.0)  # logged (throttled per reason)
     assert int(values["frames_rejected"]) >= 1
+    stamp = (image.header.stamp.sec, image.header.stamp.nanosec)
+    with client.cv:  # nothing published for it (TF and pose would have preceded the diagnostics)
+        assert not any((t.header.stamp.sec, t.header.stamp.nanosec) == stamp
+                       for m in client.inbox["tf"] for t in m.transforms)
+        assert not any((m.header.stamp.sec, m.header.stamp.nanosec) == stamp for m in client.inbox["pose"])
     _, tf = client.register_good(scene)
     assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
 
@@ -465,9 +498,132 @@ def test_image_size_disagreeing_with_camera_info(client, scene):
                 raise
 
 
+def _time(t: float):
+    """``builtin_interfaces/Time`` of ``t`` seconds (to the microsecond)."""
+    from builtin_interfaces.msg import Time
+    us = int(round(t * 1e6))
+    return Time(sec=us // 1_000_000, nanosec=(us % 1_000_000) * 1000)
+
+
+def _no_output_for(client, stamp):
+    key = (stamp.sec, stamp.nanosec)
+    with client.cv:
+        return not any((t.header.stamp.sec, t.header.stamp.nanosec) == key
+                       for m in client.inbox["tf"] for t in m.transforms)
+
+
+def test_camera_info_is_paired_with_its_image_by_stamp(client, scene):
+    """Two CameraInfo arrive before either image: each image gets the one with its own stamp,
+    not the last one received (which is what the node used to do)."""
+    t_a, t_b = client.stamp(age_s=1.0), client.stamp(age_s=0.5)
+    client.info_pub.publish(client.info_msg(scene["geometry"], stamp=t_a))
+    client.info_pub.publish(client.info_msg(default_geometry(48), stamp=t_b))  # arrives last
+    image_a = client.image_msg(scene["image"], stamp=t_a)
+    client.image_pub.publish(image_a)
+    tf = client.tf_for(t_a)  # paired with its 32 px CameraInfo, not the newer 48 px one
+    assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
+    _, values = client.diag_for(t_a)
+    assert values["status"] == "ok" and float(values["camera_info_offset_ms"]) == 0.0
+    image_b = client.image_msg(scene["image"], stamp=t_b)
+    client.image_pub.publish(image_b)
+    status, values = client.diag_for(t_b, timeout=WAIT_S)
+    assert values["status"] == "size_mismatch", status.message
+    assert "disagrees with CameraInfo 48x48" in status.message
+
+
+def test_unmatched_camera_info_is_rejected_counted_and_the_next_matched_frame_registers(client, scene):
+    # an image 20 s old (max_image_age_s is 30) whose CameraInfo never came: the buffered ones are
+    # stamped after it (or unstamped: the warm-up's), so neither pairing nor the
+    # camera_info_max_age_s fall-back applies
+    before = client.diag_for(client.register_good(scene)[0])[1]
+    start = client.mark()
+    image = client.image_msg(scene["image"], stamp=client.stamp(age_s=20.0))
+    client.image_pub.publish(image)
+    status, values = client.diag_since(start, "unmatched_camera_info")
+    assert status.level == b"\x01", status.level
+    assert "no CameraInfo pairs with the image stamped" in status.message
+    assert "(camera_info_max_age_s 1)" in status.message  # none at or before it, or only ones far older
+    client.proc.wait_for_line("no CameraInfo pairs with the image", timeout=10.0)
+    assert int(values["frames_unmatched_camera_info"]) == int(before["frames_unmatched_camera_info"]) + 1
+    assert int(values["frames_rejected"]) == int(before["frames_rejected"]) + 1
+    assert _no_output_for(client, image.header.stamp)
+
+    # fall-back: no CameraInfo within camera_info_tolerance_s (0.05 s), but one 0.3 s older than
+    # the image, within camera_info_max_age_s (1 s): used
+    now = time.time()
+    t, older = _time(now - 15.0), _time(now - 15.3)
+    client.info_pub.publish(client.info_msg(scene["geometry"], stamp=older))
+    image = client.image_msg(scene["image"], stamp=t)
+    client.image_pub.publish(image)
+    client.tf_for(t)
+    _, values = client.diag_for(t)
+    assert abs(float(values["camera_info_offset_ms"]) - 300.0) < 1.0, values["camera_info_offset_ms"]
+
+    # the same 2.3 s older than its image, beyond camera_info_max_age_s: rejected
+    start = client.mark()
+    image = client.image_msg(scene["image"], stamp=_time(now - 13.0))
+    client.image_pub.publish(image)
+    status, _ = client.diag_since(start, "unmatched_camera_info")
+    assert "newest at or before it is 2.300 s older" in status.message and "camera_info_max_age_s 1)" in status.message
+    _, tf = client.register_good(scene)
+    assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
+
+
+def test_all_zero_k_registers_through_p_with_a_note(client, scene):
+    image = client.image_msg(scene["image"])
+    info = client.info_msg(scene["geometry"])
+    info.k = [0.0] * 9  # uncalibrated (sensor_msgs); P still holds the intrinsics
+    client.send(image, info)
+    tf = client.tf_for(image.header.stamp)
+    assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
+    status, values = client.diag_for(image.header.stamp)
+    assert status.level == b"\x00" and "K is all zero (uncalibrated camera); intrinsics taken from P" \
+        in values["camera_info_note"]
+    client.proc.wait_for_line("K is all zero (uncalibrated camera)", timeout=10.0)
+    stamp, _ = client.register_good(scene)  # a calibrated K again: the note goes
+    assert client.diag_for(stamp)[1]["camera_info_note"] == ""
+
+
+def test_shipped_checkpoint_that_does_not_fit_warns_on_diagnostics(client, scene):
+    """``model_path ''`` on this 8 mm CT: the shipped checkpoint belongs to the 512^3 example CT, so
+    it is refused; the node goes learning-free and says so (WARN), and still registers."""
+    start = client.mark()
+    (result,) = client.set_params(model_path="")
+    assert result.successful, result.reason
+    try:
+        status, values = client.diag_since(start, "model_warning", timeout=120.0)
+        assert status.level == b"\x01"
+        assert "shipped checkpoint" in status.message and "learning-free residuals" in status.message
+        assert "made for another CT" in values["model_warning"], values["model_warning"]
+        client.proc.wait_for_line("shipped checkpoint", timeout=10.0)  # the node's logger, at WARN
+        stamp, tf = client.register_good(scene)
+        assert "made for another CT" in client.diag_for(stamp)[1]["model_warning"]  # kept while it serves
+        assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
+    finally:
+        start = client.mark()
+        (result,) = client.set_params(model_path="none")
+        assert result.successful, result.reason
+    _, values = client.diag_since(start, "ct_loaded", timeout=120.0)
+    assert values["model_warning"] == ""
+
+
+def test_a_corrupt_checkpoint_at_run_time_is_rejected_and_the_old_registrar_kept(client, scene):
+    start = client.mark()
+    (result,) = client.set_params(model_path=str(scene["corrupt_model"]))
+    assert result.successful, result.reason  # a readable file: the load itself decides
+    status, values = client.diag_since(start, "ct_load_failed", timeout=120.0)
+    assert status.level == b"\x02" and "corrupt" in status.message and "still serving" in status.message
+    deadline = time.monotonic() + 30.0
+    while client.get_param("model_path") != "none":  # the revert follows the status
+        assert time.monotonic() < deadline, "model_path not reverted to 'none'"
+        time.sleep(0.2)
+    _, tf = client.register_good(scene)
+    assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
+
+
 def test_invalid_parameter_values_are_rejected_and_the_old_kept(client):
     cases = {"ct_frame": "", "image_domain": "counts", "resolution": 100000, "default_carm_frame": "ct",
-             "lm_scales": [0.0, 1.0], "initial_pose": [0.0] * 7}
+             "lm_scales": [0.0, 1.0], "initial_pose_mm": [0.0] * 7}
     for name, value in cases.items():
         old = client.get_param(name)
         (result,) = client.set_params(**{name: value})
@@ -508,7 +664,7 @@ def test_tracking_warm_starts_and_reset_forgets(client, scene):
         assert future.result().success
         stamp, _ = client.register_good(scene)
         _, values = client.diag_for(stamp)
-        assert values["last_init"] == "initial_pose"
+        assert values["last_init"] == "initial_pose_mm"
     finally:
         client.set_params(tracking=False)
 
@@ -532,3 +688,24 @@ def test_a_bad_ct_path_at_start_up_exits_with_the_reason(spawn_ros_process, tmp_
     proc.stop()
     assert proc.proc.returncode == 2
     assert f"cannot start: ct_path '{missing}': no such file or directory" in proc.output()
+
+
+def test_a_corrupt_checkpoint_at_start_up_exits_with_the_reason(spawn_ros_process, scene):
+    proc = spawn_ros_process("-m", "sphere_reg_ros.ros.registration_node", "--ros-args",
+                             "-p", f"ct_path:={scene['ct_path']}", "-p", f"ct_spacing_mm:={SPACING_MM}",
+                             "-p", f"model_path:={scene['corrupt_model']}", "-r", "__node:=reg_bad_model_test")
+    proc.proc.wait(timeout=120)
+    proc.stop()
+    assert proc.proc.returncode == 2, proc.output()
+    assert f"cannot start: {scene['corrupt_model']}: corrupt, truncated or not a checkpoint" in proc.output()
+
+
+def test_the_old_initial_pose_parameter_is_refused_at_start_up(spawn_ros_process):
+    """It took metres; silently ignoring it (what rclpy does with an undeclared name) would start
+    every registration from the wrong place."""
+    proc = spawn_ros_process("-m", "sphere_reg_ros.ros.registration_node", "--ros-args",
+                             "-p", "initial_pose:=[0.0,0.0,0.5,0.0,0.0,0.0,1.0]", "-r", "__node:=reg_renamed_test")
+    proc.proc.wait(timeout=120)
+    proc.stop()
+    assert proc.proc.returncode == 2, proc.output()
+    assert "cannot start: parameter initial_pose was renamed initial_pose_mm" in proc.output()
