@@ -57,7 +57,7 @@ DEFAULT_ROBUST_SCALE = {"none": 2.0, "cauchy": 2.0, "huber": 2.0, "geman-mcclure
 #: Factor on the LM's covariance (``RegistrarConfig.covariance_scale``), calibrated on the
 #: validation splits so that the 95 % error ellipsoid at the region of interest covers about
 #: 95 % of the true errors (docs/TRUST.md).
-DEFAULT_COVARIANCE_SCALE = 1.0
+DEFAULT_COVARIANCE_SCALE = 36.0
 #: Intensity models the learning-free residuals can fit (``RegistrarConfig.intensity_fit``).
 INTENSITY_FITS = ("none", "bone", "curve", "bone+curve")
 
@@ -363,6 +363,9 @@ class Registrar:
         self._check_solver = LevenbergMarquardt(similarity, config.lm_config(learned=self.learned, tracking=True))
         self._renderers: dict[CarmGeometry, DrrRenderer] = {}
         self.mask_config = MaskConfig()
+        #: the quality gates applied when ``config.gates`` (may be replaced between registrations,
+        #: e.g. when the node's gate parameters change; no rebuild needed)
+        self.trust: TrustConfig = config.trust
         self.model_geometry: CarmGeometry | None = None  # the detector the models were trained for
         self.source = f"CT {ct.source} at {spacing_mm:g} mm; " + (
             "learned similarity" if self.learned else f"learning-free {config.residuals} residuals") + (
@@ -570,7 +573,8 @@ class Registrar:
                 res = replace(res, normalised_cost=self.solver.normalised_cost(
                     renderers[-1], fixed[i:i + 1], torch.from_numpy(res.pose), m,
                     offset_mm=self.config.reference_offset_mm, center=self.center_world))
-                if status is Status.CONVERGED and self.config.trust.consistency:
+                # the consistency check for cold starts only: a warm start begins at a checked pose
+                if status is Status.CONVERGED and self.trust.consistency and not fine_only:
                     res = replace(res, consistency_mm=self._consistency(renderers[-1], fixed[i:i + 1], res.pose, m))
             final.append(replace(res, message=_joined(msg, messages[i])))
         t_trust = (time.perf_counter() - t3) / n
@@ -578,7 +582,7 @@ class Registrar:
         timings = {"regressor": t_reg / n, "lm": t_lm / n, "trust": t_trust, "total": total / n}
         final = [replace(r, timings=dict(timings)) for r in final]
         if self.config.gates:
-            final = [apply_gates(r, self.config.trust) for r in final]
+            final = [apply_gates(r, self.trust) for r in final]
         return final
 
     def _consistency(self, renderer: DrrRenderer, fixed: torch.Tensor, pose: np.ndarray,
@@ -588,7 +592,7 @@ class Registrar:
         ``offset / 100`` rad about its y axis through the CT's centre (finest scale only)."""
         from .geometry import make_pose, so3_exp
 
-        d = self.config.trust.consistency_offset_mm
+        d = self.trust.consistency_offset_mm
         T = torch.as_tensor(pose, dtype=torch.float64)
         c = torch.as_tensor(self.center_world, dtype=torch.float64)
         R = so3_exp(T[:3, 1] * (d / 100.0))

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sphere_reg_ros.core.trust import rejection_key
+
 __all__ = ["add_evaluate_parser", "run_evaluate", "add_register_parser", "run_register", "read_image",
            "read_pose", "pose_json", "overlay_image"]
 
@@ -286,6 +288,11 @@ def pose_json(result, geometry) -> dict:
         "iterations": result.iterations, "masked_fraction": result.masked_fraction,
         "covariance_v_mm_w_rad": clean(result.covariance),
         "position_std_mm": result.position_std_mm if math.isfinite(result.position_std_mm) else None,
+        "roi_mm": None if result.roi_mm is None else [float(v) for v in result.roi_mm],
+        "roi_covariance_mm2": clean(result.roi_covariance),
+        "normalised_cost": result.normalised_cost if math.isfinite(result.normalised_cost) else None,
+        "consistency_mm": result.consistency_mm if math.isfinite(result.consistency_mm) else None,
+        "rejected_by": rejection_key(result) or None,
         "timings_s": result.timings, "geometry": geometry.to_dict(),
     }
 
@@ -314,8 +321,14 @@ def overlay_image(xray: np.ndarray, drr: np.ndarray, valid: np.ndarray | None = 
     return (rgb * 255).astype(np.uint8)
 
 
+def _point(p) -> str:
+    return "(the CT origin)" if p is None else "(" + ", ".join(f"{v:.1f}" for v in p) + " mm)"
+
+
 def run_register(args: argparse.Namespace) -> int:
-    """Run ``register``; returns 0 (usable pose), 1 (registration failed) or 2 (bad input)."""
+    """Run ``register``; returns 0 (a pose that may be used: converged and every quality gate
+    passed), 1 (registration failed or rejected by a gate; the reason is in the report) or 2 (bad
+    input)."""
     import matplotlib.image as mpimg
 
     from sphere_reg_ros.core.carm import CarmGeometry, CarmGeometryError
@@ -358,7 +371,11 @@ def run_register(args: argparse.Namespace) -> int:
              f"geometry: {geometry.to_dict()}",
              f"status: {result.status.value} ({result.message})",
              f"cost: {result.initial_cost:.4g} -> {result.cost:.4g} in {result.iterations} iterations",
-             f"position std (from the covariance): {result.position_std_mm:.3g} mm",
+             "verdict: " + ("may be published (converged, every quality gate passed)" if result.ok else
+                            f"NOT to be used ({rejection_key(result)})"),
+             f"normalised cost (1 = the image does not pin the pose down): {result.normalised_cost:.3g}",
+             f"position std at the region of interest {_point(result.roi_mm)}: {result.position_std_mm:.3g} mm",
+             f"consistency (a second start ended this far away): {result.consistency_mm:.3g} mm",
              f"masked (shutters, metal, saturation; zero weight): {100 * result.masked_fraction:.1f} % of the image",
              "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()),
              "T_ct_from_carm (mm):"] + ["  " + " ".join(f"{v:10.4f}" for v in row) for row in np.asarray(result.pose)]

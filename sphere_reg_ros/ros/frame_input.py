@@ -76,7 +76,8 @@ REASONS = {
     "model_warning": WARN, "future_stamp": ERROR, "unsupported_encoding": ERROR, "bad_step": ERROR, "bad_data_length": ERROR,
     "zero_size": ERROR, "size_mismatch": ERROR, "no_intrinsics": ERROR, "bad_camera_info": ERROR,
     "frame_conflict": ERROR, "registration_failed": ERROR, "rejected_cost": ERROR,
-    "rejected_covariance": ERROR, "ct_load_failed": ERROR, "internal_error": ERROR,
+    "rejected_covariance": ERROR, "rejected_masked": ERROR, "rejected_inconsistent": ERROR, "rejected": ERROR,
+    "ct_load_failed": ERROR, "internal_error": ERROR,
 }
 
 

@@ -23,12 +23,17 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+from ..core.trust import TrustConfig
+
+#: Default quality gates (calibrated in core; the gate parameters default to these).
+_GATES = TrustConfig()
 
 __all__ = ["ParamSpec", "PARAMS", "SPECS", "Settings", "ParameterError", "descriptor", "validate",
            "REGISTRAR_KEYS", "RENAMED", "yaml_defaults", "probe_volume_file", "freeze", "check_renamed"]
@@ -134,16 +139,29 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("initial_pose_mm", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], "Initial C-arm pose "
               "T_ct_from_carm: [x, y, z (mm), qx, qy, qz, qw] of the C-arm optical frame in the CT "
               "frame; used when use_initial_pose is true."),
-    ParamSpec("tracking", True, "Warm start from the last accepted pose (finest scale only); falls "
-              "back to a cold start when the cost degrades beyond tracking_cost_factor or a gate fails."),
-    ParamSpec("tracking_cost_factor", 3.0, "Cold restart when a tracked registration's cost "
-              "exceeds this factor times the last accepted cost.", (1.0, 1000.0)),
+    ParamSpec("tracking", True, "Warm start from the last published pose (finest scale only); falls "
+              "back to a cold start when a gate fails or the normalised cost grows beyond "
+              "tracking_cost_factor times the last published one. A rejected frame never seeds tracking."),
+    ParamSpec("tracking_cost_factor", 3.0, "Cold restart when a tracked registration's normalised cost "
+              "exceeds this factor times the last published one.", (1.0, 1000.0)),
+    ParamSpec("roi", "bone", "Region of interest where the uncertainty is expressed and gated and the "
+              "consistency measured: bone (centroid of the CT's bone), center (the CT's centre) or "
+              "'x, y, z' (a CT world point in mm, e.g. the centroid of the surgical landmarks).",
+              kind="registrar"),
     # --- quality gates and input checks ---------------------------------------------------------
-    ParamSpec("max_cost", 0.0, "Reject registrations whose final cost exceeds this; 0 = no limit.",
-              (0.0, 1e12)),
-    ParamSpec("max_position_std_mm", 10.0, "Reject registrations whose largest translational "
-              "standard deviation (from the covariance) exceeds this (mm); 0 = no limit.",
-              (0.0, 1e6)),
+    ParamSpec("max_normalised_cost", _GATES.max_normalised_cost, "Reject registrations whose "
+              "normalised cost (final cost over the cost at reference offsets around it; about 1 when the "
+              "image does not pin the pose down) exceeds this; 0 = no limit. Calibrated on validation "
+              "benchmarks (docs/TRUST.md).", (0.0, 100.0)),
+    ParamSpec("max_position_std_mm", _GATES.max_position_std_mm, "Reject registrations whose largest "
+              "standard deviation at the region of interest (from the calibrated covariance) exceeds "
+              "this (mm); 0 = no limit.", (0.0, 1e6)),
+    ParamSpec("max_masked_fraction", _GATES.max_masked_fraction, "Reject registrations with more than "
+              "this share of the image masked (collimator, metal, saturation); 0 = no limit.", (0.0, 1.0)),
+    ParamSpec("max_inconsistency_mm", _GATES.max_inconsistency_mm, "Cold registrations: reject when a "
+              "second start, offset from the final pose, ends further than this away at the region of "
+              "interest (mm); 0 = no check (saves about one tracking registration per cold frame).",
+              (0.0, 1e4)),
     ParamSpec("max_image_age_s", 2.0, "Reject images whose stamp is older than this on arrival "
               "(s, node clock); 0 = no limit.", (0.0, 1e6)),
     ParamSpec("max_future_stamp_s", 0.5, "Reject images whose stamp is more than this ahead of the "
@@ -172,7 +190,32 @@ REGISTRAR_KEYS = tuple(p.name for p in PARAMS if p.kind == "registrar")
 RENAMED = {
     "initial_pose": "initial_pose_mm, whose translation is in mm (it was in m): "
                     "[x, y, z (mm), qx, qy, qz, qw]",
+    "max_cost": "max_normalised_cost, a gate on the cost normalised by the cost at reference offsets "
+                "(comparable across residual models and resolutions; docs/TRUST.md)",
 }
+
+
+def parse_roi(value: str) -> str | tuple[float, float, float]:
+    """The ``roi`` parameter as ``RegistrarConfig.roi``: 'bone', 'center' or three numbers (mm).
+    Raises ParameterError."""
+    text = str(value).strip()
+    if text in ("bone", "center"):
+        return text
+    try:
+        point = tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        point = ()
+    if len(point) != 3 or not all(math.isfinite(v) for v in point):
+        raise ParameterError(f"roi {value!r} is not 'bone', 'center' or three numbers 'x, y, z' (mm)")
+    return point
+
+
+def trust_config(settings) -> TrustConfig:
+    """The quality gates of the node's parameters (``settings``: :class:`Settings`)."""
+    return replace(_GATES, max_normalised_cost=float(settings.max_normalised_cost),
+                   max_position_std_mm=float(settings.max_position_std_mm),
+                   max_masked_fraction=float(settings.max_masked_fraction),
+                   max_inconsistency_mm=float(settings.max_inconsistency_mm))
 
 
 def check_renamed(names) -> None:
@@ -291,6 +334,7 @@ def validate(values: dict, changed: set[str] | None = None, cuda_available: bool
     scales = np.asarray(values["lm_scales"], dtype=np.float64)
     if scales.ndim != 1 or scales.size == 0 or not np.all((scales > 0) & (scales <= 1)):
         raise ParameterError("lm_scales must be one or more fractions in (0, 1]")
+    parse_roi(values["roi"])
     pose = np.asarray(values["initial_pose_mm"], dtype=np.float64)
     if pose.shape != (7,) or not np.all(np.isfinite(pose)):
         raise ParameterError("initial_pose_mm must be 7 finite numbers [x, y, z (mm), qx, qy, qz, qw]")

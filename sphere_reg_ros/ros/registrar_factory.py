@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from ..core.registrar import Registrar, RegistrarConfig
 from ..core.volume import VolumeError
+from .params import parse_roi, trust_config
 
 __all__ = ["Built", "build_registrar", "registrar_config", "shipped_checkpoint"]
 
@@ -49,6 +50,8 @@ def registrar_config(settings) -> RegistrarConfig:
         intensity_fit=str(settings.intensity_fit),
         restarts=int(settings.lm_restarts),
         device=str(settings.device),
+        roi=parse_roi(settings.roi),
+        trust=trust_config(settings),
     )
 
 

@@ -31,9 +31,10 @@ encoding, layout, finite pixels, size against the intrinsics → line integrals 
 → ``register`` → gates → outputs. A CameraInfo with an all-zero K (uncalibrated) is used through
 its P; that is logged once at WARN and shown as ``camera_info_note`` on ``/diagnostics`` (the
 frame's level is unchanged).
-Initial pose: with ``tracking`` and a last accepted pose, that pose (a cold restart follows when
-the result fails a gate or its cost exceeds ``tracking_cost_factor`` × the last accepted cost);
-otherwise ``initial_pose_mm`` (translation in mm) when ``use_initial_pose``, else the registrar's
+Initial pose (the policy of :class:`~sphere_reg_ros.core.trust.Tracker`): with ``tracking`` and a
+last published pose, that pose (a cold restart follows when the result fails a gate or its
+normalised cost exceeds ``tracking_cost_factor`` × the last published one; a rejected frame never
+becomes the next start); otherwise ``initial_pose_mm`` (translation in mm) when ``use_initial_pose``, else the registrar's
 own (regressor, or its default view). Input problems are logged (at most once per 5 s per reason)
 and reported on ``/diagnostics`` (see :mod:`.frame_input` for the reasons and levels); the node
 keeps serving. Frames without a paired CameraInfo are also counted in
@@ -45,9 +46,14 @@ back to learning-free residuals: logged at WARN, status ``model_warning`` (WARN)
 ``model_warning`` holds the reason while that registrar serves. A ``model_path`` file that cannot
 be loaded is an error: at start-up the node exits (code 2) with the reason, at run time the
 change is rejected (``ct_load_failed``), the parameter reverted and the old registrar kept.
-Quality gates (ERROR, no TF/pose): ``registration_failed`` (the registrar's status is not usable),
-``rejected_cost`` (cost > ``max_cost``), ``rejected_covariance`` (largest translational standard
-deviation > ``max_position_std_mm``).
+Quality gates (:mod:`sphere_reg_ros.core.trust`, shared with ``sphere-reg register`` and
+``evaluate``; ERROR, no TF/pose, the reason in the message): ``registration_failed`` (the solver did
+not converge after real progress: no progress, iteration cap, divergence, singular system),
+``rejected_cost`` (normalised cost > ``max_normalised_cost``), ``rejected_covariance`` (largest
+standard deviation at the region of interest ``roi`` > ``max_position_std_mm``),
+``rejected_masked`` (masked share > ``max_masked_fraction``), ``rejected_inconsistent`` (a second
+start ended > ``max_inconsistency_mm`` away; cold registrations only). The gate parameters apply
+from the next frame without a rebuild.
 """
 
 from __future__ import annotations
@@ -73,20 +79,20 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
+from ..core.trust import Tracker, rejection_key
 from . import conversions as conv
 from .diagnostics import ERROR, OK, WARN, NodeStats
 from .frame_input import (CAMERA_INFO_BUFFER, REASONS, FrameRejected, check_stamp, match_camera_info,
                           paired_camera_info, prepare_frame, stamp_ns)
 from .overlay import make_overlay
-from .params import PARAMS, SPECS, ParameterError, Settings, check_renamed, descriptor, freeze, validate
+from .params import (PARAMS, SPECS, ParameterError, Settings, check_renamed, descriptor, freeze, trust_config,
+                     validate)
 from .registrar_factory import build_registrar
 from .tf_publisher import TfPublisher
 
 __all__ = ["RegistrationNode", "main"]
 
 _LOG_THROTTLE_S = 5.0
-#: Costs below this count as perfect when judging whether tracking degraded (1 - NCC = 1e-4).
-_TRACKING_COST_FLOOR = 1e-4
 #: How long after an image's arrival the worker waits for its CameraInfo (the topics race).
 _CAMERA_INFO_WAIT_S = 0.25
 _MM_PER_M = 1000.0
@@ -125,8 +131,7 @@ class RegistrationNode(Node):
         self.stats = NodeStats()
         self._log_times: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._track_pose: np.ndarray | None = None
-        self._track_cost = float("inf")
+        self._tracker = Tracker()  # replaced (under _lock) on reset and when the registrar is swapped
         self._info_cv = threading.Condition()
         self._camera_infos: collections.deque[CameraInfo] = collections.deque(maxlen=CAMERA_INFO_BUFFER)
         self._camera_info_note: str | None = None
@@ -210,7 +215,7 @@ class RegistrationNode(Node):
                 continue
             with self._lock:
                 self._service = service
-                self._track_pose, self._track_cost = None, float("inf")
+                self._tracker = Tracker()
             msg = f"registrar swapped in after {time.monotonic() - t0:.1f} s: {service.source}"
             self.get_logger().info(msg)
             if not self._report_model(service):
@@ -270,8 +275,7 @@ class RegistrationNode(Node):
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._lock:
-            had = self._track_pose is not None
-            self._track_pose, self._track_cost = None, float("inf")
+            had, self._tracker = self._tracker.active, Tracker()
         self.stats.set_values(tracking_state="cold")
         response.success = True
         response.message = "tracking state cleared" + ("" if had else " (there was none)")
@@ -316,9 +320,7 @@ class RegistrationNode(Node):
                 log.info(message)
 
     def _initial(self, s: Settings) -> tuple[np.ndarray | None, str]:
-        with self._lock:
-            if s.tracking and self._track_pose is not None:
-                return self._track_pose.copy(), "tracking"
+        """The cold start: ``initial_pose_mm`` when ``use_initial_pose``, else the registrar's own."""
         if s.use_initial_pose:  # [x, y, z (mm), qx, qy, qz, qw]; the conversion takes metres
             p = np.asarray(s.initial_pose_mm, dtype=np.float64)
             return conv.pose_from_translation_quaternion(p[:3] / _MM_PER_M, p[3:]), "initial_pose_mm"
@@ -364,16 +366,14 @@ class RegistrationNode(Node):
         return image, geometry
 
     @staticmethod
-    def _gate(result, s: Settings) -> tuple[str, str] | None:
-        if not result.ok:
-            return "registration_failed", f"registration failed ({result.status.value}): {result.message}"
-        if s.max_cost > 0 and not result.cost <= s.max_cost:
-            return "rejected_cost", f"registration rejected: cost {result.cost:.4g} > max_cost {s.max_cost:g}"
-        std = result.position_std_mm
-        if s.max_position_std_mm > 0 and not std <= s.max_position_std_mm:
-            return "rejected_covariance", (f"registration rejected: position std {std:.3g} mm > "
-                                           f"max_position_std_mm {s.max_position_std_mm:g}")
-        return None
+    def _gate(result) -> tuple[str, str] | None:
+        """``(diagnostic key, message)`` of a result that may not be published, else None."""
+        key = rejection_key(result)
+        if not key:
+            return None
+        if key == "registration_failed":
+            return key, f"registration failed ({result.status.value}): {result.message}"
+        return key, f"registration rejected by a quality gate: {result.message}"
 
     def _process(self, frame: _Frame) -> None:
         s, service = self._settings, self._service
@@ -388,18 +388,20 @@ class RegistrationNode(Node):
         lat["convert"] = t1 - t0
 
         init, how = self._initial(s)
-        result = service.registrar.register(image, geometry, init, fine_only=how == "tracking")
-        if how == "tracking" and (self._gate(result, s) is not None or result.cost > s.tracking_cost_factor
-                                  * max(self._track_cost, _TRACKING_COST_FLOOR)):
-            cold_init, cold_how = self._initial(s.replace(tracking=False))
-            cold = service.registrar.register(image, geometry, cold_init)
-            if self._gate(cold, s) is None and (self._gate(result, s) is not None or cold.cost < result.cost):
-                result, how = cold, f"{cold_how} (tracking fell back)"
+        registrar = service.registrar
+        registrar.trust = trust_config(s)  # gate parameters apply from this frame on
+        with self._lock:
+            tracker = self._tracker if s.tracking and service is self._service else None
+        if tracker is not None:
+            tracker.cost_factor = float(s.tracking_cost_factor)
+            result, how = tracker.register(registrar, image, geometry, init, how)
+        else:
+            result = registrar.register(image, geometry, init)
         t2 = time.monotonic()
         lat["register"] = t2 - t1
         lat.update({f"registrar_{k}": v for k, v in result.timings.items() if k != "total"})
         self.stats.count("frames_processed")
-        gate = self._gate(result, s)
+        gate = self._gate(result)
         stamp = header.stamp
         if gate is None:
             T_ct_from_carm = np.asarray(result.pose, dtype=np.float64)
@@ -412,11 +414,8 @@ class RegistrationNode(Node):
             cov = conv.covariance_to_ros(T_ct_from_carm, result.covariance, inverse=s.publish_inverse)
             self._pose_pub.publish(conv.pose_to_pose_with_covariance(T, cov, parent, stamp))
             self.stats.mark_output()
-            with self._lock:
-                if s.tracking and service is self._service:
-                    self._track_pose, self._track_cost = T_ct_from_carm.copy(), float(result.cost)
-            text = (f"registered: cost {result.cost:.4g}, {result.iterations} it, "
-                    f"std {result.position_std_mm:.2g} mm, {lat['register']:.2f} s ({how})")
+            text = (f"registered: normalised cost {result.normalised_cost:.3g}, {result.iterations} it, "
+                    f"std {result.position_std_mm:.2g} mm at the ROI, {lat['register']:.2f} s ({how})")
             self._report("ok", text)
         else:
             self.stats.count("registrations_failed")
@@ -428,8 +427,10 @@ class RegistrationNode(Node):
             self._publish_overlay(service, result, image, geometry, header, gate)
         self.stats.set_latencies(lat)
         with self._lock:
-            tracking_state = "tracking" if self._track_pose is not None else "cold"
+            tracking_state = "tracking" if self._tracker.active else "cold"
         self.stats.set_values(last_cost=f"{result.cost:.6g}", last_iterations=result.iterations,
+                              last_normalised_cost=f"{result.normalised_cost:.4g}",
+                              last_consistency_mm=f"{result.consistency_mm:.4g}",
                               last_masked_fraction=f"{result.masked_fraction:.3f}",
                               last_position_std_mm=f"{result.position_std_mm:.4g}", last_init=how,
                               last_registration_status=result.status.value, tracking_state=tracking_state,
@@ -444,8 +445,8 @@ class RegistrationNode(Node):
         if np.all(np.isfinite(pose)):  # a failed registration may carry no pose at all
             drr = np.asarray(service.registrar.render(pose, small), dtype=np.float32)
             drr = drr.reshape(small.height, small.width)
-        status = (f"OK cost {result.cost:.3g} std {result.position_std_mm:.2g} mm" if gate is None
-                  else gate[1])
+        status = (f"OK norm. cost {result.normalised_cost:.2g} std {result.position_std_mm:.2g} mm" if gate is None
+                  else f"{gate[0]}: {result.message}")
         valid = getattr(result, "valid_mask", None)
         bgr = make_overlay(image, drr, status, ok=gate is None,
                            valid=valid if valid is not None and valid.shape == np.shape(image) else None)
@@ -455,7 +456,7 @@ class RegistrationNode(Node):
         if not self.context.ok():
             return
         with self._lock:
-            tracking_state = "tracking" if self._track_pose is not None else "cold"
+            tracking_state = "tracking" if self._tracker.active else "cold"
         self.stats.set_values(tracking=str(bool(self._settings.tracking)).lower(),
                               tracking_state=tracking_state)
         msg = self.stats.to_message(self.get_clock().now().to_msg(), self.get_name(), self._service.source)

@@ -376,23 +376,69 @@ def test_only_the_newest_frame_is_processed_and_drops_are_counted(client, scene)
     assert sum((m.header.stamp.sec, m.header.stamp.nanosec) in stamps for m in burst) < len(burst)
 
 
+def _assert_nothing_published(client, image) -> None:
+    stamp = (image.header.stamp.sec, image.header.stamp.nanosec)
+    with client.cv:  # the TF and the pose would have been published before the diagnostics
+        assert not any((t.header.stamp.sec, t.header.stamp.nanosec) == stamp
+                       for m in client.inbox["tf"] for t in m.transforms)
+        assert not any((m.header.stamp.sec, m.header.stamp.nanosec) == stamp for m in client.inbox["pose"])
+
+
 def test_quality_gate_failure_publishes_no_tf_and_reports_error(client, scene):
-    assert all(r.successful for r in client.set_params(max_cost=1e-12))
+    assert all(r.successful for r in client.set_params(max_position_std_mm=1e-6))
     try:
         image = client.image_msg(scene["image"])
         client.send(image, client.info_msg(scene["geometry"]))
         status, values = client.diag_for(image.header.stamp, timeout=WAIT_S)
-        assert values["status"] == "rejected_cost" and status.level == b"\x02"
-        assert "registration rejected: cost" in status.message and "max_cost 1e-12" in status.message
-        stamp = (image.header.stamp.sec, image.header.stamp.nanosec)
-        with client.cv:  # the TF and the pose would have been published before the diagnostics
-            assert not any((t.header.stamp.sec, t.header.stamp.nanosec) == stamp
-                           for m in client.inbox["tf"] for t in m.transforms)
-            assert not any((m.header.stamp.sec, m.header.stamp.nanosec) == stamp for m in client.inbox["pose"])
+        assert values["status"] == "rejected_covariance" and status.level == b"\x02"
+        assert "rejected by a quality gate" in status.message and "1e-06 mm" in status.message
+        _assert_nothing_published(client, image)
         assert int(values["registrations_failed"]) >= 1
     finally:
-        assert all(r.successful for r in client.set_params(max_cost=0.0))
+        assert all(r.successful for r in client.set_params(max_position_std_mm=2.0))
     client.register_good(scene)
+
+
+@pytest.mark.parametrize("kind", ["uniform_noise", "near_constant"])
+def test_images_that_do_not_pin_the_pose_down_publish_nothing(client, scene, kind):
+    """Uniform noise, and a constant image with one changed pixel: no TF, no pose, ERROR with the
+    reason; the next good frame registers."""
+    rng = np.random.default_rng(7)
+    if kind == "uniform_noise":
+        pixels = rng.uniform(0.0, 4.0, size=(SIZE, SIZE)).astype(np.float32)
+    else:
+        pixels = np.full((SIZE, SIZE), 2.0, dtype=np.float32)
+        pixels[11, 20] = 2.5
+    image = client.image_msg(pixels)
+    client.send(image, client.info_msg(scene["geometry"]))
+    status, values = client.diag_for(image.header.stamp, timeout=WAIT_S)
+    assert status.level == b"\x02", (values, status.message)
+    assert values["status"] in ("rejected_cost", "rejected_covariance", "rejected_inconsistent",
+                                "registration_failed"), (values, status.message)
+    assert values["last_registration_status"] != "converged"
+    _assert_nothing_published(client, image)
+    client.register_good(scene)
+
+
+def test_a_stalled_registration_publishes_nothing(client, scene):
+    """One LM iteration allowed (and no restarts): the solver stops at the iteration cap, a few mm
+    from the truth and not converged, and nothing is published."""
+    assert all(r.successful for r in client.set_params(lm_max_iterations=1, lm_restarts=0))
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while True:  # the registrar is rebuilt in the background: frames before the swap still converge
+            image = client.image_msg(scene["image"])
+            client.send(image, client.info_msg(scene["geometry"]))
+            status, values = client.diag_for(image.header.stamp, timeout=WAIT_S)
+            if values.get("last_registration_status") == "max_iterations" or time.monotonic() > deadline:
+                break
+        assert values["last_registration_status"] == "max_iterations", values
+        assert values["status"] == "registration_failed" and status.level == b"\x02"
+        assert "iteration cap" in status.message
+        _assert_nothing_published(client, image)
+    finally:
+        assert all(r.successful for r in client.set_params(lm_max_iterations=20, lm_restarts=4))
+    client.warm_up(scene)  # frames until the rebuilt registrar serves again
 
 
 def _bad_image(client, scene, case):
