@@ -15,6 +15,7 @@ import sys
 from .evaluation import bench_drr
 from .evaluation import cli as evaluation_cli
 from .evaluation import evaluate_cli
+from .evaluation import trust_calibration
 from .training import cli as training_cli
 
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     training_cli.add_benchmark_parser(subparsers)
     evaluate_cli.add_evaluate_parser(subparsers)
     evaluate_cli.add_register_parser(subparsers)
+    trust_calibration.add_calibrate_parser(subparsers)
     return parser
 
 

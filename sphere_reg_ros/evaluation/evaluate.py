@@ -52,6 +52,7 @@ from sphere_reg_ros.core.lm import LevenbergMarquardt
 from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig, resolve_device
 from sphere_reg_ros.core.residuals import CombinedResiduals
 from sphere_reg_ros.core.result import RegistrationResult, Status, point_error
+from sphere_reg_ros.core.trust import rejection_key
 from sphere_reg_ros.core.volume import Volume
 from sphere_reg_ros.evaluation.xvr_adapter import INSTALL_HINT, XvrConfig, XvrRegistration, xvr_available
 
@@ -142,6 +143,7 @@ class EvaluationReport:
     extra_table: str
     files: list[Path] = field(default_factory=list)
     trust_table: str = ""
+    trust: dict = field(default_factory=dict)  # trust_points()
 
     def text(self) -> str:
         lines = [self.table, "", self.extra_table] + (["", self.trust_table] if self.trust_table else [])
@@ -381,7 +383,7 @@ def evaluate(benchmark, ct: Volume, methods: Sequence[str], model: str | None = 
     table = format_table({k: r.summary for k, r in runs.items()}, title=title) if runs else "(no method ran)"
     trust = trust_points(runs, benchmark.poses_true[:n])
     report = EvaluationReport(runs=runs, unavailable=unavailable, table=table, extra_table=_extra_table(runs),
-                              trust_table=trust_table(trust))
+                              trust_table=trust_table(trust), trust=trust)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -411,7 +413,7 @@ def trust_points(runs: dict[str, MethodRun], poses_true: np.ndarray) -> dict[str
     covariance)."""
     out = {}
     for name, r in runs.items():
-        rows = {k: [] for k in ("passed", "mtre_mm", "actual_mm", "predicted_mm", "inside")}
+        rows = {k: [] for k in ("passed", "mtre_mm", "actual_mm", "predicted_mm", "inside", "mahalanobis2")}
         for res, true, m in zip(r.results, poses_true, r.mtre_mm):
             C = res.roi_covariance
             if _scored(res):
@@ -419,17 +421,19 @@ def trust_points(runs: dict[str, MethodRun], poses_true: np.ndarray) -> dict[str
             else:
                 e = np.full(3, math.inf)
             finite = bool(np.all(np.isfinite(C)) and np.all(np.isfinite(e)))
-            inside = False
+            d2 = math.inf
             if finite:
                 try:
-                    inside = float(e @ np.linalg.solve(C, e)) <= CHI2_3_95
+                    d2 = float(e @ np.linalg.solve(C, e))
                 except np.linalg.LinAlgError:
-                    inside = False
+                    d2 = math.inf
+            inside = d2 <= CHI2_3_95
             rows["passed"].append(bool(res.ok))
             rows["mtre_mm"].append(float(m))
             rows["actual_mm"].append(float(np.linalg.norm(e)))
             rows["predicted_mm"].append(math.sqrt(CHI2_3_95) * res.position_std_mm)
             rows["inside"].append(inside)
+            rows["mahalanobis2"].append(d2)
         out[name] = {k: np.asarray(v) for k, v in rows.items()}
     return out
 
@@ -507,12 +511,15 @@ def write_csvs(report: EvaluationReport, out: Path, initial_mtre: np.ndarray) ->
         w = csv.writer(fh)
         w.writerow(["method", "case", "initial_mtre_mm", "mtre_mm", "run_time_s", "iterations", "status",
                     "cost", "normalised_cost", "position_std_mm", "masked_fraction", "consistency_mm", "passed",
-                    "message"])
+                    "rejected_by", "roi_error_mm", "mahalanobis2", "message"])
         for name, r in report.runs.items():
+            p = report.trust.get(name, {})
             for i, res in enumerate(r.results):
                 w.writerow([name, i, float(initial_mtre[i]), r.mtre_mm[i], r.run_time_s[i], res.iterations,
                             res.status.value, res.cost, res.normalised_cost, res.position_std_mm,
-                            res.masked_fraction, res.consistency_mm, int(res.ok), res.message])
+                            res.masked_fraction, res.consistency_mm, int(res.ok), rejection_key(res),
+                            p["actual_mm"][i] if p else math.nan, p["mahalanobis2"][i] if p else math.nan,
+                            res.message])
     curves_path = out / "curves.json"
     curves = {name: [{k: [None if not math.isfinite(v) else float(v) for v in c[k]] for k in c} for c in r.curves]
               for name, r in report.runs.items()}

@@ -61,7 +61,17 @@ def test_evaluate_prints_every_row_and_writes_csv_and_plots(tiny, tmp_path):
         run = report.runs[name]
         assert len(run.results) == 3 and run.summary.n == 3 and np.all(run.run_time_s > 0)
     names = {p.name for p in report.files}
-    assert {"summary.csv", "cases.csv", "convergence.png", "landscape.png", "table.txt"} <= names
+    assert {"summary.csv", "cases.csv", "convergence.png", "landscape.png", "table.txt", "reliability.png"} <= names
+    # the trust table: one row per method, the flagged / passed / coverage columns
+    assert report.trust_table in text and "Failed flagged" in report.trust_table
+    for name in ran:
+        assert any(line.startswith(f"| {name} ") for line in report.trust_table.splitlines())
+        p = report.trust[name]
+        assert len(p["passed"]) == 3 and p["passed"].dtype == bool
+        ok = np.array([r.ok for r in report.runs[name].results])
+        np.testing.assert_array_equal(p["passed"], ok)
+    row = next(csv.DictReader(open(tmp_path / "cases.csv")))
+    assert {"normalised_cost", "position_std_mm", "rejected_by", "roi_error_mm", "mahalanobis2"} <= set(row)
     for p in report.files:
         assert p.stat().st_size > 0
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
