@@ -194,7 +194,8 @@ def reliability(points: Mapping[str, Mapping[str, np.ndarray]], path: str | Path
                xlabel="predicted 95 % error radius at the ROI (mm)", ylabel="actual error at the ROI (mm)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle("Reliability: predicted vs actual error (points above the diagonal lie outside the ellipsoid's radius)")
+    fig.suptitle("Reliability: predicted vs actual error at the region of interest\n"
+                 "(points above the diagonal lie outside the predicted 95 % radius)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
