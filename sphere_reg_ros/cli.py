@@ -3,6 +3,12 @@
 Commands are registered by the module that implements them; commands that need ROS 2
 (``demo``, ``benchmark-node``) import the ROS glue only when they run, so the rest of the
 command line works without rclpy (import direction: core <- training/evaluation/cli <- ros).
+
+Exit codes (:mod:`sphere_reg_ros.cli_errors`): ``register`` 0 registered and the pose may be used,
+1 registered but failed or rejected by a quality gate, 2 bad input or usage; every other command
+0 success, 1 the job ran but failed, 2 bad input or usage. A bad input file is one line on stderr,
+``sphere-reg COMMAND: FILE: problem``; an unexpected error while a job runs is one line too
+(``sphere-reg COMMAND: failed: ...``, exit code 1; ``-v`` adds the traceback).
 """
 
 from __future__ import annotations
@@ -12,11 +18,25 @@ import importlib
 import logging
 import sys
 
+from .cli_errors import failed, refuse
 from .evaluation import bench_drr
 from .evaluation import cli as evaluation_cli
 from .evaluation import evaluate_cli
 from .evaluation import trust_calibration
 from .training import cli as training_cli
+
+log = logging.getLogger(__name__)
+
+#: Errors that name a bad input file (module, class): raised inside a job, they still exit with 2.
+_INPUT_ERRORS = (("sphere_reg_ros.core.volume", "VolumeError"), ("sphere_reg_ros.core.checkpoint", "CheckpointError"),
+                 ("sphere_reg_ros.evaluation.benchmark", "BenchmarkError"),
+                 ("sphere_reg_ros.core.landmarks", "LandmarkError"))
+
+
+def _input_errors() -> tuple[type, ...]:
+    """The input-error classes of :data:`_INPUT_ERRORS` among the modules loaded so far (an error
+    of a module never imported cannot have been raised; nothing is imported here)."""
+    return tuple(getattr(sys.modules[m], name) for m, name in _INPUT_ERRORS if m in sys.modules)
 
 
 def _run_ros_command(module: str):
@@ -70,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sphere-reg",
         description="Intraoperative 2D/3D registration of C-arm X-rays to a CT.",
+        epilog="exit codes: register: 0 registered and the pose may be used, 1 registered but failed or "
+               "rejected by a quality gate, 2 bad input or usage; every other command: 0 success, 1 the job "
+               "ran but failed, 2 bad input or usage. A bad input file is reported in one line on stderr "
+               "naming the file and the problem.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -93,7 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as exc:  # the commands report bad input themselves; this is the safety net
+        log.debug("sphere-reg %s failed", args.command, exc_info=True)
+        if isinstance(exc, _input_errors()):
+            return refuse(args.command, exc)
+        hint = "" if args.verbose else " (-v shows the traceback)"
+        return failed(args.command, f"{type(exc).__name__}: {exc}{hint}")
 
 
 if __name__ == "__main__":
