@@ -6,8 +6,10 @@ The lead's ``sphere_reg_ros/cli.py`` wires them in::
     add_register_parser(sub)   # sets func=run_register
     args = parser.parse_args(argv); return args.func(args)
 
-Both return 0 on success and 2 on bad input (a message on stderr); ``register`` returns 1 when
-the registration ran but did not give a usable pose.
+Exit codes (:mod:`sphere_reg_ros.cli_errors`): ``evaluate`` 0 success, 1 the job ran but failed,
+2 bad input or usage; ``register`` 0 registered and the pose may be used, 1 registered but failed or
+rejected by a quality gate, 2 bad input or usage. Bad input is one line on stderr naming the file
+and the problem; every input file is checked before the CT is loaded where possible.
 """
 
 from __future__ import annotations
@@ -16,17 +18,17 @@ import argparse
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from sphere_reg_ros.cli_errors import EXIT_CODES, REGISTER_EXIT_CODES, one_line, refuse
 from sphere_reg_ros.core.trust import rejection_key
 
 __all__ = ["add_evaluate_parser", "run_evaluate", "add_register_parser", "run_register", "read_image",
-           "read_pose", "pose_json", "overlay_image"]
+           "read_pose", "read_geometry", "check_checkpoint", "pose_json", "overlay_image", "MIN_IMAGE_SIZE"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "(sphere-reg make-benchmark), print SMSR, median / 75th / 95th percentile mTRE and mean run time "
         "(the seed paper's Table 1 layout), and write summary.csv, cases.csv, convergence.png and "
         "landscape.png. Methods: " + "; ".join(f"{k}: {v}" for k, v in METHODS.items()),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--benchmark", type=Path, required=True, help="benchmark file (.npz)")
     p.add_argument("--methods", nargs="+", default=["lm-intensity", "adam"], metavar="METHOD",
                    help="methods to run (default: lm-intensity adam); unknown or unavailable ones are "
@@ -116,8 +118,37 @@ def _models(items: list[str]) -> dict[str, str]:
     return out
 
 
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse an unusable checkpoint file (missing, corrupt, truncated, another format) before any
+    CT is loaded: :class:`~sphere_reg_ros.core.checkpoint.CheckpointError` naming the file. Loads
+    it on the CPU with ``weights_only=True``; whether it fits the CT is checked later."""
+    from sphere_reg_ros.core.checkpoint import load_checkpoint
+
+    load_checkpoint(path, map_location="cpu")
+
+
+def read_geometry(path: Path):
+    """:class:`~sphere_reg_ros.core.carm.CarmGeometry` from a JSON file of its intrinsics; a
+    ``ValueError`` (one line, naming the file) when it is missing, not JSON or not a geometry."""
+    from sphere_reg_ros.core.carm import CarmGeometry, CarmGeometryError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        values = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a JSON geometry file ({one_line(exc)})") from exc
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object of C-arm intrinsics, got {type(values).__name__}")
+    try:
+        return CarmGeometry.from_dict(values)
+    except (CarmGeometryError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a valid C-arm geometry ({one_line(exc)})") from exc
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Run ``evaluate``; prints the table; returns 0, or 2 on bad input."""
+    """Run ``evaluate``; prints the table; returns 0, or 2 on bad input (one line on stderr)."""
     from sphere_reg_ros.core.registrar import RegistrarConfig
     from sphere_reg_ros.core.volume import VolumeError, load_example_ct, load_volume
 
@@ -129,6 +160,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             raise ValueError("--cases must be >= 1")
         models = _models(args.models)
         bm = load_benchmark(args.benchmark)
+        for path in ([args.model] if args.model else []) + list(models.values()):
+            check_checkpoint(path)  # before the CT is loaded
         if args.ct is not None:
             ct = load_volume(args.ct)
         elif Path(bm.ct_source).is_file():
@@ -149,8 +182,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                          spacing_mm=args.spacing, cases=args.cases, landscape=not args.no_landscape,
                          warmup=not args.no_warmup)
     except (ValueError, BenchmarkError, VolumeError, OSError) as exc:
-        print(f"sphere-reg evaluate: {exc}", file=sys.stderr)
-        return 2
+        return refuse("evaluate", exc)
     if args.threads:
         import torch
 
@@ -173,7 +205,7 @@ def add_register_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "register", help="register one X-ray image file to a CT",
         description="Register one image (PNG, TIFF, DICOM or NumPy .npy) to a CT and write pose.json "
         "(4x4 T_ct_from_carm in mm, quaternion xyzw + translation in m and mm, covariance), overlay.png "
-        "(the X-ray with the DRR's edges in colour) and report.txt.")
+        "(the X-ray with the DRR's edges in colour) and report.txt.", epilog=REGISTER_EXIT_CODES)
     p.add_argument("--ct", type=Path, default=None, help="CT volume (default: the embedded example CT)")
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: learning-free residuals)")
     p.add_argument("--image", type=Path, required=True, help="X-ray: .png, .tif/.tiff, .dcm or .npy")
@@ -201,42 +233,118 @@ def add_register_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     return p
 
 
-def read_image(path: Path, domain: str = "auto") -> tuple[np.ndarray, dict]:
-    """Image ``(H, W)`` float32 (line-integral domain) and geometry hints from its file."""
-    suffix = path.suffix.lower()
-    hints: dict = {}
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    if suffix == ".npy":
-        img = np.load(path, allow_pickle=False)
-    elif suffix in (".dcm", ".dicom", ""):
-        import pydicom
+#: Smallest image ``register`` accepts, pixels per side (a registration needs some structure to fit).
+MIN_IMAGE_SIZE = 16
+_NPY_MAGIC = b"\x93NUMPY"
+_IMAGE_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
+
+def _decoder_error(path: Path, decoder: str, exc: Exception) -> ValueError:
+    from sphere_reg_ros.cli_errors import one_line
+
+    return ValueError(f"{path}: not a readable image ({decoder} decoder: {one_line(exc)})")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A numeric array from a ``.npy`` file; never unpickles (``allow_pickle=False``)."""
+    with open(path, "rb") as fh:
+        magic = fh.read(len(_NPY_MAGIC))
+    if magic != _NPY_MAGIC:
+        raise ValueError(f"{path}: not a NumPy .npy file (no .npy header)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise ValueError(f"{path}: holds Python objects (dtype object), which are never loaded "
+                             "(allow_pickle=False); save a numeric array") from exc
+        raise _decoder_error(path, "NumPy .npy", exc) from exc
+    except (OSError, EOFError) as exc:
+        raise _decoder_error(path, "NumPy .npy", exc) from exc
+
+
+def _read_dicom(path: Path, domain: str, hints: dict) -> np.ndarray:
+    """Pixels of a single-image DICOM file (MONOCHROME1 inverted for ``domain="auto"``); fills
+    ``hints`` with the source-to-detector distance and pixel spacing it records."""
+    import pydicom
+
+    try:
         ds = pydicom.dcmread(str(path))
+    except Exception as exc:  # InvalidDicomError, EOFError, struct errors of truncated headers ...
+        text = str(exc).replace(" Use force=True to force reading.", "")  # not an option of the command
+        raise _decoder_error(path, "DICOM", ValueError(text)) from exc
+    if "PixelData" not in ds:
+        raise ValueError(f"{path}: DICOM file without pixel data (not an image, or truncated)")
+    try:
         img = ds.pixel_array
-        if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1" and domain == "auto":
-            img = img.max() - img
-        for tag in ("DistanceSourceToDetector",):
-            if tag in ds:
-                hints["sdd"] = float(ds.DistanceSourceToDetector)
+    except Exception as exc:  # truncated pixel data, unsupported transfer syntax (no codec) ...
+        raise _decoder_error(path, "DICOM", exc) from exc
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1" and domain == "auto":
+        img = img.max() - img
+    try:
+        if "DistanceSourceToDetector" in ds:
+            hints["sdd"] = float(ds.DistanceSourceToDetector)
         for tag in ("ImagerPixelSpacing", "PixelSpacing"):
             if tag in ds:
                 row, col = (float(v) for v in ds.data_element(tag).value)
                 hints["dely"], hints["delx"] = row, col
                 break
-    elif suffix in (".png", ".tif", ".tiff", ".jpg", ".jpeg"):
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: malformed DICOM geometry tags ({exc})") from exc
+    return img
+
+
+def read_image(path: Path, domain: str = "auto") -> tuple[np.ndarray, dict]:
+    """Image ``(H, W)`` float32 (line-integral domain) and geometry hints from its file.
+
+    PNG / TIFF / JPEG (matplotlib, through Pillow), DICOM (pydicom; also files without a suffix)
+    and NumPy ``.npy`` (never unpickled). RGB(A) images are averaged to grey; a single-frame stack
+    ``(1, H, W)`` is accepted.
+
+    Raises:
+        ValueError: one line naming the file and the problem: missing, empty, not decodable as its
+            format (the decoder's message in brackets), not numeric, not one 2-D image, smaller
+            than :data:`MIN_IMAGE_SIZE` pixels per side, or with NaN / infinite pixels.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    hints: dict = {}
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file")
+    if suffix != ".npy" and suffix not in (".dcm", ".dicom", "") and suffix not in _IMAGE_FORMATS:
+        raise ValueError(f"{path}: unsupported image format {suffix!r} (expected .png, .tif, .dcm or .npy)")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes)")
+    if suffix == ".npy":
+        img = _load_npy(path)
+    elif suffix in (".dcm", ".dicom", ""):
+        img = _read_dicom(path, domain, hints)
+    else:
         import matplotlib.image as mpimg  # PNG natively, TIFF/JPEG through Pillow
 
-        img = np.asarray(mpimg.imread(str(path)))
-    else:
-        raise ValueError(f"{path}: unsupported image format {suffix!r} (expected .png, .tif, .dcm or .npy)")
+        try:
+            img = np.asarray(mpimg.imread(str(path)))
+        except Exception as exc:  # Pillow: UnidentifiedImageError, truncated data, bad CRC ...
+            raise _decoder_error(path, _IMAGE_FORMATS[suffix], exc) from exc
     img = np.asarray(img)
+    if img.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: holds {img.dtype} values, not numbers (expected a numeric image)")
     if img.ndim == 3 and img.shape[-1] in (3, 4):
-        img = img[..., :3].mean(-1)
-    img = np.squeeze(img)
+        img = img[..., :3].mean(-1)  # RGB(A) -> grey
+    elif img.ndim == 3 and img.shape[-1] in (1, 2):
+        img = img[..., 0]  # grey (+ alpha)
+    while img.ndim > 2 and img.shape[0] == 1:  # a single-frame stack
+        img = img[0]
     if img.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D image, got shape {img.shape}")
+        raise ValueError(f"{path}: expected one 2-D image, got an array of shape {img.shape}")
+    if min(img.shape) < MIN_IMAGE_SIZE:
+        raise ValueError(f"{path}: image of {img.shape[0]}x{img.shape[1]} pixels is too small "
+                         f"(at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} needed)")
     img = img.astype(np.float32)
+    n_bad = int(img.size - np.count_nonzero(np.isfinite(img)))
+    if n_bad:
+        raise ValueError(f"{path}: {n_bad} pixels are NaN or infinite")
     if domain == "intensity":
         top = float(img.max())
         img = np.log(max(top, 1e-6)) - np.log(np.clip(img, max(top * 1e-6, 1e-12), None))
@@ -244,15 +352,33 @@ def read_image(path: Path, domain: str = "auto") -> tuple[np.ndarray, dict]:
 
 
 def read_pose(path: Path) -> np.ndarray:
-    """A 4x4 ``T_ct_from_carm`` (mm) from .npy or JSON (list, or dict with 'T_ct_from_carm_mm'/'matrix')."""
+    """A 4x4 ``T_ct_from_carm`` (mm) from .npy or JSON (list, or dict with 'T_ct_from_carm_mm'/'matrix').
+
+    Raises:
+        ValueError: one line naming the file and the problem (missing, empty, not JSON / .npy,
+            not a finite 4x4 matrix).
+    """
+    from sphere_reg_ros.cli_errors import one_line
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes)")
     if path.suffix.lower() == ".npy":
-        T = np.load(path, allow_pickle=False)
+        T = _load_npy(path)
     else:
-        obj = json.loads(path.read_text())
+        try:
+            obj = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a JSON pose file ({one_line(exc)})") from exc
         if isinstance(obj, dict):
             obj = obj.get("T_ct_from_carm_mm", obj.get("matrix"))
-        T = np.asarray(obj, dtype=np.float64)
-    T = np.asarray(T, dtype=np.float64)
+        T = obj
+    try:
+        T = np.asarray(T, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: the initial pose must be a finite 4x4 matrix of numbers ({one_line(exc)})") from exc
     if T.shape != (4, 4) or not np.all(np.isfinite(T)):
         raise ValueError(f"{path}: the initial pose must be a finite 4x4 matrix, got shape {T.shape}")
     return T
@@ -328,7 +454,8 @@ def _point(p) -> str:
 def run_register(args: argparse.Namespace) -> int:
     """Run ``register``; returns 0 (a pose that may be used: converged and every quality gate
     passed), 1 (registration failed or rejected by a gate; the reason is in the report) or 2 (bad
-    input)."""
+    input: one line on stderr naming the file and the problem). The image, geometry, initial pose
+    and checkpoint files are checked before the CT is loaded."""
     import matplotlib.image as mpimg
 
     from sphere_reg_ros.core.carm import CarmGeometry, CarmGeometryError
@@ -339,13 +466,15 @@ def run_register(args: argparse.Namespace) -> int:
         image, hints = read_image(args.image, args.domain)
         H, W = image.shape
         if args.geometry is not None:
-            geometry = CarmGeometry.from_dict(json.loads(args.geometry.read_text()))
+            geometry = read_geometry(args.geometry)
         else:
             spacing = args.pixel_spacing
             delx = spacing or hints.get("delx") or 384.0 / max(H, W)
             dely = spacing or hints.get("dely") or 384.0 / max(H, W)
             geometry = CarmGeometry(sdd=args.sdd or hints.get("sdd", 1020.0), height=H, width=W, delx=delx, dely=dely)
         init = read_pose(args.init) if args.init is not None else None
+        if args.model is not None:
+            check_checkpoint(args.model)  # before the CT is loaded
         if args.threads:
             import torch
 
@@ -354,8 +483,7 @@ def run_register(args: argparse.Namespace) -> int:
         registrar = Registrar.from_files(str(args.ct) if args.ct else None, str(args.model) if args.model else None,
                                          config, spacing_mm=args.spacing, force=args.force)
     except (ValueError, VolumeError, CarmGeometryError, OSError) as exc:
-        print(f"sphere-reg register: {exc}", file=sys.stderr)
-        return 2
+        return refuse("register", exc)
     result = registrar.register(image, geometry, init)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
