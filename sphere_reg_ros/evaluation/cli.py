@@ -5,16 +5,19 @@ The lead's ``sphere_reg_ros/cli.py`` wires it in with::
     sub = parser.add_subparsers(dest="command")
     add_make_benchmark_parser(sub)          # sets ``func=run_make_benchmark``
     args = parser.parse_args(argv); return args.func(args)
+
+Exit codes: 0 success, 1 the job ran but failed, 2 bad input or usage (one line on stderr naming
+the file and the problem; the landmark and label files are read before the CT).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
+from sphere_reg_ros.cli_errors import EXIT_CODES, refuse
 from sphere_reg_ros.core.landmarks import LandmarkError, load_landmarks
 from sphere_reg_ros.core.sampling import PoseDistribution
 from sphere_reg_ros.core.volume import VolumeError, load_example_ct, load_volume
@@ -32,6 +35,7 @@ def add_make_benchmark_parser(subparsers: argparse._SubParsersAction) -> argpars
         description="Render degraded X-rays of a CT at twice the registration resolution from C-arm "
         "poses around the AP view (±15° per axis, ±30 mm in-plane, ±60 mm depth by default) and write "
         "them with the true and initial poses, intrinsics and landmarks to one .npz file.",
+        epilog=EXIT_CODES,
     )
     p.add_argument("--ct", type=Path, default=None,
                    help="CT volume (NIfTI, NRRD or DICOM folder); default: the embedded example chest CT")
@@ -75,7 +79,7 @@ def _size(n_bytes: int) -> str:
 
 
 def run_make_benchmark(args: argparse.Namespace) -> int:
-    """Run ``make-benchmark``; prints a summary; returns 0, or 2 on bad input (message on stderr)."""
+    """Run ``make-benchmark``; prints a summary; returns 0, or 2 on bad input (one line on stderr)."""
     from sphere_reg_ros.evaluation.benchmark import BenchmarkError, benchmark_checksum, make_benchmark, save_benchmark
     from sphere_reg_ros.evaluation.cases import InitialErrorConfig
     from sphere_reg_ros.evaluation.simulate import DEGRADATION_PRESETS, HARSH_INITIAL_MTRE_MM
@@ -85,15 +89,15 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
         if args.cases < 1 or args.resolution < 4 or (args.spacing is not None and not args.spacing > 0):
             raise BenchmarkError("--cases must be >= 1, --resolution >= 4 and --spacing > 0")
         distribution = PoseDistribution(rot_deg=args.rot_deg, inplane_mm=args.inplane_mm, depth_mm=args.depth_mm)
+        if args.ct is None and args.labels is not None:
+            raise BenchmarkError("--labels needs --ct (the example CT brings its own label map)")
+        landmarks = load_landmarks(args.landmarks) if args.landmarks else None  # small files first
         if args.ct is None:
-            if args.labels is not None:
-                raise BenchmarkError("--labels needs --ct (the example CT brings its own label map)")
             ct, labels, structures = load_example_ct()
         else:
-            ct = load_volume(args.ct)
             labels = load_volume(args.labels, allow_constant=True) if args.labels else None
+            ct = load_volume(args.ct)
             structures = None
-        landmarks = load_landmarks(args.landmarks) if args.landmarks else None
         loaded = time.perf_counter()
         init_mtre = args.init_mtre or HARSH_INITIAL_MTRE_MM if args.degradation == "harsh" else args.init_mtre
         initial_error = InitialErrorConfig(mtre_mm=tuple(init_mtre)) if init_mtre else InitialErrorConfig()
@@ -107,8 +111,7 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
 
             save_preview(args.preview, bm, n_cases=args.preview_cases)
     except (BenchmarkError, VolumeError, LandmarkError, ValueError, OSError) as exc:
-        print(f"make-benchmark: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse("make-benchmark", exc)
     elapsed = time.perf_counter() - start
     init = bm.initial_mtre_mm
     print(f"benchmark: {bm.n_cases} cases ({bm.split}, seed {bm.seed}, degradation '{args.degradation}') "

