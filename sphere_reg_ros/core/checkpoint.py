@@ -292,6 +292,15 @@ def load_checkpoint(path: str | Path, ct: Volume | dict | None = None, geometry:
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file")
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc})") from exc
+    if not head:
+        raise CheckpointError(f"{path}: corrupt, truncated or not a checkpoint (empty file, 0 bytes)")
+    if not head.startswith(b"PK") and head[:1] != b"\x80":  # torch.save's zip, or a legacy pickle
+        raise CheckpointError(f"{path}: corrupt, truncated or not a checkpoint (not a PyTorch file)")
+    try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip/pickle/EOF/unsupported-global errors all mean "unusable file"
         raise CheckpointError(f"{path}: corrupt, truncated or not a checkpoint "

@@ -173,7 +173,8 @@ def load_volume(
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:  # every reader error becomes a VolumeError naming the file
-        raise VolumeError(f"{p}: cannot read volume ({type(exc).__name__}: {exc})") from exc
+        text = str(exc).replace(" Use force=True to force reading.", "")  # pydicom's; not an option here
+        raise VolumeError(f"{p}: cannot read volume ({type(exc).__name__}: {text})") from exc
     return _checked_volume(data, affine, str(p), allow_constant)
 
 

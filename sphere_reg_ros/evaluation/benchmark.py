@@ -305,9 +305,19 @@ def load_benchmark(path: str | Path) -> Benchmark:
     if not path.is_file():
         raise BenchmarkError(f"{path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise BenchmarkError(f"{path}: not a benchmark file (a bare .npy array, expected .npz)")
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as exc:
+        raise BenchmarkError(f"{path}: cannot read ({exc})") from exc
+    if not head:
+        raise BenchmarkError(f"{path}: not a readable benchmark file (empty file, 0 bytes)")
+    if not head.startswith((b"PK", b"\x93NUMPY")):  # np.load would try to unpickle it (and refuse)
+        raise BenchmarkError(f"{path}: not a readable benchmark file (not a NumPy .npz archive)")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare array has no context manager
+            raise BenchmarkError(f"{path}: not a benchmark file (a bare .npy array, expected .npz)")
+        with loaded as npz:
             data = {key: npz[key] for key in npz.files}
     except BenchmarkError:
         raise
