@@ -6,7 +6,8 @@
 Arguments: ``params_file`` (default: the package's config/register.yaml), ``namespace``
 (default: none), ``image`` and ``camera_info`` (topics the node's ``image`` / ``camera_info``
 subscriptions are remapped to), ``use_sim_time`` (false), ``launch_rviz`` (false; RViz opens
-config/register.rviz, which shows TF and ``/registration_node/overlay``).
+config/register.rviz, which shows TF and ``/registration_node/overlay``), ``respawn`` (false;
+true restarts the node RESPAWN_DELAY_S (2) seconds after it exits or crashes; for production use).
 """
 
 from launch import LaunchDescription
@@ -18,6 +19,8 @@ from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = "sphere_reg_ros"
+#: Seconds between the node's exit and its restart with ``respawn:=true`` (no tight crash loop).
+RESPAWN_DELAY_S = 2.0
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -36,6 +39,9 @@ def generate_launch_description() -> LaunchDescription:
                               description="Use /clock (simulation or bag replay) as the node's clock"),
         DeclareLaunchArgument("launch_rviz", default_value="false",
                               description="Also start RViz showing TF and the overlay"),
+        DeclareLaunchArgument("respawn", default_value="false",
+                              description=f"Restart the registration node {RESPAWN_DELAY_S:g} s after it exits "
+                                          "or crashes (true for production use; it then loads the CT again)"),
     ]
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
     node = Node(
@@ -48,6 +54,8 @@ def generate_launch_description() -> LaunchDescription:
                     ("camera_info", LaunchConfiguration("camera_info"))],
         output="screen",
         emulate_tty=True,
+        respawn=LaunchConfiguration("respawn"),  # a substitution, evaluated as a bool by launch
+        respawn_delay=RESPAWN_DELAY_S,
     )
     rviz = Node(
         package="rviz2",

@@ -19,7 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = ROOT / "launch" / "register.launch.py"
 RVIZ_FILE = ROOT / "config" / "register.rviz"
-ARGUMENTS = {"params_file", "namespace", "image", "camera_info", "use_sim_time", "launch_rviz"}
+ARGUMENTS = {"params_file", "namespace", "image", "camera_info", "use_sim_time", "launch_rviz", "respawn"}
 SKIP_REASON = "launch_pytest not installed (needs a ROS 2 install)"
 
 try:
@@ -51,6 +51,27 @@ def test_launch_file_parses_and_declares_its_arguments():
                  '("camera_info", LaunchConfiguration("camera_info"))', '"register.rviz"',
                  'IfCondition(LaunchConfiguration("launch_rviz"))'):
         assert text in source, text
+
+
+def test_respawn_argument_restarts_the_node_after_a_delay():
+    """``respawn`` (default false) is passed to the registration node with a respawn delay, and is
+    documented in the launch file's docstring and in the README."""
+    source = LAUNCH_FILE.read_text()
+    tree = ast.parse(source, filename=str(LAUNCH_FILE))
+    declared = _declared_arguments(tree)
+    default = next(k.value for k in declared["respawn"].keywords if k.arg == "default_value")
+    assert isinstance(default, ast.Constant) and default.value == "false"
+    constants = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+                 for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant)}
+    node = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and any(
+        k.arg == "executable" and getattr(k.value, "value", None) == "registration_node" for k in n.keywords))
+    keywords = {k.arg: k.value for k in node.keywords}
+    assert ast.unparse(keywords["respawn"]) == 'LaunchConfiguration("respawn")'.replace('"', "'")
+    delay = keywords["respawn_delay"]
+    delay = constants[delay.id] if isinstance(delay, ast.Name) else delay.value
+    assert 0 < delay <= 10
+    assert "``respawn``" in source.split('"""')[1]
+    assert "respawn:=true" in (ROOT / "README.md").read_text()
 
 
 DEMO_LAUNCH_FILE = ROOT / "launch" / "demo.launch.py"
