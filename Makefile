@@ -13,6 +13,7 @@ help:
 	@echo "make setup      create $(VENV) (Python 3.11) with every pinned dependency, tf2_msgs, the package"
 	@echo "make peers      add the peer baselines (xvr) that 'sphere-reg evaluate' compares against"
 	@echo "make test       run the whole test suite (does set-up and peers first when needed)"
+	@echo "make test-fast  the tests not marked slow (no node processes, training or demo)"
 	@echo "make demo       the main job on the embedded example CT (does set-up first when needed)"
 	@echo "make benchmark-drr  DRR vs DRR+Jacobian cost on this machine"
 
@@ -40,8 +41,20 @@ $(PEERS_STAMP): $(STAMP) requirements-peers.txt setup.py
 	@touch $(PEERS_STAMP)
 	@echo "peers installed: xvr"
 
+# Threads: torch and OpenMP default to one intra-op thread per core in *every* process; the tests,
+# the demo (simulator + node + evaluator) and CI run several processes on small machines, where that
+# oversubscription made one training test take 17 min instead of 13 s. One thread per process is
+# the default here; `make demo THREADS=4` overrides it.
+THREADS ?= 1
+export OMP_NUM_THREADS := $(THREADS)
+export MKL_NUM_THREADS := $(THREADS)
+
 test: setup peers
 	$(PY) -m pytest
+
+# The quick loop: everything but the tests marked slow (the DDS node processes, training, the demo).
+test-fast: setup peers
+	$(PY) -m pytest -m "not slow"
 
 demo: setup
 	$(PY) -m sphere_reg_ros.cli demo
