@@ -147,10 +147,14 @@ def _layout(encoding: str) -> tuple[np.dtype, int]:
     return ENCODINGS[encoding]
 
 
-def image_to_numpy(msg: Image, *, check_finite: bool = True, use_cv_bridge: bool = True) -> np.ndarray:
+def image_to_numpy(msg: Image, *, check_finite: bool = True, use_cv_bridge: bool = True,
+                   copy: bool = True) -> np.ndarray:
     """Pixels of ``msg`` as a native-byte-order array ``(H, W)`` (one channel) or ``(H, W, 3)``.
 
-    Channel order is the message's (``bgr8`` stays BGR, ``rgb8`` stays RGB).
+    Channel order is the message's (``bgr8`` stays BGR, ``rgb8`` stays RGB). ``copy=False``: a
+    read-only view of ``msg.data`` where the layout allows (native byte order, rows unpadded;
+    cv_bridge is not used), else a copy; for callers that only read the pixels while ``msg`` lives
+    (the node, which saves a full-size copy of large frames so).
 
     Raises:
         ImageConversionError: unsupported encoding, zero height or width, ``step`` smaller
@@ -177,8 +181,12 @@ def image_to_numpy(msg: Image, *, check_finite: bool = True, use_cv_bridge: bool
     rows = raw.reshape(h, step)[:, :row_bytes]
     wire = dtype.newbyteorder(">" if msg.is_bigendian else "<")
     pixels = np.ascontiguousarray(rows).view(wire).reshape((h, w, channels) if channels > 1 else (h, w))
-    out = pixels.astype(dtype.newbyteorder("="), copy=True)
-    if use_cv_bridge:
+    if not copy and pixels.dtype.isnative:
+        out = pixels.view()
+        out.flags.writeable = False
+    else:
+        out = pixels.astype(dtype.newbyteorder("="), copy=True)
+    if use_cv_bridge and copy:
         bridged = _decode_with_bridge(msg, out)
         if bridged is not None:
             out = bridged

@@ -17,6 +17,8 @@ reason                     level  when
 ``unmatched_camera_info``  WARN   ``use_camera_info`` and CameraInfo messages have arrived, but
                                   none pairs with the image (rule below)
 ``unsupported_encoding``   ERROR  encoding not mono8, mono16, 16UC1, 32FC1
+``too_large``              ERROR  more than ``max_image_pixels`` pixels (height × width fields;
+                                  checked before decoding)
 ``zero_size``              ERROR  height or width 0
 ``bad_step``               ERROR  ``step`` smaller than ``width`` × bytes per pixel
 ``bad_data_length``        ERROR  ``len(data) != step × height``
@@ -48,6 +50,18 @@ integrals, bone bright; our simulator and benchmark publish 32FC1 so); ``intensi
 detector counts ``I`` (bone dark) and converts them with ``−log(I / I_max)``, ``I_max`` the
 ``intensity_max`` parameter or, when 0, the image's maximum; counts are clipped to
 ``≥ 1e-6 · I_max`` first.
+
+Size: a large frame is reduced before it reaches the registrar, which resamples every image to
+``resolution`` rows anyway: :func:`reduction_factor` picks the largest integer ``f`` dividing
+both sides that leaves at least ``4 × resolution`` rows (none for images that small), and
+:func:`reduced_line_integrals` converts and block-means the pixels ``f`` rows at a time in
+float32 (the line integrals are formed at full resolution, then averaged, as the registrar's own
+block means did), so no full-size float copy exists; the geometry becomes
+``geometry.resized(H / f, W / f)`` (same field of view). Peak memory of
+:func:`prepare_frame` for a 4096² mono16 frame (32 MiB message, resolution 64 → a 256² image):
+2.3 MiB above the message (``OMP_NUM_THREADS=1 python -m sphere_reg_ros.ros.frame_input``,
+tracemalloc); the former full-size path (a copy, float64, float32) peaked at 224 MiB, and the
+registrar then held a 64 MiB full-size tensor as well.
 """
 
 from __future__ import annotations
@@ -61,7 +75,7 @@ from .diagnostics import ERROR, OK, WARN
 
 __all__ = ["ACCEPTED_ENCODINGS", "CAMERA_INFO_BUFFER", "REASONS", "FrameRejected", "check_stamp",
            "line_integrals", "frame_geometry", "match_camera_info", "paired_camera_info", "prepare_frame",
-           "stamp_ns"]
+           "reduced_line_integrals", "reduction_factor", "stamp_ns"]
 
 #: Encodings the node registers (conversions can decode more, e.g. bgr8 for the overlay).
 ACCEPTED_ENCODINGS = ("mono8", "mono16", "16UC1", "32FC1")
@@ -73,7 +87,7 @@ CAMERA_INFO_BUFFER = 10
 REASONS = {
     "ok": OK, "waiting": OK, "ct_loaded": OK,
     "stale": WARN, "non_finite": WARN, "bad_intensity": WARN, "unmatched_camera_info": WARN,
-    "model_warning": WARN, "future_stamp": ERROR, "unsupported_encoding": ERROR, "bad_step": ERROR, "bad_data_length": ERROR,
+    "model_warning": WARN, "future_stamp": ERROR, "unsupported_encoding": ERROR, "too_large": ERROR, "bad_step": ERROR, "bad_data_length": ERROR,
     "zero_size": ERROR, "size_mismatch": ERROR, "no_intrinsics": ERROR, "bad_camera_info": ERROR,
     "frame_conflict": ERROR, "registration_failed": ERROR, "rejected_cost": ERROR,
     "rejected_covariance": ERROR, "rejected_masked": ERROR, "rejected_inconsistent": ERROR, "rejected": ERROR,
@@ -162,6 +176,55 @@ def line_integrals(image: np.ndarray, domain: str, intensity_max: float = 0.0) -
     return (-np.log(np.clip(img, 1e-6 * i_max, None) / i_max)).astype(np.float32)
 
 
+#: A reduced frame keeps at least this many times the registration resolution in rows.
+KEEP_FACTOR = 4
+#: About this many pixels are converted at a time by :func:`reduced_line_integrals`.
+_CHUNK_PIXELS = 1 << 18
+
+
+def reduction_factor(height: int, width: int, resolution: int) -> int:
+    """The largest integer ``f`` dividing ``height`` and ``width`` with ``height / f`` at least
+    ``KEEP_FACTOR × resolution`` (1: no reduction)."""
+    keep = KEEP_FACTOR * max(1, int(resolution))
+    for f in range(max(1, int(height) // keep), 1, -1):
+        if height % f == 0 and width % f == 0:
+            return f
+    return 1
+
+
+def reduced_line_integrals(pixels: np.ndarray, domain: str, intensity_max: float = 0.0,
+                           factor: int = 1) -> np.ndarray:
+    """Line integrals of ``pixels`` ``(H, W)`` block-meaned by ``factor`` (which divides H and W):
+    ``(H / factor, W / factor)`` float32, as :func:`line_integrals` followed by ``factor × factor``
+    block means, computed a few rows at a time in float32 (never a full-size float array)."""
+    h, w = pixels.shape
+    f = int(factor)
+    if f < 1 or h % f or w % f:
+        raise ValueError(f"factor {factor} does not divide the image size {h}x{w}")
+    if domain not in ("line_integral", "intensity"):
+        raise ValueError(f"image_domain must be 'line_integral' or 'intensity', got {domain!r}")
+    if domain == "intensity":
+        i_max = float(intensity_max) if intensity_max > 0 else float(pixels.max())
+        if not i_max > 0:
+            raise FrameRejected("bad_intensity", "intensity image has no positive pixel (I_max <= 0)")
+        floor = np.float32(1e-6 * i_max)
+    out = np.empty((h // f, w // f), dtype=np.float32)
+    rows = f * max(1, _CHUNK_PIXELS // (f * w))
+    for r0 in range(0, h, rows):
+        block = np.array(pixels[r0:r0 + rows], dtype=np.float32)  # a chunk's own float32 copy
+        if domain == "intensity":
+            np.maximum(block, floor, out=block)
+            block /= np.float32(i_max)
+            np.log(block, out=block)
+            np.negative(block, out=block)
+        n = block.shape[0]
+        if f == 1:
+            out[r0:r0 + n] = block
+        else:
+            out[r0 // f:(r0 + n) // f] = block.reshape(n // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float32)
+    return out
+
+
 def frame_geometry(info: CameraInfo | None, s, height: int, width: int) -> CarmGeometry:
     """Geometry of a ``height × width`` image: CameraInfo when used and given, else parameters.
 
@@ -199,9 +262,44 @@ def prepare_frame(msg: Image, info: CameraInfo | None, s, age_s: float) -> tuple
     if msg.encoding not in ACCEPTED_ENCODINGS:
         raise FrameRejected("unsupported_encoding", f"unsupported image encoding {msg.encoding!r} "
                             f"(accepted: {', '.join(ACCEPTED_ENCODINGS)})")
+    limit = int(getattr(s, "max_image_pixels", 0) or 0)
+    if limit > 0 and int(msg.height) * int(msg.width) > limit:
+        raise FrameRejected("too_large", f"image {msg.width}x{msg.height} (WxH) has "
+                            f"{int(msg.height) * int(msg.width)} pixels, more than max_image_pixels {limit}")
     try:
-        pixels = conv.image_to_numpy(msg)
+        pixels = conv.image_to_numpy(msg, copy=False)  # a view of the message's bytes where possible
     except conv.ImageConversionError as exc:
         raise FrameRejected(exc.reason if exc.reason in REASONS else "bad_data_length", str(exc)) from exc
     geometry = frame_geometry(info, s, *pixels.shape)
-    return line_integrals(pixels, s.image_domain, s.intensity_max), geometry
+    f = reduction_factor(*pixels.shape, int(getattr(s, "resolution", 0) or 0))
+    image = reduced_line_integrals(pixels, s.image_domain, s.intensity_max, f)
+    if f > 1:
+        geometry = geometry.resized(*image.shape)
+    return image, geometry
+
+
+def _measure(size: int = 4096, resolution: int = 64) -> None:
+    """Print the peak memory (tracemalloc) of :func:`prepare_frame` on a ``size``² mono16 frame."""
+    import tracemalloc
+
+    from ..core.carm import CarmGeometry
+    from .params import validate, yaml_defaults
+
+    s = validate({**yaml_defaults(), "resolution": resolution, "use_camera_info": False, "fx": 4000.0,
+                  "fy": 4000.0, "width": size, "height": size}, changed=set())
+    pixels = np.random.default_rng(0).integers(1, 60000, (size, size), dtype=np.uint16)
+    msg = conv.numpy_to_image(pixels, "mono16")
+    del pixels
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    image, geometry = prepare_frame(msg, None, s, 0.0)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    assert isinstance(geometry, CarmGeometry)
+    print(f"{size}x{size} mono16 ({len(msg.data) / 2**20:.0f} MiB message), resolution {resolution}: "
+          f"image {image.shape} {image.dtype}, peak {peak / 2**20:.2f} MiB above the message")
+
+
+if __name__ == "__main__":
+    _measure()

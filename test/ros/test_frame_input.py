@@ -129,3 +129,63 @@ def test_zero_k_reaches_the_node_as_a_note_and_a_bad_k_as_bad_camera_info():
     with pytest.raises(FrameRejected, match="negative focal length") as e:
         frame_geometry(info, _settings(), 24, 32)
     assert e.value.reason == "bad_camera_info"
+
+
+def test_reduction_factor_keeps_four_times_the_resolution_and_divides_both_sides():
+    from sphere_reg_ros.ros.frame_input import reduction_factor
+    assert reduction_factor(4096, 4096, 64) == 16  # 256 rows
+    assert reduction_factor(1000, 1000, 64) == 2  # 3 does not divide 1000
+    assert reduction_factor(32, 32, 32) == 1  # small images are left alone
+    assert reduction_factor(1024, 1536, 64) == 4
+    assert reduction_factor(997, 1024, 64) == 1  # a prime height: no integer factor
+
+
+@pytest.mark.parametrize("domain", ["line_integral", "intensity"])
+def test_reduced_line_integrals_equal_full_size_conversion_then_block_means(domain):
+    from sphere_reg_ros.ros.frame_input import reduced_line_integrals
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 4000, (96, 64), dtype=np.uint16)
+    full = line_integrals(counts, domain)
+    for f in (1, 2, 4, 8):
+        out = reduced_line_integrals(counts, domain, 0.0, f)
+        assert out.dtype == np.float32 and out.shape == (96 // f, 64 // f)
+        expected = full.reshape(96 // f, f, 64 // f, f).astype(np.float64).mean(axis=(1, 3))
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not divide"):
+        reduced_line_integrals(counts, domain, 0.0, 5)
+
+
+def test_the_conversion_of_a_large_frame_makes_no_full_size_float_copy():
+    """A 2048² mono16 frame: prepare_frame's own allocations (tracemalloc; numpy reports to it)
+    stay far below one full-size float32 array (16 MiB), let alone float64 (32 MiB); the result is
+    the reduced float32 image with the geometry resized to it (same field of view)."""
+    import tracemalloc
+    size = 2048
+    s = _settings(resolution=64, use_camera_info=False, fx=2000.0, fy=2000.0, width=size, height=size)
+    msg = conv.numpy_to_image(np.random.default_rng(0).integers(1, 60000, (size, size), dtype=np.uint16), "mono16")
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        image, g = prepare_frame(msg, None, s, 0.0)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert image.dtype == np.float32 and image.shape == (256, 256)
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    assert (g.height, g.width) == (256, 256)
+    assert g.width * g.delx == pytest.approx(size * 1020.0 / 2000.0)  # field of view unchanged
+    full = line_integrals(conv.image_to_numpy(msg), "line_integral")
+    np.testing.assert_allclose(image, full.reshape(256, 8, 256, 8).mean(axis=(1, 3)), rtol=1e-5)
+
+
+def test_frames_over_max_image_pixels_are_refused_before_decoding():
+    s = _settings(max_image_pixels=100)
+    msg = conv.numpy_to_image(np.ones((24, 32), dtype=np.float32), "32FC1")
+    msg.data = b""  # never decoded: the size fields decide
+    with pytest.raises(FrameRejected, match="more than max_image_pixels 100") as e:
+        prepare_frame(msg, conv.geometry_to_camera_info(GEOMETRY), s, 0.0)
+    assert e.value.reason == "too_large" and REASONS["too_large"] == ERROR
+    image, _ = prepare_frame(conv.numpy_to_image(np.ones((24, 32), dtype=np.float32), "32FC1"),
+                             conv.geometry_to_camera_info(GEOMETRY), _settings(max_image_pixels=0), 0.0)
+    assert image.shape == (24, 32)
