@@ -8,10 +8,14 @@
 - ``spawn_ros_process``: starts a Python subprocess (``sys.executable``) with ``ros_env`` and
   always terminates it afterwards.
 - ``ct_file_at``: writes the example CT resampled to a given spacing as NIfTI (nodes read files).
+- :class:`NodeClient`, :func:`assert_nothing_published`: the client side of the registration
+  node's DDS tests (``test_registration_node.py``, ``test_hostile_input.py``), which load this
+  file with importlib to reach them.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -174,3 +178,196 @@ def ct_file_at(tmp_path_factory, small_ct) -> Callable[[float], Path]:
         return files[spacing_mm]
 
     return make
+
+
+# ----------------------------------------------------------------------------- registration node client
+class NodeClient:
+    """A test's rclpy node talking to one registration node (``node``) over DDS, spun in a
+    background thread; collects what the node publishes (TF, pose, diagnostics, overlay)."""
+
+    def __init__(self, context, proc, node: str, carm_frame: str = "carm_optical", wait_s: float = 90.0,
+                 name: str = "reg_test_client"):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseWithCovarianceStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from rclpy.parameter_client import AsyncParameterClient
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image
+        from std_srvs.srv import Trigger
+        from tf2_msgs.msg import TFMessage
+
+        from sphere_reg_ros.ros.tf_publisher import TF_QOS
+
+        self.proc, self.node_name, self.carm_frame, self.wait_s = proc, node, carm_frame, wait_s
+        self.node = Node(name, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.cv = threading.Condition()
+        self.inbox: dict[str, list] = {"tf": [], "pose": [], "diag": [], "overlay": []}
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(TFMessage, "/tf", lambda m: self._put("tf", m), TF_QOS)
+        self.node.create_subscription(PoseWithCovarianceStamped, f"/{self.node_name}/pose",
+                                      lambda m: self._put("pose", m), reliable)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._put("diag", m), reliable)
+        self.image_pub = self.node.create_publisher(Image, "/image", reliable)
+        self.info_pub = self.node.create_publisher(CameraInfo, "/camera_info", reliable)
+        self.reset = self.node.create_client(Trigger, f"/{self.node_name}/reset")
+        self.params = AsyncParameterClient(self.node, self.node_name)
+        self._Image, self._Trigger = Image, Trigger
+        self._stamps = itertools.count(1)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+        self.wait(lambda: self.image_pub.get_subscription_count() > 0
+                  and self.info_pub.get_subscription_count() > 0, 30.0, "the node's subscriptions")
+
+    def _put(self, key, msg):
+        with self.cv:
+            self.inbox[key].append(msg)
+            self.cv.notify_all()
+
+    def wait(self, predicate, timeout, what):
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; node output:\n"
+                                f"{self.proc.output()[-6000:]}")
+                self.cv.wait(timeout=min(left, 0.2))
+
+    def subscribe_overlay(self):
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        return self.node.create_subscription(self._Image, f"/{self.node_name}/overlay",
+                                             lambda m: self._put("overlay", m),
+                                             QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+
+    # --- frames -------------------------------------------------------------------------------
+    def stamp(self, age_s: float = 0.0):
+        """A fresh, unique stamp (system time minus ``age_s``)."""
+        from builtin_interfaces.msg import Time
+        t = time.time() - age_s
+        sec = int(t)
+        return Time(sec=sec, nanosec=int((t - sec) * 1e9) // 1000 * 1000 + next(self._stamps) % 1000)
+
+    def image_msg(self, pixels, encoding="32FC1", frame_id=None, stamp=None):
+        from std_msgs.msg import Header
+        frame_id = self.carm_frame if frame_id is None else frame_id
+        header = Header(frame_id=frame_id, stamp=stamp or self.stamp())
+        from sphere_reg_ros.ros import conversions as conv
+        return conv.numpy_to_image(pixels, encoding, header)
+
+    def info_msg(self, geometry, frame_id=None, stamp=None):
+        """CameraInfo of ``geometry``; unstamped unless ``stamp`` (:meth:`send` stamps it)."""
+        from std_msgs.msg import Header
+        frame_id = self.carm_frame if frame_id is None else frame_id
+        header = Header(frame_id=frame_id) if stamp is None else Header(frame_id=frame_id, stamp=stamp)
+        from sphere_reg_ros.ros import conversions as conv
+        return conv.geometry_to_camera_info(geometry, header)
+
+    def send(self, image, info):
+        """CameraInfo, then the image; an unstamped CameraInfo gets the image's stamp (a driver's)."""
+        if (info.header.stamp.sec, info.header.stamp.nanosec) == (0, 0):
+            info.header.stamp = image.header.stamp
+        self.info_pub.publish(info)
+        self.image_pub.publish(image)
+
+    # --- outputs ------------------------------------------------------------------------------
+    def tf_for(self, stamp, timeout=None):
+        """The transform published for the image with ``stamp``."""
+        timeout = self.wait_s if timeout is None else timeout
+        def find():
+            for msg in self.inbox["tf"]:
+                for t in msg.transforms:
+                    if (t.header.stamp.sec, t.header.stamp.nanosec) == (stamp.sec, stamp.nanosec):
+                        return t
+            return None
+        self.wait(lambda: find() is not None, timeout, f"a TF stamped {stamp.sec}.{stamp.nanosec:09d}")
+        return find()
+
+    def pose_for(self, stamp, timeout=10.0):
+        def find():
+            return next((m for m in self.inbox["pose"] if (m.header.stamp.sec, m.header.stamp.nanosec)
+                         == (stamp.sec, stamp.nanosec)), None)
+        self.wait(lambda: find() is not None, timeout, "the pose of the frame")
+        return find()
+
+    def _diag(self, key: str, value: str, start: int, timeout: float, what: str):
+        """The first of the node's diagnostic statuses (after inbox index ``start``) whose value
+        ``key`` is ``value``: ``(status, values)``."""
+        def find():
+            for msg in self.inbox["diag"][start:]:
+                for st in msg.status:
+                    values = {kv.key: kv.value for kv in st.values}
+                    if st.name.startswith(self.node_name) and values.get(key) == value:
+                        return st, values
+            return None
+        self.wait(lambda: find() is not None, timeout, what)
+        return find()
+
+    def diag_since(self, start: int, reason: str, timeout=None):
+        """The first diagnostic status (after inbox index ``start``) whose ``status`` is ``reason``."""
+        timeout = self.wait_s if timeout is None else timeout
+        return self._diag("status", reason, start, timeout, f"diagnostics status {reason!r}")
+
+    def diag_for(self, stamp, timeout=10.0):
+        """The diagnostic values published after the frame with ``stamp`` was processed."""
+        key = f"{stamp.sec}.{stamp.nanosec:09d}"
+        return self._diag("last_stamp", key, 0, timeout, f"diagnostics of the frame stamped {key}")
+
+    def mark(self, key="diag"):
+        with self.cv:
+            return len(self.inbox[key])
+
+    def register_good(self, scene, timeout=None, frame_id=None):
+        """Send a good frame (with its CameraInfo) and return (stamp, TF) once it is registered."""
+        timeout = self.wait_s if timeout is None else timeout
+        frame_id = self.carm_frame if frame_id is None else frame_id
+        image = self.image_msg(scene["image"], frame_id=frame_id)
+        self.send(image, self.info_msg(scene["geometry"], frame_id))
+        return image.header.stamp, self.tf_for(image.header.stamp, timeout)
+
+    def warm_up(self, scene, timeout=180.0):
+        """Register a first frame (the node's first registration also pays one-time costs).
+
+        CameraInfo goes out alone first: ``image`` and ``camera_info`` are separate topics, so an
+        image sent with its CameraInfo can reach the node first; the node waits a moment for its
+        CameraInfo, else rejects it for lack of intrinsics, as documented. Frames are sent until
+        one is registered."""
+        deadline = time.monotonic() + timeout
+        self.info_pub.publish(self.info_msg(scene["geometry"]))
+        while True:
+            time.sleep(0.5)
+            image = self.image_msg(scene["image"])
+            self.send(image, self.info_msg(scene["geometry"]))
+            _, values = self.diag_for(image.header.stamp, timeout=max(5.0, deadline - time.monotonic()))
+            if values["status"] == "ok":
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"no frame registered in {timeout:.0f} s; last status {values['status']}")
+
+    def set_params(self, **values):
+        from rclpy.parameter import Parameter
+        future = self.params.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+        self.wait(future.done, 30.0, f"set_parameters {values}")
+        return future.result().results
+
+    def get_param(self, name):
+        future = self.params.get_parameters([name])
+        self.wait(future.done, 30.0, f"get_parameters {name}")
+        from rclpy.parameter import parameter_value_to_python
+        return parameter_value_to_python(future.result().values[0])
+
+    def close(self):
+        self.executor.shutdown()
+        self._thread.join(timeout=10)
+        self.node.destroy_node()
+
+
+def assert_nothing_published(client: NodeClient, image) -> None:
+    """No TF and no pose carry ``image``'s stamp (they would precede its diagnostics)."""
+    stamp = (image.header.stamp.sec, image.header.stamp.nanosec)
+    with client.cv:
+        assert not any((t.header.stamp.sec, t.header.stamp.nanosec) == stamp
+                       for m in client.inbox["tf"] for t in m.transforms)
+        assert not any((m.header.stamp.sec, m.header.stamp.nanosec) == stamp for m in client.inbox["pose"])
