@@ -78,11 +78,18 @@ def _add_demo_parser(subparsers) -> None:
 
 def _add_benchmark_node_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "benchmark-node", help="end-to-end latency image -> TF (cold, tracking) and memory of the node (needs ROS 2)")
+        "benchmark-node", help="end-to-end latency image -> TF (cold, tracking) and memory of the node, or a soak at a "
+                          "fixed rate (needs ROS 2)")
     parser.add_argument("--frames", type=int, default=10, help="timed frames per mode (default 10)")
     parser.add_argument("--memory-frames", type=int, default=0, help="extra tracking frames for the memory check")
     parser.add_argument("--devices", default="cpu", help="comma-separated: cpu,cuda")
     parser.add_argument("--json", default=None, help="write the results as JSON")
+    parser.add_argument("--soak-minutes", type=float, default=0.0,
+                        help="soak mode: publish tracking frames at --rate-hz for this many minutes whether or not "
+                             "the node keeps up; a row every 10 s, a summary and a PNG (default 0: the modes above)")
+    parser.add_argument("--rate-hz", type=float, default=30.0, help="soak mode: publishing rate (default 30)")
+    parser.add_argument("--out", default=None,
+                        help="soak mode: folder of soak_<device>.png and soak.json (default: next to --json, else .)")
     parser.set_defaults(func=_run_ros_command("sphere_reg_ros.ros.benchmark_latency"))
 
 

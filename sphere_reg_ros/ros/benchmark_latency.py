@@ -19,6 +19,18 @@ no TF and is counted as failed). The node's resident memory (``/proc/<pid>/statu
 read after start-up, after the warm-up frame and after ``--memory-frames`` further tracking
 frames. The issue's targets are printed beside the numbers: CPU ≤ 3 s per cold frame, tracking
 ≥ 2× faster than cold; GPU ≤ 0.3 s cold, ≥ 10 Hz tracking; memory flat.
+
+Soak mode (``--soak-minutes M --rate-hz R``, instead of the modes above): ``tracking:=true``, one
+warm-up frame, then frames of a slow tracking trajectory (rendered ahead of time: the tracking
+mode's poses, one ``--step-mm``/``--step-deg`` step a second, back and forth; each image is sent
+with fresh stamps until the next step) are published at R Hz for M minutes whether or not the
+node keeps up (it keeps only the newest frame and counts the others as dropped). Every
+``--soak-window-s`` (10 s) a row is recorded: frames sent, TFs received, the node's
+``/diagnostics`` counters (received, processed, dropped, failed registrations), the latency
+percentiles (p50/p95/max) of the frames whose TF arrived in that window and the node's resident
+memory. At the end: the table, a summary (totals, overall latency percentiles, memory of the first
+window ending after 60 s vs at the end) and a PNG (latency and memory against time) in ``--out``
+(default: next to ``--json``, else the current folder).
 """
 
 from __future__ import annotations
@@ -49,7 +61,10 @@ __all__ = ["main", "run", "add_arguments"]
 _NODE = "benchmark_registration_node"
 _DEFAULTS = dict(frames=10, memory_frames=500, devices="", image_size=128, ct=None, spacing=2.0,
                  resolution=64, cold_rot_deg=3.0, cold_trans_mm=8.0, step_mm=0.5, step_deg=0.1,
-                 timeout=300.0, json=None, seed=0)
+                 timeout=300.0, json=None, seed=0, soak_minutes=0.0, rate_hz=30.0, soak_window_s=10.0, out=None)
+_SOAK_WARMUP_S = 60.0  # memory growth is measured from the first window ending after this
+_SOAK_STEP_S = 1.0  # the soak trajectory advances one tracking step per this many seconds
+_SOAK_COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "frames_rejected", "registrations_failed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +86,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=d["timeout"], help="s to wait for start-up / one frame")
     parser.add_argument("--json", default=d["json"], help="also write the results to this JSON file")
     parser.add_argument("--seed", type=int, default=d["seed"], help="seed of the cold poses")
+    add_soak_arguments(parser)
+
+
+def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
+    """The soak mode's options (also on ``sphere-reg benchmark-node``)."""
+    d = _DEFAULTS
+    parser.add_argument("--soak-minutes", type=float, default=d["soak_minutes"],
+                        help="soak mode: publish tracking frames at --rate-hz for this many minutes, whether or "
+                             "not the node keeps up (default 0: the cold/tracking modes instead)")
+    parser.add_argument("--rate-hz", type=float, default=d["rate_hz"], help="soak mode: publishing rate (30)")
+    parser.add_argument("--soak-window-s", type=float, default=d["soak_window_s"],
+                        help="soak mode: one table row per this many seconds (10)")
+    parser.add_argument("--out", default=d["out"],
+                        help="soak mode: folder of soak_<device>.png/.json (default: next to --json, else .)")
 
 
 def _rss_mb(pid: int) -> float:
@@ -89,6 +118,7 @@ class _Inbox:
     cv: threading.Condition = field(default_factory=threading.Condition)
     tf: dict = field(default_factory=dict)  # (sec, nanosec) -> (arrival monotonic, TransformStamped)
     diag: dict = field(default_factory=dict)  # "sec.nanosec" -> values
+    last_diag: dict = field(default_factory=dict)  # the newest /diagnostics values (soak mode)
 
 
 class _NodeProcess:
@@ -159,6 +189,8 @@ class _Player:
                 values = {kv.key: kv.value for kv in st.values}
                 if "last_stamp" in values:
                     self.inbox.diag[values["last_stamp"]] = values
+                if "frames_received" in values:
+                    self.inbox.last_diag = values
             self.inbox.cv.notify_all()
 
     def wait(self, predicate, timeout: float) -> bool:
@@ -196,6 +228,18 @@ class _Player:
         arrival = self.inbox.tf.get(key)
         return (None if arrival is None else arrival[0] - t0), self.inbox.diag.get(dkey, {}), \
             (None if arrival is None else arrival[1])
+
+    def send(self, msg, info) -> tuple[tuple[int, int], float]:
+        """Publish ``info`` and the image ``msg`` with a fresh stamp without waiting; (stamp, monotonic t)."""
+        from builtin_interfaces.msg import Time
+        t = time.time()
+        stamp = Time(sec=int(t), nanosec=int((t - int(t)) * 1e9))
+        msg.header.stamp = stamp
+        info.header.stamp = stamp  # the node pairs CameraInfo with its image by stamp
+        self.info_pub.publish(info)
+        t0 = time.monotonic()
+        self.image_pub.publish(msg)
+        return (stamp.sec, stamp.nanosec), t0
 
     def close(self) -> None:
         import rclpy
@@ -235,17 +279,24 @@ def _stats(latencies: list[float | None]) -> dict:
             "mean_s": float(np.mean(ok)), "p95_s": float(np.percentile(ok, 95)), "max_s": float(np.max(ok))}
 
 
-def _bench_device(opts, device: str) -> dict:
-    import rclpy  # noqa: F401  (fail early without ROS)
-    geometry, cold_poses, cold_images, track_poses, track_images = _frames(opts, device if device != "auto" else "cpu")
-    info = conv.geometry_to_camera_info(geometry)
+def _node_setup(opts, device: str, tracking: bool) -> tuple[int, dict, list[str]]:
+    """The node's private ROS_DOMAIN_ID, its environment and its command-line parameters."""
     domain = 150 + os.getpid() % 80
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
-    args = ["--ros-args", "-r", f"__node:={_NODE}", "-p", f"device:={device}", "-p", "tracking:=false",
+    args = ["--ros-args", "-r", f"__node:={_NODE}", "-p", f"device:={device}",
+            "-p", f"tracking:={str(tracking).lower()}",
             "-p", f"ct_spacing_mm:={opts.spacing}", "-p", f"resolution:={opts.resolution}",
             "-p", "qos_reliability:=reliable", "-p", "max_image_age_s:=0.0"]
     if opts.ct:
         args += ["-p", f"ct_path:={opts.ct}"]
+    return domain, env, args
+
+
+def _bench_device(opts, device: str) -> dict:
+    import rclpy  # noqa: F401  (fail early without ROS)
+    geometry, cold_poses, cold_images, track_poses, track_images = _frames(opts, device if device != "auto" else "cpu")
+    info = conv.geometry_to_camera_info(geometry)
+    domain, env, args = _node_setup(opts, device, tracking=False)
     node = _NodeProcess(args, env)
     player = None
     try:
@@ -332,17 +383,257 @@ def _report(results: list[dict], opts) -> None:
         print("  resident memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))
 
 
+# ----------------------------------------------------------------------------- soak mode
+def _soak_frames(opts, device: str):
+    """Geometry, and the tracking mode's trajectory rendered ahead of time (as in :func:`_frames`)."""
+    ct = load_example_ct()[0] if not opts.ct else load_volume(opts.ct)
+    ct = resample(ct, opts.spacing)
+    geometry = default_geometry(opts.image_size)
+    renderer = DrrRenderer(hu_to_attenuation(ct.data), ct.affine, geometry).to(device)
+    ap = ap_pose(ct.center_world)
+    step = torch.tensor([opts.step_mm, 0.3 * opts.step_mm, 0.0, 0.0, 0.0, math.radians(opts.step_deg)],
+                        dtype=torch.float64)
+    with torch.no_grad():
+        images = [renderer((se3_exp(step * k) @ ap)[0].to(torch.float32).to(device)[None])[0, 0].cpu().numpy()
+                  for k in range(20)]
+    return geometry, images
+
+
+def _counters(diag: dict, base: dict) -> dict:
+    """The node's counters from a /diagnostics status, minus those of ``base`` (after the warm-up)."""
+    return {k: int(diag.get(k, 0)) - int(base.get(k, 0)) for k in _SOAK_COUNTERS}
+
+
+def _percentiles(latencies: list[float]) -> dict:
+    if not latencies:
+        return {"p50_s": None, "p95_s": None, "max_s": None}
+    return {"p50_s": float(np.percentile(latencies, 50)), "p95_s": float(np.percentile(latencies, 95)),
+            "max_s": float(np.max(latencies))}
+
+
+def _soak_device(opts, device: str) -> dict:
+    """Publish at ``opts.rate_hz`` for ``opts.soak_minutes``; one row per ``opts.soak_window_s``."""
+    import rclpy  # noqa: F401  (fail early without ROS)
+    from std_msgs.msg import Header
+    if opts.rate_hz <= 0 or opts.soak_window_s <= 0:
+        raise ValueError("--rate-hz and --soak-window-s must be > 0")
+    geometry, images = _soak_frames(opts, device if device != "auto" else "cpu")
+    info = conv.geometry_to_camera_info(geometry)
+    domain, env, args = _node_setup(opts, device, tracking=True)
+    node = _NodeProcess(args, env)
+    player = None
+    try:
+        t0 = time.monotonic()
+        if not node.ready.wait(opts.timeout):
+            raise RuntimeError("the node did not start:\n" + "".join(node.lines[-30:]))
+        startup_s = time.monotonic() - t0
+        player = _Player(domain)
+        if not player.wait(lambda: player.image_pub.get_subscription_count() > 0, 60.0):
+            raise RuntimeError("the node never subscribed to /image")
+        rss_start = _rss_mb(node.proc.pid)
+        warm, base, _ = player.frame(images[0], info, opts.timeout)
+        rss_warm = _rss_mb(node.proc.pid)
+        if not base:
+            player.wait(lambda: bool(player.inbox.last_diag), 5.0)
+            base = dict(player.inbox.last_diag)
+        inbox = player.inbox
+        msgs = [conv.numpy_to_image(image, "32FC1", Header(frame_id="carm")) for image in images]
+        order = list(range(len(msgs))) + list(range(len(msgs) - 2, 0, -1))
+        per_step = max(1, round(opts.rate_hz * _SOAK_STEP_S))
+        period, duration, window = 1.0 / opts.rate_hz, 60.0 * opts.soak_minutes, opts.soak_window_s
+        sent: dict[tuple[int, int], float] = {}
+        rows: list[dict] = []
+        everything: list[float] = []
+        state = {"n": 0, "w_sent": 0, "tf": 0, "late": 0}
+        prev = {k: 0 for k in _SOAK_COUNTERS}
+        with inbox.cv:
+            inbox.tf.clear()
+            inbox.diag.clear()
+        start = time.monotonic()
+        w_start = next_t = start
+
+        def close_window(now: float) -> None:
+            nonlocal w_start, prev
+            with inbox.cv:
+                arrived, inbox.tf = inbox.tf, {}
+                diag = dict(inbox.last_diag)
+                inbox.diag.clear()  # frame() is not used here: keep this process's memory flat
+            lats = [arrival - sent.pop(key) for key, (arrival, _) in arrived.items() if key in sent]
+            everything.extend(lats)
+            state["tf"] += len(lats)
+            total = _counters(diag, base)
+            span = max(now - w_start, 1e-9)
+            row = {"window": len(rows) + 1, "t_s": now - start, "duration_s": span, "sent": state["w_sent"],
+                   "sent_total": state["n"], "rate_hz": state["w_sent"] / span, "tf": len(lats),
+                   "tf_total": state["tf"], "node": {k: total[k] - prev[k] for k in _SOAK_COUNTERS},
+                   "node_total": total, **_percentiles(lats), "rss_mb": _rss_mb(node.proc.pid)}
+            rows.append(row)
+            print(_soak_row(row), flush=True)
+            prev, w_start, state["w_sent"] = total, now, 0
+
+        print(f"[{device}] soak: {opts.rate_hz:g} Hz for {opts.soak_minutes:g} min, a row every {window:g} s",
+              flush=True)
+        print(_SOAK_HEADER, flush=True)
+        while True:
+            now = time.monotonic()
+            if now - start >= duration:
+                break
+            if now - w_start >= window:
+                close_window(now)
+                if node.proc.poll() is not None:
+                    raise RuntimeError("the node exited during the soak:\n" + "".join(node.lines[-30:]))
+                continue
+            if now < next_t:
+                time.sleep(min(next_t - now, w_start + window - now, start + duration - now))
+                continue
+            key, t_pub = player.send(msgs[order[(state["n"] // per_step) % len(order)]], info)
+            sent[key] = t_pub
+            state["n"] += 1
+            state["w_sent"] += 1
+            next_t += period
+            if now - next_t > 1.0:  # this process fell more than a second behind: no burst to catch up
+                state["late"] += 1
+                next_t = now
+        # drain: until the node is idle (every received frame processed, dropped or rejected)
+        end, n = time.monotonic(), state["n"]
+
+        def idle() -> bool:
+            c = _counters(inbox.last_diag, base)
+            done = c["frames_processed"] + c["frames_dropped"] + c["frames_rejected"]
+            return done == c["frames_received"] and (c["frames_received"] >= n or time.monotonic() - end > 5.0)
+
+        drained = player.wait(idle, max(30.0, min(opts.timeout, 120.0)))
+        time.sleep(0.5)  # a TF published just before the last diagnostics
+        close_window(time.monotonic())
+        ready = next((line.split("ready:", 1)[1].strip() for line in node.lines if "ready:" in line), "")
+        warm_row = next((r for r in rows if r["t_s"] >= _SOAK_WARMUP_S), rows[0])
+        total = rows[-1]["node_total"]
+        growth = 100.0 * (rows[-1]["rss_mb"] - warm_row["rss_mb"]) / warm_row["rss_mb"]
+        return {"device": device, "mode": "soak", "registrar": ready, "startup_s": startup_s, "warmup_s": warm,
+                "rate_hz": opts.rate_hz, "soak_minutes": opts.soak_minutes, "window_s": window,
+                "duration_s": end - start, "drain_s": rows[-1]["t_s"] - (end - start), "drained": drained,
+                "sent": n, "sent_rate_hz": n / max(end - start, 1e-9), "schedule_resets": state["late"],
+                "tf_received": state["tf"], "node": total, "latency": _percentiles(everything),
+                "latency_mean_s": float(np.mean(everything)) if everything else None,
+                "rss_mb": {"start": rss_start, "after_warmup_frame": rss_warm,
+                           "reference": warm_row["rss_mb"], "reference_t_s": warm_row["t_s"],
+                           "reference_after_warmup": warm_row["t_s"] >= _SOAK_WARMUP_S,
+                           "end": rows[-1]["rss_mb"], "growth_pct": growth},
+                "windows": rows}
+    finally:
+        if player is not None:
+            player.close()
+        node.stop()
+
+
+_SOAK_HEADER = (f"{'win':>4} {'t s':>7} {'sent':>5} {'Hz':>5} {'TF':>4} {'recv':>5} {'proc':>5} {'drop':>5} "
+                f"{'fail':>4} {'p50 s':>6} {'p95 s':>6} {'max s':>6} {'RSS MB':>7}")
+
+
+def _soak_row(r: dict) -> str:
+    c = r["node"]
+    lat = " ".join(f"{'-':>6}" if r[k] is None else f"{r[k]:6.3f}" for k in ("p50_s", "p95_s", "max_s"))
+    return (f"{r['window']:4d} {r['t_s']:7.1f} {r['sent']:5d} {r['rate_hz']:5.1f} {r['tf']:4d} "
+            f"{c['frames_received']:5d} {c['frames_processed']:5d} {c['frames_dropped']:5d} "
+            f"{c['registrations_failed']:4d} {lat} {r['rss_mb']:7.1f}")
+
+
+def _soak_report(results: list[dict], opts) -> None:
+    print(f"\nregistration node soak ({platform.node()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}); image {opts.image_size}px, registration "
+          f"{opts.resolution}px, CT {opts.ct or 'embedded example'} at {opts.spacing} mm")
+    for r in results:
+        print(f"\n[{r['device']}] {r['registrar']}")
+        print(f"  {r['rate_hz']:g} Hz for {r['soak_minutes']:g} min: one row per {r['window_s']:g} s "
+              "(node counters and TFs per window; latency of the frames whose TF arrived in it)")
+        print("  " + _SOAK_HEADER)
+        for row in r["windows"]:
+            print("  " + _soak_row(row))
+        c, lat, mem = r["node"], r["latency"], r["rss_mb"]
+        print(f"  sent {r['sent']} frames in {r['duration_s']:.1f} s ({r['sent_rate_hz']:.2f} Hz), "
+              f"TF received for {r['tf_received']}")
+        print(f"  node: received {c['frames_received']}, processed {c['frames_processed']}, dropped "
+              f"{c['frames_dropped']}, rejected {c['frames_rejected']}, registrations failed "
+              f"{c['registrations_failed']}" + ("" if r["drained"] else " (the node was still busy at the end)"))
+        print(f"  processed + dropped + rejected = {c['frames_processed'] + c['frames_dropped'] + c['frames_rejected']}"
+              f" (received {c['frames_received']}); received {c['frames_received']} of {r['sent']} sent")
+        if lat["p50_s"] is not None:
+            print(f"  latency image -> TF: p50 {lat['p50_s']:.3f} s  p95 {lat['p95_s']:.3f} s  max "
+                  f"{lat['max_s']:.3f} s  mean {r['latency_mean_s']:.3f} s  ({r['tf_received']} frames)")
+        else:
+            print("  latency image -> TF: no frame registered")
+        which = (f"first window after {_SOAK_WARMUP_S:.0f} s" if mem["reference_after_warmup"]
+                 else f"first window: the soak is shorter than {_SOAK_WARMUP_S:.0f} s")
+        print(f"  resident memory: {mem['start']:.0f} MB at start, {mem['after_warmup_frame']:.0f} MB after the "
+              f"warm-up frame, {mem['reference']:.1f} MB at {mem['reference_t_s']:.0f} s ({which}), "
+              f"{mem['end']:.1f} MB at the end: {mem['growth_pct']:+.2f} % "
+              f"({'<= 5 %' if mem['growth_pct'] <= 5.0 else 'more than 5 %'})")
+        if r.get("plot"):
+            print(f"  plot: {r['plot']}")
+
+
+def _soak_plot(r: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = r["windows"]
+    t = np.array([row["t_s"] for row in rows]) / 60.0
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for key, label, style in (("p50_s", "p50", "o-"), ("p95_s", "p95", "s-"), ("max_s", "max", "^:")):
+        ax1.plot(t, [np.nan if row[key] is None else row[key] for row in rows], style, ms=3, label=label)
+    ax1.set_ylabel("latency image → TF (s)")
+    ax1.set_ylim(bottom=0)
+    ax1.legend(loc="upper right", fontsize=8)
+    ax1.grid(alpha=0.3)
+    c, mem = r["node"], r["rss_mb"]
+    ax1.set_title(f"node soak [{r['device']}]: {r['rate_hz']:g} Hz for {r['soak_minutes']:g} min; received "
+                  f"{c['frames_received']}, processed {c['frames_processed']}, dropped {c['frames_dropped']}",
+                  fontsize=9)
+    ax2.plot(t, [row["rss_mb"] for row in rows], "o-", ms=3, color="tab:purple")
+    ax2.axvline(mem["reference_t_s"] / 60.0, color="gray", ls="--", lw=0.8)
+    ax2.set_ylabel("node resident memory (MB)")
+    ax2.set_xlabel("time since the soak started (min)")
+    ax2.grid(alpha=0.3)
+    ax2.set_title(f"{mem['reference']:.0f} MB at {mem['reference_t_s']:.0f} s -> {mem['end']:.0f} MB at the end "
+                  f"({mem['growth_pct']:+.2f} %)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _soak_paths(opts, device: str) -> tuple[str, str | None]:
+    """Where the PNG goes, and the JSON when ``--json`` does not name one."""
+    if opts.out:
+        os.makedirs(opts.out, exist_ok=True)
+        return os.path.join(opts.out, f"soak_{device}.png"), None if opts.json else os.path.join(opts.out, "soak.json")
+    if opts.json:
+        stem = os.path.splitext(opts.json)[0]
+        return f"{stem}_{device}.png", None
+    return f"soak_{device}.png", None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark with ``args`` (missing attributes take the defaults)."""
     opts = argparse.Namespace(**{k: getattr(args, k, v) for k, v in _DEFAULTS.items()})
     devices = [d.strip() for d in opts.devices.split(",") if d.strip()] if opts.devices else \
         ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results = []
-    for device in devices:
-        results.append(_bench_device(opts, device))
-    _report(results, opts)
-    if opts.json:
-        with open(opts.json, "w") as fh:
+    if opts.soak_minutes > 0:
+        json_path = opts.json
+        for device in devices:
+            r = _soak_device(opts, device)
+            r["plot"], json_default = _soak_paths(opts, device)
+            json_path = json_path or json_default
+            _soak_plot(r, r["plot"])
+            results.append(r)
+        _soak_report(results, opts)
+    else:
+        json_path = opts.json
+        for device in devices:
+            results.append(_bench_device(opts, device))
+        _report(results, opts)
+    if json_path:
+        with open(json_path, "w") as fh:
             json.dump({"host": platform.node(), "options": vars(opts), "results": results}, fh, indent=2)
     return 0
 
