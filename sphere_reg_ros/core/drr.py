@@ -189,7 +189,7 @@ class DrrRenderer(torch.nn.Module):
         out = []
         with torch.no_grad():
             source, target = self.rays(pose)
-            for b in range(len(pose)):
+            for b in range(len(pose)):  # one pose per call: batching them was no faster on a CPU
                 direction = target[b] - source[b]  # (P, 3)
                 s_vox = source[b] @ lin.T + offset + 2.0  # padded voxel coordinates
                 vox = s_vox + alphas[None, :, None] * (direction @ lin.T)[:, None]  # (P, N, 3)

@@ -135,11 +135,14 @@ class LevenbergMarquardt:
         emb = embed(self.model, fx, m)
         return emb, self._weights(emb, m), m
 
-    def _window(self, renderer: DrrRenderer, pose: torch.Tensor, extra: tuple | None = None) -> tuple:
+    def _window(self, renderer: DrrRenderer, pose: torch.Tensor, extra: tuple | None = None,
+                margin_mm: float | None = None) -> tuple:
+        """Sampling window covering the CT for ``pose`` (and ``extra``) plus a depth margin
+        (``config.window_margin_mm`` unless given: the margin lets the pose move during a scale)."""
         lo, hi = renderer.window(pose.detach().to(renderer.dtype))
         if extra is not None:
             lo, hi = min(lo, extra[0]), max(hi, extra[1])
-        m = self.config.window_margin_mm / renderer.geometry.sdd
+        m = (self.config.window_margin_mm if margin_mm is None else margin_mm) / renderer.geometry.sdd
         return (max(lo - m, 0.0), min(hi + m, 1.0))
 
     @staticmethod
@@ -227,7 +230,8 @@ class LevenbergMarquardt:
         emb, w, m = self._fixed_embedding(renderer, fixed.to(renderer.device, renderer.dtype),
                                           None if mask is None else mask.to(renderer.device).bool())
         poses = poses.to(renderer.device)
-        img, _ = self._render(renderer, self._window(renderer, poses), poses, jacobian=False)
+        # the poses are fixed: the window need only cover the CT (no margin for motion)
+        img, _ = self._render(renderer, self._window(renderer, poses, margin_mm=0.0), poses, jacobian=False)
         k = poses.shape[0]
         r = self.model.residuals(embed(self.model, img, None if m is None else m.expand(k, -1, -1, -1)),
                                  emb.expand(k, *emb.shape[1:]))

@@ -138,6 +138,14 @@ def test_extra_channels_render_like_separate_renderers(small_ct):
         torch.testing.assert_close(jac[:, k * 480:(k + 1) * 480], ref_jac, rtol=1e-4, atol=1e-4)
     plain, _ = both.render_with_jacobian(pose, window=window)
     assert plain.shape == (1, 1, 24, 20)
+    # without the Jacobian (grid_sample): the same images, several poses at once
+    two = torch.cat([pose, se3_exp(torch.tensor([[0.0, 3.0, 0.0, 0.0, 0.02, 0.0]])) @ pose])
+    fast = both.render_channels(two, window=both.window(two))
+    ref, _ = both.render_with_jacobian(two, window=both.window(two), channels=True)
+    assert fast.shape == (2, 2, 24, 20) and not torch.equal(fast[0], fast[1])
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(DrrRenderer(mu, ct.affine, geometry).render_channels(pose, window=window),
+                               both(pose, window=window), rtol=1e-4, atol=1e-5)
     with pytest.raises(RenderError, match="no extra channels"):
         DrrRenderer(mu, ct.affine, geometry).render_with_jacobian(pose, channels=True)
     with pytest.raises(RenderError, match="channels must be"):
