@@ -406,6 +406,14 @@ def _frame(name: str, value: str) -> None:
         raise ParameterError(f"{name} {value!r}: frame ids have no leading '/' and no spaces (tf2)")
 
 
+def _numbers(value, name: str) -> np.ndarray:
+    """``value`` as a float64 array; ParameterError naming ``name`` when it holds no numbers."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"{name} {value!r} is not a list of numbers") from exc
+
+
 def validate(values: dict, changed: set[str] | None = None, cuda_available: bool | None = None,
              ct=None) -> Settings:
     """Check a full set of parameter values (``changed``: only these need file checks).
@@ -432,11 +440,11 @@ def validate(values: dict, changed: set[str] | None = None, cuda_available: bool
     _frame("default_carm_frame", values["default_carm_frame"])
     if values["ct_frame"] == values["default_carm_frame"]:
         raise ParameterError("ct_frame and default_carm_frame must differ")
-    scales = np.asarray(values["lm_scales"], dtype=np.float64)
+    scales = _numbers(values["lm_scales"], "lm_scales")
     if scales.ndim != 1 or scales.size == 0 or not np.all((scales > 0) & (scales <= 1)):
         raise ParameterError("lm_scales must be one or more fractions in (0, 1]")
     parse_roi(values["roi"])
-    pose = np.asarray(values["initial_pose_mm"], dtype=np.float64)
+    pose = _numbers(values["initial_pose_mm"], "initial_pose_mm")
     if pose.shape != (7,) or not np.all(np.isfinite(pose)):
         raise ParameterError("initial_pose_mm must be 7 finite numbers [x, y, z (mm), qx, qy, qz, qw]")
     if np.linalg.norm(pose[3:]) < 1e-6:

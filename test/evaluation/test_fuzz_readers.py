@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from sphere_reg_ros.evaluation.evaluate_cli import read_image, read_pose
 
 FUZZ_EXAMPLES = 300 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 50
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CI: a fixed sequence of examples (no flaky runs); HYPOTHESIS_PROFILE=long explores at random
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+                derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "long")
 SUFFIXES = [".png", ".tif", ".tiff", ".dcm", ".npy", ".jpg", ".txt", ""]
 
 

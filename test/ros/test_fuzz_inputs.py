@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -23,7 +23,9 @@ from sphere_reg_ros.ros import params as P
 from sphere_reg_ros.ros.frame_input import REASONS, FrameRejected, prepare_frame
 
 FUZZ_EXAMPLES = 400 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 60
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CI: a fixed sequence of examples (no flaky runs); HYPOTHESIS_PROFILE=long explores at random
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+                derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "long")
 
 ENCODINGS = ["mono8", "mono16", "16UC1", "32FC1", "64FC1", "8UC1", "bgr8", "rgb8", "rgba8", "", "mono12", "32SC1",
              "yuv422", "MONO8", "32FC2"]
@@ -119,6 +121,8 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), any_flo
 
 @FUZZ
 @given(st.dictionaries(st.sampled_from([p.name for p in P.PARAMS]), VALUES, min_size=1, max_size=4))
+@example({"lm_scales": ""})  # found by this test: a ValueError from the float conversion
+@example({"initial_pose_mm": ["a"] * 7})
 def test_parameter_validation_accepts_or_names_the_parameter(changes):
     values = {**P.yaml_defaults(), **changes}
     try:

@@ -203,8 +203,14 @@ def test_a_large_frame_is_reduced_in_the_node_and_registers_with_its_overlay(cli
             client.send(image, client.info_msg(big))
             tf = client.tf_for(image.header.stamp)
             assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
-            with client.cv:
-                mine = [m for m in client.inbox["overlay"] if m.header.stamp == image.header.stamp]
+            client.diag_for(image.header.stamp, timeout=WAIT_S)  # the node publishes it after the overlay
+            settle = time.monotonic() + 5.0  # the overlay travels on its own topic: allow it to arrive
+            while True:
+                with client.cv:
+                    mine = [m for m in client.inbox["overlay"] if m.header.stamp == image.header.stamp]
+                if mine or time.monotonic() > settle:
+                    break
+                time.sleep(0.1)
             if mine or time.monotonic() > deadline:
                 break
         assert mine, "no overlay for the large frame"
