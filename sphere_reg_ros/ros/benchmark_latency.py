@@ -509,6 +509,9 @@ def _soak_device(opts, device: str) -> dict:
         warm_row = next((r for r in rows if r["t_s"] >= _SOAK_WARMUP_S), rows[0])
         total = rows[-1]["node_total"]
         growth = 100.0 * (rows[-1]["rss_mb"] - warm_row["rss_mb"]) / warm_row["rss_mb"]
+        after = [r["rss_mb"] for r in rows[warm_row["window"] - 1:]]  # one reading a window: noisy
+        k = max(1, round(60.0 / window))
+        first, last = float(np.median(after[:k])), float(np.median(after[-k:]))
         return {"device": device, "mode": "soak", "registrar": ready, "startup_s": startup_s, "warmup_s": warm,
                 "rate_hz": opts.rate_hz, "soak_minutes": opts.soak_minutes, "window_s": window,
                 "duration_s": end - start, "drain_s": rows[-1]["t_s"] - (end - start), "drained": drained,
@@ -518,7 +521,10 @@ def _soak_device(opts, device: str) -> dict:
                 "rss_mb": {"start": rss_start, "after_warmup_frame": rss_warm,
                            "reference": warm_row["rss_mb"], "reference_t_s": warm_row["t_s"],
                            "reference_after_warmup": warm_row["t_s"] >= _SOAK_WARMUP_S,
-                           "end": rows[-1]["rss_mb"], "growth_pct": growth},
+                           "end": rows[-1]["rss_mb"], "growth_pct": growth,
+                           "after_reference_min": float(np.min(after)), "after_reference_max": float(np.max(after)),
+                           "median_first_minute": first, "median_last_minute": last,
+                           "median_growth_pct": 100.0 * (last - first) / first},
                 "windows": rows}
     finally:
         if player is not None:
@@ -568,6 +574,9 @@ def _soak_report(results: list[dict], opts) -> None:
               f"warm-up frame, {mem['reference']:.1f} MB at {mem['reference_t_s']:.0f} s ({which}), "
               f"{mem['end']:.1f} MB at the end: {mem['growth_pct']:+.2f} % "
               f"({'<= 5 %' if mem['growth_pct'] <= 5.0 else 'more than 5 %'})")
+        print(f"  (one reading a window: from then on {mem['after_reference_min']:.0f}-{mem['after_reference_max']:.0f}"
+              f" MB; median of its first minute {mem['median_first_minute']:.0f} MB, of the last minute "
+              f"{mem['median_last_minute']:.0f} MB: {mem['median_growth_pct']:+.2f} %)")
         if r.get("plot"):
             print(f"  plot: {r['plot']}")
 
