@@ -13,7 +13,7 @@ them), ``frames_rejected`` (bad input), ``frames_unmatched_camera_info`` (of tho
 paired with the image by stamp), ``registrations_failed`` (failed a quality gate),
 ``camera_info_offset_ms`` (image stamp minus the stamp of the CameraInfo used for the last
 frame), ``camera_info_note`` (e.g. an all-zero K whose P was used; empty otherwise), ``input_rate_hz``,
-``output_rate_hz`` (published poses per second, over the last 10 s), ``last_cost``,
+``output_rate_hz`` (published poses per second, over the last 10 s), ``torch_threads``, ``last_cost``,
 ``last_normalised_cost``, ``last_position_std_mm`` (at the region of interest),
 ``last_consistency_mm`` (nan when not checked), ``last_iterations``, ``last_masked_fraction`` (share of the image masked), ``latency_<stage>_ms`` of the last frame
 (``queue``, ``convert``, ``register`` and the registrar's own stages, ``publish``, ``total`` =

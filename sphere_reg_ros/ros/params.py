@@ -180,6 +180,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("qos_reliability", "best_effort", "Reliability of the image/camera_info "
               "subscriptions: best_effort (sensor-data QoS) or reliable.",
               choices=("best_effort", "reliable"), kind="startup"),
+    ParamSpec("threads", 0, "Torch intra-op threads of the node's registrations; 0 = torch's default (one per "
+              "core, or OMP_NUM_THREADS). On a machine the node shares with other processes, 1 is often the "
+              "fastest (the image tensors are small).", (0, 256), kind="startup"),
     ParamSpec("qos_depth", 5, "History depth of the image/camera_info subscriptions.", (1, 100),
               kind="startup"),
     ParamSpec("diagnostics_period_s", 1.0, "Period of the /diagnostics heartbeat (s); a status is "

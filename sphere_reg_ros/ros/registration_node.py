@@ -77,6 +77,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+import torch
 from rclpy.signals import SignalHandlerOptions
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -138,7 +139,10 @@ class RegistrationNode(Node):
             self.declare_parameter(spec.name, spec.default, descriptor(spec))
         values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
         self._settings: Settings = validate(values)  # raises ParameterError: main() exits
+        if self._settings.threads > 0:
+            torch.set_num_threads(int(self._settings.threads))
         self.stats = NodeStats()
+        self.stats.set_values(torch_threads=str(torch.get_num_threads()))
         self._log_times: dict[str, float] = {}
         self._lock = threading.Lock()
         self._tracker = Tracker()  # replaced (under _lock) on reset and when the registrar is swapped

@@ -84,7 +84,7 @@ def node_process(scene, ros_domain_id):
     env = dict(os.environ, ROS_DOMAIN_ID=str(ros_domain_id), PYTHONUNBUFFERED="1")
     args = ["-m", "sphere_reg_ros.ros.registration_node", "--ros-args", "-r", f"__node:={NODE}",
             "-p", f"ct_path:={scene['ct_path']}", "-p", f"ct_spacing_mm:={SPACING_MM}",
-            "-p", f"resolution:={SIZE}", "-p", "lm_scales:=[1.0]", "-p", "tracking:=false",
+            "-p", f"resolution:={SIZE}", "-p", "lm_scales:=[1.0]", "-p", "tracking:=false", "-p", "threads:=2",
             "-p", "use_initial_pose:=true", "-p", f"initial_pose_mm:={_pose_param(scene['init'])}",
             "-p", "max_image_age_s:=30.0", "-p", "diagnostics_period_s:=0.5",
             "-p", "qos_reliability:=reliable", "-p", "qos_depth:=10"]  # deep enough that a burst reaches the callback
@@ -157,6 +157,12 @@ def test_registers_and_publishes_tf_pose_with_the_image_stamp(client, scene):
         assert key in values, key
     assert scene["ct_path"].name in values["ct"]
     assert float(values["latency_total_ms"]) > 0
+
+
+def test_the_threads_parameter_sets_the_torch_threads(client, scene):
+    stamp, _ = client.register_good(scene)
+    _, values = client.diag_for(stamp)
+    assert values["torch_threads"] == "2"  # the tests run with OMP_NUM_THREADS=1: the parameter set it
 
 
 def test_publish_inverse_and_default_frame(client, scene):
