@@ -70,6 +70,9 @@ def _add_demo_parser(subparsers) -> None:
                              "(default: their defaults, 2 mm)")
     parser.add_argument("--model", default=None, help="checkpoint (default: the node's default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated degradations")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="the node's torch threads (its `threads` parameter; default 0: torch's default, "
+                             "which `make demo` sets to 1 through OMP_NUM_THREADS)")
     parser.add_argument("--out", default="demo_output", help="output folder (default demo_output/)")
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="s to wait for the node to start")
     parser.add_argument("--timeout", type=float, default=600.0, help="s to run at most (default 600)")

@@ -257,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
         node_params["model_path"] = args.model
     if args.ct_spacing_mm:
         node_params["ct_spacing_mm"] = args.ct_spacing_mm
+    if getattr(args, "threads", 0):
+        node_params["threads"] = int(args.threads)
     registration = _launch(f"sphere_reg_ros.ros.{NODE_NAME}", node_params, out / "registration_node.log", env)
     simulator = None
 
