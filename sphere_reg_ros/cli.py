@@ -93,6 +93,9 @@ def _add_benchmark_node_parser(subparsers) -> None:
     parser.add_argument("--rate-hz", type=float, default=30.0, help="soak mode: publishing rate (default 30)")
     parser.add_argument("--out", default=None,
                         help="soak mode: folder of soak_<device>.png and soak.json (default: next to --json, else .)")
+    parser.add_argument("--large-frame-px", type=int, default=0,
+                        help="after the timed frames, one N x N mono16 frame: how much it raises the node's peak "
+                             "resident memory, against its size (default 0: skip)")
     parser.set_defaults(func=_run_ros_command("sphere_reg_ros.ros.benchmark_latency"))
 
 

@@ -61,7 +61,8 @@ __all__ = ["main", "run", "add_arguments"]
 _NODE = "benchmark_registration_node"
 _DEFAULTS = dict(frames=10, memory_frames=500, devices="", image_size=128, ct=None, spacing=2.0,
                  resolution=64, cold_rot_deg=3.0, cold_trans_mm=8.0, step_mm=0.5, step_deg=0.1,
-                 timeout=300.0, json=None, seed=0, soak_minutes=0.0, rate_hz=30.0, soak_window_s=10.0, out=None)
+                 timeout=300.0, json=None, seed=0, soak_minutes=0.0, rate_hz=30.0, soak_window_s=10.0, out=None,
+                 large_frame_px=0)
 _SOAK_WARMUP_S = 60.0  # memory growth is measured from the first window ending after this
 _SOAK_STEP_S = 1.0  # the soak trajectory advances one tracking step per this many seconds
 _SOAK_COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "frames_rejected", "registrations_failed")
@@ -87,6 +88,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=d["json"], help="also write the results to this JSON file")
     parser.add_argument("--seed", type=int, default=d["seed"], help="seed of the cold poses")
     add_soak_arguments(parser)
+    add_large_frame_argument(parser)
+
+
+def add_large_frame_argument(parser: argparse.ArgumentParser) -> None:
+    """``--large-frame-px`` (also on ``sphere-reg benchmark-node``)."""
+    parser.add_argument("--large-frame-px", type=int, default=_DEFAULTS["large_frame_px"],
+                        help="after the timed frames, send one N x N mono16 frame and report how much it raised the "
+                             "node's peak resident memory (VmHWM), against the frame's size (default 0: skip)")
 
 
 def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,15 +111,62 @@ def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
                         help="soak mode: folder of soak_<device>.png/.json (default: next to --json, else .)")
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, key: str = "VmRSS") -> float:
+    """Resident memory of ``pid`` (MB); ``key="VmHWM"``: its peak so far."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return math.nan
+
+
+def _peak_for_frame(player, node, opts, pixels: np.ndarray) -> tuple[float, float, bool, str | None]:
+    """Publish one mono16 frame of ``pixels`` (square) with its CameraInfo; (resident memory just before
+    it, peak resident memory while it was processed, whether the peak could be reset, its status)."""
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+    info = conv.geometry_to_camera_info(default_geometry(pixels.shape[0]))
+    t = time.time()
+    stamp = Time(sec=int(t), nanosec=int((t - int(t)) * 1e9))
+    msg = conv.numpy_to_image(pixels, "mono16", Header(frame_id="carm", stamp=stamp))
+    info.header.stamp = stamp
+    try:
+        with open(f"/proc/{node.proc.pid}/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current resident memory
+        reset = True
+    except OSError:
+        reset = False
+    rss_before = _rss_mb(node.proc.pid)
+    player.info_pub.publish(info)
+    player.image_pub.publish(msg)
+    dkey = f"{stamp.sec}.{stamp.nanosec:09d}"
+    player.wait(lambda: dkey in player.inbox.diag, opts.timeout)
+    return rss_before, _rss_mb(node.proc.pid, "VmHWM"), reset, player.inbox.diag.get(dkey, {}).get("status")
+
+
+def _large_frame(player, node, opts, image: np.ndarray) -> dict:
+    """What one ``N x N`` mono16 frame (``image`` enlarged, scaled to 16 bits) costs the node: the rise
+    of its peak resident memory (VmHWM, reset first through ``/proc/<pid>/clear_refs``, Linux ≥ 4.0)
+    above its resident memory just before the frame, minus the same rise for ``image`` at its own
+    size (what any registration costs), against the frame's size. Where the peak cannot be reset the
+    rises are upper bounds."""
+    n = int(opts.large_frame_px)
+
+    def mono16(a: np.ndarray) -> np.ndarray:
+        return np.round(65535 * (a - a.min()) / max(float(np.ptp(a)), 1e-6)).astype(np.uint16)
+
+    k = max(1, int(math.ceil(n / image.shape[0])))
+    big = mono16(np.kron(image, np.ones((k, k), dtype=np.float32))[:n, :n])
+    small_before, small_peak, _, _ = _peak_for_frame(player, node, opts, mono16(image))
+    before, peak, reset, status = _peak_for_frame(player, node, opts, big)
+    rise, base = max(0.0, peak - before), max(0.0, small_peak - small_before)
+    size_mb = big.nbytes / 2 ** 20
+    return {"px": n, "frame_mb": size_mb, "rss_before_mb": before, "peak_after_mb": peak, "peak_rise_mb": rise,
+            "baseline_rise_mb": base, "peak_increase_mb": max(0.0, rise - base), "peak_reset": reset,
+            "status": status}
 
 
 @dataclass
@@ -342,6 +398,8 @@ def _bench_device(opts, device: str) -> dict:
                "rss_mb": {"start": rss_start, "after_warmup": rss_warm, "before_memory_run": rss_before,
                           f"after_{opts.memory_frames}_frames": rss_after},
                "memory_frames_failed": mem_failed}
+        if opts.large_frame_px > 0:
+            out["large_frame"] = _large_frame(player, node, opts, np.asarray(cold_images[0], dtype=np.float32))
         c, t = out["cold"].get("median_s"), out["tracking"].get("median_s")
         out["tracking_speedup"] = (c / t) if c and t else None
         return out
@@ -381,6 +439,15 @@ def _report(results: list[dict], opts) -> None:
             print(f"  tracking speed-up {speed:.2f}x; target {track_target}: {'met' if ok else 'NOT met'}")
         mem = r["rss_mb"]
         print("  resident memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))
+        big = r.get("large_frame")
+        if big:
+            print(f"  one {big['px']}x{big['px']} mono16 frame ({big['frame_mb']:.0f} MiB, status {big['status']}): peak "
+                  f"resident memory rose {big['peak_rise_mb']:.0f} MB above the {big['rss_before_mb']:.0f} MB before it, "
+                  f"a frame of --image-size {big['baseline_rise_mb']:.0f} MB"
+                  f"{'' if big['peak_reset'] else ' (peak not reset: upper bounds)'}: the large frame cost "
+                  f"+{big['peak_increase_mb']:.0f} MB = {big['peak_increase_mb'] / big['frame_mb']:.2f}x "
+                  "the frame "
+                  f"(target <= 2x: {'met' if big['peak_increase_mb'] <= 2 * big['frame_mb'] else 'NOT met'})")
 
 
 # ----------------------------------------------------------------------------- soak mode
