@@ -36,6 +36,7 @@ window ending after 60 s vs at the end) and a PNG (latency and memory against ti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -304,26 +305,36 @@ class _Player:
         rclpy.shutdown(context=self.context)
 
 
-def _frames(opts, device: str):
-    """CT, geometry, cold poses and images, a tracking trajectory and its images."""
+def _scene(opts, device: str):
+    """Geometry, a renderer of the CT on it, the AP pose, the tracking trajectory's poses (at most
+    ``n_track``) and ``render(poses) -> images``."""
     ct = load_example_ct()[0] if not opts.ct else load_volume(opts.ct)
     ct = resample(ct, opts.spacing)
     geometry = default_geometry(opts.image_size)
     renderer = DrrRenderer(hu_to_attenuation(ct.data), ct.affine, geometry).to(device)
     ap = ap_pose(ct.center_world)
+    step = torch.tensor([opts.step_mm, 0.3 * opts.step_mm, 0.0, 0.0, 0.0, math.radians(opts.step_deg)],
+                        dtype=torch.float64)
+
+    def track(n: int) -> list[torch.Tensor]:
+        return [(se3_exp(step * k) @ ap)[0] for k in range(n)]
+
+    def render(poses) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [renderer(p.to(torch.float32).to(device)[None])[0, 0].cpu().numpy() for p in poses]
+
+    return geometry, ap, track, render
+
+
+def _frames(opts, device: str):
+    """Geometry, cold poses and images, a tracking trajectory and its images."""
+    geometry, ap, trajectory, render = _scene(opts, device)
     rng = np.random.default_rng(opts.seed)
     cold, n = [], max(1, opts.frames) + 1  # +1: the warm-up frame
     for _ in range(n):
         xi = np.r_[rng.uniform(-1, 1, 3) * opts.cold_trans_mm, rng.uniform(-1, 1, 3) * math.radians(opts.cold_rot_deg)]
         cold.append((se3_exp(torch.as_tensor(xi)) @ ap)[0])
-    step = torch.tensor([opts.step_mm, 0.3 * opts.step_mm, 0.0, 0.0, 0.0, math.radians(opts.step_deg)],
-                        dtype=torch.float64)
-    track = [(se3_exp(step * k) @ ap)[0] for k in range(max(2, min(opts.frames, 20)))]
-
-    def render(poses):
-        with torch.no_grad():
-            return [renderer(p.to(torch.float32).to(device)[None])[0, 0].cpu().numpy() for p in poses]
-
+    track = trajectory(max(2, min(opts.frames, 20)))
     return geometry, cold, render(cold), track, render(track)
 
 
@@ -348,11 +359,11 @@ def _node_setup(opts, device: str, tracking: bool) -> tuple[int, dict, list[str]
     return domain, env, args
 
 
-def _bench_device(opts, device: str) -> dict:
-    import rclpy  # noqa: F401  (fail early without ROS)
-    geometry, cold_poses, cold_images, track_poses, track_images = _frames(opts, device if device != "auto" else "cpu")
-    info = conv.geometry_to_camera_info(geometry)
-    domain, env, args = _node_setup(opts, device, tracking=False)
+@contextlib.contextmanager
+def _running_node(opts, device: str, tracking: bool):
+    """Start the node and a player on its private domain; yields ``(node, player, startup_s)`` once
+    the node subscribes to the images; stops both on leaving."""
+    domain, env, args = _node_setup(opts, device, tracking=tracking)
     node = _NodeProcess(args, env)
     player = None
     try:
@@ -363,6 +374,18 @@ def _bench_device(opts, device: str) -> dict:
         player = _Player(domain)
         if not player.wait(lambda: player.image_pub.get_subscription_count() > 0, 60.0):
             raise RuntimeError("the node never subscribed to /image")
+        yield node, player, startup_s
+    finally:
+        if player is not None:
+            player.close()
+        node.stop()
+
+
+def _bench_device(opts, device: str) -> dict:
+    import rclpy  # noqa: F401  (fail early without ROS)
+    geometry, cold_poses, cold_images, track_poses, track_images = _frames(opts, device if device != "auto" else "cpu")
+    info = conv.geometry_to_camera_info(geometry)
+    with _running_node(opts, device, tracking=False) as (node, player, startup_s):
         rss_start = _rss_mb(node.proc.pid)
         warm, _, _ = player.frame(cold_images[0], info, opts.timeout)
         rss_warm = _rss_mb(node.proc.pid)
@@ -403,10 +426,6 @@ def _bench_device(opts, device: str) -> dict:
         c, t = out["cold"].get("median_s"), out["tracking"].get("median_s")
         out["tracking_speedup"] = (c / t) if c and t else None
         return out
-    finally:
-        if player is not None:
-            player.close()
-        node.stop()
 
 
 def _report(results: list[dict], opts) -> None:
@@ -440,7 +459,10 @@ def _report(results: list[dict], opts) -> None:
         mem = r["rss_mb"]
         print("  resident memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))
         big = r.get("large_frame")
-        if big:
+        if big and big["status"] != "ok":
+            print(f"  one {big['px']}x{big['px']} mono16 frame: not registered (status {big['status']}), no memory "
+                  "figure")
+        elif big:
             print(f"  one {big['px']}x{big['px']} mono16 frame ({big['frame_mb']:.0f} MiB, status {big['status']}): peak "
                   f"resident memory rose {big['peak_rise_mb']:.0f} MB above the {big['rss_before_mb']:.0f} MB before it, "
                   f"a frame of --image-size {big['baseline_rise_mb']:.0f} MB"
@@ -453,17 +475,8 @@ def _report(results: list[dict], opts) -> None:
 # ----------------------------------------------------------------------------- soak mode
 def _soak_frames(opts, device: str):
     """Geometry, and the tracking mode's trajectory rendered ahead of time (as in :func:`_frames`)."""
-    ct = load_example_ct()[0] if not opts.ct else load_volume(opts.ct)
-    ct = resample(ct, opts.spacing)
-    geometry = default_geometry(opts.image_size)
-    renderer = DrrRenderer(hu_to_attenuation(ct.data), ct.affine, geometry).to(device)
-    ap = ap_pose(ct.center_world)
-    step = torch.tensor([opts.step_mm, 0.3 * opts.step_mm, 0.0, 0.0, 0.0, math.radians(opts.step_deg)],
-                        dtype=torch.float64)
-    with torch.no_grad():
-        images = [renderer((se3_exp(step * k) @ ap)[0].to(torch.float32).to(device)[None])[0, 0].cpu().numpy()
-                  for k in range(20)]
-    return geometry, images
+    geometry, _, trajectory, render = _scene(opts, device)
+    return geometry, render(trajectory(20))
 
 
 def _counters(diag: dict, base: dict) -> dict:
@@ -486,17 +499,7 @@ def _soak_device(opts, device: str) -> dict:
         raise ValueError("--rate-hz and --soak-window-s must be > 0")
     geometry, images = _soak_frames(opts, device if device != "auto" else "cpu")
     info = conv.geometry_to_camera_info(geometry)
-    domain, env, args = _node_setup(opts, device, tracking=True)
-    node = _NodeProcess(args, env)
-    player = None
-    try:
-        t0 = time.monotonic()
-        if not node.ready.wait(opts.timeout):
-            raise RuntimeError("the node did not start:\n" + "".join(node.lines[-30:]))
-        startup_s = time.monotonic() - t0
-        player = _Player(domain)
-        if not player.wait(lambda: player.image_pub.get_subscription_count() > 0, 60.0):
-            raise RuntimeError("the node never subscribed to /image")
+    with _running_node(opts, device, tracking=True) as (node, player, startup_s):
         rss_start = _rss_mb(node.proc.pid)
         warm, base, _ = player.frame(images[0], info, opts.timeout)
         rss_warm = _rss_mb(node.proc.pid)
@@ -593,10 +596,6 @@ def _soak_device(opts, device: str) -> dict:
                            "median_first_minute": first, "median_last_minute": last,
                            "median_growth_pct": 100.0 * (last - first) / first},
                 "windows": rows}
-    finally:
-        if player is not None:
-            player.close()
-        node.stop()
 
 
 _SOAK_HEADER = (f"{'win':>4} {'t s':>7} {'sent':>5} {'Hz':>5} {'TF':>4} {'recv':>5} {'proc':>5} {'drop':>5} "
