@@ -8,11 +8,9 @@ import pytest
 import torch
 
 from sphere_reg_ros.core.carm import CarmGeometry
-from sphere_reg_ros.core.geometry import make_pose, so3_exp
 from sphere_reg_ros.core.metrics import mtre
 from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig
 from sphere_reg_ros.core.result import Status
-from sphere_reg_ros.core.volume import resample
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -21,14 +19,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 GEOMETRY = CarmGeometry(sdd=1020.0, height=64, width=64, delx=6.0, dely=6.0)  # image at 2x the resolution
 
 
-@pytest.fixture(scope="module")
-def ct8(small_ct):
-    return resample(small_ct[0], 8.0)
-
-
-@pytest.fixture(scope="module")
-def registrar(ct8):
-    return Registrar(ct8, config=RegistrarConfig(resolution=32, scales=(0.5, 1.0)), spacing_mm=8.0)
 
 
 def _mtre(registrar, pose, true):
@@ -37,19 +27,6 @@ def _mtre(registrar, pose, true):
     return float(mtre(torch.as_tensor(pose)[None], torch.as_tensor(true)[None], torch.as_tensor(pts)))
 
 
-def _offset(T, c, rot_deg, trans):
-    R = so3_exp(torch.tensor(rot_deg, dtype=torch.float64).deg2rad()[None])[0].numpy()
-    D = np.eye(4)
-    D[:3, :3], D[:3, 3] = R, c - R @ c + np.asarray(trans)
-    return D @ T
-
-
-@pytest.fixture(scope="module")
-def case(registrar):
-    true = registrar.default_pose()
-    image = registrar.render(true, GEOMETRY)
-    init = _offset(true, registrar.center_world, [2.0, -2.0, 1.5], [4.0, 3.0, -3.0])
-    return image, true, init
 
 
 def test_registers_a_rendered_image(registrar, case):
@@ -64,9 +41,9 @@ def test_registers_a_rendered_image(registrar, case):
     assert res.cost < res.initial_cost and res.iterations > 0 and res.history
 
 
-def test_fine_only_skips_the_coarse_scales_when_tracking(registrar, case):
+def test_fine_only_skips_the_coarse_scales_when_tracking(registrar, case, offset_pose):
     image, true, _ = case
-    near = _offset(true, registrar.center_world, [0.1, 0.0, -0.1], [0.5, 0.2, 0.0])  # one frame of motion
+    near = offset_pose(true, registrar.center_world, [0.1, 0.0, -0.1], [0.5, 0.2, 0.0])  # one frame of motion
     full = registrar.register(image, GEOMETRY, near)
     fine = registrar.register(image, GEOMETRY, near, fine_only=True)
     assert full.ok and fine.ok, (full.message, fine.message)
@@ -77,7 +54,7 @@ def test_fine_only_skips_the_coarse_scales_when_tracking(registrar, case):
     assert _mtre(registrar, fine.pose, true) < 0.5
 
 
-def test_a_registration_starting_where_the_last_ended_reuses_its_render(registrar, case, monkeypatch):
+def test_a_registration_starting_where_the_last_ended_reuses_its_render(registrar, case, monkeypatch, offset_pose):
     """Tracking: the DRR and Jacobian at the start pose were rendered by the previous tracking
     registration (the first one after a cold start renders it: tracking uses its own, narrower
     sampling window)."""
@@ -101,7 +78,7 @@ def test_a_registration_starting_where_the_last_ended_reuses_its_render(registra
     assert not any(calls), "the start pose was rendered again"
     assert _mtre(registrar, again.pose, first.pose) < 0.1
     calls.clear()
-    moved = _offset(first.pose, registrar.center_world, [0.0, 0.0, 0.0], [0.3, 0.0, 0.0])
+    moved = offset_pose(first.pose, registrar.center_world, [0.0, 0.0, 0.0], [0.3, 0.0, 0.0])
     start = torch.as_tensor(moved)
     registrar.register(image, GEOMETRY, moved, fine_only=True)
     assert any(calls), "another start pose must be rendered"
@@ -180,13 +157,13 @@ def test_renders_large_geometries_at_the_capped_size(registrar):
         registrar.render(np.full((4, 4), np.nan), big)
 
 
-def test_from_files_reads_a_ct_and_goes_learning_free(tmp_path, ct8):
+def test_from_files_reads_a_ct_and_goes_learning_free(tmp_path, ct8, offset_pose):
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(ct8.data, ct8.affine), str(path))
     reg = Registrar.from_files(str(path), None, RegistrarConfig(resolution=16, scales=(1.0,)), spacing_mm=8.0)
     assert not reg.learned and "learning-free" in reg.source
     true = reg.default_pose()
-    init = _offset(true, reg.center_world, [1.0, -1.0, 0.5], [3.0, -2.0, 2.0])
+    init = offset_pose(true, reg.center_world, [1.0, -1.0, 0.5], [3.0, -2.0, 2.0])
     res = reg.register(reg.render(true, GEOMETRY), GEOMETRY, init)
     # converged (a quality gate may still reject a 16 px registration: that is the gates' business)
     assert res.status in (Status.CONVERGED, Status.REJECTED) and "rejected_by" not in res.message, res.message

@@ -12,41 +12,20 @@ from sphere_reg_ros.core.drr import DrrRenderer
 from sphere_reg_ros.core.geometry import make_pose, se3_exp, so3_exp
 from sphere_reg_ros.core.lm import LevenbergMarquardt, LMConfig
 from sphere_reg_ros.core.lm_steps import correlation_inflation
-from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig
+from sphere_reg_ros.core.registrar import RegistrarConfig
 from sphere_reg_ros.core.residuals import IntensityResiduals
 from sphere_reg_ros.core.result import RegistrationResult, Status, point_covariance, point_error
 from sphere_reg_ros.core.trust import GATE_REASONS, Tracker, TrustConfig, apply_gates, gate, rejection_key
 from sphere_reg_ros.core.views import ap_pose
-from sphere_reg_ros.core.volume import bone_attenuation, hu_to_attenuation, resample
+from sphere_reg_ros.core.volume import bone_attenuation, hu_to_attenuation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 GEOMETRY = CarmGeometry(sdd=1020.0, height=64, width=64, delx=6.0, dely=6.0)
 
 
-@pytest.fixture(scope="module")
-def ct8(small_ct):
-    return resample(small_ct[0], 8.0)
 
 
-@pytest.fixture(scope="module")
-def registrar(ct8):
-    return Registrar(ct8, config=RegistrarConfig(resolution=32, scales=(0.5, 1.0)), spacing_mm=8.0)
-
-
-def _offset(T, c, rot_deg, trans):
-    R = so3_exp(torch.tensor(rot_deg, dtype=torch.float64).deg2rad()[None])[0].numpy()
-    D = np.eye(4)
-    D[:3, :3], D[:3, 3] = R, c - R @ c + np.asarray(trans)
-    return D @ T
-
-
-@pytest.fixture(scope="module")
-def case(registrar):
-    true = registrar.default_pose()
-    image = registrar.render(true, GEOMETRY)
-    init = _offset(true, registrar.center_world, [2.0, -2.0, 1.5], [4.0, 3.0, -3.0])
-    return image, true, init
 
 
 # ----------------------------------------------------------------------------- statuses
