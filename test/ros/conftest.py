@@ -371,3 +371,46 @@ def assert_nothing_published(client: NodeClient, image) -> None:
         assert not any((t.header.stamp.sec, t.header.stamp.nanosec) == stamp
                        for m in client.inbox["tf"] for t in m.transforms)
         assert not any((m.header.stamp.sec, m.header.stamp.nanosec) == stamp for m in client.inbox["pose"])
+
+
+# ----------------------------------------------------------------------------- a node under test
+def registration_scene(ct, size: int) -> dict:
+    """A ``size`` px X-ray of ``ct`` at a known pose ``truth`` (``T_ct_from_carm``, the AP view
+    moved by a few mm and about a degree) and a start ``init`` a few mm and about a degree from it,
+    standing in for the regressor: ``geometry``, ``truth``, ``image`` (float32), ``init``."""
+    import numpy as np
+    import torch
+
+    from sphere_reg_ros.core.drr import DrrRenderer
+    from sphere_reg_ros.core.geometry import se3_exp
+    from sphere_reg_ros.core.views import ap_pose, default_geometry
+    from sphere_reg_ros.core.volume import hu_to_attenuation
+
+    geometry = default_geometry(size)
+    delta = se3_exp(torch.tensor([3.0, -2.0, 4.0, 0.02, -0.01, 0.015], dtype=torch.float64))
+    truth = (delta @ ap_pose(ct.center_world))[0].numpy()
+    renderer = DrrRenderer(hu_to_attenuation(ct.data), ct.affine, geometry)
+    with torch.no_grad():
+        image = renderer(torch.as_tensor(truth, dtype=torch.float32)[None])[0, 0].numpy()
+    init = se3_exp(torch.tensor([3.0, 2.5, -3.0, 0.012, 0.015, -0.01], dtype=torch.float64)).numpy() @ truth
+    return dict(geometry=geometry, truth=truth, image=image.astype(np.float32), init=init)
+
+
+def registration_node_args(node: str, ct_path, spacing_mm: float, size: int, init, *extra: str) -> list[str]:
+    """``python`` arguments of a registration node for the DDS tests: ``ct_path`` at ``spacing_mm``,
+    ``size`` px in one scale, no tracking, started at ``init`` (``initial_pose_mm``), stale only
+    after 30 s, reliable QoS deep enough that a burst reaches the callback; ``extra`` parameters
+    (``"name:=value"``) after those."""
+    import torch
+
+    from sphere_reg_ros.core.geometry import pose_to_translation_quaternion
+
+    t, q = pose_to_translation_quaternion(torch.as_tensor(init, dtype=torch.float64), unit="mm")
+    pose = "[" + ",".join(repr(float(v)) for v in [*t.tolist(), *q.tolist()]) + "]"
+    params = [f"ct_path:={ct_path}", f"ct_spacing_mm:={spacing_mm}", f"resolution:={size}", "lm_scales:=[1.0]",
+              "tracking:=false", "use_initial_pose:=true", f"initial_pose_mm:={pose}", "max_image_age_s:=30.0",
+              "diagnostics_period_s:=0.5", "qos_reliability:=reliable", "qos_depth:=10", *extra]
+    args = ["-m", "sphere_reg_ros.ros.registration_node", "--ros-args", "-r", f"__node:={node}"]
+    for p in params:
+        args += ["-p", p]
+    return args

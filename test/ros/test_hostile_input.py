@@ -18,12 +18,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
-from sphere_reg_ros.core.drr import DrrRenderer
-from sphere_reg_ros.core.geometry import pose_to_translation_quaternion, se3_exp
-from sphere_reg_ros.core.views import ap_pose, default_geometry
-from sphere_reg_ros.core.volume import hu_to_attenuation, resample
+from sphere_reg_ros.core.views import default_geometry
+from sphere_reg_ros.core.volume import resample
 from sphere_reg_ros.ros import conversions as conv
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -47,30 +44,14 @@ def scene(tmp_path_factory, example_ct):
     ct = resample(example_ct[0], SPACING_MM)
     ct_path = tmp_path_factory.mktemp("ct") / "ct.nii.gz"
     nib.save(nib.Nifti1Image(ct.data, ct.affine), str(ct_path))
-    geometry = default_geometry(SIZE)
-    delta = se3_exp(torch.tensor([3.0, -2.0, 4.0, 0.02, -0.01, 0.015], dtype=torch.float64))
-    truth = (delta @ ap_pose(ct.center_world))[0].numpy()
-    renderer = DrrRenderer(hu_to_attenuation(ct.data), ct.affine, geometry)
-    with torch.no_grad():
-        image = renderer(torch.as_tensor(truth, dtype=torch.float32)[None])[0, 0].numpy()
-    init = se3_exp(torch.tensor([3.0, 2.5, -3.0, 0.012, 0.015, -0.01], dtype=torch.float64)).numpy() @ truth
-    return dict(ct_path=ct_path, geometry=geometry, truth=truth, image=image.astype(np.float32), init=init)
-
-
-def _pose_param(T: np.ndarray) -> str:
-    t, q = pose_to_translation_quaternion(torch.as_tensor(T, dtype=torch.float64), unit="mm")
-    return "[" + ",".join(repr(float(v)) for v in [*t.tolist(), *q.tolist()]) + "]"
+    return dict(ct_path=ct_path, **_helpers.registration_scene(ct, SIZE))
 
 
 @pytest.fixture(scope="module")
 def node_process(scene, ros_domain_id):
     env = dict(os.environ, ROS_DOMAIN_ID=str(ros_domain_id), PYTHONUNBUFFERED="1")
-    args = ["-m", "sphere_reg_ros.ros.registration_node", "--ros-args", "-r", f"__node:={NODE}",
-            "-p", f"ct_path:={scene['ct_path']}", "-p", f"ct_spacing_mm:={SPACING_MM}",
-            "-p", f"resolution:={SIZE}", "-p", "lm_scales:=[1.0]", "-p", "tracking:=false",
-            "-p", "use_initial_pose:=true", "-p", f"initial_pose_mm:={_pose_param(scene['init'])}",
-            "-p", "max_image_age_s:=30.0", "-p", "diagnostics_period_s:=0.5", "-p", f"max_image_pixels:={MAX_PIXELS}",
-            "-p", "qos_reliability:=reliable", "-p", "qos_depth:=10"]
+    args = _helpers.registration_node_args(NODE, scene["ct_path"], SPACING_MM, SIZE, scene["init"],
+                                           f"max_image_pixels:={MAX_PIXELS}")
     proc = _helpers.RosProcess(args, env)
     try:
         proc.wait_for_line("ready:", timeout=120.0)

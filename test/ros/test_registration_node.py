@@ -26,8 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from sphere_reg_ros.core.geometry import pose_to_translation_quaternion, se3_exp
-from sphere_reg_ros.core.views import ap_pose, default_geometry
+from sphere_reg_ros.core.views import default_geometry
 from sphere_reg_ros.core.volume import hu_to_attenuation, resample
 from sphere_reg_ros.core.drr import DrrRenderer
 from sphere_reg_ros.ros import conversions as conv
@@ -60,34 +59,15 @@ def scene(tmp_path_factory, example_ct):
     garbage.write_bytes(b"this is not a NIfTI file" * 10)
     corrupt_model = folder / "model.pt"
     corrupt_model.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    geometry = default_geometry(SIZE)
-    delta = se3_exp(torch.tensor([3.0, -2.0, 4.0, 0.02, -0.01, 0.015], dtype=torch.float64))
-    truth = (delta @ ap_pose(ct.center_world))[0].numpy()
-    renderer = DrrRenderer(hu_to_attenuation(ct.data), ct.affine, geometry)
-    with torch.no_grad():
-        image = renderer(torch.as_tensor(truth, dtype=torch.float32)[None])[0, 0].numpy()
-    init = se3_exp(torch.tensor([3.0, 2.5, -3.0, 0.012, 0.015, -0.01], dtype=torch.float64)).numpy() @ truth
     return dict(ct=ct, ct_path=paths["ct_a.nii.gz"], ct_path_b=paths["ct_b.nii.gz"], garbage=garbage, truncated=truncated,
-                corrupt_model=corrupt_model,
-                geometry=geometry, truth=truth, image=image.astype(np.float32), init=init)
-
-
-def _pose_param(T: np.ndarray) -> str:
-    """``initial_pose_mm`` of ``T`` (mm): ``[x, y, z (mm), qx, qy, qz, qw]``."""
-    t, q = pose_to_translation_quaternion(torch.as_tensor(T, dtype=torch.float64), unit="mm")
-    return "[" + ",".join(repr(float(v)) for v in [*t.tolist(), *q.tolist()]) + "]"
+                corrupt_model=corrupt_model, **_helpers.registration_scene(ct, SIZE))
 
 
 @pytest.fixture(scope="module")
 def node_process(scene, ros_domain_id):
     import os
     env = dict(os.environ, ROS_DOMAIN_ID=str(ros_domain_id), PYTHONUNBUFFERED="1")
-    args = ["-m", "sphere_reg_ros.ros.registration_node", "--ros-args", "-r", f"__node:={NODE}",
-            "-p", f"ct_path:={scene['ct_path']}", "-p", f"ct_spacing_mm:={SPACING_MM}",
-            "-p", f"resolution:={SIZE}", "-p", "lm_scales:=[1.0]", "-p", "tracking:=false", "-p", "threads:=2",
-            "-p", "use_initial_pose:=true", "-p", f"initial_pose_mm:={_pose_param(scene['init'])}",
-            "-p", "max_image_age_s:=30.0", "-p", "diagnostics_period_s:=0.5",
-            "-p", "qos_reliability:=reliable", "-p", "qos_depth:=10"]  # deep enough that a burst reaches the callback
+    args = _helpers.registration_node_args(NODE, scene["ct_path"], SPACING_MM, SIZE, scene["init"], "threads:=2")
     proc = _helpers.RosProcess(args, env)
     try:
         proc.wait_for_line("ready:", timeout=120.0)
