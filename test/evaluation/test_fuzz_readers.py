@@ -51,19 +51,27 @@ def files(draw):
     return suffix, data
 
 
+def _read(reader, name: str, data: bytes):
+    """``reader`` on a file ``name`` holding ``data``: its result, or None after checking that the
+    ``ValueError`` it raised is one line naming the file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        try:
+            return reader(path)
+        except ValueError as exc:
+            text = str(exc)
+            assert str(path) in text and "\n" not in text, text
+            return None
+
+
 @FUZZ
 @given(files())
 def test_read_image_returns_an_image_or_one_line_naming_the_file(case):
     suffix, data = case
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"x{suffix}"
-        path.write_bytes(data)
-        try:
-            img, hints = read_image(path)
-        except ValueError as exc:
-            text = str(exc)
-            assert str(path) in text and "\n" not in text, text
-            return
+    out = _read(read_image, f"x{suffix}", data)
+    if out is not None:
+        img, hints = out
         assert img.ndim == 2 and min(img.shape) >= 16 and np.isfinite(img).all() and isinstance(hints, dict)
 
 
@@ -79,13 +87,6 @@ JSON = st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st
                            st.lists(st.lists(st.floats(), min_size=4, max_size=4), min_size=4, max_size=4))))
 def test_read_pose_returns_a_rigid_pose_or_one_line_naming_the_file(case):
     suffix, data = case
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"pose{suffix}"
-        path.write_bytes(data)
-        try:
-            T = read_pose(path)
-        except ValueError as exc:
-            text = str(exc)
-            assert str(path) in text and "\n" not in text, text
-            return
+    T = _read(read_pose, f"pose{suffix}", data)
+    if T is not None:
         assert T.shape == (4, 4) and np.isfinite(T).all()
