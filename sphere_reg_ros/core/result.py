@@ -59,6 +59,8 @@ class RegistrationResult:
             region of interest, e.g. the centroid of the bone); None: the CT frame's origin.
         consistency_mm: how far (at the region of interest) a second start, offset from the final
             pose, ended from it; NaN when not run.
+        rejected_by: the diagnostic key of the quality gate that rejected it (``Status.REJECTED``,
+            :mod:`.trust`); '' otherwise.
         iterations: LM iterations taken (all scales together).
         status: see :class:`Status`; ``message`` says why in words.
         timings: seconds per stage (e.g. ``{"regressor": 0.05, "lm": 1.2, "total": 1.3}``).
@@ -83,6 +85,7 @@ class RegistrationResult:
     normalised_cost: float = math.nan
     roi_mm: np.ndarray | None = None
     consistency_mm: float = math.nan
+    rejected_by: str = ""
 
     @property
     def ok(self) -> bool:
@@ -102,6 +105,11 @@ class RegistrationResult:
         if not np.all(np.isfinite(cov)):
             return float("inf")
         return float(np.sqrt(max(np.linalg.eigvalsh(0.5 * (cov + cov.T)).max(), 0.0)))
+
+
+#: χ² quantile (3 degrees of freedom) of the 95 % ellipsoid of a point's error: the true error ``e``
+#: lies inside when ``eᵀ C⁻¹ e`` is at most this (``C`` from :func:`point_covariance`).
+CHI2_3_95 = 7.814727903251178
 
 
 def point_covariance(covariance: np.ndarray, point: np.ndarray | None) -> np.ndarray:

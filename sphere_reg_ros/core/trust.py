@@ -118,7 +118,8 @@ def apply_gates(result: RegistrationResult, config: TrustConfig) -> Registration
     if failed is None or failed[0] in ("registration_failed", "rejected"):
         return result
     key, text = failed
-    return replace(result, status=Status.REJECTED, message=f"{key}: {text}; {result.message}".rstrip("; "))
+    return replace(result, status=Status.REJECTED, rejected_by=key,
+                   message=f"{key}: {text}; {result.message}".rstrip("; "))
 
 
 def rejection_key(result: RegistrationResult) -> str:
@@ -126,8 +127,7 @@ def rejection_key(result: RegistrationResult) -> str:
     if result.ok:
         return ""
     if result.status is Status.REJECTED:
-        key = result.message.split(":", 1)[0]
-        return key if key in GATE_REASONS else "rejected"
+        return result.rejected_by or "rejected"
     return "registration_failed"
 
 

@@ -51,7 +51,7 @@ from sphere_reg_ros.core.metrics import CSV_FIELDS, Summary, format_table, mtre,
 from sphere_reg_ros.core.lm import LevenbergMarquardt
 from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig, resolve_device
 from sphere_reg_ros.core.residuals import CombinedResiduals
-from sphere_reg_ros.core.result import RegistrationResult, Status, point_error
+from sphere_reg_ros.core.result import CHI2_3_95, RegistrationResult, Status, point_error
 from sphere_reg_ros.core.trust import rejection_key
 from sphere_reg_ros.core.volume import Volume
 from sphere_reg_ros.evaluation.xvr_adapter import INSTALL_HINT, XvrConfig, XvrRegistration, xvr_available
@@ -400,10 +400,6 @@ def evaluate(benchmark, ct: Volume, methods: Sequence[str], model: str | None = 
         (out / "table.txt").write_text(report.text() + "\n")
         report.files.append(out / "table.txt")
     return report
-
-
-#: χ² quantile (3 degrees of freedom) of the 95 % error ellipsoid.
-CHI2_3_95 = 7.814727903251178
 
 
 def trust_points(runs: dict[str, MethodRun], poses_true: np.ndarray) -> dict[str, dict[str, np.ndarray]]:

@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from sphere_reg_ros.cli_errors import EXIT_CODES, failed, one_line, refuse
+from sphere_reg_ros.core.result import CHI2_3_95
 
 __all__ = ["Calibration", "CalibrationError", "calibrate", "add_calibrate_parser", "run_calibrate"]
 
-#: χ² quantile (3 degrees of freedom) of the 95 % error ellipsoid.
-CHI2_3_95 = 7.814727903251178
 NC_GRID = tuple(np.round(np.arange(0.5, 1.0001, 0.05), 2))
 STD_GRID = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0)
 
