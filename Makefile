@@ -7,12 +7,13 @@ PEERS_STAMP := $(VENV)/.sphere-reg-peers
 SETUP_INPUTS := requirements.txt setup.py setup.cfg package.xml tools/build_tf2_msgs.sh \
                 $(wildcard interfaces/tf2_msgs/*.txt interfaces/tf2_msgs/*.xml interfaces/tf2_msgs/msg/*.msg)
 
-.PHONY: help setup peers test test-fast demo register-example benchmark-drr clean-venv
+.PHONY: help setup peers lint test test-fast demo register-example benchmark-drr clean-venv
 
 help:
 	@echo "make setup      create $(VENV) (Python 3.11) with every pinned dependency, tf2_msgs, the package"
 	@echo "make peers      add the peer baselines (xvr) that 'sphere-reg evaluate' compares against"
-	@echo "make test       run the whole test suite (does set-up and peers first when needed)"
+	@echo "make lint       ruff check and ruff format --check (pinned in requirements.txt, ruff.toml)"
+	@echo "make test       lint, then the whole test suite (does set-up and peers first when needed)"
 	@echo "make test-fast  the tests not marked slow (no node processes, training or demo)"
 	@echo "make demo       the main job on the embedded example CT (does set-up first when needed)"
 	@echo "make benchmark-drr  DRR vs DRR+Jacobian cost on this machine"
@@ -49,7 +50,12 @@ THREADS ?= 1
 export OMP_NUM_THREADS := $(THREADS)
 export MKL_NUM_THREADS := $(THREADS)
 
-test: setup peers
+# Lint first: a style or unused-import error fails in seconds rather than after the suite.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup peers lint
 	$(PY) -m pytest
 
 # The quick loop: everything but the tests marked slow (the DDS node processes, training, the demo).

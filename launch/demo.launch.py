@@ -22,7 +22,6 @@ when the evaluator exits non-zero or the simulator or the registration node dies
 evaluator is done (then the launch shuts down at once instead of waiting for ``timeout_s``).
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
@@ -32,6 +31,8 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from launch import LaunchDescription
+
 PACKAGE = "sphere_reg_ros"
 SIM_FRAME, CT_FRAME, TRUTH_FRAME = "carm_optical", "ct", "carm_truth"  # as sphere_reg_ros.ros.demo
 
@@ -40,51 +41,106 @@ def generate_launch_description() -> LaunchDescription:
     share = FindPackageShare(PACKAGE)
     arg = LaunchConfiguration
     arguments = [
-        DeclareLaunchArgument("frames", default_value="24", description="registered frames to collect"),
-        DeclareLaunchArgument("rate_hz", default_value="0.2", description="simulator frame rate (Hz)"),
-        DeclareLaunchArgument("resolution", default_value="128", description="simulated image size (px)"),
-        DeclareLaunchArgument("degradation", default_value="mild", choices=["none", "mild", "benchmark"],
-                              description="image degradations of the simulator"),
-        DeclareLaunchArgument("ct_path", default_value="", description="CT file ('' = the embedded example CT)"),
-        DeclareLaunchArgument("model_path", default_value="none",
-                              description="checkpoint: none = learning-free LM, '' = the shipped checkpoint"),
+        DeclareLaunchArgument(
+            "frames", default_value="24", description="registered frames to collect"
+        ),
+        DeclareLaunchArgument(
+            "rate_hz", default_value="0.2", description="simulator frame rate (Hz)"
+        ),
+        DeclareLaunchArgument(
+            "resolution", default_value="128", description="simulated image size (px)"
+        ),
+        DeclareLaunchArgument(
+            "degradation",
+            default_value="mild",
+            choices=["none", "mild", "benchmark"],
+            description="image degradations of the simulator",
+        ),
+        DeclareLaunchArgument(
+            "ct_path", default_value="", description="CT file ('' = the embedded example CT)"
+        ),
+        DeclareLaunchArgument(
+            "model_path",
+            default_value="none",
+            description="checkpoint: none = learning-free LM, '' = the shipped checkpoint",
+        ),
         DeclareLaunchArgument("out", default_value="demo_output", description="output folder"),
-        DeclareLaunchArgument("timeout_s", default_value="600.0", description="stop after this many seconds"),
-        DeclareLaunchArgument("min_frames", default_value="20",
-                              description="registered frames the expectation needs (exit code 0)"),
+        DeclareLaunchArgument(
+            "timeout_s", default_value="600.0", description="stop after this many seconds"
+        ),
+        DeclareLaunchArgument(
+            "min_frames",
+            default_value="20",
+            description="registered frames the expectation needs (exit code 0)",
+        ),
         DeclareLaunchArgument("launch_rviz", default_value="false", description="also start RViz"),
     ]
     ct_path = ParameterValue(arg("ct_path"), value_type=str)
     simulator = Node(
-        package=PACKAGE, executable="carm_simulator", name="carm_simulator", output="screen",
-        parameters=[{"ct_path": ct_path, "rate_hz": ParameterValue(arg("rate_hz"), value_type=float),
-                     "resolution": ParameterValue(arg("resolution"), value_type=int),
-                     "degradation": ParameterValue(arg("degradation"), value_type=str),
-                     "frames": 0, "wait_for_subscribers": 1,
-                     "frame_id": SIM_FRAME, "ct_frame": CT_FRAME, "truth_frame": TRUTH_FRAME}],
+        package=PACKAGE,
+        executable="carm_simulator",
+        name="carm_simulator",
+        output="screen",
+        parameters=[
+            {
+                "ct_path": ct_path,
+                "rate_hz": ParameterValue(arg("rate_hz"), value_type=float),
+                "resolution": ParameterValue(arg("resolution"), value_type=int),
+                "degradation": ParameterValue(arg("degradation"), value_type=str),
+                "frames": 0,
+                "wait_for_subscribers": 1,
+                "frame_id": SIM_FRAME,
+                "ct_frame": CT_FRAME,
+                "truth_frame": TRUTH_FRAME,
+            }
+        ],
     )
     registration = Node(
-        package=PACKAGE, executable="registration_node", name="registration_node", output="screen",
-        parameters=[PathJoinSubstitution([share, "config", "register.yaml"]),
-                    {"ct_path": ct_path, "model_path": ParameterValue(arg("model_path"), value_type=str),
-                     "tracking": True, "default_carm_frame": SIM_FRAME, "ct_frame": CT_FRAME,
-                     "max_image_age_s": 10.0, "image_domain": "line_integral"}],
+        package=PACKAGE,
+        executable="registration_node",
+        name="registration_node",
+        output="screen",
+        parameters=[
+            PathJoinSubstitution([share, "config", "register.yaml"]),
+            {
+                "ct_path": ct_path,
+                "model_path": ParameterValue(arg("model_path"), value_type=str),
+                "tracking": True,
+                "default_carm_frame": SIM_FRAME,
+                "ct_frame": CT_FRAME,
+                "max_image_age_s": 10.0,
+                "image_domain": "line_integral",
+            },
+        ],
     )
     evaluator = Node(
-        package=PACKAGE, executable="demo_evaluator", name="demo_evaluator", output="screen",
-        parameters=[{"frames": ParameterValue(arg("frames"), value_type=int),
-                     "timeout_s": ParameterValue(arg("timeout_s"), value_type=float),
-                     "min_frames": ParameterValue(arg("min_frames"), value_type=int),
-                     "out": ParameterValue(arg("out"), value_type=str), "ct_path": ct_path}],
+        package=PACKAGE,
+        executable="demo_evaluator",
+        name="demo_evaluator",
+        output="screen",
+        parameters=[
+            {
+                "frames": ParameterValue(arg("frames"), value_type=int),
+                "timeout_s": ParameterValue(arg("timeout_s"), value_type=float),
+                "min_frames": ParameterValue(arg("min_frames"), value_type=int),
+                "out": ParameterValue(arg("out"), value_type=str),
+                "ct_path": ct_path,
+            }
+        ],
     )
     rviz = Node(
-        package="rviz2", executable="rviz2", name="rviz2", output="screen",
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        output="screen",
         arguments=["-d", PathJoinSubstitution([share, "config", "register.rviz"])],
         condition=IfCondition(arg("launch_rviz")),
     )
     done = RegisterEventHandler(OnProcessExit(target_action=evaluator, on_exit=_evaluator_exited))
-    peers = [RegisterEventHandler(OnProcessExit(target_action=peer, on_exit=_peer_exited))
-             for peer in (simulator, registration)]
+    peers = [
+        RegisterEventHandler(OnProcessExit(target_action=peer, on_exit=_peer_exited))
+        for peer in (simulator, registration)
+    ]
     # rviz first: if rviz2 is missing, the launch fails before any node is started (else they can
     # be left running when the launch exits on that error).
     return LaunchDescription([*arguments, rviz, done, *peers, simulator, registration, evaluator])
@@ -97,8 +153,10 @@ def generate_launch_description() -> LaunchDescription:
 def _evaluator_exited(event, context):
     """Shut the demo down when the evaluator is done; fail the launch when it exited non-zero."""
     if event.returncode != 0:
-        raise RuntimeError(f"demo evaluator exited with code {event.returncode} "
-                           "(expectation not met, or it failed; see its output above)")
+        raise RuntimeError(
+            f"demo evaluator exited with code {event.returncode} "
+            "(expectation not met, or it failed; see its output above)"
+        )
     return [EmitEvent(event=Shutdown(reason="demo evaluator finished"))]
 
 
@@ -106,5 +164,7 @@ def _peer_exited(event, context):
     """The simulator or the registration node died while the evaluator still waits for frames."""
     if context.is_shutdown:
         return None  # stopped by the shutdown that the evaluator's exit (or Ctrl-C) started
-    raise RuntimeError(f"{event.process_name} exited (code {event.returncode}) before the demo evaluator "
-                       "finished; stopping the demo")
+    raise RuntimeError(
+        f"{event.process_name} exited (code {event.returncode}) before the demo evaluator "
+        "finished; stopping the demo"
+    )

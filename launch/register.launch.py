@@ -10,13 +10,14 @@ config/register.rviz, which shows TF and ``/registration_node/overlay``), ``resp
 true restarts the node RESPAWN_DELAY_S (2) seconds after it exits or crashes; for production use).
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 PACKAGE = "sphere_reg_ros"
 #: Seconds between the node's exit and its restart with ``respawn:=true`` (no tight crash loop).
@@ -27,21 +28,38 @@ def generate_launch_description() -> LaunchDescription:
     share = FindPackageShare(PACKAGE)
     arguments = [
         DeclareLaunchArgument(
-            "params_file", default_value=PathJoinSubstitution([share, "config", "register.yaml"]),
-            description="YAML file with the registration node's parameters"),
+            "params_file",
+            default_value=PathJoinSubstitution([share, "config", "register.yaml"]),
+            description="YAML file with the registration node's parameters",
+        ),
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node"),
-        DeclareLaunchArgument("image", default_value="image",
-                              description="C-arm image topic (mono8, mono16/16UC1, 32FC1)"),
-        DeclareLaunchArgument("camera_info", default_value="camera_info",
-                              description="CameraInfo topic of the C-arm images, each stamped like its "
-                                          "image (the node pairs them by stamp)"),
-        DeclareLaunchArgument("use_sim_time", default_value="false",
-                              description="Use /clock (simulation or bag replay) as the node's clock"),
-        DeclareLaunchArgument("launch_rviz", default_value="false",
-                              description="Also start RViz showing TF and the overlay"),
-        DeclareLaunchArgument("respawn", default_value="false",
-                              description=f"Restart the registration node {RESPAWN_DELAY_S:g} s after it exits "
-                                          "or crashes (true for production use; it then loads the CT again)"),
+        DeclareLaunchArgument(
+            "image",
+            default_value="image",
+            description="C-arm image topic (mono8, mono16/16UC1, 32FC1)",
+        ),
+        DeclareLaunchArgument(
+            "camera_info",
+            default_value="camera_info",
+            description="CameraInfo topic of the C-arm images, each stamped like its "
+            "image (the node pairs them by stamp)",
+        ),
+        DeclareLaunchArgument(
+            "use_sim_time",
+            default_value="false",
+            description="Use /clock (simulation or bag replay) as the node's clock",
+        ),
+        DeclareLaunchArgument(
+            "launch_rviz",
+            default_value="false",
+            description="Also start RViz showing TF and the overlay",
+        ),
+        DeclareLaunchArgument(
+            "respawn",
+            default_value="false",
+            description=f"Restart the registration node {RESPAWN_DELAY_S:g} s after it exits "
+            "or crashes (true for production use; it then loads the CT again)",
+        ),
     ]
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
     node = Node(
@@ -50,8 +68,10 @@ def generate_launch_description() -> LaunchDescription:
         name="registration_node",
         namespace=LaunchConfiguration("namespace"),
         parameters=[LaunchConfiguration("params_file"), {"use_sim_time": use_sim_time}],
-        remappings=[("image", LaunchConfiguration("image")),
-                    ("camera_info", LaunchConfiguration("camera_info"))],
+        remappings=[
+            ("image", LaunchConfiguration("image")),
+            ("camera_info", LaunchConfiguration("camera_info")),
+        ],
         output="screen",
         emulate_tty=True,
         respawn=LaunchConfiguration("respawn"),  # a substitution, evaluated as a bool by launch

@@ -15,8 +15,16 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_CODES", "REGISTER_EXIT_CODES", "one_line",
-           "refuse", "failed"]
+__all__ = [
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_BAD_INPUT",
+    "EXIT_CODES",
+    "REGISTER_EXIT_CODES",
+    "one_line",
+    "refuse",
+    "failed",
+]
 
 EXIT_OK = 0
 #: the job ran but failed (``register``: registered but failed or rejected by a quality gate).
@@ -26,13 +34,17 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 #: ``--help`` epilog of the commands other than ``register``.
-EXIT_CODES = ("exit codes: 0 success; 1 the job ran but failed; 2 bad input or usage (one line on "
-              "stderr naming the file and the problem, before any long work starts)")
+EXIT_CODES = (
+    "exit codes: 0 success; 1 the job ran but failed; 2 bad input or usage (one line on "
+    "stderr naming the file and the problem, before any long work starts)"
+)
 #: ``--help`` epilog of ``register``.
-REGISTER_EXIT_CODES = ("exit codes: 0 registered and the pose may be used (converged, every quality gate "
-                       "passed); 1 registered but failed or rejected by a quality gate (the reason is in "
-                       "report.txt); 2 bad input or usage (one line on stderr naming the file and the "
-                       "problem, before the CT is loaded where possible)")
+REGISTER_EXIT_CODES = (
+    "exit codes: 0 registered and the pose may be used (converged, every quality gate "
+    "passed); 1 registered but failed or rejected by a quality gate (the reason is in "
+    "report.txt); 2 bad input or usage (one line on stderr naming the file and the "
+    "problem, before the CT is loaded where possible)"
+)
 
 
 def one_line(exc: BaseException | str) -> str:
@@ -52,6 +64,10 @@ def refuse(command: str, exc: BaseException | str) -> int:
 
 def failed(command: str, exc: BaseException | str) -> int:
     """Print ``sphere-reg COMMAND: failed: message`` (one line) on stderr; returns :data:`EXIT_FAILED`."""
-    detail = f"{type(exc).__name__}: {one_line(exc)}" if isinstance(exc, BaseException) else one_line(exc)
+    detail = (
+        f"{type(exc).__name__}: {one_line(exc)}"
+        if isinstance(exc, BaseException)
+        else one_line(exc)
+    )
     print(f"sphere-reg {command}: failed: {detail}", file=sys.stderr)
     return EXIT_FAILED

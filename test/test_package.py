@@ -80,10 +80,15 @@ def test_package_xml_is_well_formed_format_3():
 
 def test_every_third_party_import_is_declared():
     root = _package_xml()
-    declared = {el.text.strip() for tag in ("depend", "exec_depend", "test_depend", "build_depend")
-                for el in root.findall(tag)}
+    declared = {
+        el.text.strip()
+        for tag in ("depend", "exec_depend", "test_depend", "build_depend")
+        for el in root.findall(tag)
+    }
     pip_comment = " ".join(c.text for c in root.iter() if c.tag is ET.Comment and "pip" in c.text)
-    sources = sorted((ROOT / "sphere_reg_ros").rglob("*.py")) + sorted((ROOT / "launch").glob("*.py"))
+    sources = sorted((ROOT / "sphere_reg_ros").rglob("*.py")) + sorted(
+        (ROOT / "launch").glob("*.py")
+    )
     imports = _imported_modules(sources)
     own = {"sphere_reg_ros"}
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
@@ -103,11 +108,16 @@ def test_every_third_party_import_is_declared():
 
 
 def test_pip_dependencies_are_pinned_in_requirements():
-    pins = {line.split("==")[0].split("[")[0].strip().lower()
-            for line in (ROOT / "requirements.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("#")}
-    unpinned = [line for line in (ROOT / "requirements.txt").read_text().splitlines()
-                if line.strip() and not line.startswith("#") and "==" not in line]
+    pins = {
+        line.split("==")[0].split("[")[0].strip().lower()
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    unpinned = [
+        line
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#") and "==" not in line
+    ]
     assert not unpinned, f"unpinned requirements: {unpinned}"
     for name in ("diffdrr", "timm", "pynrrd", "torch", "torchvision", "ros-rclpy"):
         assert name in pins, f"{name} is not pinned in requirements.txt"
@@ -120,9 +130,11 @@ def test_installed_data_directories_exist(directory):
 
 def test_ros_workspace_requirements_match_the_pins():
     def pins(name):
-        return {line.split("==")[0].strip().lower(): line.split("==")[1].strip()
-                for line in (ROOT / name).read_text().splitlines()
-                if "==" in line and not line.startswith("#")}
+        return {
+            line.split("==")[0].strip().lower(): line.split("==")[1].strip()
+            for line in (ROOT / name).read_text().splitlines()
+            if "==" in line and not line.startswith("#")
+        }
 
     main, ros = pins("requirements.txt"), pins("requirements-ros.txt")
     assert ros, "requirements-ros.txt is empty"

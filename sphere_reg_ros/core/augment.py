@@ -56,14 +56,18 @@ def _check(images: Tensor, generator: torch.Generator) -> None:
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if images.ndim != 4 or images.shape[1] != 1 or images.shape[2] < 1 or images.shape[3] < 1:
-        raise ValueError(f"images must have shape (B, 1, H, W) with H, W >= 1, got {tuple(images.shape)}")
+        raise ValueError(
+            f"images must have shape (B, 1, H, W) with H, W >= 1, got {tuple(images.shape)}"
+        )
     if not images.is_floating_point():
         raise ValueError(f"images must be floating point, got {images.dtype}")
     if not bool(torch.isfinite(images).all()):
         raise ValueError("images must be finite (no NaN or Inf)")
 
 
-def _uniform(generator: torch.Generator, n: int, bounds: tuple[float, float], device: torch.device) -> Tensor:
+def _uniform(
+    generator: torch.Generator, n: int, bounds: tuple[float, float], device: torch.device
+) -> Tensor:
     """``(n,)`` float64 draws from ``U[bounds[0], bounds[1])`` on ``device``."""
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device)
     return (bounds[0] + (bounds[1] - bounds[0]) * u).to(device)
@@ -132,7 +136,9 @@ def random_bound_normalization(images: Tensor, generator: torch.Generator) -> tu
     lower, upper = lower_fraction * m, upper_fraction * m
     width = _per_image(upper - lower, images)
     valid = width > 0
-    scaled = (images - _per_image(lower, images)) / torch.where(valid, width, torch.ones_like(width))
+    scaled = (images - _per_image(lower, images)) / torch.where(
+        valid, width, torch.ones_like(width)
+    )
     out = torch.where(valid, scaled.clamp(0.0, 1.0), images)
     params = {"max": m, "lower_fraction": lower_fraction, "upper_fraction": upper_fraction}
     return out, {**params, "lower": lower, "upper": upper}
@@ -154,7 +160,9 @@ def random_gamma(images: Tensor, generator: torch.Generator) -> tuple[Tensor, Pa
     gamma = _uniform(generator, images.shape[0], GAMMA_RANGE, images.device)
     m = images.abs().amax(dim=(1, 2, 3), keepdim=True)
     m_safe = torch.where(m > 0, m, torch.ones_like(m))
-    out = torch.sign(images) * m * (images.abs() / m_safe).clamp(max=1.0) ** _per_image(gamma, images)
+    out = (
+        torch.sign(images) * m * (images.abs() / m_safe).clamp(max=1.0) ** _per_image(gamma, images)
+    )
     return out, {"gamma": gamma}
 
 
@@ -165,7 +173,9 @@ def random_nonlinear_scaling(images: Tensor, generator: torch.Generator) -> tupl
     a_ = _uniform(generator, b, SIN_AMPLITUDE_RANGE, images.device)
     b_ = _uniform(generator, b, SIN_FREQUENCY_RANGE, images.device)
     c_ = _uniform(generator, b, SIN_PHASE_RANGE, images.device)
-    out = _per_image(a_, images) * torch.sin(_per_image(b_, images) * images + _per_image(c_, images))
+    out = _per_image(a_, images) * torch.sin(
+        _per_image(b_, images) * images + _per_image(c_, images)
+    )
     return out, {"a": a_, "b": b_, "c": c_}
 
 
@@ -190,7 +200,9 @@ def random_erasing(images: Tensor, generator: torch.Generator) -> tuple[Tensor, 
     rows = torch.round(torch.where(vertical, long, short)).clamp(min=1).long()
     cols = torch.round(torch.where(vertical, short, long)).clamp(min=1).long()
     fits = (rows <= h) & (cols <= w)
-    first = torch.where(fits.any(dim=1), fits.long().argmax(dim=1), 0)[:, None]  # first fitting draw
+    first = torch.where(fits.any(dim=1), fits.long().argmax(dim=1), 0)[
+        :, None
+    ]  # first fitting draw
 
     def pick(t: Tensor) -> Tensor:  # (B, ATTEMPTS) -> (B,), the chosen draw
         return t.gather(1, first).squeeze(1)
@@ -254,12 +266,15 @@ class DomainRandomization:
     def __repr__(self) -> str:
         return f"DomainRandomization(p={self.p})"
 
-    def apply(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, AugmentationRecord]:
+    def apply(
+        self, images: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, AugmentationRecord]:
         """Augment ``images`` (B, 1, H, W); returns the new batch and the record."""
         _check(images, generator)
         b = images.shape[0]
-        draws = torch.rand((b, len(TRANSFORMS)), generator=generator, dtype=torch.float64,
-                           device=generator.device)
+        draws = torch.rand(
+            (b, len(TRANSFORMS)), generator=generator, dtype=torch.float64, device=generator.device
+        )
         applied = (draws < self.p).to(images.device)
         out = images.clone()
         params: dict[str, Params] = {}

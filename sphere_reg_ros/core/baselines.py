@@ -33,7 +33,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from diffdrr.metrics import GradientNormalizedCrossCorrelation2d, MultiscaleNormalizedCrossCorrelation2d
+from diffdrr.metrics import (
+    GradientNormalizedCrossCorrelation2d,
+    MultiscaleNormalizedCrossCorrelation2d,
+)
 
 from .drr import DrrRenderer
 from .geometry import se3_exp
@@ -41,8 +44,14 @@ from .lm import LMResult
 from .lm_steps import ResidualModel, increment_matrix, resize_images, valid_poses
 from .result import Status
 
-__all__ = ["GradientConfig", "GradientRegistration", "SimilarityCost", "MultiscaleNCC",
-           "DIFFPOSE_LR_ROT", "DIFFPOSE_LR_TRANS"]
+__all__ = [
+    "GradientConfig",
+    "GradientRegistration",
+    "SimilarityCost",
+    "MultiscaleNCC",
+    "DIFFPOSE_LR_ROT",
+    "DIFFPOSE_LR_TRANS",
+]
 
 #: DiffPose / xvr learning rates: rotation (rad) and translation (mm).
 DIFFPOSE_LR_ROT = 7.5e-3
@@ -67,7 +76,9 @@ class MultiscaleNCC:
     """DiffPose's multiscale NCC (global + patches of ``patch_fraction`` of the height, weights
     0.5/0.5), plus ``gradient_weight`` × xvr's gradient NCC; cost ``1 − score`` (B,)."""
 
-    def __init__(self, patch_fraction: float = 0.1, gradient_weight: float = 0.0, sigma: float = 1.0) -> None:
+    def __init__(
+        self, patch_fraction: float = 0.1, gradient_weight: float = 0.0, sigma: float = 1.0
+    ) -> None:
         self.patch_fraction = float(patch_fraction)
         self.gradient_weight = float(gradient_weight)
         self.sigma = float(sigma)
@@ -77,7 +88,11 @@ class MultiscaleNCC:
         if height not in self._cache:
             p = max(3, 2 * int(round(self.patch_fraction * height / 2)) + 1)
             mncc = MultiscaleNormalizedCrossCorrelation2d([None, p], [0.5, 0.5])
-            gncc = GradientNormalizedCrossCorrelation2d(patch_size=p, sigma=self.sigma) if self.gradient_weight else None
+            gncc = (
+                GradientNormalizedCrossCorrelation2d(patch_size=p, sigma=self.sigma)
+                if self.gradient_weight
+                else None
+            )
             self._cache[height] = (mncc, gncc)
         return self._cache[height]
 
@@ -89,7 +104,9 @@ class MultiscaleNCC:
         score = mncc(moving, prepared)
         if gncc is not None:
             gncc = gncc.to(moving.device)
-            score = (score + self.gradient_weight * gncc(moving, prepared)) / (1 + self.gradient_weight)
+            score = (score + self.gradient_weight * gncc(moving, prepared)) / (
+                1 + self.gradient_weight
+            )
         return 1.0 - score
 
 
@@ -116,7 +133,9 @@ class GradientConfig:
             raise ValueError(f"gradient must be 'autograd' or 'jacobian', got {self.gradient!r}")
         if not (self.lr_rot > 0 and self.lr_trans > 0 and 0 < self.lr_decay < 1):
             raise ValueError("learning rates must be > 0 and lr_decay in (0, 1)")
-        if not (isinstance(self.max_iterations, int) and self.max_iterations >= 0 and self.patience >= 1):
+        if not (
+            isinstance(self.max_iterations, int) and self.max_iterations >= 0 and self.patience >= 1
+        ):
             raise ValueError("max_iterations must be >= 0 and patience >= 1")
 
 
@@ -127,8 +146,15 @@ class GradientRegistration:
         self.cost = cost
         self.config = config
 
-    def _value_and_grad(self, renderer: DrrRenderer, window, s: torch.Tensor, pose0: torch.Tensor,
-                        P: torch.Tensor, prepared: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _value_and_grad(
+        self,
+        renderer: DrrRenderer,
+        window,
+        s: torch.Tensor,
+        pose0: torch.Tensor,
+        P: torch.Tensor,
+        prepared: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cost (n,) and its gradient (n, 6) with respect to ``s`` at ``exp(P s) pose0``."""
         dtype = renderer.dtype
         if self.config.gradient == "autograd":
@@ -147,8 +173,13 @@ class GradientRegistration:
         g = torch.einsum("bp,bpk->bk", gi.flatten(1).to(torch.float64), jac.to(torch.float64)) @ P
         return c.detach().to(torch.float64), g
 
-    def solve(self, renderers: Sequence[DrrRenderer], fixed: torch.Tensor, init_pose: torch.Tensor,
-              center=None) -> LMResult:
+    def solve(
+        self,
+        renderers: Sequence[DrrRenderer],
+        fixed: torch.Tensor,
+        init_pose: torch.Tensor,
+        center=None,
+    ) -> LMResult:
         """Refine ``init_pose`` (B, 4, 4) against ``fixed`` (B, 1, H, W), coarse to fine."""
         t_start = time.perf_counter()
         B = init_pose.shape[0]
@@ -163,10 +194,15 @@ class GradientRegistration:
         for i in range(B):
             if not (bool(ok_img[i]) and bool(ok_pose[i])):
                 status[i] = Status.INVALID_INPUT
-                message[i] = "image contains NaN or inf" if not bool(ok_img[i]) else "invalid initial pose"
+                message[i] = (
+                    "image contains NaN or inf" if not bool(ok_img[i]) else "invalid initial pose"
+                )
         fixed = torch.where(ok_img[:, None, None, None], fixed, torch.zeros_like(fixed))
-        pose = torch.where(ok_pose[:, None, None], init_pose.to(dev, torch.float64),
-                           torch.eye(4, dtype=torch.float64, device=dev))
+        pose = torch.where(
+            ok_pose[:, None, None],
+            init_pose.to(dev, torch.float64),
+            torch.eye(4, dtype=torch.float64, device=dev),
+        )
         history: list[list[dict]] = [[] for _ in range(B)]
         iterations = torch.zeros(B, dtype=torch.long)
         cost = torch.full((B,), math.nan, dtype=torch.float64)
@@ -182,8 +218,18 @@ class GradientRegistration:
                 lo, hi = renderer.window(pose[idx].to(dtype))
                 m = 60.0 / g_.sdd
                 window = (max(lo - m, 0.0), min(hi + m, 1.0))
-                out = self._run_scale(renderer, window, pose[idx], P, prepared, [history[i] for i in idx.tolist()],
-                                      iterations, idx, t_start, first=si == 0)
+                out = self._run_scale(
+                    renderer,
+                    window,
+                    pose[idx],
+                    P,
+                    prepared,
+                    [history[i] for i in idx.tolist()],
+                    iterations,
+                    idx,
+                    t_start,
+                    first=si == 0,
+                )
                 pose[idx] = out["pose"]
                 cost[idx] = out["cost"]
                 if si == 0:
@@ -195,21 +241,35 @@ class GradientRegistration:
                     elif si == len(renderers) - 1:
                         status[i], message[i] = out["status"][k], out["message"][k]
         if len(renderers) > 1:  # report the initial cost at the finest scale, like the LM
-            idx = torch.tensor([i for i in range(B) if bool(ok_img[i]) and bool(ok_pose[i])], dtype=torch.long)
+            idx = torch.tensor(
+                [i for i in range(B) if bool(ok_img[i]) and bool(ok_pose[i])], dtype=torch.long
+            )
             if idx.numel():
                 fin = renderers[-1]
                 with torch.no_grad():
-                    prep = self.cost.prepare(resize_images(fixed[idx], fin.geometry.height, fin.geometry.width))
+                    prep = self.cost.prepare(
+                        resize_images(fixed[idx], fin.geometry.height, fin.geometry.width)
+                    )
                     p0 = init_pose[idx].to(dev, dtype)
                     initial_cost[idx] = self.cost(fin(p0), prep).to(torch.float64).cpu()
         for i in range(B):
             if status[i] is None:
                 status[i], message[i] = Status.MAX_ITERATIONS, "iteration cap reached"
-        return LMResult(pose=pose, covariance=torch.full((B, 6, 6), math.nan, dtype=torch.float64), cost=cost,
-                        initial_cost=initial_cost, iterations=iterations, status=status, message=message,
-                        history=history, time_s=time.perf_counter() - t_start)
+        return LMResult(
+            pose=pose,
+            covariance=torch.full((B, 6, 6), math.nan, dtype=torch.float64),
+            cost=cost,
+            initial_cost=initial_cost,
+            iterations=iterations,
+            status=status,
+            message=message,
+            history=history,
+            time_s=time.perf_counter() - t_start,
+        )
 
-    def _run_scale(self, renderer, window, pose0, P, prepared, hist, iterations, idx_global, t_start, first) -> dict:
+    def _run_scale(
+        self, renderer, window, pose0, P, prepared, hist, iterations, idx_global, t_start, first
+    ) -> dict:
         cfg = self.config
         n = pose0.shape[0]
         dev = pose0.device
@@ -243,9 +303,18 @@ class GradientRegistration:
                 now = time.perf_counter() - t_start
                 cur = (se3_exp(s[a] @ P.T) @ pose0[a]).cpu().numpy()
                 for j, k in enumerate(a.tolist()):
-                    hist[k].append({"iteration": int(iterations[int(idx_global[k])]), "scale": height,
-                                    "cost": float(c[j]), "lambda": float(lr[k, 1]), "accepted": True,
-                                    "time_s": time.perf_counter() - t_prev, "elapsed_s": now, "pose": cur[j]})
+                    hist[k].append(
+                        {
+                            "iteration": int(iterations[int(idx_global[k])]),
+                            "scale": height,
+                            "cost": float(c[j]),
+                            "lambda": float(lr[k, 1]),
+                            "accepted": True,
+                            "time_s": time.perf_counter() - t_prev,
+                            "elapsed_s": now,
+                            "pose": cur[j],
+                        }
+                    )
             bad = ~torch.isfinite(c) | ~torch.isfinite(g).all(-1).cpu()
             better = (c < best_c[a].cpu()) & ~bad
             ai = a[better.to(dev)]
@@ -261,7 +330,11 @@ class GradientRegistration:
                 break
             g = torch.where(bad.to(dev)[:, None], torch.zeros_like(g), g)
             if cfg.optimizer == "gd":  # backtracking: undo a step that did not lower the cost
-                worse = (bad | ~(c < c_acc[a].cpu())).to(dev) if step else torch.zeros(len(a), dtype=torch.bool)
+                worse = (
+                    (bad | ~(c < c_acc[a].cpu())).to(dev)
+                    if step
+                    else torch.zeros(len(a), dtype=torch.bool)
+                )
                 keep = a[~worse]
                 s_acc[keep], c_acc[keep], g_acc[keep] = s[keep], c[~worse.cpu()].to(dev), g[~worse]
                 lr[a] *= torch.where(worse, 0.5, 1.2 if step else 1.0)[:, None]
@@ -273,10 +346,12 @@ class GradientRegistration:
                 m1[a] = b1 * m1[a] + (1 - b1) * g
                 m2[a] = b2 * m2[a] + (1 - b2) * g * g
                 t = step + 1
-                upd = (m1[a] / (1 - b1 ** t)) / (torch.sqrt(m2[a] / (1 - b2 ** t)) + cfg.eps)
+                upd = (m1[a] / (1 - b1**t)) / (torch.sqrt(m2[a] / (1 - b2**t)) + cfg.eps)
             else:
                 if g0 is None:
-                    g0 = torch.stack([g[:, :3].norm(dim=-1), g[:, 3:].norm(dim=-1)], -1).clamp_min(1e-30)
+                    g0 = torch.stack([g[:, :3].norm(dim=-1), g[:, 3:].norm(dim=-1)], -1).clamp_min(
+                        1e-30
+                    )
                     g0_full = torch.ones(n, 2, dtype=torch.float64, device=dev)
                     g0_full[a] = g0
                     g0 = g0_full
@@ -287,16 +362,30 @@ class GradientRegistration:
             t_prev = t_it
             for k in a.tolist():
                 if int(plateaus[k]) >= cfg.max_plateaus:
-                    status[k], message[k] = Status.CONVERGED, f"{cfg.max_plateaus} plateaus of the cost"
+                    status[k], message[k] = (
+                        Status.CONVERGED,
+                        f"{cfg.max_plateaus} plateaus of the cost",
+                    )
                     live[k] = False
                 elif float(lr[k, 0]) < 1e-3 * cfg.lr_trans and float(lr[k, 1]) < 1e-3 * cfg.lr_rot:
-                    status[k], message[k] = Status.CONVERGED, "step size below 1e-3 of the initial one"
+                    status[k], message[k] = (
+                        Status.CONVERGED,
+                        "step size below 1e-3 of the initial one",
+                    )
                     live[k] = False
         for k in range(n):
             if status[k] is None:
-                status[k], message[k] = Status.MAX_ITERATIONS, f"iteration cap ({cfg.max_iterations}) reached"
+                status[k], message[k] = (
+                    Status.MAX_ITERATIONS,
+                    f"iteration cap ({cfg.max_iterations}) reached",
+                )
             if not math.isfinite(float(best_c[k])):
                 status[k], message[k] = Status.DIVERGED, "the cost was never finite"
         best_pose = se3_exp(best_s @ P.T) @ pose0
-        return {"pose": best_pose, "cost": best_c.cpu(), "initial_cost": initial_cost, "status": status,
-                "message": message}
+        return {
+            "pose": best_pose,
+            "cost": best_c.cpu(),
+            "initial_cost": initial_cost,
+            "status": status,
+            "message": message,
+        }

@@ -48,14 +48,20 @@ class CarmGeometry:
         for name in ("sdd", "delx", "dely", "x0", "y0"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise CarmGeometryError(f"C-arm geometry: {name} must be a finite number, got {value!r}")
+                raise CarmGeometryError(
+                    f"C-arm geometry: {name} must be a finite number, got {value!r}"
+                )
         for name in ("sdd", "delx", "dely"):
             if getattr(self, name) <= 0:
-                raise CarmGeometryError(f"C-arm geometry: {name} must be positive, got {getattr(self, name)}")
+                raise CarmGeometryError(
+                    f"C-arm geometry: {name} must be positive, got {getattr(self, name)}"
+                )
         for name in ("height", "width"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise CarmGeometryError(f"C-arm geometry: {name} must be a positive integer, got {value!r}")
+                raise CarmGeometryError(
+                    f"C-arm geometry: {name} must be a positive integer, got {value!r}"
+                )
 
     # ------------------------------------------------------------------ intrinsics
     @property
@@ -100,17 +106,30 @@ class CarmGeometry:
         if K.size == 9:
             K = K.reshape(3, 3)
         if K.shape != (3, 3) or not np.all(np.isfinite(K)):
-            raise CarmGeometryError(f"intrinsic matrix must be a finite 3x3 matrix, got shape {K.shape}")
+            raise CarmGeometryError(
+                f"intrinsic matrix must be a finite 3x3 matrix, got shape {K.shape}"
+            )
         if K[0, 0] <= 0 or K[1, 1] <= 0:
-            raise CarmGeometryError(f"intrinsic matrix needs positive focal lengths, got fx={K[0, 0]}, fy={K[1, 1]}")
+            raise CarmGeometryError(
+                f"intrinsic matrix needs positive focal lengths, got fx={K[0, 0]}, fy={K[1, 1]}"
+            )
         if abs(K[0, 1]) > 1e-9 * K[0, 0] or np.any(np.abs(K[2] - [0, 0, 1]) > 1e-9):
-            raise CarmGeometryError(f"intrinsic matrix must be a zero-skew pinhole matrix, got {K.tolist()}")
+            raise CarmGeometryError(
+                f"intrinsic matrix must be a zero-skew pinhole matrix, got {K.tolist()}"
+            )
         delx = sdd / K[0, 0]
         dely = sdd / K[1, 1]
         x0 = (K[0, 2] - (width - 1) / 2.0) * delx
         y0 = (K[1, 2] - (height - 1) / 2.0) * dely
-        return cls(sdd=float(sdd), height=int(height), width=int(width), delx=float(delx),
-                   dely=float(dely), x0=float(x0), y0=float(y0))
+        return cls(
+            sdd=float(sdd),
+            height=int(height),
+            width=int(width),
+            delx=float(delx),
+            dely=float(dely),
+            x0=float(x0),
+            y0=float(y0),
+        )
 
     # ------------------------------------------------------------------ resampling
     def resized(self, height: int, width: int | None = None) -> "CarmGeometry":
@@ -147,8 +166,15 @@ class CarmGeometry:
 
     def to_dict(self) -> dict:
         """Plain dictionary (for checkpoints and JSON)."""
-        return {"sdd": self.sdd, "height": self.height, "width": self.width, "delx": self.delx,
-                "dely": self.dely, "x0": self.x0, "y0": self.y0}
+        return {
+            "sdd": self.sdd,
+            "height": self.height,
+            "width": self.width,
+            "delx": self.delx,
+            "dely": self.dely,
+            "x0": self.x0,
+            "y0": self.y0,
+        }
 
     @classmethod
     def from_dict(cls, values: dict) -> "CarmGeometry":

@@ -49,9 +49,20 @@ from .sampling import PoseDistribution
 from .similarity import SimilarityConfig, SimilarityNet
 from .volume import Volume
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "CheckpointWarning", "Bundle",
-           "save_checkpoint", "load_checkpoint", "geometry_differences", "ct_differences",
-           "default_checkpoint_path", "plain_metadata", "ct_fingerprint"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "CheckpointWarning",
+    "Bundle",
+    "save_checkpoint",
+    "load_checkpoint",
+    "geometry_differences",
+    "ct_differences",
+    "default_checkpoint_path",
+    "plain_metadata",
+    "ct_fingerprint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +100,7 @@ def ct_fingerprint(ct: Volume) -> dict:
         "spacing": spacing,
         "origin": [round(float(v), 4) for v in ct.affine[:3, 3]],
         "description": f"{ct.source}: {'x'.join(map(str, ct.shape))} voxels of "
-                       f"{'x'.join(f'{s:.2f}' for s in spacing)} mm",
+        f"{'x'.join(f'{s:.2f}' for s in spacing)} mm",
     }
 
 
@@ -135,9 +146,15 @@ class Bundle:
 # ----------------------------------------------------------------------------- comparison
 def geometry_differences(expected: CarmGeometry, actual: CarmGeometry) -> list[str]:
     """Physical differences between two C-arm geometries (empty if they match; see module doc)."""
+
     def phys(g: CarmGeometry) -> dict[str, float]:
-        return {"sdd (mm)": g.sdd, "detector width (mm)": g.width * g.delx,
-                "detector height (mm)": g.height * g.dely, "x0 (mm)": g.x0, "y0 (mm)": g.y0}
+        return {
+            "sdd (mm)": g.sdd,
+            "detector width (mm)": g.width * g.delx,
+            "detector height (mm)": g.height * g.dely,
+            "x0 (mm)": g.x0,
+            "y0 (mm)": g.y0,
+        }
 
     a, b = phys(expected), phys(actual)
     scale = max(abs(a["detector width (mm)"]), abs(a["detector height (mm)"]), 1.0)
@@ -156,9 +173,18 @@ def ct_differences(expected: dict, actual: dict) -> list[str]:
     out = []
     for key, unit in (("shape", " voxels"), ("spacing", " mm"), ("origin", " mm")):
         e, a = expected.get(key), actual.get(key)
-        if key == "shape" and e != a or key != "shape" and e is not None and a is not None and \
-                not np.allclose(e, a, atol=1e-3):
-            fmt = (lambda v: "x".join(f"{x:g}" for x in v))
+        if (
+            key == "shape"
+            and e != a
+            or key != "shape"
+            and e is not None
+            and a is not None
+            and not np.allclose(e, a, atol=1e-3)
+        ):
+
+            def fmt(v):
+                return "x".join(f"{x:g}" for x in v)
+
             out.append(f"{key} {fmt(a)}{unit} vs {fmt(e)}{unit}")
     if not out:
         out.append("same grid but different voxel values")
@@ -205,9 +231,15 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
-def save_checkpoint(path: str | Path, similarity: SimilarityNet, regressor: PoseRegressor,
-                    geometry: CarmGeometry, ct: Volume | dict, working_ct: Volume | dict | None = None,
-                    training: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    similarity: SimilarityNet,
+    regressor: PoseRegressor,
+    geometry: CarmGeometry,
+    ct: Volume | dict,
+    working_ct: Volume | dict | None = None,
+    training: dict | None = None,
+) -> Path:
     """Write a checkpoint atomically; returns the path.
 
     Args:
@@ -219,8 +251,11 @@ def save_checkpoint(path: str | Path, similarity: SimilarityNet, regressor: Pose
     """
     path = Path(path)
     fp_source = ct_fingerprint(ct) if isinstance(ct, Volume) else dict(ct)
-    fp_work = fp_source if working_ct is None else (
-        ct_fingerprint(working_ct) if isinstance(working_ct, Volume) else dict(working_ct))
+    fp_work = (
+        fp_source
+        if working_ct is None
+        else (ct_fingerprint(working_ct) if isinstance(working_ct, Volume) else dict(working_ct))
+    )
     sim_sd, reg_sd = _cpu_state(similarity), _cpu_state(regressor)
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -258,8 +293,10 @@ def _require(obj: Any, key: str, kind: type, path: Path, where: str = "") -> Any
         raise CheckpointError(f"{path}: not a valid checkpoint (missing '{where}{key}')")
     value = obj[key]
     if not isinstance(value, kind):
-        raise CheckpointError(f"{path}: not a valid checkpoint ('{where}{key}' is a "
-                              f"{type(value).__name__}, expected {kind.__name__})")
+        raise CheckpointError(
+            f"{path}: not a valid checkpoint ('{where}{key}' is a "
+            f"{type(value).__name__}, expected {kind.__name__})"
+        )
     return value
 
 
@@ -271,8 +308,13 @@ def _refuse(path: Path, message: str, force: bool) -> None:
     warnings.warn(text, CheckpointWarning, stacklevel=3)
 
 
-def load_checkpoint(path: str | Path, ct: Volume | dict | None = None, geometry: CarmGeometry | None = None,
-                    force: bool = False, map_location: str | torch.device = "cpu") -> Bundle:
+def load_checkpoint(
+    path: str | Path,
+    ct: Volume | dict | None = None,
+    geometry: CarmGeometry | None = None,
+    force: bool = False,
+    map_location: str | torch.device = "cpu",
+) -> Bundle:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
     Args:
@@ -297,35 +339,50 @@ def load_checkpoint(path: str | Path, ct: Volume | dict | None = None, geometry:
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc})") from exc
     if not head:
-        raise CheckpointError(f"{path}: corrupt, truncated or not a checkpoint (empty file, 0 bytes)")
+        raise CheckpointError(
+            f"{path}: corrupt, truncated or not a checkpoint (empty file, 0 bytes)"
+        )
     if not head.startswith(b"PK") and head[:1] != b"\x80":  # torch.save's zip, or a legacy pickle
-        raise CheckpointError(f"{path}: corrupt, truncated or not a checkpoint (not a PyTorch file)")
+        raise CheckpointError(
+            f"{path}: corrupt, truncated or not a checkpoint (not a PyTorch file)"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip/pickle/EOF/unsupported-global errors all mean "unusable file"
-        raise CheckpointError(f"{path}: corrupt, truncated or not a checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise CheckpointError(
+            f"{path}: corrupt, truncated or not a checkpoint "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a sphere_reg_ros checkpoint (no '{FORMAT}' format tag)")
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {version!r}, but this version of "
-                              f"sphere_reg_ros reads version {FORMAT_VERSION}; retrain or convert it")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r}, but this version of "
+            f"sphere_reg_ros reads version {FORMAT_VERSION}; retrain or convert it"
+        )
     sim_part = _require(payload, "similarity", dict, path)
     reg_part = _require(payload, "regressor", dict, path)
     sim_sd = _require(sim_part, "state_dict", dict, path, "similarity.")
     reg_sd = _require(reg_part, "state_dict", dict, path, "regressor.")
     digest = payload.get("weights_sha256")
     if digest != _digest(sim_sd, reg_sd):
-        raise CheckpointError(f"{path}: corrupt checkpoint (the weights do not match their stored digest)")
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint (the weights do not match their stored digest)"
+        )
     try:
-        sim_cfg = SimilarityConfig.from_dict(_require(sim_part, "config", dict, path, "similarity."))
+        sim_cfg = SimilarityConfig.from_dict(
+            _require(sim_part, "config", dict, path, "similarity.")
+        )
         reg_cfg = RegressorConfig.from_dict(_require(reg_part, "config", dict, path, "regressor."))
         geom = CarmGeometry.from_dict(_require(payload, "geometry", dict, path))
         dist = PoseDistribution(**_require(payload, "pose_distribution", dict, path))
         center = np.asarray(_require(payload, "center_world", list, path), dtype=np.float64)
         fps = _require(payload, "ct", dict, path)
-        fp_source, fp_work = _require(fps, "source", dict, path, "ct."), _require(fps, "working", dict, path, "ct.")
+        fp_source, fp_work = (
+            _require(fps, "source", dict, path, "ct."),
+            _require(fps, "working", dict, path, "ct."),
+        )
     except CheckpointError:
         raise
     except (TypeError, ValueError) as exc:
@@ -336,8 +393,11 @@ def load_checkpoint(path: str | Path, ct: Volume | dict | None = None, geometry:
         d_src, d_work = ct_differences(fp_source, actual), ct_differences(fp_work, actual)
         if d_src and d_work:
             best = d_src if len(d_src) <= len(d_work) else d_work
-            _refuse(path, f"made for another CT ({fp_source.get('description', '?')}): "
-                          f"{'; '.join(best)}", force)
+            _refuse(
+                path,
+                f"made for another CT ({fp_source.get('description', '?')}): {'; '.join(best)}",
+                force,
+            )
     if geometry is not None:
         diffs = geometry_differences(geom, geometry)
         if diffs:
@@ -349,10 +409,19 @@ def load_checkpoint(path: str | Path, ct: Volume | dict | None = None, geometry:
         regressor = PoseRegressor(reg_cfg, center, dist)
         regressor.load_state_dict(reg_sd)
     except (RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: weights do not fit the stored architecture "
-                              f"({str(exc).splitlines()[0]})") from exc
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored architecture ({str(exc).splitlines()[0]})"
+        ) from exc
     similarity.to(map_location).eval()
     regressor.to(map_location).eval()
-    return Bundle(path=path, similarity=similarity, regressor=regressor, geometry=geom,
-                  pose_distribution=dist, center_world=center, ct_fingerprint=dict(fps),
-                  training=dict(payload.get("training") or {}), format_version=version)
+    return Bundle(
+        path=path,
+        similarity=similarity,
+        regressor=regressor,
+        geometry=geom,
+        pose_distribution=dist,
+        center_world=center,
+        ct_fingerprint=dict(fps),
+        training=dict(payload.get("training") or {}),
+        format_version=version,
+    )

@@ -84,14 +84,23 @@ class DrrRenderer(torch.nn.Module):
         if not torch.isfinite(mu).all():
             raise RenderError("attenuation volume contains NaN or inf")
         if channels is not None:
-            channels = torch.as_tensor(np.asarray(channels) if not isinstance(channels, torch.Tensor)
-                                       else channels).float()
-            if channels.ndim != 4 or channels.shape[1:] != mu.shape or not torch.isfinite(channels).all():
-                raise RenderError(f"channels must be finite (C, {', '.join(map(str, mu.shape))}), "
-                                  f"got shape {tuple(channels.shape)}")
+            channels = torch.as_tensor(
+                np.asarray(channels) if not isinstance(channels, torch.Tensor) else channels
+            ).float()
+            if (
+                channels.ndim != 4
+                or channels.shape[1:] != mu.shape
+                or not torch.isfinite(channels).all()
+            ):
+                raise RenderError(
+                    f"channels must be finite (C, {', '.join(map(str, mu.shape))}), "
+                    f"got shape {tuple(channels.shape)}"
+                )
             # (X, Y, Z, 1 + C), padded like the density (see _padded_density)
             stacked = torch.cat([mu[None], channels]).permute(1, 2, 3, 0)
-            self.register_buffer("_channels", torch.nn.functional.pad(stacked, (0, 0, 2, 2, 2, 2, 2, 2)).contiguous())
+            self.register_buffer(
+                "_channels", torch.nn.functional.pad(stacked, (0, 0, 2, 2, 2, 2, 2, 2)).contiguous()
+            )
         else:
             self.register_buffer("_channels", None)
         self.n_channels = 1 if channels is None else 1 + int(channels.shape[0])
@@ -106,7 +115,9 @@ class DrrRenderer(torch.nn.Module):
             raise RenderError(f"step_mm must be positive, got {step_mm}")
 
         image = ScalarImage(tensor=mu[None], affine=affine)
-        subject = Subject(volume=image, density=image, mask=None, reorient=torch.eye(4), fiducials=None)
+        subject = Subject(
+            volume=image, density=image, mask=None, reorient=torch.eye(4), fiducials=None
+        )
         self.drr = DRR(
             subject,
             sdd=geometry.sdd,
@@ -121,8 +132,17 @@ class DrrRenderer(torch.nn.Module):
         )
         # Volume's bounding sphere in world coordinates (for the sampling window).
         dims = np.array(mu.shape, dtype=np.float64)
-        corners = np.array([[i, j, k, 1.0] for i in (0, dims[0] - 1) for j in (0, dims[1] - 1)
-                            for k in (0, dims[2] - 1)]) @ affine.T
+        corners = (
+            np.array(
+                [
+                    [i, j, k, 1.0]
+                    for i in (0, dims[0] - 1)
+                    for j in (0, dims[1] - 1)
+                    for k in (0, dims[2] - 1)
+                ]
+            )
+            @ affine.T
+        )
         center = corners[:, :3].mean(axis=0)
         self.register_buffer("_center", torch.as_tensor(center, dtype=torch.float32))
         self.radius = float(np.linalg.norm(corners[:, :3] - center, axis=1).max() + spacing.max())
@@ -159,7 +179,9 @@ class DrrRenderer(torch.nn.Module):
         return max(2, int(math.ceil(span_mm / self.step_mm)) + 1)
 
     # ------------------------------------------------------------------ rendering
-    def forward(self, pose: torch.Tensor, window: tuple[float, float] | None = None) -> torch.Tensor:
+    def forward(
+        self, pose: torch.Tensor, window: tuple[float, float] | None = None
+    ) -> torch.Tensor:
         """DRRs ``(B, 1, H, W)`` for poses ``(B, 4, 4)`` (diffdrr's trilinear renderer).
 
         Differentiable by reverse-mode autograd with respect to ``pose``.
@@ -167,23 +189,33 @@ class DrrRenderer(torch.nn.Module):
         pose = _check_pose(pose).to(self.dtype)
         window = self.window(pose) if window is None else window
         extrinsic = RigidTransform(pose @ self._flip.to(pose))
-        img = self.drr(extrinsic, n_points=self.n_samples(window), alphamin=window[0], alphamax=window[1])
+        img = self.drr(
+            extrinsic, n_points=self.n_samples(window), alphamin=window[0], alphamax=window[1]
+        )
         return img * self.scale
 
-    def render_channels(self, pose: torch.Tensor, window: tuple[float, float] | None = None) -> torch.Tensor:
+    def render_channels(
+        self, pose: torch.Tensor, window: tuple[float, float] | None = None
+    ) -> torch.Tensor:
         """DRRs of ``mu`` and of each extra channel, ``(B, 1 + C, H, W)``, without the Jacobian
         (``F.grid_sample``; the same samples and trilinear weights as :meth:`render_with_jacobian`).
         Without extra channels: ``(B, 1, H, W)``."""
         pose = _check_pose(pose).to(self.dtype)
         window = self.window(pose) if window is None else window
         n = self.n_samples(window)
-        volume = (self._channels if self._channels is not None else self._padded_density()[..., None]).to(self.dtype)
+        volume = (
+            self._channels if self._channels is not None else self._padded_density()[..., None]
+        ).to(self.dtype)
         C = volume.shape[-1]
         grid_volume = volume.permute(3, 0, 1, 2)[None]  # (1, C, X + 4, Y + 4, Z + 4)
         dims = torch.tensor(grid_volume.shape[2:], dtype=self.dtype, device=self.device)
         affine_inv = self.drr._affine_inverse[0].to(self.dtype)
         lin, offset = affine_inv[:3, :3], affine_inv[:3, 3]
-        alphas = torch.linspace(0.0, 1.0, n, dtype=self.dtype, device=self.device) * (window[1] - window[0]) + window[0]
+        alphas = (
+            torch.linspace(0.0, 1.0, n, dtype=self.dtype, device=self.device)
+            * (window[1] - window[0])
+            + window[0]
+        )
         step = (window[1] - window[0]) / (n - 1)
         H, W = self.geometry.height, self.geometry.width
         out = []
@@ -193,9 +225,16 @@ class DrrRenderer(torch.nn.Module):
                 direction = target[b] - source[b]  # (P, 3)
                 s_vox = source[b] @ lin.T + offset + 2.0  # padded voxel coordinates
                 vox = s_vox + alphas[None, :, None] * (direction @ lin.T)[:, None]  # (P, N, 3)
-                grid = (2.0 * vox / (dims - 1) - 1.0).flip(-1)  # grid_sample's (x, y, z) = (Z, Y, X)
-                val = torch.nn.functional.grid_sample(grid_volume, grid[None, :, :, None], mode="bilinear",
-                                                      padding_mode="zeros", align_corners=True)
+                grid = (2.0 * vox / (dims - 1) - 1.0).flip(
+                    -1
+                )  # grid_sample's (x, y, z) = (Z, Y, X)
+                val = torch.nn.functional.grid_sample(
+                    grid_volume,
+                    grid[None, :, :, None],
+                    mode="bilinear",
+                    padding_mode="zeros",
+                    align_corners=True,
+                )
                 c = self.scale * step * direction.norm(dim=-1)  # (P,)
                 out.append((val[0, :, :, :, 0].sum(-1) * c).view(C, H, W))
         return torch.stack(out)
@@ -231,7 +270,7 @@ class DrrRenderer(torch.nn.Module):
         step = (window[1] - window[0]) / (n - 1)
         images, jacobians = [], []
         for start in range(0, H, rows_per_chunk):
-            tgt = target[:, start * W:(start + rows_per_chunk) * W]
+            tgt = target[:, start * W : (start + rows_per_chunk) * W]
             img, jac = self._integrate(source, tgt, alphas, step, volume)
             images.append(img)
             jacobians.append(jac)
@@ -243,7 +282,11 @@ class DrrRenderer(torch.nn.Module):
         return image, torch.cat(jacobians, dim=1).permute(0, 2, 1, 3).reshape(B, C * H * W, 6)
 
     def _integrate(
-        self, source: torch.Tensor, target: torch.Tensor, alphas: torch.Tensor, step: float,
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        alphas: torch.Tensor,
+        step: float,
         volume: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Line integrals ``(B, P)`` and Jacobians ``(B, P, 6)`` for the rays to ``target``
@@ -271,7 +314,8 @@ class DrrRenderer(torch.nn.Module):
             src = source
         image = c * value.sum(dim=2)
         jw = torch.linalg.cross(src.expand_as(sum_g), sum_g, dim=-1) + torch.linalg.cross(
-            direction.expand_as(sum_ag), sum_ag, dim=-1)
+            direction.expand_as(sum_ag), sum_ag, dim=-1
+        )
         return image, c[..., None] * torch.cat([sum_g, jw], dim=-1)
 
     def _padded_density(self) -> torch.Tensor:
@@ -284,7 +328,9 @@ class DrrRenderer(torch.nn.Module):
         return self._padded_cache[1]
 
 
-def trilinear_with_gradient(volume: torch.Tensor, vox: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def trilinear_with_gradient(
+    volume: torch.Tensor, vox: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Trilinear interpolation of ``volume (X, Y, Z)`` at voxel coordinates ``vox (..., 3)``.
 
     Voxel centres lie at integer coordinates; outside the volume the value is 0 (as
@@ -305,7 +351,9 @@ def _trilinear_padded(padded: torch.Tensor, vox: torch.Tensor) -> tuple[torch.Te
     ``(..., C, 3)`` (the same eight voxels and weights for every channel).
     """
     dims = padded.shape
-    upper = torch.tensor([dims[0] - 2.0, dims[1] - 2.0, dims[2] - 2.0], dtype=vox.dtype, device=vox.device)
+    upper = torch.tensor(
+        [dims[0] - 2.0, dims[1] - 2.0, dims[2] - 2.0], dtype=vox.dtype, device=vox.device
+    )
     inside = ((vox >= 1.0) & (vox <= upper)).all(dim=-1, keepdim=True)
     vox = torch.where(inside, vox, torch.zeros((), dtype=vox.dtype, device=vox.device))
     base = torch.floor(vox)

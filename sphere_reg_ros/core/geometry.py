@@ -22,11 +22,26 @@ import torch
 from diffdrr.pose import RigidTransform
 
 __all__ = [
-    "hat", "vee", "so3_exp", "so3_log", "se3_exp", "se3_log", "se3_inverse", "left_increment",
-    "make_pose", "geodesic_se3", "so4_embed", "geodesic_so4", "DEFAULT_SO4_LENGTH_MM",
-    "to_rigid_transform", "from_rigid_transform", "matrix_to_quaternion_xyzw",
-    "quaternion_xyzw_to_matrix", "pose_to_translation_quaternion",
-    "translation_quaternion_to_pose", "random_poses",
+    "hat",
+    "vee",
+    "so3_exp",
+    "so3_log",
+    "se3_exp",
+    "se3_log",
+    "se3_inverse",
+    "left_increment",
+    "make_pose",
+    "geodesic_se3",
+    "so4_embed",
+    "geodesic_so4",
+    "DEFAULT_SO4_LENGTH_MM",
+    "to_rigid_transform",
+    "from_rigid_transform",
+    "matrix_to_quaternion_xyzw",
+    "quaternion_xyzw_to_matrix",
+    "pose_to_translation_quaternion",
+    "translation_quaternion_to_pose",
+    "random_poses",
 ]
 
 #: Characteristic length ``f`` (mm) of the SO(4) embedding: about the size of the anatomy.
@@ -41,7 +56,7 @@ def _check(x: torch.Tensor, tail: tuple[int, ...], name: str) -> None:
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
-    if x.dim() < len(tail) or tuple(x.shape[x.dim() - len(tail):]) != tail:
+    if x.dim() < len(tail) or tuple(x.shape[x.dim() - len(tail) :]) != tail:
         want = "(..., " + ", ".join(map(str, tail)) + ")"
         raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
 
@@ -59,8 +74,9 @@ def _safe_norm(x: torch.Tensor) -> torch.Tensor:
     """Euclidean norm over the last dim with gradient 0 (not NaN) at x = 0."""
     sq = (x * x).sum(-1)
     pos = sq > 0
-    return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))),
-                       torch.zeros_like(sq))
+    return torch.where(
+        pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq)
+    )
 
 
 def _eye(n: int, like: torch.Tensor) -> torch.Tensor:
@@ -91,8 +107,9 @@ def hat(w: torch.Tensor) -> torch.Tensor:
 def vee(W: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`hat`: vector (..., 3) of the skew-symmetric part of ``W`` (..., 3, 3)."""
     _check(W, (3, 3), "W")
-    return 0.5 * torch.stack([W[..., 2, 1] - W[..., 1, 2], W[..., 0, 2] - W[..., 2, 0],
-                              W[..., 1, 0] - W[..., 0, 1]], -1)
+    return 0.5 * torch.stack(
+        [W[..., 2, 1] - W[..., 1, 2], W[..., 0, 2] - W[..., 2, 0], W[..., 1, 0] - W[..., 0, 1]], -1
+    )
 
 
 def so3_exp(w: torch.Tensor) -> torch.Tensor:
@@ -122,7 +139,9 @@ def so3_log(R: torch.Tensor) -> torch.Tensor:
     # near pi: (sym(R) - c I) / (1 - c) = k k^T, axis from its largest column, sign from s
     near_pi = c < _PI_BRANCH_COS
     one_m_c = torch.where(near_pi, 1 - c, torch.ones_like(c))
-    Bk = (0.5 * (M + M.transpose(-1, -2)) - c[..., None, None] * _eye(3, M)) / one_m_c[..., None, None]
+    Bk = (0.5 * (M + M.transpose(-1, -2)) - c[..., None, None] * _eye(3, M)) / one_m_c[
+        ..., None, None
+    ]
     diag = torch.diagonal(Bk, dim1=-2, dim2=-1)
     i = diag.argmax(-1, keepdim=True)
     col = torch.gather(Bk, -1, i[..., None, :].expand(*Bk.shape[:-1], 1)).squeeze(-1)
@@ -230,7 +249,9 @@ def _polar(M: torch.Tensor) -> torch.Tensor:
     return X
 
 
-def so4_embed(T: torch.Tensor, f: float = DEFAULT_SO4_LENGTH_MM, project: bool = False) -> torch.Tensor:
+def so4_embed(
+    T: torch.Tensor, f: float = DEFAULT_SO4_LENGTH_MM, project: bool = False
+) -> torch.Tensor:
     """SO(4) embedding M = [[R, t/(2f)], [-(t/(2f))^T R, 1]] (..., 4, 4) of ``T`` (..., 4, 4).
 
     ``f`` (mm) is the characteristic length: translations are measured in units of ``2 f``, so a
@@ -253,8 +274,9 @@ def so4_embed(T: torch.Tensor, f: float = DEFAULT_SO4_LENGTH_MM, project: bool =
     return M
 
 
-def geodesic_so4(T_a: torch.Tensor, T_b: torch.Tensor, f: float = DEFAULT_SO4_LENGTH_MM,
-                 project: bool = False) -> torch.Tensor:
+def geodesic_so4(
+    T_a: torch.Tensor, T_b: torch.Tensor, f: float = DEFAULT_SO4_LENGTH_MM, project: bool = False
+) -> torch.Tensor:
     """Chordal SO(4) distance ``|M(T_a) - M(T_b)|_F`` (...) of poses (..., 4, 4); ``f`` in mm.
 
     Left- and right-invariant (``T -> G T`` and ``T -> T G``) up to a relative error of order
@@ -292,13 +314,18 @@ def matrix_to_quaternion_xyzw(R: torch.Tensor) -> torch.Tensor:
     m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
     m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
     m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
-    sq = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22,
-                      1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)  # 4 w^2, 4 x^2, ...
-    cand = torch.stack([  # rows: (w, x, y, z) times 4*w, 4*x, 4*y, 4*z
-        torch.stack([sq[..., 0], m21 - m12, m02 - m20, m10 - m01], -1),
-        torch.stack([m21 - m12, sq[..., 1], m10 + m01, m02 + m20], -1),
-        torch.stack([m02 - m20, m10 + m01, sq[..., 2], m12 + m21], -1),
-        torch.stack([m10 - m01, m20 + m02, m21 + m12, sq[..., 3]], -1)], -2)
+    sq = torch.stack(
+        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1
+    )  # 4 w^2, 4 x^2, ...
+    cand = torch.stack(
+        [  # rows: (w, x, y, z) times 4*w, 4*x, 4*y, 4*z
+            torch.stack([sq[..., 0], m21 - m12, m02 - m20, m10 - m01], -1),
+            torch.stack([m21 - m12, sq[..., 1], m10 + m01, m02 + m20], -1),
+            torch.stack([m02 - m20, m10 + m01, sq[..., 2], m12 + m21], -1),
+            torch.stack([m10 - m01, m20 + m02, m21 + m12, sq[..., 3]], -1),
+        ],
+        -2,
+    )
     i = sq.argmax(-1)
     q = torch.gather(cand, -2, i[..., None, None].expand(*i.shape, 1, 4)).squeeze(-2)
     q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)
@@ -314,10 +341,20 @@ def quaternion_xyzw_to_matrix(q: torch.Tensor) -> torch.Tensor:
     if not bool(torch.all(torch.isfinite(n) & (n > 1e-12))):
         raise ValueError("quaternions must be finite and non-zero")
     qx, qy, qz, qw = (x / n).unbind(-1)
-    R = torch.stack([
-        1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qz * qw), 2 * (qx * qz + qy * qw),
-        2 * (qx * qy + qz * qw), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qx * qw),
-        2 * (qx * qz - qy * qw), 2 * (qy * qz + qx * qw), 1 - 2 * (qx * qx + qy * qy)], -1)
+    R = torch.stack(
+        [
+            1 - 2 * (qy * qy + qz * qz),
+            2 * (qx * qy - qz * qw),
+            2 * (qx * qz + qy * qw),
+            2 * (qx * qy + qz * qw),
+            1 - 2 * (qx * qx + qz * qz),
+            2 * (qy * qz - qx * qw),
+            2 * (qx * qz - qy * qw),
+            2 * (qy * qz + qx * qw),
+            1 - 2 * (qx * qx + qy * qy),
+        ],
+        -1,
+    )
     return R.reshape(*q.shape[:-1], 3, 3).to(q.dtype)
 
 
@@ -327,8 +364,9 @@ def _unit_scale(unit: str) -> float:
     return 1e-3 if unit == "m" else 1.0
 
 
-def pose_to_translation_quaternion(T: torch.Tensor, unit: Literal["m", "mm"] = "m"
-                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def pose_to_translation_quaternion(
+    T: torch.Tensor, unit: Literal["m", "mm"] = "m"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Translation (..., 3) in ``unit`` and quaternion (..., 4, xyzw) of ``T`` (..., 4, 4, mm).
 
     ``unit="m"`` gives what TF / geometry_msgs need (REP-103).
@@ -338,8 +376,9 @@ def pose_to_translation_quaternion(T: torch.Tensor, unit: Literal["m", "mm"] = "
     return T[..., :3, 3] * s, matrix_to_quaternion_xyzw(T[..., :3, :3])
 
 
-def translation_quaternion_to_pose(t: torch.Tensor, q: torch.Tensor,
-                                   unit: Literal["m", "mm"] = "m") -> torch.Tensor:
+def translation_quaternion_to_pose(
+    t: torch.Tensor, q: torch.Tensor, unit: Literal["m", "mm"] = "m"
+) -> torch.Tensor:
     """Pose (..., 4, 4, mm) from translation ``t`` (..., 3) in ``unit`` and quaternion ``q``
     (..., 4, x y z w); inverse of :func:`pose_to_translation_quaternion`."""
     _check(t, (3,), "t")
@@ -358,11 +397,16 @@ def _std3(x: float | Sequence[float], name: str) -> torch.Tensor:
     return s
 
 
-def random_poses(n: int, rot_deg: float | Sequence[float], trans_mm: float | Sequence[float],
-                 generator: torch.Generator | None = None, *,
-                 center: Sequence[float] | torch.Tensor | None = None,
-                 dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None) -> torch.Tensor:
+def random_poses(
+    n: int,
+    rot_deg: float | Sequence[float],
+    trans_mm: float | Sequence[float],
+    generator: torch.Generator | None = None,
+    *,
+    center: Sequence[float] | torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Random left-multiplied perturbations ``D`` (n, 4, 4): use as ``T_perturbed = D @ T``.
 
     The rotation vector is drawn from N(0, diag(rot_deg)^2) (degrees -> rad, per CT world axis)

@@ -19,7 +19,11 @@ import torch
 from sphere_reg_ros.core.volume import Volume
 
 __all__ = [
-    "LandmarkError", "as_landmarks", "landmarks_from_labels", "load_landmarks", "save_landmarks",
+    "LandmarkError",
+    "as_landmarks",
+    "landmarks_from_labels",
+    "load_landmarks",
+    "save_landmarks",
 ]
 
 _LPS_FLIP = np.array([-1.0, -1.0, 1.0])
@@ -160,8 +164,10 @@ def save_landmarks(path: str | Path, names: Sequence[str], points: Any) -> None:
             writer.writerow(["name", "x", "y", "z"])
             writer.writerows([str(n), *(repr(float(v)) for v in pt)] for n, pt in zip(names, pts))
     elif suffix == ".json":
-        items = [{"name": str(n), "x": float(a), "y": float(b), "z": float(c)}
-                 for n, (a, b, c) in zip(names, pts)]
+        items = [
+            {"name": str(n), "x": float(a), "y": float(b), "z": float(c)}
+            for n, (a, b, c) in zip(names, pts)
+        ]
         p.write_text(json.dumps(items, indent=1))
     else:
         raise LandmarkError(f"{p}: unsupported landmark format {suffix!r} (expected .csv or .json)")
@@ -187,8 +193,11 @@ def _is_number(text: str) -> bool:
 
 
 def _parse_csv(text: str, path: Path) -> tuple[list[str], list[list[float]]]:
-    rows = [r for r in csv.reader(text.splitlines())
-            if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
+    rows = [
+        r
+        for r in csv.reader(text.splitlines())
+        if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")
+    ]
     rows = [[c.strip() for c in r] for r in rows]
     if not rows:
         raise LandmarkError(f"{path}: no landmarks in file")

@@ -61,17 +61,42 @@ import torch
 
 from .drr import DrrRenderer
 from .geometry import se3_exp, se3_inverse, se3_log, so3_log
-from .lm_steps import (ResidualModel, correlation_inflation, damped_solve, embed, gain_ratio, increment_matrix,
-                       mask_weights,
-                       normal_equations, put, resize_images, residual_jacobian, robust_cost, robust_spread, singular,
-                       update_lambda, valid_poses)
-from .masks import resize_mask
 from .lm_config import LMConfig, LMResult
+from .lm_steps import (
+    ResidualModel,
+    correlation_inflation,
+    damped_solve,
+    embed,
+    gain_ratio,
+    increment_matrix,
+    mask_weights,
+    normal_equations,
+    put,
+    residual_jacobian,
+    resize_images,
+    robust_cost,
+    robust_spread,
+    singular,
+    update_lambda,
+    valid_poses,
+)
+from .masks import resize_mask
 from .result import Status
 
-__all__ = ["ResidualModel", "LMConfig", "LMResult", "LevenbergMarquardt", "damped_solve",
-           "gain_ratio", "update_lambda", "residual_jacobian", "resize_images", "increment_matrix",
-           "robust_cost", "robust_spread"]
+__all__ = [
+    "ResidualModel",
+    "LMConfig",
+    "LMResult",
+    "LevenbergMarquardt",
+    "damped_solve",
+    "gain_ratio",
+    "update_lambda",
+    "residual_jacobian",
+    "resize_images",
+    "increment_matrix",
+    "robust_cost",
+    "robust_spread",
+]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +140,9 @@ class LevenbergMarquardt:
         self._recent_kappa: list[tuple] = []
 
     # ------------------------------------------------------------------ pieces
-    def _weights(self, emb_fixed: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    def _weights(
+        self, emb_fixed: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """Diagonal of ``W`` (n, M): the model's own weights times the mask's (None: all 1)."""
         fn = getattr(self.model, "weights", None)
         w = fn(emb_fixed) if callable(fn) else None
@@ -125,8 +152,9 @@ class LevenbergMarquardt:
         wm = wm.to(emb_fixed.dtype)
         return wm if w is None else w * wm
 
-    def _fixed_embedding(self, renderer: DrrRenderer, fixed: torch.Tensor, mask: torch.Tensor | None
-                         ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _fixed_embedding(
+        self, renderer: DrrRenderer, fixed: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The fixed images ``(n, 1, H, W)`` at ``renderer``'s size: embeddings, the diagonal of ``W``
         and the valid mask resized alike (None without a mask)."""
         g = renderer.geometry
@@ -135,14 +163,21 @@ class LevenbergMarquardt:
         emb = embed(self.model, fx, m)
         return emb, self._weights(emb, m), m
 
-    def _window(self, renderer: DrrRenderer, pose: torch.Tensor, extra: tuple | None = None,
-                margin_mm: float | None = None) -> tuple:
+    def _window(
+        self,
+        renderer: DrrRenderer,
+        pose: torch.Tensor,
+        extra: tuple | None = None,
+        margin_mm: float | None = None,
+    ) -> tuple:
         """Sampling window covering the CT for ``pose`` (and ``extra``) plus a depth margin
         (``config.window_margin_mm`` unless given: the margin lets the pose move during a scale)."""
         lo, hi = renderer.window(pose.detach().to(renderer.dtype))
         if extra is not None:
             lo, hi = min(lo, extra[0]), max(hi, extra[1])
-        m = (self.config.window_margin_mm if margin_mm is None else margin_mm) / renderer.geometry.sdd
+        m = (
+            self.config.window_margin_mm if margin_mm is None else margin_mm
+        ) / renderer.geometry.sdd
         return (max(lo - m, 0.0), min(hi + m, 1.0))
 
     @staticmethod
@@ -152,28 +187,43 @@ class LevenbergMarquardt:
         lo, hi = renderer.window(pose.detach().to(renderer.dtype))
         return lo >= window[0] - 1e-9 and hi <= window[1] + 1e-9
 
-    def _render(self, renderer: DrrRenderer, window: tuple, pose: torch.Tensor, jacobian: bool
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _render(
+        self, renderer: DrrRenderer, window: tuple, pose: torch.Tensor, jacobian: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images (n, C, H, W) and ``∂image/∂δ`` (n, C·H·W, 6) (world increments) or None; C is
         the model's ``drr_channels`` (default 1)."""
         p = pose.detach().to(renderer.dtype)
         # e.g. whole DRR + bone DRR; a renderer without the channel gives the DRR alone (the
         # model then fits without it)
-        channels = getattr(self.model, "drr_channels", 1) > 1 and getattr(renderer, "n_channels", 1) > 1
+        channels = (
+            getattr(self.model, "drr_channels", 1) > 1 and getattr(renderer, "n_channels", 1) > 1
+        )
         if not (jacobian or self.config.unrolled):
-            return (renderer.render_channels(p, window=window) if channels else renderer(p, window=window)), None
-        img, jac = renderer.render_with_jacobian(p, window=window, channels=channels) if channels else \
-            renderer.render_with_jacobian(p, window=window)
+            return (
+                renderer.render_channels(p, window=window)
+                if channels
+                else renderer(p, window=window)
+            ), None
+        img, jac = (
+            renderer.render_with_jacobian(p, window=window, channels=channels)
+            if channels
+            else renderer.render_with_jacobian(p, window=window)
+        )
         if not (jacobian or self.config.unrolled):
             return img, None
         if self.config.unrolled:  # exact first-order dependence on the pose (straight-through)
             xi = se3_log(pose @ se3_inverse(pose.detach())).to(jac.dtype)
             img = img.detach() + (jac @ xi[..., None]).view_as(img)
         else:
-            self._recent = [*self._recent[-(_RECENT_RENDERS - 1):], (renderer, window, p, img, jac)]
+            self._recent = [
+                *self._recent[-(_RECENT_RENDERS - 1) :],
+                (renderer, window, p, img, jac),
+            ]
         return img, jac
 
-    def _start_render(self, renderer: DrrRenderer, pose: torch.Tensor) -> tuple[tuple, torch.Tensor, torch.Tensor]:
+    def _start_render(
+        self, renderer: DrrRenderer, pose: torch.Tensor
+    ) -> tuple[tuple, torch.Tensor, torch.Tensor]:
         """Window, image and Jacobian at the start pose: a recent render of exactly this pose with
         this renderer when there is one (tracking), else a new one."""
         if not self.config.unrolled:
@@ -199,51 +249,81 @@ class LevenbergMarquardt:
                     break
         return kappa
 
-    def linearize(self, image: torch.Tensor, image_jacobian: torch.Tensor, emb_fixed: torch.Tensor,
-                  P: torch.Tensor, weights: torch.Tensor | None, scale: torch.Tensor | None = None,
-                  mask: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def linearize(
+        self,
+        image: torch.Tensor,
+        image_jacobian: torch.Tensor,
+        emb_fixed: torch.Tensor,
+        P: torch.Tensor,
+        weights: torch.Tensor | None,
+        scale: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cost (n,), residuals (n, M), Jacobian (n, M, 6) in the scaled increments, and the
         normal equations ``H = JᵀWJ`` (n, 6, 6), ``g = JᵀWR`` (n, 6) (float64); ``W`` includes
         the robust kernel's IRLS weights (kernel scale ``scale`` (n,), see :func:`robust_cost`)."""
-        r, J = residual_jacobian(self.model, image, emb_fixed, image_jacobian @ P.to(image_jacobian), mask)
+        r, J = residual_jacobian(
+            self.model, image, emb_fixed, image_jacobian @ P.to(image_jacobian), mask
+        )
         if scale is None and self.config.robust != "none":
             scale = self.config.robust_scale * robust_spread(r, weights)
         cost, W = robust_cost(r, weights, self.config.robust, scale)
         H, g = normal_equations(J, r, W)
         return cost, r, J, H, g
 
-    def _residuals(self, image: torch.Tensor, emb_fixed: torch.Tensor, weights, scale=None, mask=None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _residuals(
+        self, image: torch.Tensor, emb_fixed: torch.Tensor, weights, scale=None, mask=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.model.residuals(embed(self.model, image, mask), emb_fixed)
         if scale is None and self.config.robust != "none":
             scale = self.config.robust_scale * robust_spread(r, weights)
         return robust_cost(r, weights, self.config.robust, scale)[0], r
 
     @torch.no_grad()
-    def score(self, renderer: DrrRenderer, fixed: torch.Tensor, poses: torch.Tensor, mask: torch.Tensor | None = None,
-              scale: float | None = None) -> tuple[torch.Tensor, float | None]:
+    def score(
+        self,
+        renderer: DrrRenderer,
+        fixed: torch.Tensor,
+        poses: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        scale: float | None = None,
+    ) -> tuple[torch.Tensor, float | None]:
         """Costs ``(K,)`` of ``K`` poses ``(K, 4, 4)`` against one image ``fixed`` ``(1, 1, H, W)`` on one
         renderer, all with the same robust kernel scale (given, or the one of the first pose's
         residuals, which is returned), so that they compare (e.g. the ends of several starts:
         each LM run sets its own scale)."""
-        emb, w, m = self._fixed_embedding(renderer, fixed.to(renderer.device, renderer.dtype),
-                                          None if mask is None else mask.to(renderer.device).bool())
+        emb, w, m = self._fixed_embedding(
+            renderer,
+            fixed.to(renderer.device, renderer.dtype),
+            None if mask is None else mask.to(renderer.device).bool(),
+        )
         poses = poses.to(renderer.device)
         # the poses are fixed: the window need only cover the CT (no margin for motion)
-        img, _ = self._render(renderer, self._window(renderer, poses, margin_mm=0.0), poses, jacobian=False)
+        img, _ = self._render(
+            renderer, self._window(renderer, poses, margin_mm=0.0), poses, jacobian=False
+        )
         k = poses.shape[0]
-        r = self.model.residuals(embed(self.model, img, None if m is None else m.expand(k, -1, -1, -1)),
-                                 emb.expand(k, *emb.shape[1:]))
+        r = self.model.residuals(
+            embed(self.model, img, None if m is None else m.expand(k, -1, -1, -1)),
+            emb.expand(k, *emb.shape[1:]),
+        )
         wk = None if w is None else w.expand(k, -1)
         if self.config.robust != "none" and scale is None:
-            scale = float(self.config.robust_scale * robust_spread(r[:1], None if wk is None else wk[:1])[0])
+            scale = float(
+                self.config.robust_scale * robust_spread(r[:1], None if wk is None else wk[:1])[0]
+            )
         s = None if scale is None else torch.full((k,), scale, dtype=torch.float64, device=r.device)
         return robust_cost(r, wk, self.config.robust, s)[0], scale
 
-    def normalised_cost(self, renderer: DrrRenderer, fixed: torch.Tensor, pose: torch.Tensor,
-                        mask: torch.Tensor | None = None, offset_mm: float = 5.0,
-                        center: torch.Tensor | np.ndarray | None = None) -> float:
+    def normalised_cost(
+        self,
+        renderer: DrrRenderer,
+        fixed: torch.Tensor,
+        pose: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        offset_mm: float = 5.0,
+        center: torch.Tensor | np.ndarray | None = None,
+    ) -> float:
         """The cost at ``pose`` (4, 4) over the mean cost at reference offsets around it, all with
         one kernel scale (:meth:`score`): ``pose`` moved by ``± offset_mm`` along the C-arm's x and y
         axes and rotated by ``± offset_mm / rotation_scale_mm`` about its x, y and z axes through
@@ -256,11 +336,18 @@ class LevenbergMarquardt:
         from .geometry import make_pose, so3_exp
 
         T = torch.as_tensor(pose, dtype=torch.float64).reshape(4, 4).cpu()
-        c = torch.as_tensor(renderer._center if center is None else center, dtype=torch.float64).reshape(3).cpu()
+        c = (
+            torch.as_tensor(renderer._center if center is None else center, dtype=torch.float64)
+            .reshape(3)
+            .cpu()
+        )
         a = offset_mm / self.config.rotation_scale_mm
         axes = T[:3, :3].T  # the C-arm's x, y, z axes in world coordinates (rows)
-        moves = [make_pose(torch.eye(3, dtype=torch.float64), sign * offset_mm * axes[k]) @ T
-                 for k in (0, 1) for sign in (1.0, -1.0)]
+        moves = [
+            make_pose(torch.eye(3, dtype=torch.float64), sign * offset_mm * axes[k]) @ T
+            for k in (0, 1)
+            for sign in (1.0, -1.0)
+        ]
         R = so3_exp(torch.stack([sign * a * axes[k] for k in (0, 1, 2) for sign in (1.0, -1.0)]))
         turns = make_pose(R, c - R @ c) @ T
         poses = torch.stack([T, *moves, *turns]).to(renderer.device)
@@ -270,8 +357,14 @@ class LevenbergMarquardt:
         return ratio if torch.isfinite(costs).all() else math.nan
 
     # ------------------------------------------------------------------ solve
-    def solve(self, renderers: Sequence[DrrRenderer], fixed: torch.Tensor, init_pose: torch.Tensor,
-              center: torch.Tensor | np.ndarray | None = None, mask: torch.Tensor | None = None) -> LMResult:
+    def solve(
+        self,
+        renderers: Sequence[DrrRenderer],
+        fixed: torch.Tensor,
+        init_pose: torch.Tensor,
+        center: torch.Tensor | np.ndarray | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> LMResult:
         """Refine ``init_pose`` (B, 4, 4) against ``fixed`` (B, 1, H, W), coarse to fine.
 
         ``renderers`` (coarse → fine) share the CT and the detector (``CarmGeometry.resized``);
@@ -286,20 +379,34 @@ class LevenbergMarquardt:
         t_start = time.perf_counter()
         if not renderers:
             raise ValueError("at least one renderer is needed")
-        if not (isinstance(init_pose, torch.Tensor) and init_pose.ndim == 3 and init_pose.shape[1:] == (4, 4)):
-            raise ValueError(f"init_pose must be a (B, 4, 4) tensor, got {getattr(init_pose, 'shape', type(init_pose))}")
+        if not (
+            isinstance(init_pose, torch.Tensor)
+            and init_pose.ndim == 3
+            and init_pose.shape[1:] == (4, 4)
+        ):
+            raise ValueError(
+                f"init_pose must be a (B, 4, 4) tensor, got {getattr(init_pose, 'shape', type(init_pose))}"
+            )
         B = init_pose.shape[0]
         if not (isinstance(fixed, torch.Tensor) and fixed.ndim == 4 and fixed.shape[:2] == (B, 1)):
-            raise ValueError(f"fixed must be a (B, 1, H, W) tensor with B={B}, got {getattr(fixed, 'shape', type(fixed))}")
-        if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(fixed.shape)):
-            raise ValueError(f"mask must be a tensor shaped like fixed {tuple(fixed.shape)}, "
-                             f"got {getattr(mask, 'shape', type(mask))}")
+            raise ValueError(
+                f"fixed must be a (B, 1, H, W) tensor with B={B}, got {getattr(fixed, 'shape', type(fixed))}"
+            )
+        if mask is not None and (
+            not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(fixed.shape)
+        ):
+            raise ValueError(
+                f"mask must be a tensor shaped like fixed {tuple(fixed.shape)}, "
+                f"got {getattr(mask, 'shape', type(mask))}"
+            )
         finest = renderers[-1]
         dtype, device = finest.dtype, finest.device
         grad_ctx = torch.enable_grad() if cfg.unrolled else torch.no_grad()
         with grad_ctx:
             mask = None if mask is None else mask.to(device).bool()
-            return self._solve(renderers, fixed.to(device, dtype), init_pose.to(device), center, t_start, mask)
+            return self._solve(
+                renderers, fixed.to(device, dtype), init_pose.to(device), center, t_start, mask
+            )
 
     def _solve(self, renderers, fixed, init_pose, center, t_start, mask=None) -> LMResult:
         cfg = self.config
@@ -318,10 +425,16 @@ class LevenbergMarquardt:
             if not bool(img_ok[i]):
                 status[i], message[i] = Status.INVALID_INPUT, "image contains NaN or inf"
             elif not bool(pose_ok[i]):
-                status[i], message[i] = Status.INVALID_INPUT, "initial pose is not a finite rigid transform"
+                status[i], message[i] = (
+                    Status.INVALID_INPUT,
+                    "initial pose is not a finite rigid transform",
+                )
         fixed = torch.where(img_ok[:, None, None, None], fixed, torch.zeros_like(fixed))
-        pose0 = torch.where(pose_ok[:, None, None], init_pose.to(torch.float64),
-                            torch.eye(4, dtype=torch.float64, device=device))
+        pose0 = torch.where(
+            pose_ok[:, None, None],
+            init_pose.to(torch.float64),
+            torch.eye(4, dtype=torch.float64, device=device),
+        )
         pose = pose0.clone()
         nan = torch.full((B,), math.nan, dtype=torch.float64, device=device)
         cost, initial_cost = nan.clone(), nan.clone()
@@ -331,7 +444,9 @@ class LevenbergMarquardt:
         inflation = torch.ones(B, dtype=torch.float64, device=device)  # for correlated residuals
 
         def live_idx() -> torch.Tensor:
-            return torch.tensor([i for i in range(B) if status[i] is None], dtype=torch.long, device=device)
+            return torch.tensor(
+                [i for i in range(B) if status[i] is None], dtype=torch.long, device=device
+            )
 
         # cost of the initial pose at the finest scale (what `cost` is compared with)
         idx = live_idx()
@@ -347,9 +462,25 @@ class LevenbergMarquardt:
             idx = live_idx()
             if not idx.numel():
                 break
-            emb_f, w, ms = self._fixed_embedding(renderer, fixed[idx], None if mask is None else mask[idx])
-            out = self._run_scale(renderer, emb_f, w, pose[idx], pose0[idx], P, c, final, t_start,
-                                  [history[i] for i in idx.tolist()], iterations, idx, si == 0, ms)
+            emb_f, w, ms = self._fixed_embedding(
+                renderer, fixed[idx], None if mask is None else mask[idx]
+            )
+            out = self._run_scale(
+                renderer,
+                emb_f,
+                w,
+                pose[idx],
+                pose0[idx],
+                P,
+                c,
+                final,
+                t_start,
+                [history[i] for i in idx.tolist()],
+                iterations,
+                idx,
+                si == 0,
+                ms,
+            )
             pose = put(pose, idx, out["pose"])
             cost = put(cost, idx, out["cost"].detach())
             if si == 0 and len(renderers) == 1:
@@ -367,32 +498,67 @@ class LevenbergMarquardt:
         for i in range(B):
             if status[i] is None:  # no scale ran for it (max_iterations = 0 on every scale)
                 status[i], message[i] = Status.MAX_ITERATIONS, "iteration cap reached"
-            if status[i] is Status.CONVERGED and not any(h["accepted"] and h["iteration"] > 0 for h in history[i]):
+            if status[i] is Status.CONVERGED and not any(
+                h["accepted"] and h["iteration"] > 0 for h in history[i]
+            ):
                 # a tolerance met before any step was accepted: the start was not improved
-                status[i], message[i] = Status.NO_PROGRESS, f"no step lowered the cost ({message[i]})"
+                status[i], message[i] = (
+                    Status.NO_PROGRESS,
+                    f"no step lowered the cost ({message[i]})",
+                )
             if not status[i].usable or not torch.isfinite(H_final[i]).all():
                 continue
-            if bool(singular(H_final[i:i + 1], cfg.rcond)[0]):
-                status[i], message[i] = Status.SINGULAR, "normal equations are singular at the final pose"
+            if bool(singular(H_final[i : i + 1], cfg.rcond)[0]):
+                status[i], message[i] = (
+                    Status.SINGULAR,
+                    "normal equations are singular at the final pose",
+                )
                 continue
             sigma2 = 2.0 * float(cost[i]) / max(float(M_final[i]) - 6, 1)
-            cov_s = cfg.covariance_scale * float(inflation[i]) * sigma2 * torch.linalg.inv(H_final[i])
+            cov_s = (
+                cfg.covariance_scale * float(inflation[i]) * sigma2 * torch.linalg.inv(H_final[i])
+            )
             cov_w = P @ cov_s @ P.T
             cov[i] = 0.5 * (cov_w + cov_w.T)
-        return LMResult(pose=pose, covariance=cov, cost=cost, initial_cost=initial_cost,
-                        iterations=iterations, status=status, message=message, history=history,
-                        time_s=time.perf_counter() - t_start)
+        return LMResult(
+            pose=pose,
+            covariance=cov,
+            cost=cost,
+            initial_cost=initial_cost,
+            iterations=iterations,
+            status=status,
+            message=message,
+            history=history,
+            time_s=time.perf_counter() - t_start,
+        )
 
     # ------------------------------------------------------------------ one scale
     @staticmethod
-    def _displacement(pose: torch.Tensor, pose0: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _displacement(
+        pose: torch.Tensor, pose0: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Centre displacement (mm) and rotation angle (rad) of ``pose`` relative to ``pose0``."""
         Dm = pose.detach() @ se3_inverse(pose0.detach())
         moved = (Dm[:, :3, :3] @ c[:, None])[..., 0] + Dm[:, :3, 3] - c
         return moved.norm(dim=-1), so3_log(Dm[:, :3, :3]).norm(dim=-1)
 
-    def _run_scale(self, renderer, emb_f, w, pose, pose0, P, c, final, t_start, hist, iterations,
-                   idx_global, first, m=None) -> dict:
+    def _run_scale(
+        self,
+        renderer,
+        emb_f,
+        w,
+        pose,
+        pose0,
+        P,
+        c,
+        final,
+        t_start,
+        hist,
+        iterations,
+        idx_global,
+        first,
+        m=None,
+    ) -> dict:
         cfg = self.config
         n, L = pose.shape[0], cfg.rotation_scale_mm
         f = 1.0 if final else cfg.coarse_tol_factor
@@ -409,23 +575,37 @@ class LevenbergMarquardt:
         R = r0.detach()  # residuals at the current pose (for the covariance)
         rs = cfg.robust_scale * robust_spread(r0, w) if cfg.robust != "none" else None
         # residuals that count (non-zero weight before the robust kernel), per element
-        M = (w > 0).sum(-1).to(torch.float64) if w is not None else torch.full(
-            (n,), float(J.shape[1]), dtype=torch.float64, device=pose.device)
+        M = (
+            (w > 0).sum(-1).to(torch.float64)
+            if w is not None
+            else torch.full((n,), float(J.shape[1]), dtype=torch.float64, device=pose.device)
+        )
         initial_cost = cost
         bad = ~torch.isfinite(cost) | ~torch.isfinite(H).flatten(1).all(-1)
-        sing = singular(torch.where(bad[:, None, None], torch.eye(6, dtype=H.dtype, device=H.device), H), cfg.rcond)
+        sing = singular(
+            torch.where(bad[:, None, None], torch.eye(6, dtype=H.dtype, device=H.device), H),
+            cfg.rcond,
+        )
         for k in range(n):
             if bool(bad[k]):
                 status[k] = Status.INVALID_INPUT if first else Status.DIVERGED
-                message[k] = ("the initial pose gives a non-finite cost (is the CT in view?)" if first
-                              else f"non-finite cost at the start of scale {height} px")
+                message[k] = (
+                    "the initial pose gives a non-finite cost (is the CT in view?)"
+                    if first
+                    else f"non-finite cost at the start of scale {height} px"
+                )
             elif bool(sing[k]):
                 status[k] = Status.SINGULAR
-                message[k] = "normal equations are singular: the residuals do not determine the pose"
+                message[k] = (
+                    "normal equations are singular: the residuals do not determine the pose"
+                )
         live = torch.tensor([s is None for s in status], device=pose.device)
         diagH = torch.diagonal(H, dim1=-2, dim2=-1).detach()
         if cfg.damping == "marquardt":
-            D, lam = diagH.clone(), torch.full((n,), cfg.lambda_init, dtype=torch.float64, device=pose.device)
+            D, lam = (
+                diagH.clone(),
+                torch.full((n,), cfg.lambda_init, dtype=torch.float64, device=pose.device),
+            )
             lam_unit = torch.ones_like(lam)
         else:
             D, lam = torch.ones_like(diagH), cfg.lambda_init * diagH.amax(-1)
@@ -437,9 +617,21 @@ class LevenbergMarquardt:
         if first:
             now = time.perf_counter() - t_start
             for k in range(n):
-                hist[k].append({"iteration": 0, "scale": height, "cost": float(cost[k].detach()), "lambda": float(lam[k]),
-                                "accepted": True, "time_s": 0.0, "elapsed_s": now, "step_mm": 0.0,
-                                "step_rad": 0.0, "rho": math.nan, "pose": pose[k].detach().cpu().numpy().copy()})
+                hist[k].append(
+                    {
+                        "iteration": 0,
+                        "scale": height,
+                        "cost": float(cost[k].detach()),
+                        "lambda": float(lam[k]),
+                        "accepted": True,
+                        "time_s": 0.0,
+                        "elapsed_s": now,
+                        "step_mm": 0.0,
+                        "step_rad": 0.0,
+                        "rho": math.nan,
+                        "pose": pose[k].detach().cpu().numpy().copy(),
+                    }
+                )
         rewindows, it = 0, 0
         while it < cfg.max_iterations:
             a = live.nonzero()[:, 0]
@@ -455,9 +647,19 @@ class LevenbergMarquardt:
             if bool(small.any()):
                 for k in a[small].tolist():
                     status[k], message[k] = Status.CONVERGED, "step below tolerance"
-                live = put(live, a[small], torch.zeros(int(small.sum()), dtype=torch.bool, device=pose.device))
+                live = put(
+                    live,
+                    a[small],
+                    torch.zeros(int(small.sum()), dtype=torch.bool, device=pose.device),
+                )
                 keep = ~small
-                a, s, ok, step_mm, step_rad = a[keep], s[keep], ok[keep], step_mm[keep], step_rad[keep]
+                a, s, ok, step_mm, step_rad = (
+                    a[keep],
+                    s[keep],
+                    ok[keep],
+                    step_mm[keep],
+                    step_rad[keep],
+                )
                 if not a.numel():
                     break
             trial = se3_exp(s @ P.T.to(s)) @ pose[a]
@@ -465,21 +667,38 @@ class LevenbergMarquardt:
             if rewindows < 3 and not self._covers(window, renderer, trial[ok_idx]):
                 window = self._window(renderer, torch.cat([pose[a], trial[ok_idx]]))
                 img, jd = self._render(renderer, window, pose[a], True)
-                c_a, r_a, _, H_a, g_a = self.linearize(img, jd, emb_f[a], P, sub(w, a), sub(rs, a), sub(m, a))
-                cost, H, g, R = put(cost, a, c_a), put(H, a, H_a), put(g, a, g_a), put(R, a, r_a.detach())
+                c_a, r_a, _, H_a, g_a = self.linearize(
+                    img, jd, emb_f[a], P, sub(w, a), sub(rs, a), sub(m, a)
+                )
+                cost, H, g, R = (
+                    put(cost, a, c_a),
+                    put(H, a, H_a),
+                    put(g, a, g_a),
+                    put(R, a, r_a.detach()),
+                )
                 rewindows += 1
                 continue
             cost_t = torch.full((len(a),), math.nan, dtype=torch.float64, device=pose.device)
             if ok_idx.numel():
                 img_t, jd_t = self._render(renderer, window, trial[ok_idx], True)
-                ct, _ = self._residuals(img_t, emb_f[a[ok_idx]], sub(w, a[ok_idx]), sub(rs, a[ok_idx]),
-                                        sub(m, a[ok_idx]))
+                ct, _ = self._residuals(
+                    img_t,
+                    emb_f[a[ok_idx]],
+                    sub(w, a[ok_idx]),
+                    sub(rs, a[ok_idx]),
+                    sub(m, a[ok_idx]),
+                )
                 cost_t = put(cost_t, ok_idx, ct.detach())
             s0 = s.detach() / kappa[a, None]  # the plain LM step; predicted reduction scales with κ
-            rho, pred0 = gain_ratio(cost[a].detach(), cost[a].detach(), s0, g[a].detach(), lam[a], D[a])
+            rho, pred0 = gain_ratio(
+                cost[a].detach(), cost[a].detach(), s0, g[a].detach(), lam[a], D[a]
+            )
             ok_pred = (pred0 > 0) & torch.isfinite(cost_t)
-            rho = torch.where(ok_pred, (cost[a].detach() - cost_t) / (kappa[a] * torch.where(ok_pred, pred0, 1.0)),
-                              torch.full_like(pred0, -math.inf))
+            rho = torch.where(
+                ok_pred,
+                (cost[a].detach() - cost_t) / (kappa[a] * torch.where(ok_pred, pred0, 1.0)),
+                torch.full_like(pred0, -math.inf),
+            )
             acc = ok & (rho > cfg.eta)
             disp_mm, disp_rad = self._displacement(trial, pose0[a], c)
             runaway = acc & ((disp_mm > cfg.max_translation_mm) | (disp_rad > cfg.max_rotation_rad))
@@ -490,56 +709,105 @@ class LevenbergMarquardt:
                 row = torch.full((len(a),), -1, dtype=torch.long, device=pose.device)
                 row[ok_idx] = torch.arange(len(ok_idx), device=pose.device)
                 gi = a[ai]
-                c_n, r_n, _, H_n, g_n = self.linearize(img_t[row[ai]], jd_t[row[ai]], emb_f[gi], P, sub(w, gi),
-                                                     sub(rs, gi), sub(m, gi))
+                c_n, r_n, _, H_n, g_n = self.linearize(
+                    img_t[row[ai]], jd_t[row[ai]], emb_f[gi], P, sub(w, gi), sub(rs, gi), sub(m, gi)
+                )
                 pose = put(pose, gi, trial[ai])
-                cost, H, g, R = put(cost, gi, c_n), put(H, gi, H_n), put(g, gi, g_n), put(R, gi, r_n.detach())
+                cost, H, g, R = (
+                    put(cost, gi, c_n),
+                    put(H, gi, H_n),
+                    put(g, gi, g_n),
+                    put(R, gi, r_n.detach()),
+                )
                 if cfg.damping == "marquardt":
-                    D = put(D, gi, torch.maximum(D[gi], torch.diagonal(H_n, dim1=-2, dim2=-1).detach()))
+                    D = put(
+                        D, gi, torch.maximum(D[gi], torch.diagonal(H_n, dim1=-2, dim2=-1).detach())
+                    )
             new_lam, new_nu = update_lambda(lam[a], nu[a], rho, acc, cfg.lambda_min, cfg.lambda_max)
             # a rejected step with λ still negligible against D would come back unchanged: jump
-            new_lam = torch.where(acc, new_lam, torch.maximum(new_lam, cfg.lambda_reject * lam_unit[a]))
+            new_lam = torch.where(
+                acc, new_lam, torch.maximum(new_lam, cfg.lambda_reject * lam_unit[a])
+            )
             lam, nu = put(lam, a, new_lam), put(nu, a, new_nu)
             # along the step the cost is f0 − a·t + c·t²/2 (t in units of the plain LM step); the
             # step t = κ gave ρ = 2 − κ·c/a, so the best scale t* = a/c = κ / (2 − ρ). Move κ there,
             # by at most a factor 2 per step; a rejection halves it.
             k_fit = kappa[a] / (2.0 - rho.clamp(max=1.5))
-            k_new = torch.where(acc, torch.minimum(torch.maximum(k_fit, kappa[a] / 2), kappa[a] * 2), kappa[a] / 2)
+            k_new = torch.where(
+                acc, torch.minimum(torch.maximum(k_fit, kappa[a] / 2), kappa[a] * 2), kappa[a] / 2
+            )
             kappa = put(kappa, a, k_new.clamp(1.0, cfg.max_step_scale))
             rej = put(rej, a, torch.where(acc, torch.zeros_like(rej[a]), rej[a] + 1))
             iterations[idx_global[a].cpu()] += 1
             it += 1
             dt, now = time.perf_counter() - t_it, time.perf_counter() - t_start
             for j, k in enumerate(a.tolist()):
-                hist[k].append({"iteration": int(iterations[int(idx_global[k])]), "scale": height,
-                                "cost": float(cost[k].detach()), "lambda": float(lam[k]), "accepted": bool(acc[j]),
-                                "time_s": dt, "elapsed_s": now, "step_mm": float(step_mm[j]),
-                                "step_rad": float(step_rad[j]), "rho": float(rho[j]),
-                                "pose": pose[k].detach().cpu().numpy().copy()})
+                hist[k].append(
+                    {
+                        "iteration": int(iterations[int(idx_global[k])]),
+                        "scale": height,
+                        "cost": float(cost[k].detach()),
+                        "lambda": float(lam[k]),
+                        "accepted": bool(acc[j]),
+                        "time_s": dt,
+                        "elapsed_s": now,
+                        "step_mm": float(step_mm[j]),
+                        "step_rad": float(step_rad[j]),
+                        "rho": float(rho[j]),
+                        "pose": pose[k].detach().cpu().numpy().copy(),
+                    }
+                )
                 done = None
                 if bool(runaway[j]):
-                    done = (Status.DIVERGED, f"moved {float(disp_mm[j]):.0f} mm / {float(disp_rad[j]):.2f} rad "
-                            "from the initial pose (limit exceeded)")
+                    done = (
+                        Status.DIVERGED,
+                        f"moved {float(disp_mm[j]):.0f} mm / {float(disp_rad[j]):.2f} rad "
+                        "from the initial pose (limit exceeded)",
+                    )
                 elif not bool(ok[j]) and float(lam[k]) >= cfg.lambda_max:
                     done = (Status.SINGULAR, "damped normal equations could not be solved")
                 elif bool(ok[j]) and float(step_mm[j]) < tol_mm and float(step_rad[j]) < tol_rad:
                     done = (Status.CONVERGED, "step below tolerance")
-                elif bool(acc[j]) and float(old_cost[j] - cost[k].detach()) < cost_tol * float(old_cost[j]):
+                elif bool(acc[j]) and float(old_cost[j] - cost[k].detach()) < cost_tol * float(
+                    old_cost[j]
+                ):
                     done = (Status.CONVERGED, "relative cost decrease below tolerance")
-                elif not bool(acc[j]) and (int(rej[k]) >= cfg.max_rejections or float(lam[k]) >= cfg.lambda_max):
-                    done = (Status.CONVERGED, f"no further decrease found (lambda {float(lam[k]):.1e})")
+                elif not bool(acc[j]) and (
+                    int(rej[k]) >= cfg.max_rejections or float(lam[k]) >= cfg.lambda_max
+                ):
+                    done = (
+                        Status.CONVERGED,
+                        f"no further decrease found (lambda {float(lam[k]):.1e})",
+                    )
                 if done is not None:
                     status[k], message[k] = done
-                    live = put(live, torch.tensor([k], device=pose.device), torch.tensor([False], device=pose.device))
+                    live = put(
+                        live,
+                        torch.tensor([k], device=pose.device),
+                        torch.tensor([False], device=pose.device),
+                    )
         for k in range(n):
             if status[k] is None and final:
-                status[k], message[k] = Status.MAX_ITERATIONS, f"iteration cap ({cfg.max_iterations}) reached"
+                status[k], message[k] = (
+                    Status.MAX_ITERATIONS,
+                    f"iteration cap ({cfg.max_iterations}) reached",
+                )
         if not cfg.unrolled:
-            done = [(renderer, pose[k].detach().to(renderer.dtype), float(kappa[k])) for k in range(n)]
+            done = [
+                (renderer, pose[k].detach().to(renderer.dtype), float(kappa[k])) for k in range(n)
+            ]
             self._recent_kappa = [*self._recent_kappa, *done][-_RECENT_RENDERS:]
         if cfg.robust != "none":
             W = robust_cost(R, w, cfg.robust, rs)[1]
         else:
             W = w
-        return {"pose": pose, "cost": cost, "initial_cost": initial_cost, "status": status,
-                "message": message, "H": H, "M": M, "inflation": correlation_inflation(R, W)}
+        return {
+            "pose": pose,
+            "cost": cost,
+            "initial_cost": initial_cost,
+            "status": status,
+            "message": message,
+            "H": H,
+            "M": M,
+            "inflation": correlation_inflation(R, W),
+        }

@@ -82,16 +82,27 @@ class LMConfig:
             raise ValueError(f"damping must be 'marquardt' or 'levenberg', got {self.damping!r}")
         if not (isinstance(self.max_iterations, int) and self.max_iterations >= 0):
             raise ValueError(f"max_iterations must be an int >= 0, got {self.max_iterations!r}")
-        for name in ("step_tol_mm", "step_tol_rad", "cost_tol", "lambda_init", "lambda_min",
-                     "lambda_max", "rotation_scale_mm", "max_translation_mm", "max_rotation_rad",
-                     "coarse_tol_factor"):
+        for name in (
+            "step_tol_mm",
+            "step_tol_rad",
+            "cost_tol",
+            "lambda_init",
+            "lambda_min",
+            "lambda_max",
+            "rotation_scale_mm",
+            "max_translation_mm",
+            "max_rotation_rad",
+            "coarse_tol_factor",
+        ):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {v!r}")
         if not 0 <= self.eta < 1:
             raise ValueError(f"eta must be in [0, 1), got {self.eta}")
         if self.robust not in ROBUST_KERNELS:
-            raise ValueError(f"robust must be one of {', '.join(ROBUST_KERNELS)}, got {self.robust!r}")
+            raise ValueError(
+                f"robust must be one of {', '.join(ROBUST_KERNELS)}, got {self.robust!r}"
+            )
         if not (math.isfinite(self.lambda_reject) and self.lambda_reject >= 0):
             raise ValueError(f"lambda_reject must be finite and >= 0, got {self.lambda_reject}")
         if not (math.isfinite(self.max_step_scale) and self.max_step_scale >= 1):
@@ -99,7 +110,9 @@ class LMConfig:
         if not (math.isfinite(self.robust_scale) and self.robust_scale > 0):
             raise ValueError(f"robust_scale must be finite and > 0, got {self.robust_scale}")
         if not (math.isfinite(self.covariance_scale) and self.covariance_scale > 0):
-            raise ValueError(f"covariance_scale must be finite and > 0, got {self.covariance_scale}")
+            raise ValueError(
+                f"covariance_scale must be finite and > 0, got {self.covariance_scale}"
+            )
         if self.lambda_min > self.lambda_max:
             raise ValueError("lambda_min must not exceed lambda_max")
 
@@ -118,15 +131,26 @@ class LMResult:
     history: list[list[dict]]
     time_s: float = 0.0
 
-    def to_results(self, timings: Sequence[dict[str, float]] | None = None) -> list[RegistrationResult]:
+    def to_results(
+        self, timings: Sequence[dict[str, float]] | None = None
+    ) -> list[RegistrationResult]:
         """One :class:`RegistrationResult` per element (poses and covariances as float64 numpy)."""
         pose = self.pose.detach().to("cpu", torch.float64).numpy()
         cov = self.covariance.detach().to("cpu", torch.float64).numpy()
         out = []
         for i in range(len(self.status)):
             tim = dict(timings[i]) if timings is not None else {"lm": self.time_s}
-            out.append(RegistrationResult(
-                pose=pose[i], covariance=cov[i], cost=float(self.cost[i]),
-                initial_cost=float(self.initial_cost[i]), iterations=int(self.iterations[i]),
-                status=self.status[i], message=self.message[i], timings=tim, history=self.history[i]))
+            out.append(
+                RegistrationResult(
+                    pose=pose[i],
+                    covariance=cov[i],
+                    cost=float(self.cost[i]),
+                    initial_cost=float(self.initial_cost[i]),
+                    iterations=int(self.iterations[i]),
+                    status=self.status[i],
+                    message=self.message[i],
+                    timings=tim,
+                    history=self.history[i],
+                )
+            )
         return out

@@ -24,9 +24,24 @@ from .geometry import hat
 
 ROBUST_KERNELS = ("none", "cauchy", "huber", "geman-mcclure", "tukey")
 
-__all__ = ["ResidualModel", "ROBUST_KERNELS", "embed", "mask_weights", "increment_matrix", "resize_images", "residual_jacobian", "damped_solve",
-           "gain_ratio", "update_lambda", "robust_cost", "robust_spread", "normal_equations", "singular",
-           "valid_poses", "put"]
+__all__ = [
+    "ResidualModel",
+    "ROBUST_KERNELS",
+    "embed",
+    "mask_weights",
+    "increment_matrix",
+    "resize_images",
+    "residual_jacobian",
+    "damped_solve",
+    "gain_ratio",
+    "update_lambda",
+    "robust_cost",
+    "robust_spread",
+    "normal_equations",
+    "singular",
+    "valid_poses",
+    "put",
+]
 
 
 @runtime_checkable
@@ -59,11 +74,18 @@ def resize_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor
         return images
     if h % height == 0 and w % width == 0:
         return F.avg_pool2d(images, (h // height, w // width))
-    return F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False,
-                         antialias=h > height or w > width)
+    return F.interpolate(
+        images,
+        size=(height, width),
+        mode="bilinear",
+        align_corners=False,
+        antialias=h > height or w > width,
+    )
 
 
-def embed(model: ResidualModel, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def embed(
+    model: ResidualModel, images: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """``model.embed(images)``, with the valid mask ``(B, 1, H, W)`` when one is given (a model
     that takes masks has ``embed(images, mask=...)`` and ``residual_weights(mask)``)."""
     return model.embed(images) if mask is None else model.embed(images, mask=mask)
@@ -80,9 +102,13 @@ def mask_weights(model: ResidualModel, mask: torch.Tensor | None) -> torch.Tenso
     return fn(mask)
 
 
-def residual_jacobian(model: ResidualModel, images: torch.Tensor, emb_fixed: torch.Tensor,
-                      image_jacobian: torch.Tensor, mask: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def residual_jacobian(
+    model: ResidualModel,
+    images: torch.Tensor,
+    emb_fixed: torch.Tensor,
+    image_jacobian: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Residuals ``(B, M)`` and their Jacobian ``(B, M, K)`` by forward-mode AD.
 
     ``image_jacobian`` (B, C·H·W, K) holds ``∂image/∂s`` (images ``(B, C, H, W)``, channel-major
@@ -100,21 +126,27 @@ def residual_jacobian(model: ResidualModel, images: torch.Tensor, emb_fixed: tor
         return model.residuals(embed(model, x, mask), emb_fixed)
 
     try:
-        r, jr = torch.func.vmap(lambda t: torch.func.jvp(f, (images,), (t,)), out_dims=(None, 0))(tangents)
+        r, jr = torch.func.vmap(lambda t: torch.func.jvp(f, (images,), (t,)), out_dims=(None, 0))(
+            tangents
+        )
         return r, jr.permute(1, 2, 0)
     except (RuntimeError, ValueError, NotImplementedError):  # an op without a vmap rule
         pass
     stacked = images.expand(K, *images.shape).reshape(K * B, C, H, W).contiguous()
     emb_f = emb_fixed.expand(K, *emb_fixed.shape).reshape(K * B, *emb_fixed.shape[1:])
     m_k = None if mask is None else mask.expand(K, *mask.shape).reshape(K * B, *mask.shape[1:])
-    r, jr = torch.func.jvp(lambda x: model.residuals(embed(model, x, m_k), emb_f), (stacked,),
-                           (tangents.reshape(K * B, C, H, W),))
+    r, jr = torch.func.jvp(
+        lambda x: model.residuals(embed(model, x, m_k), emb_f),
+        (stacked,),
+        (tangents.reshape(K * B, C, H, W),),
+    )
     M = r.shape[-1]
     return r[:B], jr.reshape(K, B, M).permute(1, 2, 0)
 
 
-def damped_solve(H: torch.Tensor, g: torch.Tensor, lam: torch.Tensor, D: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def damped_solve(
+    H: torch.Tensor, g: torch.Tensor, lam: torch.Tensor, D: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve ``(H + λ diag(D)) s = −g`` per element: ``H`` (B, 6, 6), ``g`` (B, 6), ``λ`` (B,),
     ``D`` (B, 6). Returns ``s`` (B, 6) (zero where it failed) and ``ok`` (B,) bool."""
     A = H + lam[:, None, None] * torch.diag_embed(D)
@@ -127,20 +159,35 @@ def damped_solve(H: torch.Tensor, g: torch.Tensor, lam: torch.Tensor, D: torch.T
     return torch.where(ok[:, None], s, torch.zeros_like(s)), ok
 
 
-def gain_ratio(cost: torch.Tensor, new_cost: torch.Tensor, s: torch.Tensor, g: torch.Tensor,
-               lam: torch.Tensor, D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gain_ratio(
+    cost: torch.Tensor,
+    new_cost: torch.Tensor,
+    s: torch.Tensor,
+    g: torch.Tensor,
+    lam: torch.Tensor,
+    D: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gain ratio ``ρ`` (B,) = actual / predicted reduction, and the predicted reduction (B,)
     ``½ sᵀ(λ D s − g)`` of the Gauss–Newton model; ρ = −inf where the prediction is not > 0 or
     the new cost is not finite."""
     pred = 0.5 * (s * (lam[:, None] * D * s - g)).sum(-1)
     ok = (pred > 0) & torch.isfinite(new_cost)
-    rho = torch.where(ok, (cost - new_cost) / torch.where(ok, pred, torch.ones_like(pred)),
-                      torch.full_like(pred, -math.inf))
+    rho = torch.where(
+        ok,
+        (cost - new_cost) / torch.where(ok, pred, torch.ones_like(pred)),
+        torch.full_like(pred, -math.inf),
+    )
     return rho, pred
 
 
-def update_lambda(lam: torch.Tensor, nu: torch.Tensor, rho: torch.Tensor, accepted: torch.Tensor,
-                  lam_min: float, lam_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+def update_lambda(
+    lam: torch.Tensor,
+    nu: torch.Tensor,
+    rho: torch.Tensor,
+    accepted: torch.Tensor,
+    lam_min: float,
+    lam_max: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nielsen's rule: accepted ``λ ← λ·max(1/3, 1 − (2ρ − 1)³)``, ``ν ← 2``; rejected
     ``λ ← λ·ν``, ``ν ← 2ν``. λ is clamped to ``[lam_min, lam_max]``."""
     factor = torch.clamp(1 - (2 * rho.clamp(-1e3, 1e3) - 1) ** 3, min=1.0 / 3.0)
@@ -149,15 +196,17 @@ def update_lambda(lam: torch.Tensor, nu: torch.Tensor, rho: torch.Tensor, accept
     return new_lam, new_nu
 
 
-def normal_equations(J: torch.Tensor, r: torch.Tensor, w: torch.Tensor | None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def normal_equations(
+    J: torch.Tensor, r: torch.Tensor, w: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     J64, r64 = J.to(torch.float64), r.to(torch.float64)
     Jw = J64 if w is None else J64 * w.to(torch.float64)[..., None]
     return Jw.transpose(-1, -2) @ J64, (Jw * r64[..., None]).sum(-2)
 
 
-def robust_cost(r: torch.Tensor, w: torch.Tensor | None, kind: str = "none",
-                scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def robust_cost(
+    r: torch.Tensor, w: torch.Tensor | None, kind: str = "none", scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Cost (n,) ``Σ w ρ(r)`` and IRLS weights (n, M) (``w · ρ'(r)/r``) of residuals ``r`` (n, M).
 
     ``ρ(r) = ½r²`` (none), ``½s² log(1 + r²/s²)`` (Cauchy), Huber with threshold ``s``,
@@ -183,7 +232,7 @@ def robust_cost(r: torch.Tensor, w: torch.Tensor | None, kind: str = "none",
             rho, irls = 0.5 * s * s * r2 / d, (s * s / d) ** 2
         elif kind == "tukey":
             u = (1.0 - r2 / (s * s)).clamp_min(0.0)
-            rho, irls = s * s / 6.0 * (1.0 - u ** 3), u * u
+            rho, irls = s * s / 6.0 * (1.0 - u**3), u * u
         else:
             raise ValueError(f"unknown robust kernel {kind!r}")
     cost = (rho if w64 is None else w64 * rho).sum(-1)
@@ -201,7 +250,9 @@ def robust_spread(r: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tenso
     return 1.4826 * a.median(dim=-1).values.clamp_min(1e-12)
 
 
-def correlation_inflation(r: torch.Tensor, W: torch.Tensor | None, max_correlation: float = 0.95) -> torch.Tensor:
+def correlation_inflation(
+    r: torch.Tensor, W: torch.Tensor | None, max_correlation: float = 0.95
+) -> torch.Tensor:
     """Variance inflation (n,) of a least-squares fit whose residuals ``r`` (n, M) are correlated
     between neighbouring pixels: ``((1 + ρ) / (1 − ρ))²``, ``ρ`` the weighted lag-1
     autocorrelation of the residuals in memory order (horizontally adjacent pixels of the
@@ -221,9 +272,17 @@ def singular(H: torch.Tensor, rcond: float) -> torch.Tensor:
     """(B,) bool: ``H`` (B, 6, 6) is numerically singular (after Jacobi normalisation)."""
     d = torch.diagonal(H, dim1=-2, dim2=-1)
     dmax = d.amax(-1, keepdim=True)
-    bad = ~torch.isfinite(H).all(-1).all(-1) | (d <= 1e-14 * dmax.clamp_min(1e-300)).any(-1) | (dmax[:, 0] <= 0)
+    bad = (
+        ~torch.isfinite(H).all(-1).all(-1)
+        | (d <= 1e-14 * dmax.clamp_min(1e-300)).any(-1)
+        | (dmax[:, 0] <= 0)
+    )
     ds = torch.where(bad[:, None], torch.ones_like(d), d).rsqrt()
-    Hn = ds[:, :, None] * torch.where(bad[:, None, None], torch.eye(6, dtype=H.dtype, device=H.device), H) * ds[:, None, :]
+    Hn = (
+        ds[:, :, None]
+        * torch.where(bad[:, None, None], torch.eye(6, dtype=H.dtype, device=H.device), H)
+        * ds[:, None, :]
+    )
     ev = torch.linalg.eigvalsh(0.5 * (Hn + Hn.transpose(-1, -2)))
     return bad | (ev[:, 0] <= rcond * ev[:, -1])
 
@@ -234,8 +293,12 @@ def valid_poses(pose: torch.Tensor) -> torch.Tensor:
     finite = torch.isfinite(p).all(-1).all(-1)
     p = torch.where(finite[:, None, None], p, torch.eye(4, dtype=p.dtype, device=p.device))
     R = p[:, :3, :3]
-    orth = (R.transpose(-1, -2) @ R - torch.eye(3, dtype=p.dtype, device=p.device)).abs().amax((-1, -2)) < 1e-3
-    last = (p[:, 3] - torch.tensor([0, 0, 0, 1.0], dtype=p.dtype, device=p.device)).abs().amax(-1) < 1e-6
+    orth = (R.transpose(-1, -2) @ R - torch.eye(3, dtype=p.dtype, device=p.device)).abs().amax(
+        (-1, -2)
+    ) < 1e-3
+    last = (p[:, 3] - torch.tensor([0, 0, 0, 1.0], dtype=p.dtype, device=p.device)).abs().amax(
+        -1
+    ) < 1e-6
     return finite & orth & last & (torch.linalg.det(R) > 0)
 
 

@@ -36,7 +36,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["hatch_pattern", "MaskConfig", "ImageMasks", "detect_masks", "shutter_edges", "resize_mask"]
+__all__ = [
+    "hatch_pattern",
+    "MaskConfig",
+    "ImageMasks",
+    "detect_masks",
+    "shutter_edges",
+    "resize_mask",
+]
 
 
 @dataclass(frozen=True)
@@ -67,8 +74,14 @@ class MaskConfig:
             raise ValueError(f"detect_size must be an int in [16, 1024], got {self.detect_size!r}")
         if not (isinstance(self.angles, int) and self.angles >= 4):
             raise ValueError(f"angles must be an int >= 4, got {self.angles!r}")
-        for name in ("max_inset", "band", "margin", "metal_window", "saturation_min_fraction",
-                     "max_masked_fraction"):
+        for name in (
+            "max_inset",
+            "band",
+            "margin",
+            "metal_window",
+            "saturation_min_fraction",
+            "max_masked_fraction",
+        ):
             v = getattr(self, name)
             if not (math.isfinite(v) and 0 <= v < 1):
                 raise ValueError(f"{name} must be a fraction in [0, 1), got {v!r}")
@@ -103,14 +116,18 @@ class ImageMasks:
 
     def fractions(self) -> dict[str, float]:
         """Masked share of the image per cause and in all."""
-        return {"masked": self.masked_fraction, "collimator": float(self.collimator.float().mean()),
-                "metal": float(self.metal.float().mean()), "saturated": float(self.saturated.float().mean())}
+        return {
+            "masked": self.masked_fraction,
+            "collimator": float(self.collimator.float().mean()),
+            "metal": float(self.metal.float().mean()),
+            "saturated": float(self.saturated.float().mean()),
+        }
 
 
 def _spread(img: torch.Tensor) -> float:
     """Interquartile range of the central half of ``img`` (H, W), floored (never 0)."""
     H, W = img.shape
-    core = img[H // 4: H - H // 4, W // 4: W - W // 4].flatten().double()
+    core = img[H // 4 : H - H // 4, W // 4 : W - W // 4].flatten().double()
     q = torch.quantile(core, torch.tensor([0.25, 0.75], dtype=torch.float64))
     full = float(img.max() - img.min())
     return max(float(q[1] - q[0]), 1e-3 * full, 1e-12)
@@ -125,8 +142,9 @@ def _rotation_grid(shape: tuple[int, int], phi: torch.Tensor) -> torch.Tensor:
     return F.affine_grid(theta, (len(phi), 1, *shape), align_corners=False)
 
 
-def _band_steps(values: torch.Tensor, valid: torch.Tensor, j: torch.Tensor, band: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def _band_steps(
+    values: torch.Tensor, valid: torch.Tensor, j: torch.Tensor, band: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps along the last axis at each index of ``j`` (J,): mean of the valid ``values`` in the
     ``band`` after the index minus the mean in the ``band`` ending at it. Returns the steps
     (..., J) (NaN where undefined) and where they are defined (..., J): at least one valid value
@@ -143,8 +161,9 @@ def _band_steps(values: torch.Tensor, valid: torch.Tensor, j: torch.Tensor, band
     return d, ok
 
 
-def _step_scores(img: torch.Tensor, phi: torch.Tensor, band: int, max_inset: float
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def _step_scores(
+    img: torch.Tensor, phi: torch.Tensor, band: int, max_inset: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Median over rows of the outward step at each offset, per angle: scores (A, J) and the
     offsets' insets (J,) as fractions of the side (0 = the image border). NaN pixels of ``img``
     (already masked) take no part."""
@@ -164,8 +183,9 @@ def _step_scores(img: torch.Tensor, phi: torch.Tensor, band: int, max_inset: flo
     return score, inset
 
 
-def shutter_edges(img: torch.Tensor, config: MaskConfig = MaskConfig(), spread: float | None = None
-                  ) -> list[tuple[float, float, float]]:
+def shutter_edges(
+    img: torch.Tensor, config: MaskConfig = MaskConfig(), spread: float | None = None
+) -> list[tuple[float, float, float]]:
     """Straight shutter edges of ``img`` (H, W) as ``(angle_rad, inset, score)``: beyond the line
     at distance ``(0.5 − inset)·W`` from the centre along direction ``angle`` (from +columns
     towards +rows) the image steps up by ``score`` robust spreads (``spread``: the image's, computed
@@ -198,15 +218,21 @@ def shutter_edges(img: torch.Tensor, config: MaskConfig = MaskConfig(), spread: 
         for o in edges:
             if o is not e:
                 others |= _beyond((H, W), o[0], o[1], 0.0)
-        s, ins = _step_scores(torch.where(others, torch.nan, img.double()),
-                              torch.tensor([e[0]], dtype=torch.float64), band, config.max_inset)
+        s, ins = _step_scores(
+            torch.where(others, torch.nan, img.double()),
+            torch.tensor([e[0]], dtype=torch.float64),
+            band,
+            config.max_inset,
+        )
         j = int(torch.argmin((ins - e[1]).abs()))
         if float(s[0, j]) / spread > config.edge_threshold:
             kept.append(e)
     return kept
 
 
-def _circle(img: torch.Tensor, config: MaskConfig, spread: float) -> tuple[float, float, float, float] | None:
+def _circle(
+    img: torch.Tensor, config: MaskConfig, spread: float
+) -> tuple[float, float, float, float] | None:
     """Best circular field ``(cx, cy, r, score)`` (fractions of the side, score in ``spread``s)."""
     H, W = img.shape
     n_ang, n_rad = 72, W // 2 + W // 4
@@ -219,15 +245,25 @@ def _circle(img: torch.Tensor, config: MaskConfig, spread: float) -> tuple[float
             gx = cx + rad[None, :] * torch.cos(ang[:, None])
             gy = cy + rad[None, :] * torch.sin(ang[:, None])
             grid = torch.stack([gx, gy], -1)[None]
-            polar = F.grid_sample(img.double()[None, None], grid, align_corners=False)[0, 0]  # (A, R)
+            polar = F.grid_sample(img.double()[None, None], grid, align_corners=False)[
+                0, 0
+            ]  # (A, R)
             inside = (gx.abs() < 1) & (gy.abs() < 1)
             j = torch.arange(int(n_rad * 0.35), n_rad - band)
             d, ok = _band_steps(polar, inside, j, band)
             enough = ok.sum(0) >= 0.5 * n_ang
-            s = torch.where(enough, torch.nanmedian(d, dim=0).values, torch.full((len(j),), -math.inf,
-                                                                                 dtype=torch.float64))
+            s = torch.where(
+                enough,
+                torch.nanmedian(d, dim=0).values,
+                torch.full((len(j),), -math.inf, dtype=torch.float64),
+            )
             k = int(s.argmax())
-            cand = (0.5 + 0.5 * cx, 0.5 + 0.5 * cy, float(rad[j[k]]) / 2 + 0.5 / W, float(s[k]) / spread)
+            cand = (
+                0.5 + 0.5 * cx,
+                0.5 + 0.5 * cy,
+                float(rad[j[k]]) / 2 + 0.5 / W,
+                float(s[k]) / spread,
+            )
             if best is None or cand[3] > best[3]:
                 best = cand
     return best if best is not None and best[3] > config.edge_threshold else None
@@ -253,7 +289,10 @@ def _metal(img: torch.Tensor, config: MaskConfig, spread: float) -> torch.Tensor
     mask = tophat > config.metal_threshold * spread
     if config.metal_dilate > 0 and bool(mask.any()):
         d = 2 * config.metal_dilate + 1
-        mask = F.max_pool2d(mask.double()[None, None], d, stride=1, padding=config.metal_dilate)[0, 0] > 0
+        mask = (
+            F.max_pool2d(mask.double()[None, None], d, stride=1, padding=config.metal_dilate)[0, 0]
+            > 0
+        )
     return mask
 
 
@@ -305,7 +344,9 @@ def detect_masks(image: torch.Tensor | np.ndarray, config: MaskConfig = MaskConf
                     coll |= ring
                     circle = c[:3]
     if config.metal:
-        near = F.max_pool2d(coll.double()[None, None], 7, stride=1, padding=3)[0, 0] > 0  # shutter edges
+        near = (
+            F.max_pool2d(coll.double()[None, None], 7, stride=1, padding=3)[0, 0] > 0
+        )  # shutter edges
         metal = _metal(small, config, spread) & ~near
     if float((coll | metal).double().mean()) > config.max_masked_fraction:
         coll, metal, edges, circle = none.clone(), none.clone(), [], None
@@ -313,8 +354,14 @@ def detect_masks(image: torch.Tensor | np.ndarray, config: MaskConfig = MaskConf
     if f > 1:  # back to the image's size: a pixel is affected when its detection cell is
         masks = [m.repeat_interleave(f, 0).repeat_interleave(f, 1)[:H, :W] for m in masks]
     coll, metal, sat = masks
-    return ImageMasks(valid=~(coll | metal | sat), collimator=coll, metal=metal, saturated=sat,
-                      edges=tuple(edges), circle=circle)
+    return ImageMasks(
+        valid=~(coll | metal | sat),
+        collimator=coll,
+        metal=metal,
+        saturated=sat,
+        edges=tuple(edges),
+        circle=circle,
+    )
 
 
 def resize_mask(valid: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -18,12 +18,21 @@ import torch
 
 from sphere_reg_ros.core.geometry import se3_inverse, so3_log
 
-__all__ = ["mtre", "rotation_error_deg", "translation_error_mm", "smsr", "Summary", "summarize",
-           "format_table", "to_csv_rows", "CSV_FIELDS", "TABLE_COLUMNS"]
+__all__ = [
+    "mtre",
+    "rotation_error_deg",
+    "translation_error_mm",
+    "smsr",
+    "Summary",
+    "summarize",
+    "format_table",
+    "to_csv_rows",
+    "CSV_FIELDS",
+    "TABLE_COLUMNS",
+]
 
 TABLE_COLUMNS = ("Method", "SMSR", "Median (mm)", "75%", "95%", "Run time")
-CSV_FIELDS = ("method", "n", "smsr", "median_mm", "p75_mm", "p95_mm", "run_time_s",
-              "threshold_mm")
+CSV_FIELDS = ("method", "n", "smsr", "median_mm", "p75_mm", "p95_mm", "run_time_s", "threshold_mm")
 
 
 def _poses(T_est: torch.Tensor, T_true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,9 +137,11 @@ class Summary:
     threshold_mm: float = 1.0
 
 
-def summarize(mtres: torch.Tensor | np.ndarray | Sequence[float],
-              run_times_s: torch.Tensor | np.ndarray | Sequence[float] | None,
-              threshold_mm: float = 1.0) -> Summary:
+def summarize(
+    mtres: torch.Tensor | np.ndarray | Sequence[float],
+    run_times_s: torch.Tensor | np.ndarray | Sequence[float] | None,
+    threshold_mm: float = 1.0,
+) -> Summary:
     """Summary of per-case mTREs (N,) in mm and run times (N,) in s (or None).
 
     Non-finite mTREs are failures and rank as +inf in the percentiles (numpy 'linear' method).
@@ -147,9 +158,15 @@ def summarize(mtres: torch.Tensor | np.ndarray | Sequence[float],
             raise ValueError("run times must be finite and >= 0")
         rt = float(r.mean())
     s = np.sort(np.where(np.isfinite(a), a, np.inf))
-    return Summary(n=int(a.size), smsr=smsr(a, threshold_mm), median_mm=_percentile(s, 50),
-                   p75_mm=_percentile(s, 75), p95_mm=_percentile(s, 95), run_time_s=rt,
-                   threshold_mm=float(threshold_mm))
+    return Summary(
+        n=int(a.size),
+        smsr=smsr(a, threshold_mm),
+        median_mm=_percentile(s, 50),
+        p75_mm=_percentile(s, 75),
+        p95_mm=_percentile(s, 95),
+        run_time_s=rt,
+        threshold_mm=float(threshold_mm),
+    )
 
 
 def _fmt_mm(x: float) -> str:
@@ -179,16 +196,27 @@ def format_table(rows: dict[str, Summary], title: str | None = None) -> str:
     for name, s in rows.items():
         if not isinstance(s, Summary):
             raise ValueError(f"row {name!r} is not a Summary")
-        body.append([str(name), f"{100 * s.smsr:.1f}%", _fmt_mm(s.median_mm),
-                     _fmt_mm(s.p75_mm), _fmt_mm(s.p95_mm), _fmt_time(s.run_time_s)])
+        body.append(
+            [
+                str(name),
+                f"{100 * s.smsr:.1f}%",
+                _fmt_mm(s.median_mm),
+                _fmt_mm(s.p75_mm),
+                _fmt_mm(s.p95_mm),
+                _fmt_time(s.run_time_s),
+            ]
+        )
     widths = [max(len(r[i]) for r in [list(TABLE_COLUMNS), *body]) for i in range(6)]
 
     def line(cells: Sequence[str]) -> str:
         out = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
         return "| " + " | ".join(out) + " |"
 
-    rule = "|" + "|".join([":" + "-" * (widths[0] + 1)]
-                          + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|"
+    rule = (
+        "|"
+        + "|".join([":" + "-" * (widths[0] + 1)] + ["-" * (w + 1) + ":" for w in widths[1:]])
+        + "|"
+    )
     lines = ([title, ""] if title else []) + [line(TABLE_COLUMNS), rule] + [line(r) for r in body]
     return "\n".join(lines)
 
@@ -200,7 +228,16 @@ def to_csv_rows(rows: dict[str, Summary]) -> list[dict[str, str | int | float]]:
     for name, s in rows.items():
         if not isinstance(s, Summary):
             raise ValueError(f"row {name!r} is not a Summary")
-        out.append({"method": str(name), "n": s.n, "smsr": s.smsr, "median_mm": s.median_mm,
-                    "p75_mm": s.p75_mm, "p95_mm": s.p95_mm, "run_time_s": s.run_time_s,
-                    "threshold_mm": s.threshold_mm})
+        out.append(
+            {
+                "method": str(name),
+                "n": s.n,
+                "smsr": s.smsr,
+                "median_mm": s.median_mm,
+                "p75_mm": s.p75_mm,
+                "p95_mm": s.p95_mm,
+                "run_time_s": s.run_time_s,
+                "threshold_mm": s.threshold_mm,
+            }
+        )
     return out

@@ -6,9 +6,26 @@ checkpoints are read and written by :mod:`sphere_reg_ros.core.checkpoint`.
 """
 
 from .regressor import PoseRegressor, RegressorConfig, pose_to_params, to_isocentric
-from .similarity import (EMBEDDINGS, SimilarityConfig, SimilarityNet, check_images, lorentz_distance,
-                         lorentz_exp, sphere_exp)
+from .similarity import (
+    EMBEDDINGS,
+    SimilarityConfig,
+    SimilarityNet,
+    check_images,
+    lorentz_distance,
+    lorentz_exp,
+    sphere_exp,
+)
 
-__all__ = ["PoseRegressor", "RegressorConfig", "pose_to_params", "to_isocentric", "EMBEDDINGS",
-           "SimilarityConfig", "SimilarityNet", "check_images", "lorentz_distance", "lorentz_exp",
-           "sphere_exp"]
+__all__ = [
+    "PoseRegressor",
+    "RegressorConfig",
+    "pose_to_params",
+    "to_isocentric",
+    "EMBEDDINGS",
+    "SimilarityConfig",
+    "SimilarityNet",
+    "check_images",
+    "lorentz_distance",
+    "lorentz_exp",
+    "sphere_exp",
+]

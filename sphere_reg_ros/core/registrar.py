@@ -41,7 +41,14 @@ from .residuals import IntensityResiduals
 from .result import RegistrationResult, Status, point_error
 from .trust import TrustConfig, apply_gates
 from .views import ap_pose
-from .volume import Volume, bone_attenuation, hu_to_attenuation, load_example_ct, load_volume, resample
+from .volume import (
+    Volume,
+    bone_attenuation,
+    hu_to_attenuation,
+    load_example_ct,
+    load_volume,
+    resample,
+)
 
 __all__ = ["RegistrarConfig", "Registrar", "resolve_device", "AUTO_ROBUST", "DEFAULT_ROBUST_SCALE"]
 
@@ -53,7 +60,13 @@ _MAX_RENDERERS = 12
 #: scale (robust spreads); chosen on the validation split of the degraded benchmark
 #: (docs/ROBUSTNESS.md).
 AUTO_ROBUST = "tukey"
-DEFAULT_ROBUST_SCALE = {"none": 2.0, "cauchy": 2.0, "huber": 2.0, "geman-mcclure": 2.0, "tukey": 4.0}
+DEFAULT_ROBUST_SCALE = {
+    "none": 2.0,
+    "cauchy": 2.0,
+    "huber": 2.0,
+    "geman-mcclure": 2.0,
+    "tukey": 4.0,
+}
 #: Factor on the LM's covariance (``RegistrarConfig.covariance_scale``), calibrated on the
 #: validation splits so that the 95 % error ellipsoid at the region of interest covers about
 #: 95 % of the true errors (docs/TRUST.md).
@@ -169,14 +182,18 @@ class RegistrarConfig:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         if isinstance(self.roi, str):
             if self.roi not in ("bone", "center"):
-                raise ValueError(f"roi must be 'bone', 'center' or three numbers (mm), got {self.roi!r}")
+                raise ValueError(
+                    f"roi must be 'bone', 'center' or three numbers (mm), got {self.roi!r}"
+                )
         else:
             try:
                 point = tuple(float(v) for v in self.roi)
             except (TypeError, ValueError):
                 point = ()
             if len(point) != 3 or not all(math.isfinite(v) for v in point):
-                raise ValueError(f"roi must be 'bone', 'center' or three finite numbers (mm), got {self.roi!r}")
+                raise ValueError(
+                    f"roi must be 'bone', 'center' or three finite numbers (mm), got {self.roi!r}"
+                )
             object.__setattr__(self, "roi", point)
         if isinstance(self.trust, dict):
             object.__setattr__(self, "trust", TrustConfig(**self.trust))
@@ -185,22 +202,36 @@ class RegistrarConfig:
         if not isinstance(self.gates, bool):
             raise ValueError(f"gates must be a bool, got {self.gates!r}")
         if not (math.isfinite(self.reference_offset_mm) and self.reference_offset_mm > 0):
-            raise ValueError(f"reference_offset_mm must be finite and > 0, got {self.reference_offset_mm!r}")
+            raise ValueError(
+                f"reference_offset_mm must be finite and > 0, got {self.reference_offset_mm!r}"
+            )
         if not (isinstance(self.resolution, int) and 8 <= self.resolution <= 2048):
             raise ValueError(f"resolution must be an int in [8, 2048], got {self.resolution!r}")
         if not self.scales or not all(0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be fractions in (0, 1], got {self.scales}")
         if self.robust != "auto" and self.robust not in ROBUST_KERNELS:
-            raise ValueError(f"robust must be 'auto' or one of {', '.join(ROBUST_KERNELS)}, got {self.robust!r}")
+            raise ValueError(
+                f"robust must be 'auto' or one of {', '.join(ROBUST_KERNELS)}, got {self.robust!r}"
+            )
         if not isinstance(self.masking, bool):
             raise ValueError(f"masking must be a bool, got {self.masking!r}")
         if self.residuals not in ("intensity", "intensity+gradient"):
-            raise ValueError(f"residuals must be 'intensity' or 'intensity+gradient', got {self.residuals!r}")
+            raise ValueError(
+                f"residuals must be 'intensity' or 'intensity+gradient', got {self.residuals!r}"
+            )
         if self.intensity_fit not in INTENSITY_FITS:
-            raise ValueError(f"intensity_fit must be one of {', '.join(INTENSITY_FITS)}, got {self.intensity_fit!r}")
-        if not (math.isfinite(self.tracking_window_margin_mm) and self.tracking_window_margin_mm > 0):
-            raise ValueError(f"tracking_window_margin_mm must be > 0, got {self.tracking_window_margin_mm}")
-        if self.ray_step_mm is not None and not (math.isfinite(self.ray_step_mm) and self.ray_step_mm > 0):
+            raise ValueError(
+                f"intensity_fit must be one of {', '.join(INTENSITY_FITS)}, got {self.intensity_fit!r}"
+            )
+        if not (
+            math.isfinite(self.tracking_window_margin_mm) and self.tracking_window_margin_mm > 0
+        ):
+            raise ValueError(
+                f"tracking_window_margin_mm must be > 0, got {self.tracking_window_margin_mm}"
+            )
+        if self.ray_step_mm is not None and not (
+            math.isfinite(self.ray_step_mm) and self.ray_step_mm > 0
+        ):
             raise ValueError(f"ray_step_mm must be > 0 (or None), got {self.ray_step_mm}")
         if not (isinstance(self.restarts, int) and 0 <= self.restarts <= 6):
             raise ValueError(f"restarts must be an int in [0, 6], got {self.restarts!r}")
@@ -212,17 +243,29 @@ class RegistrarConfig:
             torch.device(self.device)  # raises for a malformed name
         self.lm_config()  # validates the solver settings
 
-    def lm_config(self, unrolled: bool = False, learned: bool = False, tracking: bool = False) -> LMConfig:
+    def lm_config(
+        self, unrolled: bool = False, learned: bool = False, tracking: bool = False
+    ) -> LMConfig:
         """The solver settings of this configuration (``learned``: for a learned similarity;
         ``tracking``: for registrations that start within about a millimetre)."""
         robust = ("none" if learned else AUTO_ROBUST) if self.robust == "auto" else self.robust
         margin = {"window_margin_mm": self.tracking_window_margin_mm} if tracking else {}
-        return LMConfig(**margin, max_iterations=self.max_iterations, step_tol_mm=self.step_tol_mm,
-                        step_tol_rad=self.step_tol_rad, cost_tol=self.cost_tol, damping=self.damping,
-                        lambda_init=self.lambda_init, rotation_scale_mm=self.rotation_scale_mm,
-                        max_translation_mm=self.max_translation_mm, max_rotation_rad=self.max_rotation_rad,
-                        robust=robust, robust_scale=self.robust_scale or DEFAULT_ROBUST_SCALE.get(robust, 2.0),
-                        unrolled=unrolled, covariance_scale=self.covariance_scale)
+        return LMConfig(
+            **margin,
+            max_iterations=self.max_iterations,
+            step_tol_mm=self.step_tol_mm,
+            step_tol_rad=self.step_tol_rad,
+            cost_tol=self.cost_tol,
+            damping=self.damping,
+            lambda_init=self.lambda_init,
+            rotation_scale_mm=self.rotation_scale_mm,
+            max_translation_mm=self.max_translation_mm,
+            max_rotation_rad=self.max_rotation_rad,
+            robust=robust,
+            robust_scale=self.robust_scale or DEFAULT_ROBUST_SCALE.get(robust, 2.0),
+            unrolled=unrolled,
+            covariance_scale=self.covariance_scale,
+        )
 
     @classmethod
     def from_dict(cls, values: dict) -> "RegistrarConfig":
@@ -254,23 +297,46 @@ class _Invalid(ValueError):
     """Bad input to one registration (becomes Status.INVALID_INPUT)."""
 
 
-def _failed(status: Status, message: str, pose: np.ndarray | None, timings: dict | None = None) -> RegistrationResult:
+def _failed(
+    status: Status, message: str, pose: np.ndarray | None, timings: dict | None = None
+) -> RegistrationResult:
     pose = np.full((4, 4), np.nan) if pose is None else np.asarray(pose, dtype=np.float64)
-    return RegistrationResult(pose=pose, covariance=np.full((6, 6), np.nan), cost=math.nan,
-                              initial_cost=math.nan, iterations=0, status=status, message=message,
-                              timings=dict(timings or {}), history=[])
+    return RegistrationResult(
+        pose=pose,
+        covariance=np.full((6, 6), np.nan),
+        cost=math.nan,
+        initial_cost=math.nan,
+        iterations=0,
+        status=status,
+        message=message,
+        timings=dict(timings or {}),
+        history=[],
+    )
 
 
 def _fov_mismatch(trained: CarmGeometry | None, actual: CarmGeometry) -> str:
     """What differs physically between two detectors (sdd, size in mm, principal point); ''."""
     if trained is None:
         return ""
-    a = {"sdd": trained.sdd, "width_mm": trained.width * trained.delx, "height_mm": trained.height * trained.dely,
-         "x0": trained.x0, "y0": trained.y0}
-    b = {"sdd": actual.sdd, "width_mm": actual.width * actual.delx, "height_mm": actual.height * actual.dely,
-         "x0": actual.x0, "y0": actual.y0}
-    return ", ".join(f"{k} {a[k]:g} vs {b[k]:g}" for k in a
-                     if not math.isclose(a[k], b[k], rel_tol=1e-3, abs_tol=1e-3 * max(1.0, a["sdd"] / 1000)))
+    a = {
+        "sdd": trained.sdd,
+        "width_mm": trained.width * trained.delx,
+        "height_mm": trained.height * trained.dely,
+        "x0": trained.x0,
+        "y0": trained.y0,
+    }
+    b = {
+        "sdd": actual.sdd,
+        "width_mm": actual.width * actual.delx,
+        "height_mm": actual.height * actual.dely,
+        "x0": actual.x0,
+        "y0": actual.y0,
+    }
+    return ", ".join(
+        f"{k} {a[k]:g} vs {b[k]:g}"
+        for k in a
+        if not math.isclose(a[k], b[k], rel_tol=1e-3, abs_tol=1e-3 * max(1.0, a["sdd"] / 1000))
+    )
 
 
 def _check_image(image: Any, geometry: CarmGeometry) -> np.ndarray:
@@ -283,13 +349,19 @@ def _check_image(image: Any, geometry: CarmGeometry) -> np.ndarray:
     if image.ndim != 2:
         raise _Invalid(f"image must be 2-D (H, W), got shape {image.shape}")
     if not np.issubdtype(image.dtype, np.floating):
-        raise _Invalid(f"image must be a float line-integral image (log domain), got dtype {image.dtype}; "
-                       "convert raw intensities with log(I0) - log(I)")
+        raise _Invalid(
+            f"image must be a float line-integral image (log domain), got dtype {image.dtype}; "
+            "convert raw intensities with log(I0) - log(I)"
+        )
     if image.shape != (geometry.height, geometry.width):
-        raise _Invalid(f"image is {image.shape[0]}x{image.shape[1]} but the geometry is "
-                       f"{geometry.height}x{geometry.width}")
+        raise _Invalid(
+            f"image is {image.shape[0]}x{image.shape[1]} but the geometry is "
+            f"{geometry.height}x{geometry.width}"
+        )
     if not np.all(np.isfinite(image)):
-        raise _Invalid(f"image contains {int(np.size(image) - np.count_nonzero(np.isfinite(image)))} NaN or inf pixels")
+        raise _Invalid(
+            f"image contains {int(np.size(image) - np.count_nonzero(np.isfinite(image)))} NaN or inf pixels"
+        )
     if float(image.max()) - float(image.min()) <= 1e-12 * max(1.0, float(np.abs(image).max())):
         raise _Invalid("image is constant (no contrast to register)")
     return image.astype(np.float32, copy=False)
@@ -309,8 +381,14 @@ def _check_pose(pose: Any) -> np.ndarray:
     if not np.all(np.isfinite(T)):
         raise _Invalid("initial pose contains NaN or inf")
     R = T[:3, :3]
-    if np.abs(R.T @ R - np.eye(3)).max() > 1e-3 or np.linalg.det(R) <= 0 or np.abs(T[3] - [0, 0, 0, 1]).max() > 1e-6:
-        raise _Invalid("initial pose is not a rigid transform (rotation not orthonormal or last row not 0 0 0 1)")
+    if (
+        np.abs(R.T @ R - np.eye(3)).max() > 1e-3
+        or np.linalg.det(R) <= 0
+        or np.abs(T[3] - [0, 0, 0, 1]).max() > 1e-6
+    ):
+        raise _Invalid(
+            "initial pose is not a rigid transform (rotation not orthonormal or last row not 0 0 0 1)"
+        )
     return T
 
 
@@ -327,8 +405,14 @@ class Registrar:
         spacing_mm: voxel size for rendering (mm).
     """
 
-    def __init__(self, ct: Volume, similarity=None, regressor=None, config: RegistrarConfig = RegistrarConfig(),
-                 spacing_mm: float = 2.0) -> None:
+    def __init__(
+        self,
+        ct: Volume,
+        similarity=None,
+        regressor=None,
+        config: RegistrarConfig = RegistrarConfig(),
+        spacing_mm: float = 2.0,
+    ) -> None:
         if not isinstance(ct, Volume):
             raise ValueError(f"ct must be a Volume, got {type(ct).__name__}")
         if not (math.isfinite(spacing_mm) and spacing_mm > 0):
@@ -344,32 +428,48 @@ class Registrar:
         self.roi_world = self._roi(ct, render_ct, config.roi)
         self.learned = similarity is not None
         if similarity is None:
-            similarity = IntensityResiduals(gradients=config.residuals == "intensity+gradient",
-                                            levels=config.residual_levels, local_window=config.local_window,
-                                            curve_degree=3 if "curve" in config.intensity_fit else 0,
-                                            materials="bone" in config.intensity_fit,
-                                            fit_min_height=config.resolution)
+            similarity = IntensityResiduals(
+                gradients=config.residuals == "intensity+gradient",
+                levels=config.residual_levels,
+                local_window=config.local_window,
+                curve_degree=3 if "curve" in config.intensity_fit else 0,
+                materials="bone" in config.intensity_fit,
+                fit_min_height=config.resolution,
+            )
         if isinstance(similarity, torch.nn.Module):
             similarity = similarity.to(self.device).eval()
         self.similarity = similarity
         # the bone's own attenuation, rendered beside the whole DRR when the residuals weigh it
-        self._channels = (torch.as_tensor(bone_attenuation(render_ct.data))[None]
-                          if getattr(similarity, "drr_channels", 1) > 1 else None)
+        self._channels = (
+            torch.as_tensor(bone_attenuation(render_ct.data))[None]
+            if getattr(similarity, "drr_channels", 1) > 1
+            else None
+        )
         self.regressor = regressor.to(self.device).eval() if regressor is not None else None
         self.solver = LevenbergMarquardt(similarity, config.lm_config(learned=self.learned))
         # tracking registrations: own solver (narrower sampling window; its own render cache)
-        self.tracking_solver = LevenbergMarquardt(similarity, config.lm_config(learned=self.learned, tracking=True))
+        self.tracking_solver = LevenbergMarquardt(
+            similarity, config.lm_config(learned=self.learned, tracking=True)
+        )
         # the consistency check's second starts: own solver, so they leave the tracking render cache alone
-        self._check_solver = LevenbergMarquardt(similarity, config.lm_config(learned=self.learned, tracking=True))
+        self._check_solver = LevenbergMarquardt(
+            similarity, config.lm_config(learned=self.learned, tracking=True)
+        )
         self._renderers: dict[CarmGeometry, DrrRenderer] = {}
         self.mask_config = MaskConfig()
         #: the quality gates applied when ``config.gates`` (may be replaced between registrations,
         #: e.g. when the node's gate parameters change; no rebuild needed)
         self.trust: TrustConfig = config.trust
         self.model_geometry: CarmGeometry | None = None  # the detector the models were trained for
-        self.source = f"CT {ct.source} at {spacing_mm:g} mm; " + (
-            "learned similarity" if self.learned else f"learning-free {config.residuals} residuals") + (
-            " + regressor" if regressor is not None else "")
+        self.source = (
+            f"CT {ct.source} at {spacing_mm:g} mm; "
+            + (
+                "learned similarity"
+                if self.learned
+                else f"learning-free {config.residuals} residuals"
+            )
+            + (" + regressor" if regressor is not None else "")
+        )
 
     def _roi(self, ct: Volume, render_ct: Volume, roi) -> np.ndarray:
         """The region-of-interest point (world mm) of ``config.roi``."""
@@ -385,9 +485,14 @@ class Registrar:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_files(cls, ct_path: str | None, model_path: str | None,
-                   config: RegistrarConfig = RegistrarConfig(), spacing_mm: float | None = None,
-                   force: bool = False) -> "Registrar":
+    def from_files(
+        cls,
+        ct_path: str | None,
+        model_path: str | None,
+        config: RegistrarConfig = RegistrarConfig(),
+        spacing_mm: float | None = None,
+        force: bool = False,
+    ) -> "Registrar":
         """CT from a file (None → the embedded example CT) and models from a checkpoint
         (None → learning-free). The checkpoint is refused for another CT unless ``force``.
         ``spacing_mm`` None: the CT spacing the models were trained with, else 2 mm; the ray step
@@ -395,14 +500,24 @@ class Registrar:
         ct = load_example_ct()[0] if not ct_path else load_volume(ct_path)
         if not model_path:
             return cls(ct, config=config, spacing_mm=spacing_mm or 2.0)
-        bundle = load_checkpoint(model_path, ct=ct, geometry=None, force=force,
-                                 map_location=resolve_device(config.device))
+        bundle = load_checkpoint(
+            model_path,
+            ct=ct,
+            geometry=None,
+            force=force,
+            map_location=resolve_device(config.device),
+        )
         spacing = spacing_mm or getattr(bundle, "working_spacing_mm", None) or 2.0
         step = (getattr(bundle, "training", None) or {}).get("step_mm")
         if config.ray_step_mm is None and step:
             config = replace(config, ray_step_mm=float(step))
-        reg = cls(ct, similarity=getattr(bundle, "similarity", None), regressor=getattr(bundle, "regressor", None),
-                  config=config, spacing_mm=float(spacing))
+        reg = cls(
+            ct,
+            similarity=getattr(bundle, "similarity", None),
+            regressor=getattr(bundle, "regressor", None),
+            config=config,
+            spacing_mm=float(spacing),
+        )
         reg.bundle = bundle
         reg.model_geometry = getattr(bundle, "geometry", None)
         reg.source += f"; model {model_path}"
@@ -441,8 +556,13 @@ class Registrar:
                 self._renderers.pop(next(iter(self._renderers)))
             # the bone's DRR only where the residuals fit it (see IntensityResiduals.fit_min_height)
             fits = geometry.height >= getattr(self.similarity, "fit_min_height", 0)
-            r = DrrRenderer(self._mu, self._affine, geometry, step_mm=self.config.ray_step_mm,
-                            channels=self._channels if fits else None).to(self.device)
+            r = DrrRenderer(
+                self._mu,
+                self._affine,
+                geometry,
+                step_mm=self.config.ray_step_mm,
+                channels=self._channels if fits else None,
+            ).to(self.device)
             self._renderers[geometry] = r
         return r
 
@@ -451,8 +571,15 @@ class Registrar:
         return ap_pose(self.center_world)[0].numpy()
 
     # ------------------------------------------------------------------ registration
-    def register(self, image: np.ndarray, geometry: CarmGeometry, init_pose: np.ndarray | None = None,
-                 *, solver=None, fine_only: bool = False) -> RegistrationResult:
+    def register(
+        self,
+        image: np.ndarray,
+        geometry: CarmGeometry,
+        init_pose: np.ndarray | None = None,
+        *,
+        solver=None,
+        fine_only: bool = False,
+    ) -> RegistrationResult:
         """Register one image ``(H, W)`` (float, log domain) taken with ``geometry``.
 
         ``init_pose`` ``(4, 4)`` ``T_ct_from_carm`` (mm) to start from; None → the regressor, or
@@ -462,12 +589,23 @@ class Registrar:
         (tracking: the initial pose is already close, so the coarse pass only costs time; the
         default solver is then ``tracking_solver``).
         """
-        return self.register_batch([image], geometry, None if init_pose is None else [init_pose],
-                                   solver=solver, fine_only=fine_only)[0]
+        return self.register_batch(
+            [image],
+            geometry,
+            None if init_pose is None else [init_pose],
+            solver=solver,
+            fine_only=fine_only,
+        )[0]
 
-    def register_batch(self, images: Sequence[np.ndarray] | np.ndarray, geometry: CarmGeometry,
-                       init_poses: Sequence[np.ndarray | None] | np.ndarray | None = None,
-                       *, solver=None, fine_only: bool = False) -> list[RegistrationResult]:
+    def register_batch(
+        self,
+        images: Sequence[np.ndarray] | np.ndarray,
+        geometry: CarmGeometry,
+        init_poses: Sequence[np.ndarray | None] | np.ndarray | None = None,
+        *,
+        solver=None,
+        fine_only: bool = False,
+    ) -> list[RegistrationResult]:
         """Register ``N`` images ``(N, H, W)`` of one geometry, batched through the solver.
 
         ``init_poses``: ``(N, 4, 4)``, a list with None entries (regressor / default), or None.
@@ -477,14 +615,29 @@ class Registrar:
         try:
             n = len(images)
         except TypeError:
-            return [_failed(Status.INVALID_INPUT, f"images must be a sequence or (N, H, W) array, "
-                            f"got {type(images).__name__}", None)]
+            return [
+                _failed(
+                    Status.INVALID_INPUT,
+                    f"images must be a sequence or (N, H, W) array, got {type(images).__name__}",
+                    None,
+                )
+            ]
         if not isinstance(geometry, CarmGeometry):
-            return [_failed(Status.INVALID_INPUT, f"geometry must be a CarmGeometry, got {type(geometry).__name__}",
-                            None) for _ in range(n)]
+            return [
+                _failed(
+                    Status.INVALID_INPUT,
+                    f"geometry must be a CarmGeometry, got {type(geometry).__name__}",
+                    None,
+                )
+                for _ in range(n)
+            ]
         if init_poses is not None and len(init_poses) != n:
-            return [_failed(Status.INVALID_INPUT, f"{len(init_poses)} initial poses for {n} images", None)
-                    for _ in range(n)]
+            return [
+                _failed(
+                    Status.INVALID_INPUT, f"{len(init_poses)} initial poses for {n} images", None
+                )
+                for _ in range(n)
+            ]
         results: list[RegistrationResult | None] = [None] * n
         valid, arrays, inits = [], [], []
         for i in range(n):
@@ -496,24 +649,36 @@ class Registrar:
             except _Invalid as exc:
                 if len(arrays) > len(inits):
                     arrays.pop()
-                results[i] = _failed(Status.INVALID_INPUT, str(exc), None,
-                                     {"total": time.perf_counter() - t0})
+                results[i] = _failed(
+                    Status.INVALID_INPUT, str(exc), None, {"total": time.perf_counter() - t0}
+                )
         if valid:
             try:
                 default = self.tracking_solver if fine_only else self.solver
-                done = self._register_valid(arrays, inits, geometry, t0, solver or default, fine_only)
+                done = self._register_valid(
+                    arrays, inits, geometry, t0, solver or default, fine_only
+                )
             except Exception as exc:  # never let a bad case take the caller down
                 log.exception("registration failed")
                 status = Status.INVALID_INPUT if isinstance(exc, ValueError) else Status.DIVERGED
                 total = (time.perf_counter() - t0) / len(valid)
-                done = [_failed(status, f"{type(exc).__name__}: {exc}", init, {"total": total}) for init in inits]
+                done = [
+                    _failed(status, f"{type(exc).__name__}: {exc}", init, {"total": total})
+                    for init in inits
+                ]
             for i, res in zip(valid, done):
                 results[i] = res
         return results  # type: ignore[return-value]
 
-    def _register_valid(self, arrays: list[np.ndarray], inits: list[np.ndarray | None],
-                        geometry: CarmGeometry, t0: float, solver, fine_only: bool = False
-                        ) -> list[RegistrationResult]:
+    def _register_valid(
+        self,
+        arrays: list[np.ndarray],
+        inits: list[np.ndarray | None],
+        geometry: CarmGeometry,
+        t0: float,
+        solver,
+        fine_only: bool = False,
+    ) -> list[RegistrationResult]:
         n = len(arrays)
         reg_geometry = self.registration_geometry(geometry)
         full = torch.from_numpy(np.stack(arrays))[:, None].to(self.device)
@@ -533,8 +698,9 @@ class Registrar:
                 t_reg = time.perf_counter() - t1
                 note = _fov_mismatch(self.model_geometry, geometry)
                 for i in missing:
-                    messages[i] = "initial pose from the regressor" + (f" (trained for another detector: {note})"
-                                                                       if note else "")
+                    messages[i] = "initial pose from the regressor" + (
+                        f" (trained for another detector: {note})" if note else ""
+                    )
             else:
                 poses[missing] = self.default_pose()
                 for i in missing:
@@ -551,9 +717,17 @@ class Registrar:
             kwargs["mask"] = resize_mask(valid, reg_geometry.height, reg_geometry.width)
             for i, m in enumerate(found):
                 if m.masked_fraction > 0:
-                    parts = ", ".join(f"{k} {100 * v:.0f} %" for k, v in m.fractions().items() if k != "masked" and v > 0)
-                    messages[i] = _joined(messages[i], f"masked {100 * m.masked_fraction:.0f} % ({parts})")
-        out = solver.solve(renderers, fixed, torch.from_numpy(poses), center=self.center_world, **kwargs)
+                    parts = ", ".join(
+                        f"{k} {100 * v:.0f} %"
+                        for k, v in m.fractions().items()
+                        if k != "masked" and v > 0
+                    )
+                    messages[i] = _joined(
+                        messages[i], f"masked {100 * m.masked_fraction:.0f} % ({parts})"
+                    )
+        out = solver.solve(
+            renderers, fixed, torch.from_numpy(poses), center=self.center_world, **kwargs
+        )
         if self.config.restarts and not fine_only and solver is self.solver:
             self._restart_failures(out, renderers, fixed, poses, kwargs.get("mask"), messages)
         t_lm = time.perf_counter() - t2
@@ -565,17 +739,38 @@ class Registrar:
             status, msg = res.status, res.message
             if fine_only and status is Status.NO_PROGRESS:
                 # the warm start is a previous registration's end (real progress was made there)
-                status, msg = Status.CONVERGED, f"the start (the last registration's end) is already the minimum ({msg})"
-            res = replace(res, status=status, masked_fraction=fractions[i], valid_mask=valid_masks[i],
-                          roi_mm=self.roi_world.copy())
+                status, msg = (
+                    Status.CONVERGED,
+                    f"the start (the last registration's end) is already the minimum ({msg})",
+                )
+            res = replace(
+                res,
+                status=status,
+                masked_fraction=fractions[i],
+                valid_mask=valid_masks[i],
+                roi_mm=self.roi_world.copy(),
+            )
             if status.usable:
-                m = None if mask is None else mask[i:i + 1]
-                res = replace(res, normalised_cost=self.solver.normalised_cost(
-                    renderers[-1], fixed[i:i + 1], torch.from_numpy(res.pose), m,
-                    offset_mm=self.config.reference_offset_mm, center=self.center_world))
+                m = None if mask is None else mask[i : i + 1]
+                res = replace(
+                    res,
+                    normalised_cost=self.solver.normalised_cost(
+                        renderers[-1],
+                        fixed[i : i + 1],
+                        torch.from_numpy(res.pose),
+                        m,
+                        offset_mm=self.config.reference_offset_mm,
+                        center=self.center_world,
+                    ),
+                )
                 # the consistency check for cold starts only: a warm start begins at a checked pose
                 if status is Status.CONVERGED and self.trust.consistency and not fine_only:
-                    res = replace(res, consistency_mm=self._consistency(renderers[-1], fixed[i:i + 1], res.pose, m))
+                    res = replace(
+                        res,
+                        consistency_mm=self._consistency(
+                            renderers[-1], fixed[i : i + 1], res.pose, m
+                        ),
+                    )
             final.append(replace(res, message=_joined(msg, messages[i])))
         t_trust = (time.perf_counter() - t3) / n
         total = time.perf_counter() - t0
@@ -585,8 +780,13 @@ class Registrar:
             final = [apply_gates(r, self.trust) for r in final]
         return final
 
-    def _consistency(self, renderer: DrrRenderer, fixed: torch.Tensor, pose: np.ndarray,
-                     mask: torch.Tensor | None) -> float:
+    def _consistency(
+        self,
+        renderer: DrrRenderer,
+        fixed: torch.Tensor,
+        pose: np.ndarray,
+        mask: torch.Tensor | None,
+    ) -> float:
         """Distance (mm, at the region of interest) between ``pose`` and where a second start ends:
         ``pose`` moved by ``trust.consistency_offset_mm`` along the C-arm's x axis and rotated by
         ``offset / 100`` rad about its y axis through the CT's centre (finest scale only)."""
@@ -596,18 +796,26 @@ class Registrar:
         T = torch.as_tensor(pose, dtype=torch.float64)
         c = torch.as_tensor(self.center_world, dtype=torch.float64)
         R = so3_exp(T[:3, 1] * (d / 100.0))
-        start = make_pose(R, c - R @ c) @ make_pose(torch.eye(3, dtype=torch.float64), d * T[:3, 0]) @ T
+        start = (
+            make_pose(R, c - R @ c) @ make_pose(torch.eye(3, dtype=torch.float64), d * T[:3, 0]) @ T
+        )
         kw = {} if mask is None else {"mask": mask}
-        out = self._check_solver.solve([renderer], fixed, start[None], center=self.center_world, **kw)
+        out = self._check_solver.solve(
+            [renderer], fixed, start[None], center=self.center_world, **kw
+        )
         if not out.status[0].usable:
             return math.inf
         end = out.pose[0].detach().to("cpu", torch.float64).numpy()
-        return float(np.linalg.norm(point_error(end, np.asarray(pose, dtype=np.float64), self.roi_world)))
+        return float(
+            np.linalg.norm(point_error(end, np.asarray(pose, dtype=np.float64), self.roi_world))
+        )
 
     def _looks_failed(self, out, i: int) -> bool:
         """Whether element ``i`` of an LM result should be started again (see ``restarts``)."""
         st, cost, c0 = out.status[i], float(out.cost[i]), float(out.initial_cost[i])
-        return not st.usable or not math.isfinite(cost) or cost > self.config.restart_cost_ratio * c0
+        return (
+            not st.usable or not math.isfinite(cost) or cost > self.config.restart_cost_ratio * c0
+        )
 
     def hypotheses(self, pose: np.ndarray) -> np.ndarray:
         """Start poses ``(K, 4, 4)`` around ``pose``: rotated by ``± restart_rotation_deg`` about the
@@ -618,7 +826,9 @@ class Registrar:
         c = torch.as_tensor(self.center_world, dtype=torch.float64)
         a = math.radians(self.config.restart_rotation_deg)
         # out-of-plane (the C-arm's x and y axes, in world coordinates) first: the hardest directions
-        order = ((0, 1.0), (1, 1.0), (0, -1.0), (1, -1.0), (2, 1.0), (2, -1.0))[:self.config.restarts]
+        order = ((0, 1.0), (1, 1.0), (0, -1.0), (1, -1.0), (2, 1.0), (2, -1.0))[
+            : self.config.restarts
+        ]
         if not order:
             return np.empty((0, 4, 4))
         R = so3_exp(torch.stack([pose[:3, axis] * sign * a for axis, sign in order]))
@@ -628,20 +838,28 @@ class Registrar:
         """Multi-start for the elements of ``out`` that look failed (in place, see ``restarts``)."""
         t0 = time.perf_counter()
         for i in range(len(poses)):
-            if not self._looks_failed(out, i) or time.perf_counter() - t0 > self.config.restart_budget_s:
+            if (
+                not self._looks_failed(out, i)
+                or time.perf_counter() - t0 > self.config.restart_budget_s
+            ):
                 continue
             starts = self.hypotheses(poses[i])
-            fx, mk = fixed[i:i + 1], None if mask is None else mask[i:i + 1]
+            fx, mk = fixed[i : i + 1], None if mask is None else mask[i : i + 1]
             ends = [(out, i)]  # (LM result, element) of every usable end; the first run's first
             tried = 0
             for k in range(0, len(starts), 2):
                 if time.perf_counter() - t0 > self.config.restart_budget_s:
                     break
-                batch = starts[k:k + 2]
+                batch = starts[k : k + 2]
                 n = len(batch)
                 kw = {} if mk is None else {"mask": mk.expand(n, -1, -1, -1)}
-                res = self.solver.solve(renderers, fx.expand(n, -1, -1, -1), torch.from_numpy(batch),
-                                        center=self.center_world, **kw)
+                res = self.solver.solve(
+                    renderers,
+                    fx.expand(n, -1, -1, -1),
+                    torch.from_numpy(batch),
+                    center=self.center_world,
+                    **kw,
+                )
                 ends += [(res, j) for j in range(n) if res.status[j].usable]
                 tried += n
             end_poses = torch.stack([r.pose[j].detach().to(torch.float64).cpu() for r, j in ends])
@@ -674,7 +892,9 @@ class Registrar:
         g = geometry
         if side > self.config.render_max_size:
             f = self.config.render_max_size / side
-            g = geometry.resized(max(1, round(geometry.height * f)), max(1, round(geometry.width * f)))
+            g = geometry.resized(
+                max(1, round(geometry.height * f)), max(1, round(geometry.width * f))
+            )
         r = self.renderer(g)
         with torch.no_grad():
             img = r(torch.as_tensor(T, dtype=r.dtype, device=self.device)[None])

@@ -40,10 +40,14 @@ __all__ = ["RegressorConfig", "PoseRegressor", "to_isocentric", "pose_to_params"
 
 def to_isocentric(T: Tensor, center_world, sod_mm: float) -> Tensor:
     """``Trans(-c) · T · Trans(0, 0, sod)`` of poses ``T (..., 4, 4)`` (mm); see the module docstring."""
-    c = torch.as_tensor(np.asarray(center_world, dtype=np.float64), dtype=T.dtype, device=T.device).reshape(3)
+    c = torch.as_tensor(
+        np.asarray(center_world, dtype=np.float64), dtype=T.dtype, device=T.device
+    ).reshape(3)
     eye = torch.eye(3, dtype=T.dtype, device=T.device)
     shift_world = make_pose(eye, -c)
-    shift_carm = make_pose(eye, torch.tensor([0.0, 0.0, float(sod_mm)], dtype=T.dtype, device=T.device))
+    shift_carm = make_pose(
+        eye, torch.tensor([0.0, 0.0, float(sod_mm)], dtype=T.dtype, device=T.device)
+    )
     return shift_world @ T @ shift_carm
 
 
@@ -80,8 +84,10 @@ class RegressorConfig:
         if self.channel_scale == 1.0:
             return {}
         s = self.channel_scale
-        return {"channels": tuple(max(4, int(round(c * s))) for c in (64, 128, 256, 512)),
-                "stem_width": max(4, int(round(64 * s)))}
+        return {
+            "channels": tuple(max(4, int(round(c * s))) for c in (64, 128, 256, 512)),
+            "stem_width": max(4, int(round(64 * s))),
+        }
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,7 +119,9 @@ def pose_to_params(T: Tensor, center_world, dist: PoseDistribution) -> Tensor:
     G_inv = se3_inverse(make_pose(R, c - R @ c))
     shift = se3_inverse(ref) @ G_inv @ T
     rot, t = _scales(dist)
-    return torch.cat([w / rot, shift[:, :3, 3] / torch.tensor(t, dtype=T.dtype, device=T.device)], -1)
+    return torch.cat(
+        [w / rot, shift[:, :3, 3] / torch.tensor(t, dtype=T.dtype, device=T.device)], -1
+    )
 
 
 class PoseRegressor(nn.Module):
@@ -125,8 +133,12 @@ class PoseRegressor(nn.Module):
         pose_distribution: the training pose distribution (reference view and output scales).
     """
 
-    def __init__(self, config: RegressorConfig | None = None, center_world=(0.0, 0.0, 0.0),
-                 pose_distribution: PoseDistribution | None = None) -> None:
+    def __init__(
+        self,
+        config: RegressorConfig | None = None,
+        center_world=(0.0, 0.0, 0.0),
+        pose_distribution: PoseDistribution | None = None,
+    ) -> None:
         super().__init__()
         self.config = config = config or RegressorConfig()
         self.pose_distribution = pose_distribution or PoseDistribution()
@@ -135,15 +147,22 @@ class PoseRegressor(nn.Module):
             raise ValueError(f"center_world must be 3 finite numbers (mm), got {center_world!r}")
         self.center_world = center
         try:
-            self.backbone = timm.create_model(config.backbone, pretrained=False, in_chans=1, num_classes=0,
-                                              **config.backbone_kwargs())
+            self.backbone = timm.create_model(
+                config.backbone,
+                pretrained=False,
+                in_chans=1,
+                num_classes=0,
+                **config.backbone_kwargs(),
+            )
         except Exception as exc:  # timm raises RuntimeError for unknown names
             raise ValueError(f"cannot build timm backbone {config.backbone!r}: {exc}") from exc
         self.head = nn.Linear(self.backbone.num_features, 6)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         rot, t = _scales(self.pose_distribution)
-        self.register_buffer("_scale", torch.tensor([rot] * 3 + list(t), dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "_scale", torch.tensor([rot] * 3 + list(t), dtype=torch.float64), persistent=False
+        )
 
     def params(self, images: Tensor) -> Tensor:
         """Raw outputs ``(B, 6)`` float32 (order one): scaled rotation vector and C-arm shift."""

@@ -20,11 +20,21 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IntensityResiduals", "CombinedResiduals", "standardize", "local_standardize", "erode", "fit_intensity", "fit_bone_weight",
-           "BONE_WEIGHT_BOUNDS"]
+__all__ = [
+    "IntensityResiduals",
+    "CombinedResiduals",
+    "standardize",
+    "local_standardize",
+    "erode",
+    "fit_intensity",
+    "fit_bone_weight",
+    "BONE_WEIGHT_BOUNDS",
+]
 
 
-def standardize(images: torch.Tensor, eps: float = 1e-8, mask: torch.Tensor | None = None) -> torch.Tensor:
+def standardize(
+    images: torch.Tensor, eps: float = 1e-8, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-image, per-channel zero mean and unit variance over ``(H, W)``: ``(B, C, H, W)``.
 
     ``mask`` ``(B, 1, H, W)`` (1 = valid): statistics over the valid pixels only, 0 elsewhere."""
@@ -39,8 +49,9 @@ def standardize(images: torch.Tensor, eps: float = 1e-8, mask: torch.Tensor | No
     return (images - mean) / torch.sqrt(var + eps) * m
 
 
-def local_standardize(images: torch.Tensor, window: int, eps: float = 1e-8,
-                      mask: torch.Tensor | None = None) -> torch.Tensor:
+def local_standardize(
+    images: torch.Tensor, window: int, eps: float = 1e-8, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Standardise each pixel by the mean and standard deviation of its ``window × window``
     neighbourhood (box window, borders by the pixels inside the image): ``(B, C, H, W)``.
 
@@ -60,7 +71,10 @@ def local_standardize(images: torch.Tensor, window: int, eps: float = 1e-8,
     m = mask.to(images.dtype)
     frac = F.avg_pool2d(m, window, stride=1, padding=pad, count_include_pad=False).clamp_min(1e-6)
     mean = F.avg_pool2d(images * m, window, stride=1, padding=pad, count_include_pad=False) / frac
-    sq = F.avg_pool2d(images * images * m, window, stride=1, padding=pad, count_include_pad=False) / frac
+    sq = (
+        F.avg_pool2d(images * images * m, window, stride=1, padding=pad, count_include_pad=False)
+        / frac
+    )
     var = (sq - mean * mean).clamp_min(0.0)
     n = m.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
     gmean = (images * m).sum(dim=(-2, -1), keepdim=True) / n
@@ -100,14 +114,17 @@ def _high_pass(x: torch.Tensor, w: torch.Tensor, window: int) -> torch.Tensor:
     """``x`` minus its mean over the valid pixels (weights ``w`` (B, 1, H, W)) of each
     ``window × window`` box (window 0: of the whole image)."""
     if window <= 0:
-        return x - (x * w).sum(dim=(-2, -1), keepdim=True) / w.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+        return x - (x * w).sum(dim=(-2, -1), keepdim=True) / w.sum(
+            dim=(-2, -1), keepdim=True
+        ).clamp_min(1.0)
     pad = window // 2
     frac = F.avg_pool2d(w, window, stride=1, padding=pad, count_include_pad=False).clamp_min(1e-6)
     return x - F.avg_pool2d(x * w, window, stride=1, padding=pad, count_include_pad=False) / frac
 
 
-def _normal_equations(phi: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None, window: int
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _normal_equations(
+    phi: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None, window: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Least-squares fit of the fixed image on the regressors ``phi`` ``(B, D, H, W)`` over the
     valid pixels, both high-passed (:func:`_high_pass`): ``A = ΦᵀWΦ`` (B, D, D), ``b = ΦᵀWf``
     (B, D, 1) and the valid pixel count (B,), float64 (the regularisation is the caller's)."""
@@ -118,8 +135,13 @@ def _normal_equations(phi: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor
     return hw @ hp.transpose(1, 2), hw @ f[..., None], w.double().flatten(1).sum(-1).clamp_min(1.0)
 
 
-def fit_bone_weight(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = None, window: int = 0,
-                    bounds: tuple[float, float] = BONE_WEIGHT_BOUNDS) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_bone_weight(
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    window: int = 0,
+    bounds: tuple[float, float] = BONE_WEIGHT_BOUNDS,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The DRR with its bone reweighted as the X-ray shows it: ``t + (m − 1)·b`` for moving
     images ``(B, 2, H, W)`` = (whole DRR ``t``, bone DRR ``b``), and ``m`` (B,).
 
@@ -130,8 +152,9 @@ def fit_bone_weight(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tenso
     Differentiable (forward-mode AD too) inside the bounds.
     """
     A, b, _ = _normal_equations(moving[:, :2], fixed, mask, window)
-    A = A + 1e-9 * torch.diagonal(A, dim1=-2, dim2=-1).sum(-1)[:, None, None] * torch.eye(2, dtype=A.dtype,
-                                                                                         device=A.device)
+    A = A + 1e-9 * torch.diagonal(A, dim1=-2, dim2=-1).sum(-1)[:, None, None] * torch.eye(
+        2, dtype=A.dtype, device=A.device
+    )
     coef = torch.linalg.solve(A, b)[..., 0]  # (B, 2)
     a = coef[:, 0]
     tiny = 1e-9 * coef.abs().amax(-1).clamp_min(1e-30)
@@ -139,8 +162,14 @@ def fit_bone_weight(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tenso
     return moving[:, :1] + (m - 1.0).to(moving.dtype)[:, None, None, None] * moving[:, 1:2], m
 
 
-def fit_intensity(moving: torch.Tensor, fixed: torch.Tensor, degree: int = 1, mask: torch.Tensor | None = None,
-                  window: int = 0, ridge: float = 1e-3) -> torch.Tensor:
+def fit_intensity(
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    degree: int = 1,
+    mask: torch.Tensor | None = None,
+    window: int = 0,
+    ridge: float = 1e-3,
+) -> torch.Tensor:
     """The intensity model ``Σₖ cₖ φₖ`` that best fits the fixed image, per batch element:
     ``(B, 1, H, W)``.
 
@@ -158,7 +187,9 @@ def fit_intensity(moving: torch.Tensor, fixed: torch.Tensor, degree: int = 1, ma
     if not (isinstance(degree, int) and degree >= 1):
         raise ValueError(f"degree must be an int >= 1, got {degree!r}")
     first = standardize(moving[:, :1], mask=mask)
-    phi = torch.cat([first ** k for k in range(1, degree + 1)] + [standardize(moving[:, 1:], mask=mask)], dim=1)
+    phi = torch.cat(
+        [first**k for k in range(1, degree + 1)] + [standardize(moving[:, 1:], mask=mask)], dim=1
+    )
     A, b, n = _normal_equations(phi, fixed, mask, window)
     A = A + ridge * n[:, None, None] * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     coef = torch.linalg.solve(A, b)  # (B, D, 1)
@@ -193,16 +224,26 @@ class IntensityResiduals(torch.nn.Module):
     (after the fit); the cost is the same kind of local NCC, now of the fitted DRR.
     """
 
-    def __init__(self, gradients: bool = False, gradient_weight: float = 1.0, levels: int = 1,
-                 level_weights: Sequence[float] | None = None, local_window: float = 0.0,
-                 eps: float = 1e-8, curve_degree: int = 0, materials: bool = False,
-                 fit_min_height: int = 0) -> None:
+    def __init__(
+        self,
+        gradients: bool = False,
+        gradient_weight: float = 1.0,
+        levels: int = 1,
+        level_weights: Sequence[float] | None = None,
+        local_window: float = 0.0,
+        eps: float = 1e-8,
+        curve_degree: int = 0,
+        materials: bool = False,
+        fit_min_height: int = 0,
+    ) -> None:
         super().__init__()
         if not (isinstance(levels, int) and levels >= 1):
             raise ValueError(f"levels must be an int >= 1, got {levels!r}")
         weights = [1.0] * levels if level_weights is None else [float(v) for v in level_weights]
         if len(weights) != levels or not all(math.isfinite(v) and v >= 0 for v in weights):
-            raise ValueError(f"level_weights must be {levels} finite values >= 0, got {level_weights}")
+            raise ValueError(
+                f"level_weights must be {levels} finite values >= 0, got {level_weights}"
+            )
         if not (math.isfinite(gradient_weight) and gradient_weight >= 0):
             raise ValueError(f"gradient_weight must be finite and >= 0, got {gradient_weight}")
         if not (math.isfinite(local_window) and 0 <= local_window < 1):
@@ -228,19 +269,30 @@ class IntensityResiduals(torch.nn.Module):
         valid pixels only; masked pixels embed to 0 (give them zero weight:
         :meth:`residual_weights`)."""
         if images.ndim != 4 or not 1 <= images.shape[1] <= self.drr_channels:
-            raise ValueError(f"images must be (B, 1, H, W) (or (B, {self.drr_channels}, H, W) DRRs), "
-                             f"got {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be (B, 1, H, W) (or (B, {self.drr_channels}, H, W) DRRs), "
+                f"got {tuple(images.shape)}"
+            )
         if mask is not None and mask.shape[-2:] != images.shape[-2:]:
-            raise ValueError(f"mask {tuple(mask.shape)} does not match images {tuple(images.shape)}")
+            raise ValueError(
+                f"mask {tuple(mask.shape)} does not match images {tuple(images.shape)}"
+            )
         if self.curve_degree:
             valid = torch.ones_like(images[:, :1]) if mask is None else mask.to(images.dtype)
             missing = self.drr_channels - images.shape[1]
-            return torch.cat([images, images.new_zeros(images.shape[0], missing, *images.shape[2:]), valid], dim=1)
+            return torch.cat(
+                [images, images.new_zeros(images.shape[0], missing, *images.shape[2:]), valid],
+                dim=1,
+            )
         return self._standardized(images, mask)
 
     def _window(self, height: int) -> int:
         """Local standardisation window (odd, px) for images of ``height``; 0 = global."""
-        return max(3, 2 * int(round(self.local_window * height / 2)) + 1) if self.local_window > 0 else 0
+        return (
+            max(3, 2 * int(round(self.local_window * height / 2)) + 1)
+            if self.local_window > 0
+            else 0
+        )
 
     def _standardized(self, images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The comparison embedding (standardised image, optionally its gradients)."""
@@ -276,7 +328,9 @@ class IntensityResiduals(torch.nn.Module):
     def residuals(self, emb_moving: torch.Tensor, emb_fixed: torch.Tensor) -> torch.Tensor:
         """Residuals ``(B, M)``; ``½|R|²`` = weighted sum over levels of ``(1 − NCC)``-type terms."""
         if emb_moving.shape[1:] != emb_fixed.shape[1:]:
-            raise ValueError(f"embedding shapes differ: {tuple(emb_moving.shape)} vs {tuple(emb_fixed.shape)}")
+            raise ValueError(
+                f"embedding shapes differ: {tuple(emb_moving.shape)} vs {tuple(emb_fixed.shape)}"
+            )
         if self.curve_degree:
             mask = emb_fixed[:, -1:] > 0.5
             fitted = emb_moving[:, :1]
@@ -285,8 +339,13 @@ class IntensityResiduals(torch.nn.Module):
                 if self.materials and self.curve_degree == 1:
                     fitted = fit_bone_weight(emb_moving[:, :2], emb_fixed[:, :1], mask, window)[0]
                 else:
-                    fitted = fit_intensity(emb_moving[:, :-1], emb_fixed[:, :1], self.curve_degree, mask, window)
-            emb_moving, emb_fixed = self._standardized(fitted, mask), self._standardized(emb_fixed[:, :1], mask)
+                    fitted = fit_intensity(
+                        emb_moving[:, :-1], emb_fixed[:, :1], self.curve_degree, mask, window
+                    )
+            emb_moving, emb_fixed = (
+                self._standardized(fitted, mask),
+                self._standardized(emb_fixed[:, :1], mask),
+            )
         diff = emb_moving - emb_fixed
         out = []
         for level, weight in enumerate(self.level_weights):
@@ -323,7 +382,11 @@ class CombinedResiduals(torch.nn.Module):
 
     def __init__(self, models: Sequence[torch.nn.Module], weights: Sequence[float]) -> None:
         super().__init__()
-        if len(models) < 1 or len(models) != len(weights) or not all(math.isfinite(w) and w >= 0 for w in weights):
+        if (
+            len(models) < 1
+            or len(models) != len(weights)
+            or not all(math.isfinite(w) and w >= 0 for w in weights)
+        ):
             raise ValueError("need one finite weight >= 0 per model")
         self.models = torch.nn.ModuleList(models)
         self.weights = [float(w) for w in weights]
@@ -336,7 +399,7 @@ class CombinedResiduals(torch.nn.Module):
     def embed(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         embs = []
         for m in self.models:
-            x = images[:, :getattr(m, "drr_channels", 1)]
+            x = images[:, : getattr(m, "drr_channels", 1)]
             embs.append(m.embed(x) if mask is None else m.embed(x, mask=mask))
         self._shapes[tuple(images.shape[-2:])] = [tuple(e.shape[1:]) for e in embs]
         return torch.cat([e.flatten(1) for e in embs], dim=1)
@@ -346,12 +409,18 @@ class CombinedResiduals(torch.nn.Module):
         for shapes in self._shapes.values():
             sizes = [math.prod(s) for s in shapes]
             if sum(sizes) == n:
-                return [p.reshape(emb.shape[0], *s) for p, s in zip(emb.split(sizes, dim=1), shapes)]
+                return [
+                    p.reshape(emb.shape[0], *s) for p, s in zip(emb.split(sizes, dim=1), shapes)
+                ]
         raise ValueError(f"embedding of width {n} matches no image size embedded so far")
 
     def residuals(self, emb_moving: torch.Tensor, emb_fixed: torch.Tensor) -> torch.Tensor:
-        parts = [m.residuals(a, b) * math.sqrt(w) for m, a, b, w in
-                 zip(self.models, self._split(emb_moving), self._split(emb_fixed), self.weights)]
+        parts = [
+            m.residuals(a, b) * math.sqrt(w)
+            for m, a, b, w in zip(
+                self.models, self._split(emb_moving), self._split(emb_fixed), self.weights
+            )
+        ]
         return torch.cat(parts, dim=1)
 
     def similarity(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:

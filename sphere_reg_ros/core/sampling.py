@@ -54,12 +54,16 @@ class PoseDistribution:
         """The unperturbed AP pose ``(1, 4, 4)`` float64 aimed at the isocentre."""
         return ap_pose(center_world, self.sod_mm)
 
-    def compose(self, center_world: np.ndarray, rot_rad: torch.Tensor, t_carm: torch.Tensor) -> torch.Tensor:
+    def compose(
+        self, center_world: np.ndarray, rot_rad: torch.Tensor, t_carm: torch.Tensor
+    ) -> torch.Tensor:
         """Poses ``(n, 4, 4)`` float64 from rotation vectors ``(n, 3)`` and C-arm shifts ``(n, 3)``."""
         c = torch.as_tensor(np.asarray(center_world, dtype=np.float64)).reshape(3)
         R = so3_exp(rot_rad.to(torch.float64))
         G = make_pose(R, c - R @ c)
-        shift = make_pose(torch.eye(3, dtype=torch.float64).expand(len(t_carm), 3, 3), t_carm.to(torch.float64))
+        shift = make_pose(
+            torch.eye(3, dtype=torch.float64).expand(len(t_carm), 3, 3), t_carm.to(torch.float64)
+        )
         return G @ self.reference(center_world) @ shift
 
     def sample(self, n: int, center_world: np.ndarray, generator: torch.Generator) -> torch.Tensor:
@@ -68,5 +72,7 @@ class PoseDistribution:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
         u = torch.rand(n, 6, generator=generator, dtype=torch.float64) * 2.0 - 1.0
         rot = u[:, :3] * math.radians(self.rot_deg)
-        shift = u[:, 3:] * torch.tensor([self.inplane_mm, self.inplane_mm, self.depth_mm], dtype=torch.float64)
+        shift = u[:, 3:] * torch.tensor(
+            [self.inplane_mm, self.inplane_mm, self.depth_mm], dtype=torch.float64
+        )
         return self.compose(center_world, rot, shift)

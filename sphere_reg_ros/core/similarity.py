@@ -36,8 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["EMBEDDINGS", "SimilarityConfig", "SimilarityNet", "sphere_exp", "lorentz_exp",
-           "lorentz_distance", "check_images"]
+__all__ = [
+    "EMBEDDINGS",
+    "SimilarityConfig",
+    "SimilarityNet",
+    "sphere_exp",
+    "lorentz_exp",
+    "lorentz_distance",
+    "check_images",
+]
 
 EMBEDDINGS = ("spherical", "euclidean", "hyperbolic")
 _STD_EPS = 1e-6
@@ -52,8 +59,10 @@ def check_images(images: Tensor, name: str = "images", size: tuple[int, int] | N
     if images.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch")
     if size is not None and tuple(images.shape[-2:]) != tuple(size):
-        raise ValueError(f"{name} must be {size[0]}x{size[1]} pixels (the model's resolution), "
-                         f"got {images.shape[-2]}x{images.shape[-1]}")
+        raise ValueError(
+            f"{name} must be {size[0]}x{size[1]} pixels (the model's resolution), "
+            f"got {images.shape[-2]}x{images.shape[-1]}"
+        )
     if not images.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {images.dtype}")
     if not bool(torch.isfinite(images).all()):
@@ -105,17 +114,23 @@ def lorentz_distance(x: Tensor, y: Tensor, dim: int = 1) -> Tensor:
     space, time = diff.narrow(dim, 0, diff.shape[dim] - 1), diff.narrow(dim, diff.shape[dim] - 1, 1)
     sq = ((space * space).sum(dim) - (time * time).sum(dim)).clamp_min(0.0)
     pos = sq > 0
-    s = torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))
+    s = torch.where(
+        pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq)
+    )
     return 2 * torch.asinh(s / 2)
 
 
 def _sincos_positions(h: int, w: int, dim: int, like: Tensor) -> Tensor:
     """Fixed 2-D sine-cosine position code ``(h·w, dim)`` (half the channels per axis)."""
     quarter = max(1, dim // 4)
-    freq = torch.exp(-math.log(100.0) * torch.arange(quarter, dtype=like.dtype, device=like.device) / quarter)
+    freq = torch.exp(
+        -math.log(100.0) * torch.arange(quarter, dtype=like.dtype, device=like.device) / quarter
+    )
     ys = torch.arange(h, dtype=like.dtype, device=like.device)[:, None].expand(h, w).reshape(-1, 1)
     xs = torch.arange(w, dtype=like.dtype, device=like.device)[None, :].expand(h, w).reshape(-1, 1)
-    code = torch.cat([torch.sin(ys * freq), torch.cos(ys * freq), torch.sin(xs * freq), torch.cos(xs * freq)], 1)
+    code = torch.cat(
+        [torch.sin(ys * freq), torch.cos(ys * freq), torch.sin(xs * freq), torch.cos(xs * freq)], 1
+    )
     if code.shape[1] < dim:
         code = F.pad(code, (0, dim - code.shape[1]))
     return code[:, :dim]
@@ -197,7 +212,11 @@ class _Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, N, dim)
         b, n, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(self.norm1(x))
+            .reshape(b, n, 3, self.heads, d // self.heads)
+            .permute(2, 0, 3, 1, 4)
+        )
         att = torch.softmax((q @ k.transpose(-1, -2)) * (d // self.heads) ** -0.5, dim=-1)
         x = x + self.proj((att @ v).transpose(1, 2).reshape(b, n, d))
         return x + self.mlp(self.norm2(x))
@@ -212,13 +231,17 @@ class SimilarityNet(nn.Module):
         layers: list[nn.Module] = []
         c_in = 1
         for i, width in enumerate(config.stem_widths):
-            layers += [nn.Conv2d(c_in, width, 3, stride=1 if i == 0 else 2, padding=1),
-                       nn.GroupNorm(1, width), nn.GELU()]
+            layers += [
+                nn.Conv2d(c_in, width, 3, stride=1 if i == 0 else 2, padding=1),
+                nn.GroupNorm(1, width),
+                nn.GELU(),
+            ]
             c_in = width
         self.stem = nn.Sequential(*layers)
         self.to_tokens = nn.Linear(c_in, config.model_dim)
-        self.blocks = nn.ModuleList(_Block(config.model_dim, config.heads, config.mlp_ratio)
-                                    for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            _Block(config.model_dim, config.heads, config.mlp_ratio) for _ in range(config.depth)
+        )
         self.norm = nn.LayerNorm(config.model_dim)
         self.head = nn.Linear(config.model_dim, config.channels)
         nn.init.normal_(self.head.weight, std=0.5 / math.sqrt(config.model_dim))
@@ -230,8 +253,10 @@ class SimilarityNet(nn.Module):
         check_images(images)
         f = self.config.downsample
         if images.shape[-2] % f or images.shape[-1] % f:
-            raise ValueError(f"image size {images.shape[-2]}x{images.shape[-1]} must be divisible "
-                             f"by the similarity network's downsample factor {f}")
+            raise ValueError(
+                f"image size {images.shape[-2]}x{images.shape[-1]} must be divisible "
+                f"by the similarity network's downsample factor {f}"
+            )
         mean = images.mean(dim=(1, 2, 3), keepdim=True)
         std = images.std(dim=(1, 2, 3), keepdim=True)
         x = (images - mean) / (std + _STD_EPS)
@@ -252,7 +277,9 @@ class SimilarityNet(nn.Module):
         normalisation (give them zero weight with :meth:`residual_weights`)."""
         if mask is not None:
             m = mask.to(images.dtype)
-            fill = (images * m).sum(dim=(-2, -1), keepdim=True) / m.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+            fill = (images * m).sum(dim=(-2, -1), keepdim=True) / m.sum(
+                dim=(-2, -1), keepdim=True
+            ).clamp_min(1.0)
             images = images * m + fill * (1 - m)
         phi = self.features(images)
         if self.config.embedding == "spherical":
@@ -265,7 +292,11 @@ class SimilarityNet(nn.Module):
         """Weights ``(B, M)`` in the layout of :meth:`residuals` for valid masks ``(B, 1, H, W)``:
         a feature pixel is valid when all the image pixels of its cell are."""
         f = self.config.downsample
-        m = (F.avg_pool2d(mask.to(torch.float32), f) > 0.999).float() if f > 1 else mask.to(torch.float32)
+        m = (
+            (F.avg_pool2d(mask.to(torch.float32), f) > 0.999).float()
+            if f > 1
+            else mask.to(torch.float32)
+        )
         if self.config.embedding != "hyperbolic":
             m = m.expand(-1, self.config.embedded_dim, -1, -1)
         return m.flatten(1)
@@ -280,9 +311,13 @@ class SimilarityNet(nn.Module):
         for name, e in (("moving_embedded", moving_embedded), ("fixed_embedded", fixed_embedded)):
             if not isinstance(e, Tensor) or e.dim() != 4 or e.shape[1] != self.config.embedded_dim:
                 shape = tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__
-                raise ValueError(f"{name} must have shape (B, {self.config.embedded_dim}, h, w), got {shape}")
+                raise ValueError(
+                    f"{name} must have shape (B, {self.config.embedded_dim}, h, w), got {shape}"
+                )
         if moving_embedded.shape[-2:] != fixed_embedded.shape[-2:]:
-            raise ValueError(f"embedded sizes differ: {tuple(moving_embedded.shape)} vs {tuple(fixed_embedded.shape)}")
+            raise ValueError(
+                f"embedded sizes differ: {tuple(moving_embedded.shape)} vs {tuple(fixed_embedded.shape)}"
+            )
         b = max(moving_embedded.shape[0], fixed_embedded.shape[0])
         if self.config.embedding == "hyperbolic":
             r = lorentz_distance(moving_embedded, fixed_embedded, dim=1)

@@ -41,8 +41,13 @@ __all__ = ["TrustConfig", "GATE_REASONS", "gate", "apply_gates", "Tracker"]
 
 #: Diagnostic keys of the gates, in the order they are checked (plus ``registration_failed`` for
 #: a status that is not publishable).
-GATE_REASONS = ("registration_failed", "rejected_cost", "rejected_covariance", "rejected_masked",
-                "rejected_inconsistent")
+GATE_REASONS = (
+    "registration_failed",
+    "rejected_cost",
+    "rejected_covariance",
+    "rejected_masked",
+    "rejected_inconsistent",
+)
 
 
 @dataclass(frozen=True)
@@ -70,13 +75,20 @@ class TrustConfig:
     consistency_offset_mm: float = 4.0
 
     def __post_init__(self) -> None:
-        for name in ("max_normalised_cost", "max_position_std_mm", "max_masked_fraction", "max_inconsistency_mm",
-                     "consistency_offset_mm"):
+        for name in (
+            "max_normalised_cost",
+            "max_position_std_mm",
+            "max_masked_fraction",
+            "max_inconsistency_mm",
+            "consistency_offset_mm",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
         if self.max_masked_fraction > 1:
-            raise ValueError(f"max_masked_fraction must be in [0, 1], got {self.max_masked_fraction}")
+            raise ValueError(
+                f"max_masked_fraction must be in [0, 1], got {self.max_masked_fraction}"
+            )
 
     @property
     def consistency(self) -> bool:
@@ -94,19 +106,27 @@ def gate(result: RegistrationResult, config: TrustConfig) -> tuple[str, str] | N
         return "registration_failed", f"registration failed ({st.value}): {result.message}"
     nc = result.normalised_cost
     if config.max_normalised_cost > 0 and not nc <= config.max_normalised_cost:
-        return "rejected_cost", (f"normalised cost {nc:.3g} > {config.max_normalised_cost:g}: the image does "
-                                 "not pin the pose down (noise, a blank or unrelated image, or a false minimum)")
+        return "rejected_cost", (
+            f"normalised cost {nc:.3g} > {config.max_normalised_cost:g}: the image does "
+            "not pin the pose down (noise, a blank or unrelated image, or a false minimum)"
+        )
     std = result.position_std_mm
     if config.max_position_std_mm > 0 and not std <= config.max_position_std_mm:
-        return "rejected_covariance", (f"position std {std:.3g} mm at the region of interest > "
-                                       f"{config.max_position_std_mm:g} mm")
+        return "rejected_covariance", (
+            f"position std {std:.3g} mm at the region of interest > "
+            f"{config.max_position_std_mm:g} mm"
+        )
     if config.max_masked_fraction > 0 and not result.masked_fraction <= config.max_masked_fraction:
-        return "rejected_masked", (f"{100 * result.masked_fraction:.0f} % of the image masked > "
-                                   f"{100 * config.max_masked_fraction:.0f} %")
+        return "rejected_masked", (
+            f"{100 * result.masked_fraction:.0f} % of the image masked > "
+            f"{100 * config.max_masked_fraction:.0f} %"
+        )
     d = result.consistency_mm
     if config.consistency and math.isfinite(d) and d > config.max_inconsistency_mm:
-        return "rejected_inconsistent", (f"a second start ended {d:.2g} mm away (> {config.max_inconsistency_mm:g} mm):"
-                                         " the minimum is not well defined")
+        return "rejected_inconsistent", (
+            f"a second start ended {d:.2g} mm away (> {config.max_inconsistency_mm:g} mm):"
+            " the minimum is not well defined"
+        )
     return None
 
 
@@ -118,8 +138,12 @@ def apply_gates(result: RegistrationResult, config: TrustConfig) -> Registration
     if failed is None or failed[0] in ("registration_failed", "rejected"):
         return result
     key, text = failed
-    return replace(result, status=Status.REJECTED, rejected_by=key,
-                   message=f"{key}: {text}; {result.message}".rstrip("; "))
+    return replace(
+        result,
+        status=Status.REJECTED,
+        rejected_by=key,
+        message=f"{key}: {text}; {result.message}".rstrip("; "),
+    )
 
 
 def rejection_key(result: RegistrationResult) -> str:
@@ -156,8 +180,14 @@ class Tracker:
         self.pose, self.normalised_cost = None, math.inf
         return had
 
-    def register(self, registrar, image: np.ndarray, geometry, cold_init: np.ndarray | None = None,
-                 cold_how: str = "registrar_default") -> tuple[RegistrationResult, str]:
+    def register(
+        self,
+        registrar,
+        image: np.ndarray,
+        geometry,
+        cold_init: np.ndarray | None = None,
+        cold_how: str = "registrar_default",
+    ) -> tuple[RegistrationResult, str]:
         """Register ``image``: from the last published pose when there is one (falling back to a
         cold start from ``cold_init``), else cold. Returns the result and how it started
         (``"tracking"``, ``cold_how`` or ``"<cold_how> (tracking fell back)"``). Only a
@@ -165,12 +195,20 @@ class Tracker:
         if self.pose is None:
             result, how = registrar.register(image, geometry, cold_init), cold_how
         else:
-            result, how = registrar.register(image, geometry, self.pose.copy(), fine_only=True), "tracking"
-            degraded = not result.normalised_cost <= self.cost_factor * max(self.normalised_cost, 1e-3)
+            result, how = (
+                registrar.register(image, geometry, self.pose.copy(), fine_only=True),
+                "tracking",
+            )
+            degraded = not result.normalised_cost <= self.cost_factor * max(
+                self.normalised_cost, 1e-3
+            )
             if not result.ok or degraded:
                 cold = registrar.register(image, geometry, cold_init)
                 if cold.ok and (not result.ok or cold.normalised_cost < result.normalised_cost):
                     result, how = cold, f"{cold_how} (tracking fell back)"
         if result.ok:
-            self.pose, self.normalised_cost = np.asarray(result.pose, dtype=np.float64).copy(), result.normalised_cost
+            self.pose, self.normalised_cost = (
+                np.asarray(result.pose, dtype=np.float64).copy(),
+                result.normalised_cost,
+            )
         return result, how

@@ -19,7 +19,9 @@ R_AP = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]]).T
 DEFAULT_SOD_MM = 650.0
 
 
-def ap_pose(center_world: np.ndarray, sod_mm: float = DEFAULT_SOD_MM, dtype=torch.float64) -> torch.Tensor:
+def ap_pose(
+    center_world: np.ndarray, sod_mm: float = DEFAULT_SOD_MM, dtype=torch.float64
+) -> torch.Tensor:
     """``T_ct_from_carm`` ``(1, 4, 4)`` of the AP view aimed at ``center_world`` (mm, RAS)."""
     center = np.asarray(center_world, dtype=np.float64).reshape(3)
     T = np.eye(4)
@@ -28,7 +30,9 @@ def ap_pose(center_world: np.ndarray, sod_mm: float = DEFAULT_SOD_MM, dtype=torc
     return torch.as_tensor(T, dtype=dtype)[None]
 
 
-def default_geometry(resolution: int = 128, detector_mm: float = 384.0, sdd: float = 1020.0) -> CarmGeometry:
+def default_geometry(
+    resolution: int = 128, detector_mm: float = 384.0, sdd: float = 1020.0
+) -> CarmGeometry:
     """Square detector of ``detector_mm`` side sampled with ``resolution²`` pixels."""
     spacing = detector_mm / resolution
     return CarmGeometry(sdd=sdd, height=resolution, width=resolution, delx=spacing, dely=spacing)

@@ -31,8 +31,16 @@ import torch
 from pydicom.errors import InvalidDicomError
 
 __all__ = [
-    "BONE_HU_THRESHOLD", "WATER_MU_PER_MM", "Volume", "VolumeError", "example_data_dir",
-    "hu_to_attenuation", "bone_attenuation", "load_example_ct", "load_volume", "resample",
+    "BONE_HU_THRESHOLD",
+    "WATER_MU_PER_MM",
+    "Volume",
+    "VolumeError",
+    "example_data_dir",
+    "hu_to_attenuation",
+    "bone_attenuation",
+    "load_example_ct",
+    "load_volume",
+    "resample",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,9 +56,12 @@ _NRRD_SUFFIXES = (".nrrd", ".nhdr")
 _DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
 # Sign that turns each axis of an anatomical NRRD space into the matching RAS axis.
 _NRRD_SPACES = {
-    "right-anterior-superior": (1.0, 1.0, 1.0), "ras": (1.0, 1.0, 1.0),
-    "left-anterior-superior": (-1.0, 1.0, 1.0), "las": (-1.0, 1.0, 1.0),
-    "left-posterior-superior": (-1.0, -1.0, 1.0), "lps": (-1.0, -1.0, 1.0),
+    "right-anterior-superior": (1.0, 1.0, 1.0),
+    "ras": (1.0, 1.0, 1.0),
+    "left-anterior-superior": (-1.0, 1.0, 1.0),
+    "las": (-1.0, 1.0, 1.0),
+    "left-posterior-superior": (-1.0, -1.0, 1.0),
+    "lps": (-1.0, -1.0, 1.0),
 }
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
@@ -173,7 +184,9 @@ def load_volume(
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:  # every reader error becomes a VolumeError naming the file
-        text = str(exc).replace(" Use force=True to force reading.", "")  # pydicom's; not an option here
+        text = str(exc).replace(
+            " Use force=True to force reading.", ""
+        )  # pydicom's; not an option here
         raise VolumeError(f"{p}: cannot read volume ({type(exc).__name__}: {text})") from exc
     return _checked_volume(data, affine, str(p), allow_constant)
 
@@ -259,8 +272,13 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray
     else:
         uid = max(series, key=lambda u: len(series[u]))
         if len(series) > 1:
-            log.warning("%s: %d DICOM series; reading %s (%d slices); pass series_uid to choose",
-                        folder, len(series), uid, len(series[uid]))
+            log.warning(
+                "%s: %d DICOM series; reading %s (%d slices); pass series_uid to choose",
+                folder,
+                len(series),
+                uid,
+                len(series[uid]),
+            )
     slices = series[uid]
     if any(int(ds.get("NumberOfFrames", 1)) > 1 for ds in slices):
         raise VolumeError(f"{folder}: multi-frame (enhanced) DICOM is not supported")
@@ -268,8 +286,10 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray
         raise VolumeError(f"{folder}: not a 3-D volume (series {uid} has {len(slices)} slice)")
     iop = np.asarray(slices[0].ImageOrientationPatient, dtype=np.float64)
     row_cos, col_cos = iop[:3], iop[3:]  # row_cos: direction of increasing column index
-    if any(not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4)
-           for ds in slices):
+    if any(
+        not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4)
+        for ds in slices
+    ):
         raise VolumeError(f"{folder}: slices of series {uid} have different orientations")
     normal = np.cross(row_cos, col_cos)
     slices.sort(key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)))
@@ -366,7 +386,8 @@ def bone_attenuation(hu: ArrayT, bone_threshold_hu: float = BONE_HU_THRESHOLD) -
     ``bone_threshold_hu``, 0 elsewhere (same shape, kind and dtype rules). A DRR of it beside the
     whole DRR lets a registration weigh bone against soft tissue as the X-ray shows it."""
     return hu_to_attenuation(hu, bone_threshold_hu=bone_threshold_hu) - hu_to_attenuation(
-        hu, bone_multiplier=0.0, bone_threshold_hu=bone_threshold_hu)
+        hu, bone_multiplier=0.0, bone_threshold_hu=bone_threshold_hu
+    )
 
 
 def resample(
@@ -406,8 +427,13 @@ def resample(
     if antialias and order > 0 and np.any(ratio > 1.0):
         data = ndi.gaussian_filter(data, sigma=np.maximum(0.0, (ratio - 1.0) / 2.0), mode="nearest")
     out = ndi.affine_transform(
-        data, ratio, offset=offset, output_shape=tuple(int(v) for v in m),
-        order=order, mode="nearest", prefilter=order > 1,
+        data,
+        ratio,
+        offset=offset,
+        output_shape=tuple(int(v) for v in m),
+        order=order,
+        mode="nearest",
+        prefilter=order > 1,
     )
     affine = np.eye(4)
     affine[:3, :3] = volume.affine[:3, :3] * ratio  # same directions, new column norms

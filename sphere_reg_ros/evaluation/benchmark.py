@@ -43,15 +43,49 @@ from sphere_reg_ros.core.carm import CarmGeometry, CarmGeometryError
 from sphere_reg_ros.core.landmarks import as_landmarks
 from sphere_reg_ros.core.sampling import PoseDistribution, split_seed
 from sphere_reg_ros.core.views import default_geometry
-from sphere_reg_ros.core.volume import BONE_HU_THRESHOLD, Volume, bone_attenuation, hu_to_attenuation, resample
-from sphere_reg_ros.evaluation.cases import InitialErrorConfig, ct_fingerprint, default_landmarks, perturb_poses
-from sphere_reg_ros.evaluation.degrade import (PARAM_NAMES, ChannelRenderer, DegradationConfig, apply_degradations,
-                                               draw_degradations)
-from sphere_reg_ros.evaluation.degrade_harsh import HARSH_PARAM_NAMES, HarshConfig, apply_harsh, draw_harsh, mineral_fraction
+from sphere_reg_ros.core.volume import (
+    BONE_HU_THRESHOLD,
+    Volume,
+    bone_attenuation,
+    hu_to_attenuation,
+    resample,
+)
+from sphere_reg_ros.evaluation.cases import (
+    InitialErrorConfig,
+    ct_fingerprint,
+    default_landmarks,
+    perturb_poses,
+)
+from sphere_reg_ros.evaluation.degrade import (
+    PARAM_NAMES,
+    ChannelRenderer,
+    DegradationConfig,
+    apply_degradations,
+    draw_degradations,
+)
+from sphere_reg_ros.evaluation.degrade_harsh import (
+    HARSH_PARAM_NAMES,
+    HarshConfig,
+    apply_harsh,
+    draw_harsh,
+    mineral_fraction,
+)
 
-__all__ = ["Benchmark", "BenchmarkError", "benchmark_checksum", "InitialErrorConfig", "make_benchmark", "save_benchmark",
-           "load_benchmark", "DegradationConfig", "perturb_poses", "default_landmarks", "ct_fingerprint",
-           "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = [
+    "Benchmark",
+    "BenchmarkError",
+    "benchmark_checksum",
+    "InitialErrorConfig",
+    "make_benchmark",
+    "save_benchmark",
+    "load_benchmark",
+    "DegradationConfig",
+    "perturb_poses",
+    "default_landmarks",
+    "ct_fingerprint",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+]
 
 log = logging.getLogger(__name__)
 
@@ -136,17 +170,28 @@ def benchmark_checksum(bm: Benchmark) -> str:
     add("case_seeds", np.asarray(bm.case_seeds, dtype=np.int64))
     for name in sorted(bm.degradations):
         add(f"degradation.{name}", bm.degradations[name])
-    meta = {"resolution": int(bm.resolution), "seed": int(bm.seed), "split": bm.split,
-            "landmark_names": list(bm.landmark_names), "geometry": bm.geometry.to_dict(),
-            "render_geometry": bm.render_geometry.to_dict(), "ct_fingerprint": bm.ct_fingerprint,
-            "config": bm.config}
+    meta = {
+        "resolution": int(bm.resolution),
+        "seed": int(bm.seed),
+        "split": bm.split,
+        "landmark_names": list(bm.landmark_names),
+        "geometry": bm.geometry.to_dict(),
+        "render_geometry": bm.render_geometry.to_dict(),
+        "ct_fingerprint": bm.ct_fingerprint,
+        "config": bm.config,
+    }
     h.update(json.dumps(meta, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
 def _case_seeds(root: int, n: int) -> np.ndarray:
-    return np.array([int(np.random.SeedSequence([root, 1, i]).generate_state(1, np.uint64)[0] >> 1)
-                     for i in range(n)], dtype=np.int64)
+    return np.array(
+        [
+            int(np.random.SeedSequence([root, 1, i]).generate_state(1, np.uint64)[0] >> 1)
+            for i in range(n)
+        ],
+        dtype=np.int64,
+    )
 
 
 # ----------------------------------------------------------------------------- generation
@@ -184,13 +229,19 @@ def make_benchmark(
     """
     if isinstance(n_cases, bool) or not isinstance(n_cases, (int, np.integer)) or n_cases < 1:
         raise BenchmarkError(f"{ct.source}: n_cases must be a positive integer, got {n_cases!r}")
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 4:
+    if (
+        isinstance(resolution, bool)
+        or not isinstance(resolution, (int, np.integer))
+        or resolution < 4
+    ):
         raise BenchmarkError(f"{ct.source}: resolution must be an integer >= 4, got {resolution!r}")
     root = split_seed(split, seed)
     geometry = geometry or default_geometry(int(resolution))
     if (geometry.height, geometry.width) != (resolution, resolution):
-        raise BenchmarkError(f"{ct.source}: geometry is {geometry.height}x{geometry.width}, "
-                             f"resolution is {resolution}")
+        raise BenchmarkError(
+            f"{ct.source}: geometry is {geometry.height}x{geometry.width}, "
+            f"resolution is {resolution}"
+        )
     render_geometry = geometry.resized(2 * int(resolution))
     if landmarks is None:
         names, points = default_landmarks(ct, labels, structures, landmark_ids)
@@ -201,15 +252,18 @@ def make_benchmark(
 
     center = ct.center_world
     poses = distribution.sample(int(n_cases), center, torch.Generator().manual_seed(root))
-    init_gen = torch.Generator().manual_seed(int(np.random.SeedSequence([root, 2]).generate_state(1)[0]))
+    init_gen = torch.Generator().manual_seed(
+        int(np.random.SeedSequence([root, 2]).generate_state(1)[0])
+    )
     poses_init, init_mtre = perturb_poses(poses, points, initial_error, init_gen)
 
     render_ct = ct if spacing_mm is None else resample(ct, float(spacing_mm))
     mu = hu_to_attenuation(render_ct.data)
     harsh = isinstance(degradation, HarshConfig)
     if harsh:  # channels: μ and its bone-mineral part (a ramp in HU)
-        renderer = ChannelRenderer(np.stack([mu, mu * mineral_fraction(render_ct.data)]), render_ct.affine,
-                                   render_geometry)
+        renderer = ChannelRenderer(
+            np.stack([mu, mu * mineral_fraction(render_ct.data)]), render_ct.affine, render_geometry
+        )
     else:
         bone = bone_attenuation(render_ct.data)
         renderer = ChannelRenderer(np.stack([mu - bone, bone]), render_ct.affine, render_geometry)
@@ -224,8 +278,10 @@ def make_benchmark(
         gen = torch.Generator().manual_seed(int(seeds[i]))
         pose = poses[i].numpy()
         params = draw(degradation, gen, pose, render_geometry, center)
-        p_a, p_b = renderer(poses[i:i + 1])
-        images[i] = apply(p_a, p_b, params, render_geometry, pose, gen, renderer.scale, noise=degradation.noise).numpy()
+        p_a, p_b = renderer(poses[i : i + 1])
+        images[i] = apply(
+            p_a, p_b, params, render_geometry, pose, gen, renderer.scale, noise=degradation.noise
+        ).numpy()
         drawn.append(params)
     degradations = {k: np.stack([d[k] for d in drawn]) for k in drawn[0]}
     config = {
@@ -233,19 +289,41 @@ def make_benchmark(
         "isocenter_world": [float(x) for x in center],
         "initial_error": {**asdict(initial_error), "mtre_mm": list(initial_error.mtre_mm)},
         "degradation": degradation.to_dict(),
-        "render": {"spacing_mm": spacing_mm, "render_ct_shape": list(render_ct.shape),
-                   "scale_per_mm": renderer.scale, "step_mm": renderer.renderer.step_mm,
-                   "bone_threshold_hu": BONE_HU_THRESHOLD, "renderer": "diffdrr trilinear"},
+        "render": {
+            "spacing_mm": spacing_mm,
+            "render_ct_shape": list(render_ct.shape),
+            "scale_per_mm": renderer.scale,
+            "step_mm": renderer.renderer.step_mm,
+            "bone_threshold_hu": BONE_HU_THRESHOLD,
+            "renderer": "diffdrr trilinear",
+        },
         "split_seed": root,
     }
-    log.info("benchmark: %d cases of %s, %dx%d rendered, %d landmarks", n_cases, ct.source,
-             2 * resolution, 2 * resolution, len(points))
+    log.info(
+        "benchmark: %d cases of %s, %dx%d rendered, %d landmarks",
+        n_cases,
+        ct.source,
+        2 * resolution,
+        2 * resolution,
+        len(points),
+    )
     return Benchmark(
-        images=images, resolution=int(resolution), geometry=geometry, render_geometry=render_geometry,
-        poses_true=poses.numpy(), poses_init=poses_init.numpy(), initial_mtre_mm=init_mtre.numpy(),
-        landmarks=np.asarray(points, dtype=np.float64), landmark_names=tuple(str(n) for n in names),
-        ct_source=str(ct.source), ct_fingerprint=ct_fingerprint(ct), seed=int(seed), split=split,
-        case_seeds=seeds, degradations=degradations, config=config,
+        images=images,
+        resolution=int(resolution),
+        geometry=geometry,
+        render_geometry=render_geometry,
+        poses_true=poses.numpy(),
+        poses_init=poses_init.numpy(),
+        initial_mtre_mm=init_mtre.numpy(),
+        landmarks=np.asarray(points, dtype=np.float64),
+        landmark_names=tuple(str(n) for n in names),
+        ct_source=str(ct.source),
+        ct_fingerprint=ct_fingerprint(ct),
+        seed=int(seed),
+        split=split,
+        case_seeds=seeds,
+        degradations=degradations,
+        config=config,
     )
 
 
@@ -256,19 +334,39 @@ def make_benchmark(
 #   initial_mtre_mm (N,), landmarks (K, 3) float64, landmark_names (K,) str, case_seeds (N,) int64,
 #   geometry_json / render_geometry_json (CarmGeometry.to_dict), ct_source (str),
 #   ct_fingerprint_json, config_json, and one "degradation.<name>" (N, ...) per PARAM_NAMES entry.
-_ARRAY_KEYS = ("images", "poses_true", "poses_init", "initial_mtre_mm", "landmarks", "landmark_names",
-               "case_seeds")
-_SCALAR_KEYS = ("format", "format_version", "resolution", "seed", "split", "geometry_json",
-                "render_geometry_json", "ct_source", "ct_fingerprint_json", "config_json")
+_ARRAY_KEYS = (
+    "images",
+    "poses_true",
+    "poses_init",
+    "initial_mtre_mm",
+    "landmarks",
+    "landmark_names",
+    "case_seeds",
+)
+_SCALAR_KEYS = (
+    "format",
+    "format_version",
+    "resolution",
+    "seed",
+    "split",
+    "geometry_json",
+    "render_geometry_json",
+    "ct_source",
+    "ct_fingerprint_json",
+    "config_json",
+)
 
 
 def save_benchmark(path: str | Path, bm: Benchmark) -> Path:
     """Write ``bm`` to ``path`` (``.npz`` format, written whole to a temporary file then renamed)."""
     path = Path(path)
     arrays: dict[str, np.ndarray] = {
-        "format": np.array(FORMAT_NAME), "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
-        "images": np.asarray(bm.images, dtype=np.float32), "resolution": np.array(bm.resolution, dtype=np.int64),
-        "seed": np.array(bm.seed, dtype=np.int64), "split": np.array(bm.split),
+        "format": np.array(FORMAT_NAME),
+        "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+        "images": np.asarray(bm.images, dtype=np.float32),
+        "resolution": np.array(bm.resolution, dtype=np.int64),
+        "seed": np.array(bm.seed, dtype=np.int64),
+        "split": np.array(bm.split),
         "poses_true": np.asarray(bm.poses_true, dtype=np.float64),
         "poses_init": np.asarray(bm.poses_init, dtype=np.float64),
         "initial_mtre_mm": np.asarray(bm.initial_mtre_mm, dtype=np.float64),
@@ -277,7 +375,8 @@ def save_benchmark(path: str | Path, bm: Benchmark) -> Path:
         "case_seeds": np.asarray(bm.case_seeds, dtype=np.int64),
         "geometry_json": np.array(json.dumps(bm.geometry.to_dict())),
         "render_geometry_json": np.array(json.dumps(bm.render_geometry.to_dict())),
-        "ct_source": np.array(bm.ct_source), "ct_fingerprint_json": np.array(json.dumps(bm.ct_fingerprint)),
+        "ct_source": np.array(bm.ct_source),
+        "ct_fingerprint_json": np.array(json.dumps(bm.ct_fingerprint)),
         "config_json": np.array(json.dumps(bm.config)),
     }
     for name, values in bm.degradations.items():
@@ -324,7 +423,9 @@ def load_benchmark(path: str | Path) -> Benchmark:
     except MemoryError:
         raise
     except Exception as exc:  # zip, zlib, npy-header and pickle refusals all mean a bad file
-        raise BenchmarkError(f"{path}: not a readable benchmark file ({type(exc).__name__}: {exc})") from exc
+        raise BenchmarkError(
+            f"{path}: not a readable benchmark file ({type(exc).__name__}: {exc})"
+        ) from exc
     return _from_arrays(data, path)
 
 
@@ -333,12 +434,16 @@ def _from_arrays(data: dict[str, np.ndarray], path: Path) -> Benchmark:
         return BenchmarkError(f"{path}: {problem}")
 
     if "format" not in data or str(data["format"]) != FORMAT_NAME:
-        raise fail(f"not a {FORMAT_NAME} file (format entry {str(data.get('format', 'missing'))!r})")
+        raise fail(
+            f"not a {FORMAT_NAME} file (format entry {str(data.get('format', 'missing'))!r})"
+        )
     version = data.get("format_version")
     if version is None or version.shape != () or not np.issubdtype(version.dtype, np.integer):
         raise fail("missing or malformed format_version")
     if int(version) != FORMAT_VERSION:
-        raise fail(f"unsupported format version {int(version)} (this software reads version {FORMAT_VERSION})")
+        raise fail(
+            f"unsupported format version {int(version)} (this software reads version {FORMAT_VERSION})"
+        )
     missing = [k for k in _ARRAY_KEYS + _SCALAR_KEYS if k not in data]
     if missing:
         raise fail(f"missing entries {missing}")
@@ -362,10 +467,14 @@ def _from_arrays(data: dict[str, np.ndarray], path: Path) -> Benchmark:
     resolution = integer("resolution")
     images = data["images"]
     if images.dtype != np.float32 or images.ndim != 3 or images.shape[0] < 1:
-        raise fail(f"images must be (N, 2R, 2R) float32 with N >= 1, got {images.shape} {images.dtype}")
+        raise fail(
+            f"images must be (N, 2R, 2R) float32 with N >= 1, got {images.shape} {images.dtype}"
+        )
     n = images.shape[0]
     if images.shape[1:] != (2 * resolution, 2 * resolution):
-        raise fail(f"images are {images.shape[1]}x{images.shape[2]}, expected twice the resolution {resolution}")
+        raise fail(
+            f"images are {images.shape[1]}x{images.shape[2]}, expected twice the resolution {resolution}"
+        )
     if not np.isfinite(images).all():
         raise fail("images contain NaN or infinite values")
     for key in ("poses_true", "poses_init"):
@@ -373,14 +482,21 @@ def _from_arrays(data: dict[str, np.ndarray], path: Path) -> Benchmark:
         if T.shape != (n, 4, 4) or T.dtype != np.float64 or not np.isfinite(T).all():
             raise fail(f"{key} must be finite ({n}, 4, 4) float64, got {T.shape} {T.dtype}")
         R = T[:, :3, :3]
-        if (np.abs(R.transpose(0, 2, 1) @ R - np.eye(3)).max() > 1e-6
-                or np.abs(np.linalg.det(R) - 1.0).max() > 1e-6
-                or np.abs(T[:, 3] - [0.0, 0.0, 0.0, 1.0]).max() > 0):
+        if (
+            np.abs(R.transpose(0, 2, 1) @ R - np.eye(3)).max() > 1e-6
+            or np.abs(np.linalg.det(R) - 1.0).max() > 1e-6
+            or np.abs(T[:, 3] - [0.0, 0.0, 0.0, 1.0]).max() > 0
+        ):
             raise fail(f"{key} are not rigid transforms")
     if data["initial_mtre_mm"].shape != (n,) or not np.isfinite(data["initial_mtre_mm"]).all():
         raise fail(f"initial_mtre_mm must be finite with shape ({n},)")
     points, names = data["landmarks"], data["landmark_names"]
-    if points.ndim != 2 or points.shape[1:] != (3,) or len(points) < 1 or not np.isfinite(points).all():
+    if (
+        points.ndim != 2
+        or points.shape[1:] != (3,)
+        or len(points) < 1
+        or not np.isfinite(points).all()
+    ):
         raise fail(f"landmarks must be finite (K, 3) with K >= 1, got {points.shape}")
     if names.shape != (len(points),) or names.dtype.kind != "U":
         raise fail(f"landmark_names must be {len(points)} strings, got {names.shape} {names.dtype}")
@@ -393,10 +509,13 @@ def _from_arrays(data: dict[str, np.ndarray], path: Path) -> Benchmark:
         raise fail(f"invalid C-arm geometry ({exc})") from exc
     expected = geometry.resized(2 * resolution).to_dict()
     if (geometry.height, geometry.width) != (resolution, resolution) or any(
-            not math.isclose(render_geometry.to_dict()[k], v, rel_tol=1e-9, abs_tol=1e-9)
-            for k, v in expected.items()):
-        raise fail(f"geometry {geometry.to_dict()} / render geometry {render_geometry.to_dict()} do not match "
-                   f"resolution {resolution} and its double")
+        not math.isclose(render_geometry.to_dict()[k], v, rel_tol=1e-9, abs_tol=1e-9)
+        for k, v in expected.items()
+    ):
+        raise fail(
+            f"geometry {geometry.to_dict()} / render geometry {render_geometry.to_dict()} do not match "
+            f"resolution {resolution} and its double"
+        )
     fingerprint, config = as_json("ct_fingerprint_json"), as_json("config_json")
     if not isinstance(fingerprint, dict) or not isinstance(config, dict):
         raise fail("ct_fingerprint_json and config_json must hold JSON objects")
@@ -414,9 +533,20 @@ def _from_arrays(data: dict[str, np.ndarray], path: Path) -> Benchmark:
             raise fail(f"degradation.{name} must have shape {(n, *tail)}, got {values.shape}")
         degradations[name] = values
     return Benchmark(
-        images=images, resolution=resolution, geometry=geometry, render_geometry=render_geometry,
-        poses_true=data["poses_true"], poses_init=data["poses_init"], initial_mtre_mm=data["initial_mtre_mm"],
-        landmarks=points, landmark_names=tuple(str(s) for s in names), ct_source=text("ct_source"),
-        ct_fingerprint=fingerprint, seed=integer("seed"), split=text("split"), case_seeds=data["case_seeds"],
-        degradations=degradations, config=config,
+        images=images,
+        resolution=resolution,
+        geometry=geometry,
+        render_geometry=render_geometry,
+        poses_true=data["poses_true"],
+        poses_init=data["poses_init"],
+        initial_mtre_mm=data["initial_mtre_mm"],
+        landmarks=points,
+        landmark_names=tuple(str(s) for s in names),
+        ct_source=text("ct_source"),
+        ct_fingerprint=fingerprint,
+        seed=integer("seed"),
+        split=text("split"),
+        case_seeds=data["case_seeds"],
+        degradations=degradations,
+        config=config,
     )

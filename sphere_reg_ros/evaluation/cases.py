@@ -19,7 +19,13 @@ from sphere_reg_ros.core.landmarks import LandmarkError, landmarks_from_labels
 from sphere_reg_ros.core.metrics import mtre
 from sphere_reg_ros.core.volume import Volume
 
-__all__ = ["InitialErrorConfig", "perturb_poses", "default_landmarks", "ct_fingerprint", "BODY_HU_THRESHOLD"]
+__all__ = [
+    "InitialErrorConfig",
+    "perturb_poses",
+    "default_landmarks",
+    "ct_fingerprint",
+    "BODY_HU_THRESHOLD",
+]
 
 #: HU above which a voxel counts as inside the body (landmark grid without a label map).
 BODY_HU_THRESHOLD = -300.0
@@ -37,21 +43,36 @@ class InitialErrorConfig:
     def __post_init__(self) -> None:
         lo, hi = self.mtre_mm
         if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
-            raise ValueError(f"InitialErrorConfig.mtre_mm must be 0 <= low <= high, got {self.mtre_mm}")
-        if not (self.rot_std_deg >= 0 and self.trans_std_mm >= 0 and self.rot_std_deg + self.trans_std_mm > 0):
-            raise ValueError("InitialErrorConfig: rot_std_deg and trans_std_mm must be >= 0, not both 0")
+            raise ValueError(
+                f"InitialErrorConfig.mtre_mm must be 0 <= low <= high, got {self.mtre_mm}"
+            )
+        if not (
+            self.rot_std_deg >= 0
+            and self.trans_std_mm >= 0
+            and self.rot_std_deg + self.trans_std_mm > 0
+        ):
+            raise ValueError(
+                "InitialErrorConfig: rot_std_deg and trans_std_mm must be >= 0, not both 0"
+            )
 
 
 def ct_fingerprint(ct: Volume) -> dict:
     """Shape, spacing (mm), affine and SHA-256 of the float32 voxel data of ``ct``."""
     data = np.ascontiguousarray(ct.data, dtype=np.float32)
-    return {"shape": list(ct.shape), "spacing_mm": [float(s) for s in ct.spacing],
-            "affine": np.asarray(ct.affine).tolist(), "sha256": hashlib.sha256(data.tobytes()).hexdigest()}
+    return {
+        "shape": list(ct.shape),
+        "spacing_mm": [float(s) for s in ct.spacing],
+        "affine": np.asarray(ct.affine).tolist(),
+        "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
+    }
 
 
 def default_landmarks(
-    ct: Volume, labels: Volume | None = None, structures: Mapping[int, str] | None = None,
-    ids: Sequence[int] | None = None, min_volume_ml: float = 2.0,
+    ct: Volume,
+    labels: Volume | None = None,
+    structures: Mapping[int, str] | None = None,
+    ids: Sequence[int] | None = None,
+    min_volume_ml: float = 2.0,
 ) -> tuple[list[str], np.ndarray]:
     """Landmarks ``(names, (K, 3) world mm)``: label centroids, else a grid inside the body.
 
@@ -66,7 +87,9 @@ def default_landmarks(
         return landmarks_from_labels(labels, ids, structures=structures, min_voxels=min_voxels)
     body = ct.data > BODY_HU_THRESHOLD
     if not body.any():
-        raise LandmarkError(f"{ct.source}: no voxel above {BODY_HU_THRESHOLD} HU, cannot place landmarks")
+        raise LandmarkError(
+            f"{ct.source}: no voxel above {BODY_HU_THRESHOLD} HU, cannot place landmarks"
+        )
     idx = np.argwhere(body)
     lo, hi = idx.min(axis=0), idx.max(axis=0)
     names, points = [], []
@@ -89,7 +112,10 @@ def _perturbation(c: torch.Tensor, w: torch.Tensor, v: torch.Tensor) -> torch.Te
 
 
 def perturb_poses(
-    poses: torch.Tensor, landmarks: np.ndarray, config: InitialErrorConfig, generator: torch.Generator
+    poses: torch.Tensor,
+    landmarks: np.ndarray,
+    config: InitialErrorConfig,
+    generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial poses ``(N, 4, 4)`` and their mTRE ``(N,)`` (mm) for the true ``poses`` (float64).
 
@@ -105,7 +131,9 @@ def perturb_poses(
     n = poses.shape[0]
     pts = torch.as_tensor(landmarks, dtype=torch.float64)
     c = pts.mean(dim=0).expand(n, 3)
-    w = torch.randn(n, 3, generator=generator, dtype=torch.float64) * math.radians(config.rot_std_deg)
+    w = torch.randn(n, 3, generator=generator, dtype=torch.float64) * math.radians(
+        config.rot_std_deg
+    )
     v = torch.randn(n, 3, generator=generator, dtype=torch.float64) * config.trans_std_mm
     u = torch.rand(n, generator=generator, dtype=torch.float64)
     target = config.mtre_mm[0] + (config.mtre_mm[1] - config.mtre_mm[0]) * u

@@ -37,35 +37,81 @@ def add_make_benchmark_parser(subparsers: argparse._SubParsersAction) -> argpars
         "them with the true and initial poses, intrinsics and landmarks to one .npz file.",
         epilog=EXIT_CODES,
     )
-    p.add_argument("--ct", type=Path, default=None,
-                   help="CT volume (NIfTI, NRRD or DICOM folder); default: the embedded example chest CT")
-    p.add_argument("--labels", type=Path, default=None,
-                   help="label map on the CT's grid; structure centroids become the landmarks")
-    p.add_argument("--landmarks", type=Path, default=None,
-                   help="landmarks file (CSV/JSON, world RAS mm) instead of label centroids")
+    p.add_argument(
+        "--ct",
+        type=Path,
+        default=None,
+        help="CT volume (NIfTI, NRRD or DICOM folder); default: the embedded example chest CT",
+    )
+    p.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="label map on the CT's grid; structure centroids become the landmarks",
+    )
+    p.add_argument(
+        "--landmarks",
+        type=Path,
+        default=None,
+        help="landmarks file (CSV/JSON, world RAS mm) instead of label centroids",
+    )
     p.add_argument("--cases", type=int, default=100, help="number of cases (default 100)")
     p.add_argument("--seed", type=int, default=0, help="benchmark seed (default 0)")
-    p.add_argument("--split", choices=("test", "val", "train"), default="test",
-                   help="data split whose seeds to use (default test; seeds of splits never coincide)")
+    p.add_argument(
+        "--split",
+        choices=("test", "val", "train"),
+        default="test",
+        help="data split whose seeds to use (default test; seeds of splits never coincide)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output file (.npz)")
-    p.add_argument("--resolution", type=int, default=64,
-                   help="registration resolution R; images are rendered at 2R x 2R (default 64)")
-    p.add_argument("--spacing", type=float, default=None, metavar="MM",
-                   help="resample the CT to this spacing (mm) before rendering (default: its own grid)")
-    p.add_argument("--rot-deg", type=float, default=15.0, help="pose range: rotation per axis, degrees")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=64,
+        help="registration resolution R; images are rendered at 2R x 2R (default 64)",
+    )
+    p.add_argument(
+        "--spacing",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="resample the CT to this spacing (mm) before rendering (default: its own grid)",
+    )
+    p.add_argument(
+        "--rot-deg", type=float, default=15.0, help="pose range: rotation per axis, degrees"
+    )
     p.add_argument("--inplane-mm", type=float, default=30.0, help="pose range: in-plane shift, mm")
     p.add_argument("--depth-mm", type=float, default=60.0, help="pose range: depth shift, mm")
-    p.add_argument("--degradation", choices=("benchmark", "mild", "none", "harsh"), default="benchmark",
-                   help="X-ray degradations (evaluation.simulate.DEGRADATION_PRESETS): 'benchmark' the full "
-                        "physics and content gap (default), 'mild' no instruments or shutters, 'none' "
-                        "matched physics (the models' own domain), 'harsh' a second family with physics of "
-                        "its own (evaluation.degrade_harsh) and a wider initial error (mTRE 10-35 mm)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads for rendering (default 0: torch's default); the file does not depend on it")
-    p.add_argument("--init-mtre", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                   help="initial mTRE range, mm (uniform; default 5 25, 10 35 for 'harsh')")
-    p.add_argument("--preview", type=Path, default=None, metavar="PNG",
-                   help="also write a PNG grid of the first cases")
+    p.add_argument(
+        "--degradation",
+        choices=("benchmark", "mild", "none", "harsh"),
+        default="benchmark",
+        help="X-ray degradations (evaluation.simulate.DEGRADATION_PRESETS): 'benchmark' the full "
+        "physics and content gap (default), 'mild' no instruments or shutters, 'none' "
+        "matched physics (the models' own domain), 'harsh' a second family with physics of "
+        "its own (evaluation.degrade_harsh) and a wider initial error (mTRE 10-35 mm)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads for rendering (default 0: torch's default); the file does not depend on it",
+    )
+    p.add_argument(
+        "--init-mtre",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="initial mTRE range, mm (uniform; default 5 25, 10 35 for 'harsh')",
+    )
+    p.add_argument(
+        "--preview",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="also write a PNG grid of the first cases",
+    )
     p.add_argument("--preview-cases", type=int, default=8, help="cases in the preview (default 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_make_benchmark)
@@ -82,7 +128,12 @@ def _size(n_bytes: int) -> str:
 
 def run_make_benchmark(args: argparse.Namespace) -> int:
     """Run ``make-benchmark``; prints a summary; returns 0, or 2 on bad input (one line on stderr)."""
-    from sphere_reg_ros.evaluation.benchmark import BenchmarkError, benchmark_checksum, make_benchmark, save_benchmark
+    from sphere_reg_ros.evaluation.benchmark import (
+        BenchmarkError,
+        benchmark_checksum,
+        make_benchmark,
+        save_benchmark,
+    )
     from sphere_reg_ros.evaluation.cases import InitialErrorConfig
     from sphere_reg_ros.evaluation.simulate import DEGRADATION_PRESETS, HARSH_INITIAL_MTRE_MM
 
@@ -94,9 +145,15 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(int(args.threads))
     try:
-        if args.cases < 1 or args.resolution < 4 or (args.spacing is not None and not args.spacing > 0):
+        if (
+            args.cases < 1
+            or args.resolution < 4
+            or (args.spacing is not None and not args.spacing > 0)
+        ):
             raise BenchmarkError("--cases must be >= 1, --resolution >= 4 and --spacing > 0")
-        distribution = PoseDistribution(rot_deg=args.rot_deg, inplane_mm=args.inplane_mm, depth_mm=args.depth_mm)
+        distribution = PoseDistribution(
+            rot_deg=args.rot_deg, inplane_mm=args.inplane_mm, depth_mm=args.depth_mm
+        )
         if args.ct is None and args.labels is not None:
             raise BenchmarkError("--labels needs --ct (the example CT brings its own label map)")
         landmarks = load_landmarks(args.landmarks) if args.landmarks else None  # small files first
@@ -107,12 +164,29 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
             ct = load_volume(args.ct)
             structures = None
         loaded = time.perf_counter()
-        init_mtre = args.init_mtre or HARSH_INITIAL_MTRE_MM if args.degradation == "harsh" else args.init_mtre
-        initial_error = InitialErrorConfig(mtre_mm=tuple(init_mtre)) if init_mtre else InitialErrorConfig()
-        bm = make_benchmark(ct, labels, structures, args.cases, args.seed, args.resolution, distribution,
-                            split=args.split, spacing_mm=args.spacing, landmarks=landmarks,
-                            degradation=DEGRADATION_PRESETS[args.degradation], initial_error=initial_error,
-                            progress=not args.no_progress)
+        init_mtre = (
+            args.init_mtre or HARSH_INITIAL_MTRE_MM
+            if args.degradation == "harsh"
+            else args.init_mtre
+        )
+        initial_error = (
+            InitialErrorConfig(mtre_mm=tuple(init_mtre)) if init_mtre else InitialErrorConfig()
+        )
+        bm = make_benchmark(
+            ct,
+            labels,
+            structures,
+            args.cases,
+            args.seed,
+            args.resolution,
+            distribution,
+            split=args.split,
+            spacing_mm=args.spacing,
+            landmarks=landmarks,
+            degradation=DEGRADATION_PRESETS[args.degradation],
+            initial_error=initial_error,
+            progress=not args.no_progress,
+        )
         out = save_benchmark(args.out, bm)
         if args.preview is not None:
             from sphere_reg_ros.evaluation.preview import save_preview
@@ -122,13 +196,24 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
         return refuse("make-benchmark", exc)
     elapsed = time.perf_counter() - start
     init = bm.initial_mtre_mm
-    print(f"benchmark: {bm.n_cases} cases ({bm.split}, seed {bm.seed}, degradation '{args.degradation}') "
-          f"of {bm.ct_source}")
-    print(f"  registration resolution {bm.resolution}x{bm.resolution}, images rendered at "
-          f"{bm.images.shape[1]}x{bm.images.shape[2]}; {len(bm.landmarks)} landmarks")
-    print(f"  initial mTRE {init.min():.1f}-{init.max():.1f} mm (median {float(sorted(init)[len(init) // 2]):.1f})")
+    print(
+        f"benchmark: {bm.n_cases} cases ({bm.split}, seed {bm.seed}, degradation '{args.degradation}') "
+        f"of {bm.ct_source}"
+    )
+    print(
+        f"  registration resolution {bm.resolution}x{bm.resolution}, images rendered at "
+        f"{bm.images.shape[1]}x{bm.images.shape[2]}; {len(bm.landmarks)} landmarks"
+    )
+    print(
+        f"  initial mTRE {init.min():.1f}-{init.max():.1f} mm (median {float(sorted(init)[len(init) // 2]):.1f})"
+    )
     per_case = (elapsed - (loaded - start)) / bm.n_cases
     print(f"  time {elapsed:.1f} s (loading {loaded - start:.1f} s, {per_case:.2f} s/case)")
-    print(f"  wrote {out} ({_size(out.stat().st_size)})" + (f", preview {args.preview}" if args.preview else ""))
-    print(f"  checksum {benchmark_checksum(bm)} (content; `sphere-reg evaluate` prints it with every table)")
+    print(
+        f"  wrote {out} ({_size(out.stat().st_size)})"
+        + (f", preview {args.preview}" if args.preview else "")
+    )
+    print(
+        f"  checksum {benchmark_checksum(bm)} (content; `sphere-reg evaluate` prints it with every table)"
+    )
     return 0

@@ -50,18 +50,37 @@ import torch.nn.functional as F
 from sphere_reg_ros.core.carm import CarmGeometry
 from sphere_reg_ros.core.drr import MU_WATER_PER_MM, DrrRenderer
 
-__all__ = ["DegradationConfig", "PARAM_NAMES", "check_fields", "ChannelRenderer", "draw_degradations", "apply_degradations",
-           "metal_line_integral", "gaussian_blur_mm"]
+__all__ = [
+    "DegradationConfig",
+    "PARAM_NAMES",
+    "check_fields",
+    "ChannelRenderer",
+    "draw_degradations",
+    "apply_degradations",
+    "metal_line_integral",
+    "gaussian_blur_mm",
+]
 
 Range = tuple[float, float]
 
 #: Names (and trailing shapes) of the per-case parameters, in drawing order.
 PARAM_NAMES: dict[str, tuple[int, ...]] = {
-    "bone_multiplier": (), "beam_hardening": (), "heel_strength": (), "heel_angle_rad": (),
-    "scatter_fraction": (), "scatter_sigma_mm": (), "psf_sigma_mm": (), "photons": (),
-    "electronic_noise": (), "collimation": (), "collimation_insets": (4,),
-    "collimator_transmission": (), "metal": (), "metal_endpoints_world": (2, 3),
-    "metal_radius_mm": (), "metal_mu": (),
+    "bone_multiplier": (),
+    "beam_hardening": (),
+    "heel_strength": (),
+    "heel_angle_rad": (),
+    "scatter_fraction": (),
+    "scatter_sigma_mm": (),
+    "psf_sigma_mm": (),
+    "photons": (),
+    "electronic_noise": (),
+    "collimation": (),
+    "collimation_insets": (4,),
+    "collimator_transmission": (),
+    "metal": (),
+    "metal_endpoints_world": (2, 3),
+    "metal_radius_mm": (),
+    "metal_mu": (),
 }
 
 
@@ -95,19 +114,30 @@ class DegradationConfig:
         if self.bone_multiplier[0] <= 0 or self.photons[0] <= 0:
             raise ValueError("DegradationConfig: bone_multiplier and photons must be positive")
         if self.collimation_inset[1] >= 0.5 or self.collimator_transmission[1] > 1:
-            raise ValueError("DegradationConfig: collimation_inset must stay below 0.5, transmission <= 1")
+            raise ValueError(
+                "DegradationConfig: collimation_inset must stay below 0.5, transmission <= 1"
+            )
         if self.metal_field > 1:
             raise ValueError(f"DegradationConfig.metal_field must be <= 1, got {self.metal_field}")
         if self.metal_tilt_deg > 80:
-            raise ValueError(f"DegradationConfig.metal_tilt_deg must be <= 80, got {self.metal_tilt_deg}")
+            raise ValueError(
+                f"DegradationConfig.metal_tilt_deg must be <= 80, got {self.metal_tilt_deg}"
+            )
 
     @classmethod
     def none(cls) -> "DegradationConfig":
         """No degradation: the output equals the clean line integrals (matched physics)."""
         zero = (0.0, 0.0)
-        return cls(bone_multiplier=(1.0, 1.0), beam_hardening=zero, heel_strength=zero,
-                   scatter_fraction=zero, psf_sigma_mm=zero, noise=False,
-                   collimation_probability=0.0, metal_probability=0.0)
+        return cls(
+            bone_multiplier=(1.0, 1.0),
+            beam_hardening=zero,
+            heel_strength=zero,
+            scatter_fraction=zero,
+            psf_sigma_mm=zero,
+            noise=False,
+            collimation_probability=0.0,
+            metal_probability=0.0,
+        )
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary (ranges as lists)."""
@@ -130,13 +160,19 @@ def check_fields(config, probabilities: tuple[str, ...] = ()) -> None:
             if not isinstance(value, bool):
                 raise ValueError(f"{name}.noise must be a bool, got {value!r}")
         elif isinstance(value, tuple):
-            if len(value) != 2 or not all(math.isfinite(v) and v >= 0 for v in value) or value[0] > value[1]:
+            if (
+                len(value) != 2
+                or not all(math.isfinite(v) and v >= 0 for v in value)
+                or value[0] > value[1]
+            ):
                 raise ValueError(f"{name}.{f.name} must be a range 0 <= low <= high, got {value!r}")
         elif not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name}.{f.name} must be finite and >= 0, got {value!r}")
     for field_name in probabilities:
         if getattr(config, field_name) > 1:
-            raise ValueError(f"{name}.{field_name} must be a probability, got {getattr(config, field_name)}")
+            raise ValueError(
+                f"{name}.{field_name} must be a probability, got {getattr(config, field_name)}"
+            )
 
 
 def _uniform(gen: torch.Generator, bounds: Range) -> float:
@@ -145,7 +181,10 @@ def _uniform(gen: torch.Generator, bounds: Range) -> float:
 
 
 def draw_degradations(
-    config: DegradationConfig, generator: torch.Generator, pose: np.ndarray, geometry: CarmGeometry,
+    config: DegradationConfig,
+    generator: torch.Generator,
+    pose: np.ndarray,
+    geometry: CarmGeometry,
     isocenter_world: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """Draw one case's parameters (every parameter is always drawn, in ``PARAM_NAMES`` order).
@@ -170,20 +209,27 @@ def draw_degradations(
     out["photons"] = math.exp(log_n)
     out["electronic_noise"] = _uniform(generator, c.electronic_noise)
     out["collimation"] = _uniform(generator, (0.0, 1.0)) < c.collimation_probability
-    out["collimation_insets"] = np.array([_uniform(generator, c.collimation_inset) for _ in range(4)])
+    out["collimation_insets"] = np.array(
+        [_uniform(generator, c.collimation_inset) for _ in range(4)]
+    )
     out["collimator_transmission"] = _uniform(generator, c.collimator_transmission)
     out["metal"] = _uniform(generator, (0.0, 1.0)) < c.metal_probability
     margin = (0.5 - 0.5 * c.metal_field, 0.5 + 0.5 * c.metal_field)
     u = _uniform(generator, margin) * (geometry.width - 1)
     v = _uniform(generator, margin) * (geometry.height - 1)
-    iso_carm = np.linalg.solve(pose, np.append(np.asarray(isocenter_world, dtype=np.float64), 1.0))[:3]
+    iso_carm = np.linalg.solve(pose, np.append(np.asarray(isocenter_world, dtype=np.float64), 1.0))[
+        :3
+    ]
     depth = iso_carm[2] + _uniform(generator, (-c.metal_depth_mm, c.metal_depth_mm))
-    center_carm = np.array([(u - geometry.cx) / geometry.fx, (v - geometry.cy) / geometry.fy, 1.0]) * depth
+    center_carm = (
+        np.array([(u - geometry.cx) / geometry.fx, (v - geometry.cy) / geometry.fy, 1.0]) * depth
+    )
     center = pose[:3, :3] @ center_carm + pose[:3, 3]
     phi = _uniform(generator, (0.0, math.pi))
     psi = math.radians(_uniform(generator, (-c.metal_tilt_deg, c.metal_tilt_deg)))
     axis = pose[:3, :3] @ np.array(
-        [math.cos(psi) * math.cos(phi), math.cos(psi) * math.sin(phi), math.sin(psi)])
+        [math.cos(psi) * math.cos(phi), math.cos(psi) * math.sin(phi), math.sin(psi)]
+    )
     half = 0.5 * _uniform(generator, c.metal_length_mm)
     out["metal_endpoints_world"] = np.stack([center - half * axis, center + half * axis])
     out["metal_radius_mm"] = _uniform(generator, c.metal_radius_mm)
@@ -203,15 +249,24 @@ def gaussian_blur_mm(image: torch.Tensor, sigma_mm: float, geometry: CarmGeometr
         kernel = torch.exp(-0.5 * (t / sigma) ** 2)
         kernel = kernel / kernel.sum()
         if axis == 3:
-            x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+            x = F.conv2d(
+                F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1)
+            )
         else:
-            x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+            x = F.conv2d(
+                F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1)
+            )
     return x[0, 0]
 
 
 def metal_line_integral(
-    geometry: CarmGeometry, pose: np.ndarray, endpoints_world: np.ndarray, radius_mm: float,
-    mu_rel: float, scale: float, supersample: int = 3,
+    geometry: CarmGeometry,
+    pose: np.ndarray,
+    endpoints_world: np.ndarray,
+    radius_mm: float,
+    mu_rel: float,
+    scale: float,
+    supersample: int = 3,
 ) -> torch.Tensor:
     """Line integrals ``(H, W)`` float64 of a capsule (the metal instrument), pixel-averaged.
 
@@ -231,8 +286,10 @@ def metal_line_integral(
     rows = (torch.arange(geometry.height, dtype=torch.float64)[:, None] + sub).reshape(-1)
     cols = (torch.arange(geometry.width, dtype=torch.float64)[:, None] + sub).reshape(-1)
     v, u = torch.meshgrid(rows, cols, indexing="ij")
-    d = torch.stack([(u - geometry.cx) / geometry.fx, (v - geometry.cy) / geometry.fy,
-                     torch.ones_like(u)], dim=-1)
+    d = torch.stack(
+        [(u - geometry.cx) / geometry.fx, (v - geometry.cy) / geometry.fy, torch.ones_like(u)],
+        dim=-1,
+    )
     d = d / d.norm(dim=-1, keepdim=True)  # unit ray directions from the source (origin)
     ee, de, da, ea = float(e @ e), d @ e, d @ a, float(e @ a)
     denom = (ee - de**2).clamp(min=1e-12)
@@ -247,8 +304,13 @@ def metal_line_integral(
 
 
 def apply_degradations(
-    p_soft: torch.Tensor, p_bone: torch.Tensor, params: dict[str, np.ndarray],
-    geometry: CarmGeometry, pose: np.ndarray, generator: torch.Generator, scale: float,
+    p_soft: torch.Tensor,
+    p_bone: torch.Tensor,
+    params: dict[str, np.ndarray],
+    geometry: CarmGeometry,
+    pose: np.ndarray,
+    generator: torch.Generator,
+    scale: float,
     noise: bool = True,
 ) -> torch.Tensor:
     """Degrade one case: line integrals ``p_soft``, ``p_bone`` ``(H, W)`` -> image ``(H, W)`` float32.
@@ -259,8 +321,9 @@ def apply_degradations(
     P = {k: float(v) if np.ndim(v) == 0 else v for k, v in params.items()}
     p = p_soft.double() + P["bone_multiplier"] * p_bone.double()
     if P["metal"]:
-        p = p + metal_line_integral(geometry, pose, P["metal_endpoints_world"], P["metal_radius_mm"],
-                                    P["metal_mu"], scale)
+        p = p + metal_line_integral(
+            geometry, pose, P["metal_endpoints_world"], P["metal_radius_mm"], P["metal_mu"], scale
+        )
     b = P["beam_hardening"]
     p = torch.log1p(b * p) / b if b > 0 else p
     H, W = p.shape
@@ -273,15 +336,23 @@ def apply_degradations(
         top, bottom, left, right = (float(f) for f in P["collimation_insets"])
         rr = torch.arange(H)[:, None]
         cc = torch.arange(W)[None, :]
-        inside = ((rr >= round(top * H)) & (rr < H - round(bottom * H))
-                  & (cc >= round(left * W)) & (cc < W - round(right * W)))
+        inside = (
+            (rr >= round(top * H))
+            & (rr < H - round(bottom * H))
+            & (cc >= round(left * W))
+            & (cc < W - round(right * W))
+        )
         tau = P["collimator_transmission"]
         primary = primary * torch.where(inside, 1.0, tau)
-    total = primary + P["scatter_fraction"] * gaussian_blur_mm(primary, P["scatter_sigma_mm"], geometry)
+    total = primary + P["scatter_fraction"] * gaussian_blur_mm(
+        primary, P["scatter_sigma_mm"], geometry
+    )
     total = gaussian_blur_mm(total, P["psf_sigma_mm"], geometry)
     if noise:
         counts = torch.poisson(total, generator=generator)
-        counts = counts + P["electronic_noise"] * torch.randn(total.shape, generator=generator, dtype=torch.float64)
+        counts = counts + P["electronic_noise"] * torch.randn(
+            total.shape, generator=generator, dtype=torch.float64
+        )
         return (math.log(n0) - torch.log(counts.clamp(min=0.5))).float()
     return (math.log(n0) - torch.log(total.clamp(min=1e-300))).float()
 
@@ -293,8 +364,14 @@ class ChannelRenderer:
     those of a :class:`DrrRenderer` of the channels' sum, so channel ``c`` equals rendering it alone.
     """
 
-    def __init__(self, channels: np.ndarray, affine: np.ndarray, geometry: CarmGeometry,
-                 scale: float = MU_WATER_PER_MM, rays_per_chunk: int = 2048) -> None:
+    def __init__(
+        self,
+        channels: np.ndarray,
+        affine: np.ndarray,
+        geometry: CarmGeometry,
+        scale: float = MU_WATER_PER_MM,
+        rays_per_chunk: int = 2048,
+    ) -> None:
         channels = np.asarray(channels, dtype=np.float32)
         self.renderer = DrrRenderer(channels.sum(axis=0), affine, geometry, scale=scale)
         self.geometry, self.scale, self.rays_per_chunk = geometry, float(scale), int(rays_per_chunk)
@@ -319,7 +396,7 @@ class ChannelRenderer:
         step = (window[1] - window[0]) / (n - 1)
         sums = []
         for start in range(0, target.shape[0], self.rays_per_chunk):
-            d = target[start:start + self.rays_per_chunk] - source
+            d = target[start : start + self.rays_per_chunk] - source
             xyz = source[:, None] + alphas[None, :, None] * d[:, None]  # (P, n, 3) voxel index
             grid = (2.0 * (xyz + 0.5) / self.dims - 1.0)[None, None]  # align_corners=False
             samples = F.grid_sample(self.volume, grid, mode="bilinear", align_corners=False)

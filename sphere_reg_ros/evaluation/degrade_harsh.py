@@ -46,8 +46,15 @@ from sphere_reg_ros.core.carm import CarmGeometry
 
 from .degrade import check_fields, gaussian_blur_mm, metal_line_integral
 
-__all__ = ["HarshConfig", "HARSH_PARAM_NAMES", "MAX_SCREWS", "LEAD_POINTS", "mineral_fraction",
-           "draw_harsh", "apply_harsh"]
+__all__ = [
+    "HarshConfig",
+    "HARSH_PARAM_NAMES",
+    "MAX_SCREWS",
+    "LEAD_POINTS",
+    "mineral_fraction",
+    "draw_harsh",
+    "apply_harsh",
+]
 
 Range = tuple[float, float]
 
@@ -56,13 +63,35 @@ LEAD_POINTS = 9
 
 #: Names and trailing shapes of the per-case parameters, in drawing order.
 HARSH_PARAM_NAMES: dict[str, tuple[int, ...]] = {
-    "bone_gain": (), "response": (), "vignetting": (), "heel": (), "heel_angle_rad": (),
-    "collimator": (), "collimator_angle_rad": (), "collimator_insets": (4,), "iris": (), "iris_radius": (),
-    "penumbra_mm": (), "collimator_transmission": (), "scatter_fraction": (), "scatter_length_mm": (),
-    "psf_sigma_mm": (), "glare_fraction": (), "glare_sigma_mm": (), "gain_variation": (), "photons": (),
-    "electronic_noise": (), "saturation_quantile": (), "screws": (), "screw_endpoints_world": (MAX_SCREWS, 2, 3),
-    "screw_radius_mm": (MAX_SCREWS,), "screw_mu": (MAX_SCREWS,), "lead": (), "lead_points_world": (LEAD_POINTS, 3),
-    "lead_radius_mm": (), "lead_mu": (),
+    "bone_gain": (),
+    "response": (),
+    "vignetting": (),
+    "heel": (),
+    "heel_angle_rad": (),
+    "collimator": (),
+    "collimator_angle_rad": (),
+    "collimator_insets": (4,),
+    "iris": (),
+    "iris_radius": (),
+    "penumbra_mm": (),
+    "collimator_transmission": (),
+    "scatter_fraction": (),
+    "scatter_length_mm": (),
+    "psf_sigma_mm": (),
+    "glare_fraction": (),
+    "glare_sigma_mm": (),
+    "gain_variation": (),
+    "photons": (),
+    "electronic_noise": (),
+    "saturation_quantile": (),
+    "screws": (),
+    "screw_endpoints_world": (MAX_SCREWS, 2, 3),
+    "screw_radius_mm": (MAX_SCREWS,),
+    "screw_mu": (MAX_SCREWS,),
+    "lead": (),
+    "lead_points_world": (LEAD_POINTS, 3),
+    "lead_radius_mm": (),
+    "lead_mu": (),
 }
 
 
@@ -101,15 +130,28 @@ class HarshConfig:
     noise: bool = True
 
     def __post_init__(self) -> None:
-        check_fields(self, probabilities=("collimator_probability", "iris_probability", "lead_probability"))
+        check_fields(
+            self, probabilities=("collimator_probability", "iris_probability", "lead_probability")
+        )
         if self.response[0] <= 0 or self.photons[0] <= 0 or self.scatter_length_mm[0] <= 0:
-            raise ValueError("HarshConfig: response, photons and scatter_length_mm must be positive")
-        if self.collimator_inset[1] >= 0.5 or self.collimator_transmission[1] > 1 or self.saturation_quantile[1] >= 0.5:
-            raise ValueError("HarshConfig: collimator_inset and saturation_quantile must stay below 0.5, "
-                             "transmission <= 1")
+            raise ValueError(
+                "HarshConfig: response, photons and scatter_length_mm must be positive"
+            )
+        if (
+            self.collimator_inset[1] >= 0.5
+            or self.collimator_transmission[1] > 1
+            or self.saturation_quantile[1] >= 0.5
+        ):
+            raise ValueError(
+                "HarshConfig: collimator_inset and saturation_quantile must stay below 0.5, "
+                "transmission <= 1"
+            )
 
     def to_dict(self) -> dict:
-        return {"family": "harsh", **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}}
+        return {
+            "family": "harsh",
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()},
+        }
 
     @classmethod
     def from_dict(cls, values: dict) -> "HarshConfig":
@@ -123,7 +165,9 @@ def mineral_fraction(hu: np.ndarray) -> np.ndarray:
 
 
 def _u(gen: torch.Generator, bounds: Range) -> float:
-    return bounds[0] + (bounds[1] - bounds[0]) * float(torch.rand((), generator=gen, dtype=torch.float64))
+    return bounds[0] + (bounds[1] - bounds[0]) * float(
+        torch.rand((), generator=gen, dtype=torch.float64)
+    )
 
 
 def _point_in_field(gen, pose, geometry, iso_depth, field, depth_mm) -> np.ndarray:
@@ -142,12 +186,19 @@ def _unit(gen) -> np.ndarray:
     return d / max(float(np.linalg.norm(d)), 1e-9)
 
 
-def draw_harsh(config: HarshConfig, generator: torch.Generator, pose: np.ndarray, geometry: CarmGeometry,
-               isocenter_world: np.ndarray) -> dict[str, np.ndarray]:
+def draw_harsh(
+    config: HarshConfig,
+    generator: torch.Generator,
+    pose: np.ndarray,
+    geometry: CarmGeometry,
+    isocenter_world: np.ndarray,
+) -> dict[str, np.ndarray]:
     """One case's parameters (all of :data:`HARSH_PARAM_NAMES`, always drawn, in order)."""
     c, g = config, generator
     pose = np.asarray(pose, dtype=np.float64)
-    iso_depth = float(np.linalg.solve(pose, np.append(np.asarray(isocenter_world, dtype=np.float64), 1.0))[2])
+    iso_depth = float(
+        np.linalg.solve(pose, np.append(np.asarray(isocenter_world, dtype=np.float64), 1.0))[2]
+    )
     out: dict[str, object] = {}
     out["bone_gain"] = _u(g, c.bone_gain)
     out["response"] = _u(g, c.response)
@@ -155,7 +206,9 @@ def draw_harsh(config: HarshConfig, generator: torch.Generator, pose: np.ndarray
     out["heel"] = _u(g, c.heel)
     out["heel_angle_rad"] = _u(g, (0.0, 2.0 * math.pi))
     out["collimator"] = _u(g, (0.0, 1.0)) < c.collimator_probability
-    out["collimator_angle_rad"] = math.radians(_u(g, (-c.collimator_angle_deg, c.collimator_angle_deg)))
+    out["collimator_angle_rad"] = math.radians(
+        _u(g, (-c.collimator_angle_deg, c.collimator_angle_deg))
+    )
     out["collimator_insets"] = np.array([_u(g, c.collimator_inset) for _ in range(4)])
     out["iris"] = _u(g, (0.0, 1.0)) < c.iris_probability
     out["iris_radius"] = _u(g, c.iris_radius)
@@ -184,7 +237,9 @@ def draw_harsh(config: HarshConfig, generator: torch.Generator, pose: np.ndarray
     out["lead"] = _u(g, (0.0, 1.0)) < c.lead_probability
     # a smooth random walk: steps of 25-40 mm whose direction turns by a random small rotation
     start = _point_in_field(g, pose, geometry, iso_depth, 0.9, c.object_depth_mm)
-    direction = pose[:3, :3] @ np.array([math.cos(_u(g, (0, 2 * math.pi))), math.sin(_u(g, (0, 2 * math.pi))), 0.0])
+    direction = pose[:3, :3] @ np.array(
+        [math.cos(_u(g, (0, 2 * math.pi))), math.sin(_u(g, (0, 2 * math.pi))), 0.0]
+    )
     points = [start]
     for _ in range(LEAD_POINTS - 1):
         direction = direction + 0.5 * _unit(g)
@@ -201,7 +256,9 @@ def _soft_inside(distance_mm: torch.Tensor, penumbra_mm: float) -> torch.Tensor:
     return torch.sigmoid(distance_mm * (4.4 / max(penumbra_mm, 1e-3)))
 
 
-def _exponential_scatter(primary: torch.Tensor, length_mm: float, geometry: CarmGeometry) -> torch.Tensor:
+def _exponential_scatter(
+    primary: torch.Tensor, length_mm: float, geometry: CarmGeometry
+) -> torch.Tensor:
     """``primary`` convolved with the normalised kernel ``exp(−r / λ)`` (FFT, edges reflected)."""
     H, W = primary.shape
     pad_h, pad_w = H // 2, W // 2
@@ -212,32 +269,49 @@ def _exponential_scatter(primary: torch.Tensor, length_mm: float, geometry: Carm
     kernel = torch.exp(-torch.sqrt(yy[:, None] ** 2 + xx[None, :] ** 2) / length_mm)
     kernel = torch.fft.ifftshift(kernel / kernel.sum())
     out = torch.fft.irfft2(torch.fft.rfft2(x) * torch.fft.rfft2(kernel), s=(h, w))
-    return out[pad_h:pad_h + H, pad_w:pad_w + W]
+    return out[pad_h : pad_h + H, pad_w : pad_w + W]
 
 
-def apply_harsh(p_mu: torch.Tensor, p_mineral: torch.Tensor, params: dict[str, np.ndarray],
-                geometry: CarmGeometry, pose: np.ndarray, generator: torch.Generator, scale: float,
-                noise: bool = True) -> torch.Tensor:
+def apply_harsh(
+    p_mu: torch.Tensor,
+    p_mineral: torch.Tensor,
+    params: dict[str, np.ndarray],
+    geometry: CarmGeometry,
+    pose: np.ndarray,
+    generator: torch.Generator,
+    scale: float,
+    noise: bool = True,
+) -> torch.Tensor:
     """Degrade one case: line integrals of ``μ`` and of ``μ · s(HU)`` ``(H, W)`` → image ``(H, W)``
     float32 (log domain). ``geometry`` is the rendered detector, ``scale`` the attenuation of
     water per mm; noise draws come from ``generator`` (after the parameters)."""
     P = {k: float(v) if np.ndim(v) == 0 else v for k, v in params.items()}
     p = p_mu.double() + P["bone_gain"] * p_mineral.double()
     for k in range(int(P["screws"])):
-        p = p + metal_line_integral(geometry, pose, P["screw_endpoints_world"][k], float(P["screw_radius_mm"][k]),
-                                    float(P["screw_mu"][k]), scale)
+        p = p + metal_line_integral(
+            geometry,
+            pose,
+            P["screw_endpoints_world"][k],
+            float(P["screw_radius_mm"][k]),
+            float(P["screw_mu"][k]),
+            scale,
+        )
     if P["lead"]:
         pts = P["lead_points_world"]
         for k in range(len(pts) - 1):
-            p = p + metal_line_integral(geometry, pose, pts[k:k + 2], P["lead_radius_mm"], P["lead_mu"], scale)
+            p = p + metal_line_integral(
+                geometry, pose, pts[k : k + 2], P["lead_radius_mm"], P["lead_mu"], scale
+            )
     c = P["response"]
     p = -torch.expm1(-c * p) / c
     H, W = p.shape
     ys = (torch.arange(H, dtype=torch.float64) - (H - 1) / 2)[:, None] * geometry.dely
     xs = (torch.arange(W, dtype=torch.float64) - (W - 1) / 2)[None, :] * geometry.delx
     half_h, half_w = H * geometry.dely / 2, W * geometry.delx / 2
-    r2 = (xs ** 2 + ys ** 2) / (half_h ** 2 + half_w ** 2)
-    along = (xs * math.cos(P["heel_angle_rad"]) + ys * math.sin(P["heel_angle_rad"])) / max(half_h, half_w)
+    r2 = (xs**2 + ys**2) / (half_h**2 + half_w**2)
+    along = (xs * math.cos(P["heel_angle_rad"]) + ys * math.sin(P["heel_angle_rad"])) / max(
+        half_h, half_w
+    )
     n0 = P["photons"]
     primary = n0 * (1.0 - P["vignetting"] * r2) * torch.exp(P["heel"] * along) * torch.exp(-p)
     if P["collimator"] or P["iris"]:
@@ -247,22 +321,33 @@ def apply_harsh(p_mu: torch.Tensor, p_mineral: torch.Tensor, params: dict[str, n
             u = xs * math.cos(a) + ys * math.sin(a)  # rotated detector axes, mm from the centre
             v = -xs * math.sin(a) + ys * math.cos(a)
             top, bottom, left, right = (float(f) for f in P["collimator_insets"])
-            for dist, inset, half in ((v + half_h, top, half_h), (half_h - v, bottom, half_h),
-                                      (u + half_w, left, half_w), (half_w - u, right, half_w)):
+            for dist, inset, half in (
+                (v + half_h, top, half_h),
+                (half_h - v, bottom, half_h),
+                (u + half_w, left, half_w),
+                (half_w - u, right, half_w),
+            ):
                 inside = inside * _soft_inside(dist - 2 * half * inset, P["penumbra_mm"])
         if P["iris"]:
             radius = P["iris_radius"] * min(half_h, half_w)
-            inside = inside * _soft_inside(radius - torch.sqrt(xs ** 2 + ys ** 2), P["penumbra_mm"])
+            inside = inside * _soft_inside(radius - torch.sqrt(xs**2 + ys**2), P["penumbra_mm"])
         tau = P["collimator_transmission"]
         primary = primary * (tau + (1.0 - tau) * inside)
-    total = primary + P["scatter_fraction"] * _exponential_scatter(primary, P["scatter_length_mm"], geometry)
+    total = primary + P["scatter_fraction"] * _exponential_scatter(
+        primary, P["scatter_length_mm"], geometry
+    )
     gf = P["glare_fraction"]
-    total = (1.0 - gf) * gaussian_blur_mm(total, P["psf_sigma_mm"], geometry) + gf * gaussian_blur_mm(
-        total, P["glare_sigma_mm"], geometry)
+    total = (1.0 - gf) * gaussian_blur_mm(
+        total, P["psf_sigma_mm"], geometry
+    ) + gf * gaussian_blur_mm(total, P["glare_sigma_mm"], geometry)
     if noise:
-        gain = 1.0 + P["gain_variation"] * torch.randn(total.shape, generator=generator, dtype=torch.float64)
+        gain = 1.0 + P["gain_variation"] * torch.randn(
+            total.shape, generator=generator, dtype=torch.float64
+        )
         counts = torch.poisson((total * gain).clamp(min=0.0), generator=generator)
-        counts = counts + P["electronic_noise"] * torch.randn(total.shape, generator=generator, dtype=torch.float64)
+        counts = counts + P["electronic_noise"] * torch.randn(
+            total.shape, generator=generator, dtype=torch.float64
+        )
         out = math.log(n0) - torch.log(counts.clamp(min=0.5))
     else:
         out = math.log(n0) - torch.log(total.clamp(min=1e-300))

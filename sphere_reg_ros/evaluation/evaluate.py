@@ -46,18 +46,43 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sphere_reg_ros.core.baselines import GradientConfig, GradientRegistration, MultiscaleNCC, SimilarityCost
-from sphere_reg_ros.core.metrics import CSV_FIELDS, Summary, format_table, mtre, summarize, to_csv_rows
+from sphere_reg_ros.core.baselines import (
+    GradientConfig,
+    GradientRegistration,
+    MultiscaleNCC,
+    SimilarityCost,
+)
 from sphere_reg_ros.core.lm import LevenbergMarquardt
+from sphere_reg_ros.core.metrics import (
+    CSV_FIELDS,
+    Summary,
+    format_table,
+    mtre,
+    summarize,
+    to_csv_rows,
+)
 from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig, resolve_device
 from sphere_reg_ros.core.residuals import CombinedResiduals
 from sphere_reg_ros.core.result import CHI2_3_95, RegistrationResult, Status, point_error
 from sphere_reg_ros.core.trust import rejection_key
 from sphere_reg_ros.core.volume import Volume
-from sphere_reg_ros.evaluation.xvr_adapter import INSTALL_HINT, XvrConfig, XvrRegistration, xvr_available
+from sphere_reg_ros.evaluation.xvr_adapter import (
+    INSTALL_HINT,
+    XvrConfig,
+    XvrRegistration,
+    xvr_available,
+)
 
-__all__ = ["METHODS", "EvaluationConfig", "MethodRun", "EvaluationReport", "evaluate", "convergence_point",
-           "write_csvs", "shipped_model"]
+__all__ = [
+    "METHODS",
+    "EvaluationConfig",
+    "MethodRun",
+    "EvaluationReport",
+    "evaluate",
+    "convergence_point",
+    "write_csvs",
+    "shipped_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +171,23 @@ class EvaluationReport:
     trust: dict = field(default_factory=dict)  # trust_points()
 
     def text(self) -> str:
-        lines = [self.table, "", self.extra_table] + (["", self.trust_table] if self.trust_table else [])
+        lines = [self.table, "", self.extra_table] + (
+            ["", self.trust_table] if self.trust_table else []
+        )
         if self.unavailable:
-            lines += ["", "Unavailable methods:"] + [f"  {k}: {v}" for k, v in self.unavailable.items()]
+            lines += ["", "Unavailable methods:"] + [
+                f"  {k}: {v}" for k, v in self.unavailable.items()
+            ]
         return "\n".join(lines)
 
 
-def convergence_point(mtres: np.ndarray, elapsed: np.ndarray, iterations: np.ndarray,
-                      rel: float = 0.1, abs_mm: float = 0.1) -> tuple[float, float]:
+def convergence_point(
+    mtres: np.ndarray,
+    elapsed: np.ndarray,
+    iterations: np.ndarray,
+    rel: float = 0.1,
+    abs_mm: float = 0.1,
+) -> tuple[float, float]:
     """``(iteration, elapsed_s)`` of the first record after which the mTRE stays within
     ``max(abs_mm, rel · final)`` of its final value; ``(nan, nan)`` for an empty curve."""
     if len(mtres) == 0:
@@ -171,16 +205,22 @@ def _scored(result: RegistrationResult) -> bool:
     """Whether a result carries the method's pose: the solver ended normally (converged, no
     progress, iteration cap) or a gate rejected it (the accuracy table scores the pose; the trust
     table says whether it would have been published)."""
-    return (result.status.usable or result.status is Status.REJECTED) and bool(np.all(np.isfinite(result.pose)))
+    return (result.status.usable or result.status is Status.REJECTED) and bool(
+        np.all(np.isfinite(result.pose))
+    )
 
 
 def _score(result: RegistrationResult, true: np.ndarray, landmarks: torch.Tensor) -> float:
     if not _scored(result):
         return math.inf
-    return float(mtre(torch.as_tensor(result.pose)[None], torch.as_tensor(true)[None], landmarks)[0])
+    return float(
+        mtre(torch.as_tensor(result.pose)[None], torch.as_tensor(true)[None], landmarks)[0]
+    )
 
 
-def _curve(result: RegistrationResult, true: np.ndarray, landmarks: torch.Tensor, final_mtre: float) -> dict:
+def _curve(
+    result: RegistrationResult, true: np.ndarray, landmarks: torch.Tensor, final_mtre: float
+) -> dict:
     hist = [h for h in result.history if "pose" in h]
     if not hist:
         return {k: np.zeros(0) for k in ("iteration", "elapsed_s", "cost", "mtre_mm", "scale")}
@@ -216,11 +256,26 @@ class _NoSolver:
 
         B = init_pose.shape[0]
         nan = torch.full((B,), math.nan, dtype=torch.float64)
-        return LMResult(pose=init_pose.to(torch.float64), covariance=torch.full((B, 6, 6), math.nan),
-                        cost=nan, initial_cost=nan, iterations=torch.zeros(B, dtype=torch.long),
-                        status=[Status.CONVERGED] * B, message=["regressor only"] * B,
-                        history=[[{"iteration": 0, "cost": math.nan, "elapsed_s": 0.0,
-                                   "pose": init_pose[i].to(torch.float64).numpy()}] for i in range(B)])
+        return LMResult(
+            pose=init_pose.to(torch.float64),
+            covariance=torch.full((B, 6, 6), math.nan),
+            cost=nan,
+            initial_cost=nan,
+            iterations=torch.zeros(B, dtype=torch.long),
+            status=[Status.CONVERGED] * B,
+            message=["regressor only"] * B,
+            history=[
+                [
+                    {
+                        "iteration": 0,
+                        "cost": math.nan,
+                        "elapsed_s": 0.0,
+                        "pose": init_pose[i].to(torch.float64).numpy(),
+                    }
+                ]
+                for i in range(B)
+            ],
+        )
 
 
 def shipped_model() -> str | None:
@@ -248,8 +303,14 @@ def _load_models(path: str, ct: Volume, spacing_mm: float):
     return load_checkpoint(path, ct=ct)  # refuses a checkpoint made for another CT
 
 
-def _build(methods: Sequence[str], ct: Volume, model: str | None, models: dict[str, str],
-           config: EvaluationConfig, resolution: int) -> tuple[dict[str, Callable], dict[str, str], dict]:
+def _build(
+    methods: Sequence[str],
+    ct: Volume,
+    model: str | None,
+    models: dict[str, str],
+    config: EvaluationConfig,
+    resolution: int,
+) -> tuple[dict[str, Callable], dict[str, str], dict]:
     """Runners ``(image, geometry, init) -> RegistrationResult`` per available method."""
     runners: dict[str, Callable] = {}
     unavailable: dict[str, str] = {}
@@ -268,11 +329,24 @@ def _build(methods: Sequence[str], ct: Volume, model: str | None, models: dict[s
             bundle = _load_models(path, ct, config.spacing_mm)
             spacing = getattr(bundle, "working_spacing_mm", None) or config.spacing_mm
             if spacing != config.spacing_mm:
-                log.warning("%s: rendering the CT at %g mm, the spacing the model was trained with", path, spacing)
+                log.warning(
+                    "%s: rendering the CT at %g mm, the spacing the model was trained with",
+                    path,
+                    spacing,
+                )
             step = (getattr(bundle, "training", None) or {}).get("step_mm")
-            cfg = replace(rcfg, ray_step_mm=float(step)) if step and rcfg.ray_step_mm is None else rcfg
-            cache[path] = Registrar(ct, similarity=bundle.similarity, regressor=bundle.regressor, config=cfg,
-                                    spacing_mm=float(spacing))
+            cfg = (
+                replace(rcfg, ray_step_mm=float(step))
+                if step and rcfg.ray_step_mm is None
+                else rcfg
+            )
+            cache[path] = Registrar(
+                ct,
+                similarity=bundle.similarity,
+                regressor=bundle.regressor,
+                config=cfg,
+                spacing_mm=float(spacing),
+            )
             cache[path].model_geometry = bundle.geometry
         return cache[path]
 
@@ -286,15 +360,22 @@ def _build(methods: Sequence[str], ct: Volume, model: str | None, models: dict[s
             if name in _MODEL_METHODS or name in _CHECKPOINT_METHODS:
                 path = model if name in _MODEL_METHODS else models.get(name)
                 if not path:
-                    unavailable[name] = ("needs --model (a checkpoint)" if name in _MODEL_METHODS
-                                         else f"needs a checkpoint for it (--models {name}=PATH)")
+                    unavailable[name] = (
+                        "needs --model (a checkpoint)"
+                        if name in _MODEL_METHODS
+                        else f"needs a checkpoint for it (--models {name}=PATH)"
+                    )
                     continue
                 reg = learned(name, path)
                 if name == "ours+intensity":
                     free = learning_free().similarity
-                    combo = CombinedResiduals([reg.similarity, free], [1.0, config.intensity_weight])
+                    combo = CombinedResiduals(
+                        [reg.similarity, free], [1.0, config.intensity_weight]
+                    )
                     solver = LevenbergMarquardt(combo, reg.config.lm_config(learned=True))
-                    runners[name] = (lambda r, s: lambda img, g, init: r.register(img, g, init, solver=s))(reg, solver)
+                    runners[name] = (
+                        lambda r, s: lambda img, g, init: r.register(img, g, init, solver=s)
+                    )(reg, solver)
                 elif name == "regressor":
                     runners[name] = _Regressor(reg).register
                 elif name == "ours-regressor":
@@ -307,18 +388,27 @@ def _build(methods: Sequence[str], ct: Volume, model: str | None, models: dict[s
                 runners[name] = reg.register
                 sims["intensity"] = reg.similarity
             elif name in ("lm-nomask", "lm-ls", "lm-nofit"):
-                variant = {"lm-nomask": replace(lcfg, masking=False), "lm-ls": replace(lcfg, robust="none"),
-                           "lm-nofit": replace(lcfg, intensity_fit="none")}[name]
+                variant = {
+                    "lm-nomask": replace(lcfg, masking=False),
+                    "lm-ls": replace(lcfg, robust="none"),
+                    "lm-nofit": replace(lcfg, intensity_fit="none"),
+                }[name]
                 runners[name] = Registrar(ct, config=variant, spacing_mm=config.spacing_mm).register
             elif name in ("adam", "gd"):
                 reg = learned("ours", model) if model else learning_free()
                 gcfg = replace(config.gradient, optimizer=name)
                 solver = GradientRegistration(SimilarityCost(reg.similarity), gcfg)
-                runners[name] = (lambda r, s: lambda img, g, init: r.register(img, g, init, solver=s))(reg, solver)
+                runners[name] = (
+                    lambda r, s: lambda img, g, init: r.register(img, g, init, solver=s)
+                )(reg, solver)
             elif name == "ncc-adam":
                 reg = learning_free()
-                solver = GradientRegistration(MultiscaleNCC(), replace(config.gradient, optimizer="adam"))
-                runners[name] = (lambda r, s: lambda img, g, init: r.register(img, g, init, solver=s))(reg, solver)
+                solver = GradientRegistration(
+                    MultiscaleNCC(), replace(config.gradient, optimizer="adam")
+                )
+                runners[name] = (
+                    lambda r, s: lambda img, g, init: r.register(img, g, init, solver=s)
+                )(reg, solver)
                 sims["mNCC"] = MultiscaleNCC()
             elif name == "xvr":
                 if not xvr_available():
@@ -326,24 +416,33 @@ def _build(methods: Sequence[str], ct: Volume, model: str | None, models: dict[s
                 else:
                     device = str(resolve_device(config.registrar.device))
                     xcfg = replace(config.xvr, device=device)
-                    runners[name] = XvrRegistration(ct, xcfg, resolution=resolution,
-                                                    spacing_mm=config.spacing_mm).register
+                    runners[name] = XvrRegistration(
+                        ct, xcfg, resolution=resolution, spacing_mm=config.spacing_mm
+                    ).register
         except Exception as exc:  # a broken checkpoint makes the method unavailable, not the run
             log.warning("method %s unavailable: %s", name, exc)
             unavailable[name] = f"{type(exc).__name__}: {exc}"
     return runners, unavailable, {"similarities": sims, "registrars": cache}
 
 
-def evaluate(benchmark, ct: Volume, methods: Sequence[str], model: str | None = None,
-             models: dict[str, str] | None = None, config: EvaluationConfig = EvaluationConfig(),
-             out_dir: str | Path | None = None, progress: bool = True) -> EvaluationReport:
+def evaluate(
+    benchmark,
+    ct: Volume,
+    methods: Sequence[str],
+    model: str | None = None,
+    models: dict[str, str] | None = None,
+    config: EvaluationConfig = EvaluationConfig(),
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> EvaluationReport:
     """Run ``methods`` on the benchmark's cases; print nothing, return the report (and write the
     CSVs and plots to ``out_dir`` when given)."""
     n = benchmark.n_cases if config.cases is None else min(int(config.cases), benchmark.n_cases)
     if n < 1:
         raise ValueError("no cases to evaluate")
-    runners, unavailable, extra = _build(list(methods), ct, model, dict(models or {}), config,
-                                         benchmark.resolution)
+    runners, unavailable, extra = _build(
+        list(methods), ct, model, dict(models or {}), config, benchmark.resolution
+    )
     landmarks = torch.as_tensor(benchmark.landmarks, dtype=torch.float64)
     starts = benchmark.poses_true if config.start == "truth" else benchmark.poses_init
     geometry = benchmark.render_geometry
@@ -351,7 +450,9 @@ def evaluate(benchmark, ct: Volume, methods: Sequence[str], model: str | None = 
     total = n * len(runners)
     bar = tqdm(total=total, desc="evaluate", unit="case", disable=not progress)
     for name, run in runners.items():
-        if config.warmup:  # one untimed registration: one-time costs (vmap/AD set-up, caches) excluded
+        if (
+            config.warmup
+        ):  # one untimed registration: one-time costs (vmap/AD set-up, caches) excluded
             bar.set_postfix_str(f"{name} warm-up")
             run(benchmark.images[0], geometry, starts[0])
         results, m, t, curves = [], [], [], []
@@ -366,24 +467,45 @@ def evaluate(benchmark, ct: Volume, methods: Sequence[str], model: str | None = 
             bar.update(1)
         t_arr = np.nan_to_num(np.asarray(t), nan=0.0)
         conv = [convergence_point(c["mtre_mm"], c["elapsed_s"], c["iteration"]) for c in curves]
-        runs[name] = MethodRun(name=name, description=METHODS[name], results=results, mtre_mm=np.asarray(m),
-                               run_time_s=t_arr, curves=curves,
-                               summary=summarize(np.asarray(m), t_arr, config.threshold_mm),
-                               iterations_to_final=np.array([c[0] for c in conv]),
-                               time_to_final_s=np.array([c[1] for c in conv]))
+        runs[name] = MethodRun(
+            name=name,
+            description=METHODS[name],
+            results=results,
+            mtre_mm=np.asarray(m),
+            run_time_s=t_arr,
+            curves=curves,
+            summary=summarize(np.asarray(m), t_arr, config.threshold_mm),
+            iterations_to_final=np.array([c[0] for c in conv]),
+            time_to_final_s=np.array([c[1] for c in conv]),
+        )
     bar.close()
     from .benchmark import benchmark_checksum
 
     family = benchmark.config.get("family", "") if isinstance(benchmark.config, dict) else ""
-    title = (f"Benchmark {benchmark.ct_source} ({benchmark.split}, seed {benchmark.seed}"
-             f"{', family ' + family if family else ''}, checksum {benchmark_checksum(benchmark)}): {n} cases, "
-             f"{benchmark.resolution}x{benchmark.resolution} px, " + (
-                 "every method started AT THE TRUE POSE (mTRE = drift from the truth)" if config.start == "truth" else
-                 f"initial mTRE median {float(np.median(benchmark.initial_mtre_mm[:n])):.1f} mm"))
-    table = format_table({k: r.summary for k, r in runs.items()}, title=title) if runs else "(no method ran)"
+    title = (
+        f"Benchmark {benchmark.ct_source} ({benchmark.split}, seed {benchmark.seed}"
+        f"{', family ' + family if family else ''}, checksum {benchmark_checksum(benchmark)}): {n} cases, "
+        f"{benchmark.resolution}x{benchmark.resolution} px, "
+        + (
+            "every method started AT THE TRUE POSE (mTRE = drift from the truth)"
+            if config.start == "truth"
+            else f"initial mTRE median {float(np.median(benchmark.initial_mtre_mm[:n])):.1f} mm"
+        )
+    )
+    table = (
+        format_table({k: r.summary for k, r in runs.items()}, title=title)
+        if runs
+        else "(no method ran)"
+    )
     trust = trust_points(runs, benchmark.poses_true[:n])
-    report = EvaluationReport(runs=runs, unavailable=unavailable, table=table, extra_table=_extra_table(runs),
-                              trust_table=trust_table(trust), trust=trust)
+    report = EvaluationReport(
+        runs=runs,
+        unavailable=unavailable,
+        table=table,
+        extra_table=_extra_table(runs),
+        trust_table=trust_table(trust),
+        trust=trust,
+    )
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -394,7 +516,9 @@ def evaluate(benchmark, ct: Volume, methods: Sequence[str], model: str | None = 
         report.files += plots.reliability(trust, out / "reliability.png")
         if config.landscape and extra["registrars"]:
             try:
-                report.files += plots.landscape_for_benchmark(benchmark, extra, out / "landscape.png")
+                report.files += plots.landscape_for_benchmark(
+                    benchmark, extra, out / "landscape.png"
+                )
             except Exception as exc:  # a plot must not lose the table
                 log.warning("landscape plot failed: %s", exc)
         (out / "table.txt").write_text(report.text() + "\n")
@@ -402,14 +526,19 @@ def evaluate(benchmark, ct: Volume, methods: Sequence[str], model: str | None = 
     return report
 
 
-def trust_points(runs: dict[str, MethodRun], poses_true: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+def trust_points(
+    runs: dict[str, MethodRun], poses_true: np.ndarray
+) -> dict[str, dict[str, np.ndarray]]:
     """Per method and case: ``passed`` (may be published), ``mtre_mm``, ``actual_mm`` (the true
     error's length at the region of interest), ``predicted_mm`` (95 % radius along the predicted
     error's worst axis) and ``inside`` (the true error inside the 95 % ellipsoid; False without a
     covariance)."""
     out = {}
     for name, r in runs.items():
-        rows = {k: [] for k in ("passed", "mtre_mm", "actual_mm", "predicted_mm", "inside", "mahalanobis2")}
+        rows = {
+            k: []
+            for k in ("passed", "mtre_mm", "actual_mm", "predicted_mm", "inside", "mahalanobis2")
+        }
         for res, true, m in zip(r.results, poses_true, r.mtre_mm):
             C = res.roi_covariance
             if _scored(res):
@@ -440,23 +569,57 @@ def trust_table(points: dict[str, dict[str, np.ndarray]]) -> str:
     region of interest over the passed cases (and over every case with a pose)."""
     if not points:
         return ""
-    head = ("Method", "Failed flagged", "Good passed", "Passed", "Coverage (passed)", "Coverage (all)")
+    head = (
+        "Method",
+        "Failed flagged",
+        "Good passed",
+        "Passed",
+        "Coverage (passed)",
+        "Coverage (all)",
+    )
     rows = []
 
     def share(sel: np.ndarray, of: np.ndarray) -> str:
-        return "n/a (0 cases)" if not of.any() else f"{100 * sel[of].mean():.1f} % ({int(sel[of].sum())}/{int(of.sum())})"
+        return (
+            "n/a (0 cases)"
+            if not of.any()
+            else f"{100 * sel[of].mean():.1f} % ({int(sel[of].sum())}/{int(of.sum())})"
+        )
 
     for name, p in points.items():
         bad, good, passed = p["mtre_mm"] > 2.0, p["mtre_mm"] < 1.0, p["passed"]
         posed = np.isfinite(p["actual_mm"])
-        rows.append((name, share(~passed, bad), share(passed, good), share(passed, np.ones_like(passed)),
-                     share(p["inside"], passed), share(p["inside"], posed)))
+        rows.append(
+            (
+                name,
+                share(~passed, bad),
+                share(passed, good),
+                share(passed, np.ones_like(passed)),
+                share(p["inside"], passed),
+                share(p["inside"], posed),
+            )
+        )
     w = [max(len(x[i]) for x in (head, *rows)) for i in range(len(head))]
-    fmt = lambda cells: "| " + " | ".join(c.ljust(w[0]) if j == 0 else c.rjust(w[j]) for j, c in enumerate(cells)) + " |"
+
+    def fmt(cells):
+        return (
+            "| "
+            + " | ".join(c.ljust(w[0]) if j == 0 else c.rjust(w[j]) for j, c in enumerate(cells))
+            + " |"
+        )
+
     rule = "|" + "|".join([":" + "-" * (w[0] + 1)] + ["-" * (x + 1) + ":" for x in w[1:]]) + "|"
-    return "\n".join(["Trust: failures (mTRE > 2 mm) flagged, good registrations (mTRE < 1 mm) passed by the "
-                      "quality gates; coverage = share whose true error at the region of interest lies inside "
-                      "the 95 % ellipsoid", "", fmt(head), rule] + [fmt(r) for r in rows])
+    return "\n".join(
+        [
+            "Trust: failures (mTRE > 2 mm) flagged, good registrations (mTRE < 1 mm) passed by the "
+            "quality gates; coverage = share whose true error at the region of interest lies inside "
+            "the 95 % ellipsoid",
+            "",
+            fmt(head),
+            rule,
+        ]
+        + [fmt(r) for r in rows]
+    )
 
 
 def _extra_table(runs: dict[str, MethodRun]) -> str:
@@ -467,57 +630,133 @@ def _extra_table(runs: dict[str, MethodRun]) -> str:
     for name, r in runs.items():
         its = np.array([res.iterations for res in r.results], dtype=float)
         failed = int(np.sum(~np.isfinite(r.mtre_mm)))
-        rows.append((name, f"{np.median(its):.0f}", f"{np.nanmedian(r.iterations_to_final):.0f}",
-                     f"{np.nanmedian(r.time_to_final_s):.1f} s", f"{np.median(r.run_time_s):.1f} s",
-                     f"{failed}/{len(r.results)}"))
+        rows.append(
+            (
+                name,
+                f"{np.median(its):.0f}",
+                f"{np.nanmedian(r.iterations_to_final):.0f}",
+                f"{np.nanmedian(r.time_to_final_s):.1f} s",
+                f"{np.median(r.run_time_s):.1f} s",
+                f"{failed}/{len(r.results)}",
+            )
+        )
     ratios = []
     for lm_name in ("ours", "ours-se3", "ours-so4", "euclidean", "hyperbolic", "lm-intensity"):
         if lm_name in runs and "adam" in runs:
             a, b = runs["adam"], runs[lm_name]
             it_a, it_b = np.nanmedian(a.iterations_to_final), np.nanmedian(b.iterations_to_final)
             t_a, t_b = np.nanmedian(a.time_to_final_s), np.nanmedian(b.time_to_final_s)
-            ratios.append(f"{lm_name} vs adam: {it_a / max(it_b, 1e-9):.1f}x fewer iterations and "
-                          f"{t_a / max(t_b, 1e-9):.1f}x less time to final accuracy (medians)")
+            ratios.append(
+                f"{lm_name} vs adam: {it_a / max(it_b, 1e-9):.1f}x fewer iterations and "
+                f"{t_a / max(t_b, 1e-9):.1f}x less time to final accuracy (medians)"
+            )
     w = [max(len(x[i]) for x in (head, *rows)) for i in range(len(head))]
-    fmt = lambda cells: "| " + " | ".join(c.ljust(w[0]) if j == 0 else c.rjust(w[j]) for j, c in enumerate(cells)) + " |"
+
+    def fmt(cells):
+        return (
+            "| "
+            + " | ".join(c.ljust(w[0]) if j == 0 else c.rjust(w[j]) for j, c in enumerate(cells))
+            + " |"
+        )
+
     rule = "|" + "|".join([":" + "-" * (w[0] + 1)] + ["-" * (x + 1) + ":" for x in w[1:]]) + "|"
-    return "\n".join(["Medians over cases (iterations to final accuracy: mTRE within max(0.1 mm, 10 %) of "
-                      "its final value from there on)", "", fmt(head), rule] + [fmt(r) for r in rows]
-                     + ([""] + ratios if ratios else []))
+    return "\n".join(
+        [
+            "Medians over cases (iterations to final accuracy: mTRE within max(0.1 mm, 10 %) of "
+            "its final value from there on)",
+            "",
+            fmt(head),
+            rule,
+        ]
+        + [fmt(r) for r in rows]
+        + ([""] + ratios if ratios else [])
+    )
 
 
 def write_csvs(report: EvaluationReport, out: Path, initial_mtre: np.ndarray) -> list[Path]:
     """``summary.csv`` (one row per method, unavailable ones with their reason), ``cases.csv`` and
     ``curves.json`` (per method, per case: iteration, elapsed_s, cost, mtre_mm, scale (px); null = inf)."""
     summary_path, cases_path = out / "summary.csv", out / "cases.csv"
-    fields = list(CSV_FIELDS) + ["iterations_median", "iterations_to_final_median", "time_to_final_s_median",
-                                 "failed", "note"]
+    fields = list(CSV_FIELDS) + [
+        "iterations_median",
+        "iterations_to_final_median",
+        "time_to_final_s_median",
+        "failed",
+        "note",
+    ]
     with open(summary_path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
-        for row, (name, r) in zip(to_csv_rows({k: v.summary for k, v in report.runs.items()}), report.runs.items()):
+        for row, (name, r) in zip(
+            to_csv_rows({k: v.summary for k, v in report.runs.items()}), report.runs.items()
+        ):
             its = [res.iterations for res in r.results]
-            w.writerow({**row, "iterations_median": float(np.median(its)),
-                        "iterations_to_final_median": float(np.nanmedian(r.iterations_to_final)),
-                        "time_to_final_s_median": float(np.nanmedian(r.time_to_final_s)),
-                        "failed": int(np.sum(~np.isfinite(r.mtre_mm))), "note": r.description})
+            w.writerow(
+                {
+                    **row,
+                    "iterations_median": float(np.median(its)),
+                    "iterations_to_final_median": float(np.nanmedian(r.iterations_to_final)),
+                    "time_to_final_s_median": float(np.nanmedian(r.time_to_final_s)),
+                    "failed": int(np.sum(~np.isfinite(r.mtre_mm))),
+                    "note": r.description,
+                }
+            )
         for name, reason in report.unavailable.items():
             w.writerow({"method": name, "n": 0, "note": f"unavailable: {reason}"})
     with open(cases_path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["method", "case", "initial_mtre_mm", "mtre_mm", "run_time_s", "iterations", "status",
-                    "cost", "normalised_cost", "position_std_mm", "masked_fraction", "consistency_mm", "passed",
-                    "rejected_by", "roi_error_mm", "mahalanobis2", "message"])
+        w.writerow(
+            [
+                "method",
+                "case",
+                "initial_mtre_mm",
+                "mtre_mm",
+                "run_time_s",
+                "iterations",
+                "status",
+                "cost",
+                "normalised_cost",
+                "position_std_mm",
+                "masked_fraction",
+                "consistency_mm",
+                "passed",
+                "rejected_by",
+                "roi_error_mm",
+                "mahalanobis2",
+                "message",
+            ]
+        )
         for name, r in report.runs.items():
             p = report.trust.get(name, {})
             for i, res in enumerate(r.results):
-                w.writerow([name, i, float(initial_mtre[i]), r.mtre_mm[i], r.run_time_s[i], res.iterations,
-                            res.status.value, res.cost, res.normalised_cost, res.position_std_mm,
-                            res.masked_fraction, res.consistency_mm, int(res.ok), rejection_key(res),
-                            p["actual_mm"][i] if p else math.nan, p["mahalanobis2"][i] if p else math.nan,
-                            res.message])
+                w.writerow(
+                    [
+                        name,
+                        i,
+                        float(initial_mtre[i]),
+                        r.mtre_mm[i],
+                        r.run_time_s[i],
+                        res.iterations,
+                        res.status.value,
+                        res.cost,
+                        res.normalised_cost,
+                        res.position_std_mm,
+                        res.masked_fraction,
+                        res.consistency_mm,
+                        int(res.ok),
+                        rejection_key(res),
+                        p["actual_mm"][i] if p else math.nan,
+                        p["mahalanobis2"][i] if p else math.nan,
+                        res.message,
+                    ]
+                )
     curves_path = out / "curves.json"
-    curves = {name: [{k: [None if not math.isfinite(v) else float(v) for v in c[k]] for k in c} for c in r.curves]
-              for name, r in report.runs.items()}
+    curves = {
+        name: [
+            {k: [None if not math.isfinite(v) else float(v) for v in c[k]] for k in c}
+            for c in r.curves
+        ]
+        for name, r in report.runs.items()
+    }
     curves_path.write_text(json.dumps(curves))
     return [summary_path, cases_path, curves_path]

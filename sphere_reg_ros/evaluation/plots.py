@@ -44,7 +44,11 @@ def _resample_steps(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarra
 def _band(ax, grid, values: np.ndarray, label: str, color) -> None:
     if not np.isfinite(values).any() and not np.isinf(values).any():
         return  # nothing to draw (e.g. the regressor row has no cost)
-    finite_cap = np.nanmax(np.where(np.isfinite(values), values, np.nan)) if np.isfinite(values).any() else 1.0
+    finite_cap = (
+        np.nanmax(np.where(np.isfinite(values), values, np.nan))
+        if np.isfinite(values).any()
+        else 1.0
+    )
     v = np.where(np.isinf(values), finite_cap * 10, values)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN (not drawn)
@@ -89,21 +93,31 @@ def convergence(runs: Mapping[str, object], path: str | Path) -> list[Path]:
             _band(axes[0, col], grid, m, name, color)
             _band(axes[1, col], grid, np.stack(rel), name, color)
     for col, xl in enumerate(("iteration", "wall time per case (s)")):
-        axes[0, col].set(xlabel=xl, ylabel="mTRE (mm)", yscale="log", title=f"mTRE vs {xl.split(' (')[0]}")
-        axes[1, col].set(xlabel=xl, ylabel="cost / cost at the start of its scale", yscale="log",
-                         title=f"cost vs {xl.split(' (')[0]} (restarts at 1 at each finer scale)")
+        axes[0, col].set(
+            xlabel=xl, ylabel="mTRE (mm)", yscale="log", title=f"mTRE vs {xl.split(' (')[0]}"
+        )
+        axes[1, col].set(
+            xlabel=xl,
+            ylabel="cost / cost at the start of its scale",
+            yscale="log",
+            title=f"cost vs {xl.split(' (')[0]} (restarts at 1 at each finer scale)",
+        )
         axes[0, col].axhline(1.0, color="k", lw=0.8, ls=":")
         for r in range(2):
             axes[r, col].grid(True, which="both", alpha=0.3)
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle("Convergence: median over cases, 25-75 % band (a stopped case holds its last value)")
+    fig.suptitle(
+        "Convergence: median over cases, 25-75 % band (a stopped case holds its last value)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
 
 
-def landscape(costs: Mapping[str, np.ndarray], offsets: np.ndarray, path: str | Path, title: str = "") -> list[Path]:
+def landscape(
+    costs: Mapping[str, np.ndarray], offsets: np.ndarray, path: str | Path, title: str = ""
+) -> list[Path]:
     """Plot sweeps ``costs[name]`` (6, S) over ``offsets`` (6, S) (mm / degrees) to ``path``."""
     path = Path(path)
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
@@ -111,7 +125,9 @@ def landscape(costs: Mapping[str, np.ndarray], offsets: np.ndarray, path: str | 
         for name, c in costs.items():
             v = c[k]
             span = np.nanmax(c) - np.nanmin(c)
-            ax.plot(offsets[k], (v - np.nanmin(c)) / (span if span > 0 else 1.0), label=name, lw=1.6)
+            ax.plot(
+                offsets[k], (v - np.nanmin(c)) / (span if span > 0 else 1.0), label=name, lw=1.6
+            )
         ax.axvline(0.0, color="k", lw=0.8, ls=":")
         ax.set(xlabel=PARAMETER_NAMES[k], ylabel="normalised cost")
         ax.grid(True, alpha=0.3)
@@ -123,11 +139,18 @@ def landscape(costs: Mapping[str, np.ndarray], offsets: np.ndarray, path: str | 
     return [path]
 
 
-def sweep_poses(true_pose: torch.Tensor, center: np.ndarray, trans_mm: float = 20.0, rot_deg: float = 10.0,
-                steps: int = 21) -> tuple[torch.Tensor, np.ndarray]:
+def sweep_poses(
+    true_pose: torch.Tensor,
+    center: np.ndarray,
+    trans_mm: float = 20.0,
+    rot_deg: float = 10.0,
+    steps: int = 21,
+) -> tuple[torch.Tensor, np.ndarray]:
     """Poses ``(6, S, 4, 4)`` sweeping each centred increment parameter, and offsets ``(6, S)``."""
     P = increment_matrix(torch.as_tensor(center, dtype=torch.float64), 1.0)
-    offsets = np.stack([np.linspace(-trans_mm, trans_mm, steps)] * 3 + [np.linspace(-rot_deg, rot_deg, steps)] * 3)
+    offsets = np.stack(
+        [np.linspace(-trans_mm, trans_mm, steps)] * 3 + [np.linspace(-rot_deg, rot_deg, steps)] * 3
+    )
     s = torch.zeros(6, steps, 6, dtype=torch.float64)
     for k in range(6):
         s[k, :, k] = torch.as_tensor(offsets[k] if k < 3 else np.radians(offsets[k]))
@@ -140,26 +163,44 @@ def landscape_for_benchmark(benchmark, extra: dict, path: str | Path, case: int 
     reg = registrars[0]
     geometry = reg.registration_geometry(benchmark.render_geometry)
     renderer = reg.renderer(geometry)
-    fixed = resize_images(torch.from_numpy(benchmark.images[case:case + 1])[:, None], geometry.height, geometry.width)
-    poses, offsets = sweep_poses(torch.as_tensor(benchmark.poses_true[case])[None], reg.center_world)
+    fixed = resize_images(
+        torch.from_numpy(benchmark.images[case : case + 1])[:, None],
+        geometry.height,
+        geometry.width,
+    )
+    poses, offsets = sweep_poses(
+        torch.as_tensor(benchmark.poses_true[case])[None], reg.center_world
+    )
     with torch.no_grad():
         flat = poses.reshape(-1, 4, 4)
         window = renderer.window(flat.float())
-        images = torch.cat([renderer(flat[i:i + 21].float(), window=window) for i in range(0, len(flat), 21)])
+        images = torch.cat(
+            [renderer(flat[i : i + 21].float(), window=window) for i in range(0, len(flat), 21)]
+        )
         costs = {}
         for name, sim in extra["similarities"].items():
             if hasattr(sim, "embed"):
                 ef = sim.embed(fixed.to(images))
                 vals = []
                 for i in range(0, len(images), 21):
-                    r = sim.residuals(sim.embed(images[i:i + 21]), ef.expand(len(images[i:i + 21]), *ef.shape[1:]))
+                    r = sim.residuals(
+                        sim.embed(images[i : i + 21]),
+                        ef.expand(len(images[i : i + 21]), *ef.shape[1:]),
+                    )
                     vals.append(0.5 * (r * r).sum(-1))
                 costs[name] = torch.cat(vals).reshape(6, -1).double().numpy()
             else:
-                costs[name] = sim(images, fixed.expand(len(images), -1, -1, -1).to(images)).reshape(6, -1).double().numpy()
+                costs[name] = (
+                    sim(images, fixed.expand(len(images), -1, -1, -1).to(images))
+                    .reshape(6, -1)
+                    .double()
+                    .numpy()
+                )
     if not costs:
         return []
-    return landscape(costs, offsets, path, f"Similarity landscape around the true pose of case {case}")
+    return landscape(
+        costs, offsets, path, f"Similarity landscape around the true pose of case {case}"
+    )
 
 
 def reliability(points: Mapping[str, Mapping[str, np.ndarray]], path: str | Path) -> list[Path]:
@@ -182,20 +223,39 @@ def reliability(points: Mapping[str, Mapping[str, np.ndarray]], path: str | Path
         act = np.clip(np.nan_to_num(p["actual_mm"], nan=1e3, posinf=1e3), 1e-3, 1e3)
         passed = np.asarray(p["passed"], dtype=bool)
         bad = np.asarray(p["mtre_mm"]) > 2.0
-        for sel, style, label in ((passed & ~bad, dict(c="tab:green", marker="o"), "passed, mTRE ≤ 2 mm"),
-                                  (passed & bad, dict(c="tab:red", marker="o"), "passed, mTRE > 2 mm"),
-                                  (~passed & ~bad, dict(c="tab:gray", marker="x"), "flagged, mTRE ≤ 2 mm"),
-                                  (~passed & bad, dict(c="tab:orange", marker="x"), "flagged, mTRE > 2 mm")):
+        for sel, style, label in (
+            (passed & ~bad, dict(c="tab:green", marker="o"), "passed, mTRE ≤ 2 mm"),
+            (passed & bad, dict(c="tab:red", marker="o"), "passed, mTRE > 2 mm"),
+            (~passed & ~bad, dict(c="tab:gray", marker="x"), "flagged, mTRE ≤ 2 mm"),
+            (~passed & bad, dict(c="tab:orange", marker="x"), "flagged, mTRE > 2 mm"),
+        ):
             if sel.any():
-                ax.scatter(pred[sel], act[sel], s=18, alpha=0.8, label=f"{label} ({int(sel.sum())})", **style)
+                ax.scatter(
+                    pred[sel],
+                    act[sel],
+                    s=18,
+                    alpha=0.8,
+                    label=f"{label} ({int(sel.sum())})",
+                    **style,
+                )
         lo, hi = 1e-2, max(1e2, float(max(pred.max(), act.max())))
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="actual = predicted")
-        ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), title=name,
-               xlabel="predicted 95 % error radius at the ROI (mm)", ylabel="actual error at the ROI (mm)")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlim=(lo, hi),
+            ylim=(lo, hi),
+            title=name,
+            xlabel="predicted 95 % error radius at the ROI (mm)",
+            ylabel="actual error at the ROI (mm)",
+        )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle("Reliability: predicted vs actual error at the region of interest\n"
-                 "(points above the diagonal lie outside the predicted 95 % radius)", fontsize=10)
+    fig.suptitle(
+        "Reliability: predicted vs actual error at the region of interest\n"
+        "(points above the diagonal lie outside the predicted 95 % radius)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -26,8 +26,11 @@ def _title(bm: Benchmark, i: int) -> str:
     d = bm.degradations
     if "bone_gain" in d:  # the harsh family
         tags = [f"mineral+{float(d['bone_gain'][i]):.2f}", f"N0 {float(d['photons'][i]):.0e}"]
-        tags += [name for name, key in (("collimator", "collimator"), ("iris", "iris"), ("lead", "lead"))
-                 if bool(d[key][i])]
+        tags += [
+            name
+            for name, key in (("collimator", "collimator"), ("iris", "iris"), ("lead", "lead"))
+            if bool(d[key][i])
+        ]
         if int(d["screws"][i]):
             tags.append(f"{int(d['screws'][i])} screws")
     else:
@@ -39,8 +42,9 @@ def _title(bm: Benchmark, i: int) -> str:
     return f"case {i}: " + ", ".join(tags) + f"\ninit mTRE {float(bm.initial_mtre_mm[i]):.1f} mm"
 
 
-def save_preview(path: str | Path, bm: Benchmark, n_cases: int = 8, columns: int = 4,
-                 landmarks: bool = True) -> Path:
+def save_preview(
+    path: str | Path, bm: Benchmark, n_cases: int = 8, columns: int = 4, landmarks: bool = True
+) -> Path:
     """Write a PNG grid of the first ``n_cases`` images (radiological display: dense = white,
     patient's head up, patient's right on the image's left for the AP view); with ``landmarks``
     the landmarks projected by the true pose are marked (cyan +)."""
@@ -59,11 +63,16 @@ def save_preview(path: str | Path, bm: Benchmark, n_cases: int = 8, columns: int
         ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         if landmarks:
             uv = project_landmarks(bm, k)
-            keep = (uv[:, 0] >= 0) & (uv[:, 0] <= size - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= size - 1)
+            keep = (
+                (uv[:, 0] >= 0) & (uv[:, 0] <= size - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= size - 1)
+            )
             ax.plot(uv[keep, 0], uv[keep, 1], "+", color="cyan", markersize=4, markeredgewidth=0.8)
         ax.set_title(_title(bm, k), fontsize=7)
-    fig.suptitle(f"{Path(bm.ct_source).name}: {bm.n_cases} cases, rendered {size}², registration "
-                 f"{bm.resolution}², seed {bm.seed} ({bm.split})", fontsize=9)
+    fig.suptitle(
+        f"{Path(bm.ct_source).name}: {bm.n_cases} cases, rendered {size}², registration "
+        f"{bm.resolution}², seed {bm.seed} ({bm.split})",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

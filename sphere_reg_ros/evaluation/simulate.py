@@ -30,9 +30,17 @@ from .degrade_harsh import HarshConfig, apply_harsh, draw_harsh, mineral_fractio
 #: blur and quantum noise but no instruments; ``benchmark``: the synthetic benchmark's ranges.
 DEGRADATION_PRESETS = {
     "none": DegradationConfig.none(),
-    "mild": DegradationConfig(bone_multiplier=(1.1, 1.4), beam_hardening=(0.02, 0.06), heel_strength=(0.05, 0.1),
-                              scatter_fraction=(0.05, 0.2), psf_sigma_mm=(0.5, 1.5), photons=(5e4, 2e5),
-                              electronic_noise=(0.0, 2.0), collimation_probability=0.0, metal_probability=0.0),
+    "mild": DegradationConfig(
+        bone_multiplier=(1.1, 1.4),
+        beam_hardening=(0.02, 0.06),
+        heel_strength=(0.05, 0.1),
+        scatter_fraction=(0.05, 0.2),
+        psf_sigma_mm=(0.5, 1.5),
+        photons=(5e4, 2e5),
+        electronic_noise=(0.0, 2.0),
+        collimation_probability=0.0,
+        metal_probability=0.0,
+    ),
     "benchmark": DegradationConfig(),
     "harsh": HarshConfig(),
 }
@@ -51,9 +59,17 @@ class Trajectory:
     sod_mm: float = 650.0
 
     def __post_init__(self) -> None:
-        values = [self.sweep_deg, self.sweep_period_s, self.motion_period_s, self.sod_mm, *self.motion_mm]
+        values = [
+            self.sweep_deg,
+            self.sweep_period_s,
+            self.motion_period_s,
+            self.sod_mm,
+            *self.motion_mm,
+        ]
         if len(self.motion_mm) != 3 or not all(math.isfinite(v) for v in values):
-            raise ValueError(f"Trajectory: every value must be finite (motion_mm has 3 values), got {self}")
+            raise ValueError(
+                f"Trajectory: every value must be finite (motion_mm has 3 values), got {self}"
+            )
         if self.sweep_period_s <= 0 or self.motion_period_s <= 0 or self.sod_mm <= 0:
             raise ValueError("Trajectory: periods and sod_mm must be positive")
 
@@ -64,7 +80,9 @@ class Trajectory:
         R = so3_exp(torch.tensor([[0.0, 0.0, angle]], dtype=torch.float64))[0]
         G = make_pose(R, c - R @ c)
         phase = 2 * math.pi * t / self.motion_period_s
-        shift = torch.tensor([m * math.sin(phase + k) for k, m in enumerate(self.motion_mm)], dtype=torch.float64)
+        shift = torch.tensor(
+            [m * math.sin(phase + k) for k, m in enumerate(self.motion_mm)], dtype=torch.float64
+        )
         # the patient moves by +shift: in CT coordinates the C-arm moves by -shift
         motion = make_pose(torch.eye(3, dtype=torch.float64), -shift)
         return (motion @ G @ ap_pose(center_world, self.sod_mm)[0]).numpy()
@@ -80,11 +98,18 @@ class XraySimulator:
         seed: seeds the per-frame degradation draws (frame ``i`` uses ``seed * 100003 + i``).
     """
 
-    def __init__(self, ct: Volume, geometry: CarmGeometry, degradation: str | DegradationConfig | HarshConfig = "mild",
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        ct: Volume,
+        geometry: CarmGeometry,
+        degradation: str | DegradationConfig | HarshConfig = "mild",
+        seed: int = 0,
+    ) -> None:
         if isinstance(degradation, str):
             if degradation not in DEGRADATION_PRESETS:
-                raise ValueError(f"degradation must be one of {sorted(DEGRADATION_PRESETS)}, got {degradation!r}")
+                raise ValueError(
+                    f"degradation must be one of {sorted(DEGRADATION_PRESETS)}, got {degradation!r}"
+                )
             degradation = DEGRADATION_PRESETS[degradation]
         self.ct, self.geometry, self.degradation, self.seed = ct, geometry, degradation, int(seed)
         mu = hu_to_attenuation(ct.data)
@@ -103,6 +128,14 @@ class XraySimulator:
         generator = torch.Generator().manual_seed(self.seed * 100003 + int(frame))
         params = self._draw(self.degradation, generator, pose, self.geometry, self.ct.center_world)
         p_a, p_b = self.renderer(torch.as_tensor(pose)[None])
-        image = self._apply(p_a, p_b, params, self.geometry, pose, generator, self.renderer.scale,
-                            noise=self.degradation.noise)
+        image = self._apply(
+            p_a,
+            p_b,
+            params,
+            self.geometry,
+            pose,
+            generator,
+            self.renderer.scale,
+            noise=self.degradation.noise,
+        )
         return image.numpy().astype(np.float32)

@@ -62,13 +62,19 @@ def _read_file(path: Path, method: str) -> list[dict[str, float | str]]:
             reader = csv.DictReader(fh)
             fields = reader.fieldnames or []
             if not fields:
-                raise ValueError(f"{path}: empty file (expected the cases.csv of sphere-reg evaluate)")
+                raise ValueError(
+                    f"{path}: empty file (expected the cases.csv of sphere-reg evaluate)"
+                )
             if not {"method", "mtre_mm"} <= set(fields):
-                raise ValueError(f"{path}: not a cases.csv of sphere-reg evaluate (no 'method' and 'mtre_mm' "
-                                 "columns)")
+                raise ValueError(
+                    f"{path}: not a cases.csv of sphere-reg evaluate (no 'method' and 'mtre_mm' "
+                    "columns)"
+                )
             missing = {*_COLUMNS, "rejected_by"} - set(fields)
             if missing:
-                raise ValueError(f"{path} lacks {sorted(missing)}: rerun sphere-reg evaluate with this version")
+                raise ValueError(
+                    f"{path} lacks {sorted(missing)}: rerun sphere-reg evaluate with this version"
+                )
             raw = [(reader.line_num, r) for r in reader if r["method"] == method]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ValueError(f"{path}: not a readable CSV file ({one_line(exc)})") from exc
@@ -80,7 +86,9 @@ def _read_file(path: Path, method: str) -> list[dict[str, float | str]]:
             try:
                 row[name] = math.nan if value in ("", "None") else float(value)
             except (TypeError, ValueError):
-                raise ValueError(f"{path}: line {line}: {name} is {value!r}, not a number") from None
+                raise ValueError(
+                    f"{path}: line {line}: {name} is {value!r}, not a number"
+                ) from None
         rows.append(row)
     return rows
 
@@ -96,21 +104,32 @@ def _read(paths, method: str) -> dict[str, np.ndarray]:
         return np.array([r[name] for r in rows], dtype=np.float64)
 
     key = np.array([r["rejected_by"] for r in rows])
-    return {"mtre": col("mtre_mm"), "nc": col("normalised_cost"), "std": col("position_std_mm"),
-            "d2": col("mahalanobis2"),
-            # converged: no verdict, or a gate's (only converged registrations reach the gates)
-            "converged": np.array([k == "" or k.startswith("rejected") for k in key]),
-            # the gates this calibration does not choose (masked share, consistency)
-            "other_gate": np.isin(key, ("rejected_masked", "rejected_inconsistent"))}
+    return {
+        "mtre": col("mtre_mm"),
+        "nc": col("normalised_cost"),
+        "std": col("position_std_mm"),
+        "d2": col("mahalanobis2"),
+        # converged: no verdict, or a gate's (only converged registrations reach the gates)
+        "converged": np.array([k == "" or k.startswith("rejected") for k in key]),
+        # the gates this calibration does not choose (masked share, consistency)
+        "other_gate": np.isin(key, ("rejected_masked", "rejected_inconsistent")),
+    }
 
 
-def calibrate(paths, method: str = "lm-intensity", good_mm: float = 1.0, bad_mm: float = 2.0,
-              min_good_passed: float = 0.9) -> Calibration:
+def calibrate(
+    paths,
+    method: str = "lm-intensity",
+    good_mm: float = 1.0,
+    bad_mm: float = 2.0,
+    min_good_passed: float = 0.9,
+) -> Calibration:
     d = _read(paths, method)
     bad, good = d["mtre"] > bad_mm, d["mtre"] < good_mm
     base = d["converged"] & ~d["other_gate"]
-    lines = [f"{'normalised cost ≤':>18} | " + " | ".join(f"std ≤ {t:g} mm" for t in STD_GRID),
-             "-" * 19 + "|" + "|".join("-" * (len(f"std ≤ {t:g} mm") + 2) for t in STD_GRID)]
+    lines = [
+        f"{'normalised cost ≤':>18} | " + " | ".join(f"std ≤ {t:g} mm" for t in STD_GRID),
+        "-" * 19 + "|" + "|".join("-" * (len(f"std ≤ {t:g} mm") + 2) for t in STD_GRID),
+    ]
     best = None
     for t_nc in NC_GRID:
         cells = []
@@ -119,27 +138,59 @@ def calibrate(paths, method: str = "lm-intensity", good_mm: float = 1.0, bad_mm:
             fb = float((~passed[bad]).mean()) if bad.any() else math.nan
             gp = float(passed[good].mean()) if good.any() else math.nan
             cells.append(f"{100 * fb:3.0f}/{100 * gp:3.0f}")
-            if gp >= min_good_passed and (best is None or fb > best[2] + 1e-12
-                                           or (abs(fb - best[2]) < 1e-12 and gp > best[3])):
+            if gp >= min_good_passed and (
+                best is None or fb > best[2] + 1e-12 or (abs(fb - best[2]) < 1e-12 and gp > best[3])
+            ):
                 best = (float(t_nc), float(t_sd), fb, gp)
-        lines.append(f"{t_nc:>18g} | " + " | ".join(c.center(len(f'std ≤ {t:g} mm')) for c, t in zip(cells, STD_GRID)))
+        lines.append(
+            f"{t_nc:>18g} | "
+            + " | ".join(c.center(len(f"std ≤ {t:g} mm")) for c, t in zip(cells, STD_GRID))
+        )
     if best is None:
-        raise CalibrationError(f"no thresholds pass {100 * min_good_passed:.0f} % of the good registrations")
+        raise CalibrationError(
+            f"no thresholds pass {100 * min_good_passed:.0f} % of the good registrations"
+        )
     passed = base & (d["nc"] <= best[0]) & (d["std"] <= best[1])
     d2 = d["d2"][passed & np.isfinite(d["d2"])]
     factor = float(np.quantile(d2, 0.95) / CHI2_3_95) if len(d2) else math.nan
-    table = "\n".join([f"cells: % of failures (mTRE > {bad_mm:g} mm) flagged / % of good (mTRE < {good_mm:g} mm) passed",
-                       ""] + lines)
-    return Calibration(best[0], best[1], best[2], best[3], factor, len(d["mtre"]), int(bad.sum()), int(good.sum()),
-                       table)
+    table = "\n".join(
+        [
+            f"cells: % of failures (mTRE > {bad_mm:g} mm) flagged / % of good (mTRE < {good_mm:g} mm) passed",
+            "",
+        ]
+        + lines
+    )
+    return Calibration(
+        best[0],
+        best[1],
+        best[2],
+        best[3],
+        factor,
+        len(d["mtre"]),
+        int(bad.sum()),
+        int(good.sum()),
+        table,
+    )
 
 
 def add_calibrate_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "calibrate-trust", help="choose quality-gate thresholds and the covariance scale from validation runs",
-        description=__doc__.split("\n\n")[0], epilog=EXIT_CODES)
-    p.add_argument("cases", type=Path, nargs="+", help="cases.csv files of sphere-reg evaluate on validation benchmarks")
-    p.add_argument("--method", default="lm-intensity", help="the method whose rows to use (default lm-intensity)")
+        "calibrate-trust",
+        help="choose quality-gate thresholds and the covariance scale from validation runs",
+        description=__doc__.split("\n\n")[0],
+        epilog=EXIT_CODES,
+    )
+    p.add_argument(
+        "cases",
+        type=Path,
+        nargs="+",
+        help="cases.csv files of sphere-reg evaluate on validation benchmarks",
+    )
+    p.add_argument(
+        "--method",
+        default="lm-intensity",
+        help="the method whose rows to use (default lm-intensity)",
+    )
     p.add_argument("--good-mm", type=float, default=1.0)
     p.add_argument("--bad-mm", type=float, default=2.0)
     p.add_argument("--min-good-passed", type=float, default=0.9)
@@ -154,10 +205,16 @@ def run_calibrate(args: argparse.Namespace) -> int:
         return failed("calibrate-trust", str(exc))
     except (ValueError, OSError) as exc:
         return refuse("calibrate-trust", exc)
-    print(f"{cal.n} cases ({cal.n_bad} with mTRE > {args.bad_mm:g} mm, {cal.n_good} < {args.good_mm:g} mm)\n")
+    print(
+        f"{cal.n} cases ({cal.n_bad} with mTRE > {args.bad_mm:g} mm, {cal.n_good} < {args.good_mm:g} mm)\n"
+    )
     print(cal.table)
-    print(f"\nchosen: max_normalised_cost {cal.max_normalised_cost:g}, max_position_std_mm {cal.max_position_std_mm:g}"
-          f" -> failures flagged {100 * cal.failed_flagged:.0f} %, good passed {100 * cal.good_passed:.0f} %")
-    print(f"covariance: multiply the current covariance scale by {cal.covariance_factor:.3g} for 95 % coverage "
-          "of the passed cases (the standard deviations scale with its square root)")
+    print(
+        f"\nchosen: max_normalised_cost {cal.max_normalised_cost:g}, max_position_std_mm {cal.max_position_std_mm:g}"
+        f" -> failures flagged {100 * cal.failed_flagged:.0f} %, good passed {100 * cal.good_passed:.0f} %"
+    )
+    print(
+        f"covariance: multiply the current covariance scale by {cal.covariance_factor:.3g} for 95 % coverage "
+        "of the passed cases (the standard deviations scale with its square root)"
+    )
     return 0

@@ -66,8 +66,16 @@ from sphere_reg_ros.core.carm import CarmGeometry
 from sphere_reg_ros.core.result import RegistrationResult, Status
 from sphere_reg_ros.core.volume import Volume, resample
 
-__all__ = ["XvrConfig", "XvrRegistration", "xvr_available", "write_xray_dicom", "read_dicom_values", "INSTALL_HINT",
-           "REORIENT", "DETECTOR_FROM_OPTICAL"]
+__all__ = [
+    "XvrConfig",
+    "XvrRegistration",
+    "xvr_available",
+    "write_xray_dicom",
+    "read_dicom_values",
+    "INSTALL_HINT",
+    "REORIENT",
+    "DETECTOR_FROM_OPTICAL",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +88,10 @@ REORIENT = {
 }
 
 #: diffdrr's detector frame from our optical frame, by ``reverse_x_axis``.
-DETECTOR_FROM_OPTICAL = {True: np.diag([-1.0, -1.0, 1.0, 1.0]), False: np.diag([1.0, -1.0, 1.0, 1.0])}
+DETECTOR_FROM_OPTICAL = {
+    True: np.diag([-1.0, -1.0, 1.0, 1.0]),
+    False: np.diag([1.0, -1.0, 1.0, 1.0]),
+}
 
 #: Smallest image side (px) of a default xvr scale.
 MIN_SIDE = 16
@@ -127,21 +138,27 @@ class XvrConfig:
 
     def __post_init__(self) -> None:
         if self.orientation not in REORIENT:
-            raise ValueError(f"orientation must be one of {sorted(REORIENT)}, got {self.orientation!r}")
+            raise ValueError(
+                f"orientation must be one of {sorted(REORIENT)}, got {self.orientation!r}"
+            )
         sign = np.linalg.det(REORIENT[self.orientation][:3, :3]) * np.linalg.det(
-            DETECTOR_FROM_OPTICAL[bool(self.reverse_x_axis)][:3, :3])
+            DETECTOR_FROM_OPTICAL[bool(self.reverse_x_axis)][:3, :3]
+        )
         if sign < 0:
-            raise ValueError(f"orientation {self.orientation} with reverse_x_axis={self.reverse_x_axis} renders the "
-                             "mirror image of a C-arm (improper camera); use AP with reverse_x_axis=True or PA "
-                             "with reverse_x_axis=False")
+            raise ValueError(
+                f"orientation {self.orientation} with reverse_x_axis={self.reverse_x_axis} renders the "
+                "mirror image of a C-arm (improper camera); use AP with reverse_x_axis=True or PA "
+                "with reverse_x_axis=False"
+            )
         if self.scales is not None and (not self.scales or any(not s >= 1 for s in self.scales)):
             raise ValueError(f"scales must be divisors >= 1, got {self.scales}")
         if self.n_itrs < 1:
             raise ValueError(f"n_itrs must be >= 1, got {self.n_itrs}")
 
 
-def write_xray_dicom(path: str | Path, image: np.ndarray, geometry: CarmGeometry,
-                     reverse_x_axis: bool = True) -> Path:
+def write_xray_dicom(
+    path: str | Path, image: np.ndarray, geometry: CarmGeometry, reverse_x_axis: bool = True
+) -> Path:
     """Write a line-integral image ``(H, W)`` as the 16-bit DICOM xvr reads.
 
     Pixels: ``round((p - min) / (max - min) · 65535)`` (MONOCHROME2), with ``RescaleSlope`` and
@@ -179,7 +196,10 @@ def write_xray_dicom(path: str | Path, image: np.ndarray, geometry: CarmGeometry
     ds.RescaleType = "US"
     ds.DistanceSourceToDetector = _ds(geometry.sdd)
     ds.ImagerPixelSpacing = [_ds(geometry.dely), _ds(geometry.delx)]
-    ds.DetectorActiveOrigin = [_ds(geometry.y0), _ds(-geometry.x0 if reverse_x_axis else geometry.x0)]
+    ds.DetectorActiveOrigin = [
+        _ds(geometry.y0),
+        _ds(-geometry.x0 if reverse_x_axis else geometry.x0),
+    ]
     ds.PixelData = pixels.tobytes()
     path = Path(path)
     ds.save_as(path, enforce_file_format=True)
@@ -212,13 +232,21 @@ class XvrRegistration:
             with this object).
     """
 
-    def __init__(self, ct: Volume, config: XvrConfig = XvrConfig(), resolution: int | None = None,
-                 spacing_mm: float | None = None, workdir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        ct: Volume,
+        config: XvrConfig = XvrConfig(),
+        resolution: int | None = None,
+        spacing_mm: float | None = None,
+        workdir: str | Path | None = None,
+    ) -> None:
         from xvr.register import FixedPose, Register  # optional peer package
 
         self.config = config
         self.resolution = resolution
-        self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="sphere-reg-xvr-")
+        self._tmp = (
+            None if workdir is not None else tempfile.TemporaryDirectory(prefix="sphere-reg-xvr-")
+        )
         self.workdir = Path(workdir if workdir is not None else self._tmp.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
         vol = ct if spacing_mm is None else resample(ct, float(spacing_mm))
@@ -226,24 +254,47 @@ class XvrRegistration:
         nib.save(nib.Nifti1Image(vol.data, vol.affine), str(self.ct_path))
         self._FixedPose = FixedPose
         self.register_xvr = Register(
-            initializer=FixedPose(rot=(0.0, 0.0, 0.0), xyz=(0.0, 0.0, 0.0), orientation=config.orientation,
-                                  reverse_x_axis=config.reverse_x_axis, device=config.device),
-            imagepath=str(self.ct_path), metric=config.metric, scales=[1.0], n_itrs=[config.n_itrs],
-            lr_rot=config.lr_rot, lr_xyz=config.lr_xyz, lr_reduce_factor=0.1, patience=config.patience,
-            threshold=config.threshold, max_n_plateaus=config.max_n_plateaus, device=config.device,
+            initializer=FixedPose(
+                rot=(0.0, 0.0, 0.0),
+                xyz=(0.0, 0.0, 0.0),
+                orientation=config.orientation,
+                reverse_x_axis=config.reverse_x_axis,
+                device=config.device,
+            ),
+            imagepath=str(self.ct_path),
+            metric=config.metric,
+            scales=[1.0],
+            n_itrs=[config.n_itrs],
+            lr_rot=config.lr_rot,
+            lr_xyz=config.lr_xyz,
+            lr_reduce_factor=0.1,
+            patience=config.patience,
+            threshold=config.threshold,
+            max_n_plateaus=config.max_n_plateaus,
+            device=config.device,
         )
-        self._M = self._world_from_xvr(vol.affine, np.asarray(self.register_xvr.subject.volume.affine))
-        self._tail = REORIENT[config.orientation] @ DETECTOR_FROM_OPTICAL[bool(config.reverse_x_axis)]
+        self._M = self._world_from_xvr(
+            vol.affine, np.asarray(self.register_xvr.subject.volume.affine)
+        )
+        self._tail = (
+            REORIENT[config.orientation] @ DETECTOR_FROM_OPTICAL[bool(config.reverse_x_axis)]
+        )
 
     # ------------------------------------------------------------------ frames
     @staticmethod
     def _world_from_xvr(affine: np.ndarray, affine_xvr: np.ndarray) -> np.ndarray:
         """``M`` (4, 4): our world RAS mm from xvr's (centred) world, half-voxel shift included."""
-        M = np.asarray(affine, dtype=np.float64) @ np.linalg.inv(np.asarray(affine_xvr, dtype=np.float64))
+        M = np.asarray(affine, dtype=np.float64) @ np.linalg.inv(
+            np.asarray(affine_xvr, dtype=np.float64)
+        )
         if np.abs(M[:3, :3] - np.eye(3)).max() > 1e-5:
-            raise ValueError(f"xvr read the CT with another grid orientation (our affine x its inverse = {M.tolist()})")
+            raise ValueError(
+                f"xvr read the CT with another grid orientation (our affine x its inverse = {M.tolist()})"
+            )
         M[:3, :3] = np.eye(3)
-        M[:3, 3] -= np.asarray(affine, dtype=np.float64)[:3, :3] @ np.full(3, 0.5)  # voxel_shift 0 vs 0.5
+        M[:3, 3] -= np.asarray(affine, dtype=np.float64)[:3, :3] @ np.full(
+            3, 0.5
+        )  # voxel_shift 0 vs 0.5
         return M
 
     @property
@@ -253,13 +304,17 @@ class XvrRegistration:
 
     def to_xvr(self, pose: np.ndarray) -> np.ndarray:
         """xvr's pose matrix ``P`` ``(4, 4)`` for our ``T_ct_from_carm``: ``M⁻¹ T (Rr F)⁻¹``."""
-        return np.linalg.inv(self._M) @ np.asarray(pose, dtype=np.float64) @ np.linalg.inv(self._tail)
+        return (
+            np.linalg.inv(self._M) @ np.asarray(pose, dtype=np.float64) @ np.linalg.inv(self._tail)
+        )
 
     def from_xvr(self, P: np.ndarray) -> np.ndarray:
         """Our ``T_ct_from_carm`` ``(..., 4, 4)`` for xvr pose matrices ``P``: ``M P Rr F``."""
         return self._M @ np.asarray(P, dtype=np.float64) @ self._tail
 
-    def fixed_pose_parameters(self, pose: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    def fixed_pose_parameters(
+        self, pose: np.ndarray
+    ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         """``FixedPose``'s ``(rot, xyz)``: Euler ZXY in degrees and translation, for our pose."""
         from diffdrr.pose import RigidTransform
 
@@ -276,24 +331,45 @@ class XvrRegistration:
         return [s for s in (2.0 * f,) if image_side / s >= MIN_SIDE] + [f]
 
     # ------------------------------------------------------------------ registration
-    def _run(self, image: np.ndarray, geometry: CarmGeometry, init_pose: np.ndarray, init_only: bool = False):
+    def _run(
+        self,
+        image: np.ndarray,
+        geometry: CarmGeometry,
+        init_pose: np.ndarray,
+        init_only: bool = False,
+    ):
         """Write the DICOM, set xvr's schedule and initial pose, call xvr; ``(result, t_write, t_call, warnings)``."""
         t0 = time.perf_counter()
-        path = write_xray_dicom(self.workdir / "xray.dcm", image, geometry, self.config.reverse_x_axis)
+        path = write_xray_dicom(
+            self.workdir / "xray.dcm", image, geometry, self.config.reverse_x_axis
+        )
         t_write = time.perf_counter() - t0
         rot, xyz = self.fixed_pose_parameters(init_pose)
         reg = self.register_xvr
-        reg.initializer = self._FixedPose(rot=rot, xyz=xyz, orientation=self.config.orientation,
-                                          reverse_x_axis=self.config.reverse_x_axis, device=self.config.device)
+        reg.initializer = self._FixedPose(
+            rot=rot,
+            xyz=xyz,
+            orientation=self.config.orientation,
+            reverse_x_axis=self.config.reverse_x_axis,
+            device=self.config.device,
+        )
         scales = self.scales(max(geometry.height, geometry.width))
         reg.scales, reg.n_itrs = scales, [int(self.config.n_itrs)] * len(scales)
         reg.patience = [int(self.config.patience)] * len(scales)
         reg.max_scale_len = max(len(str(s)) for s in scales)
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(io.StringIO()):
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("always")
             t1 = time.perf_counter()  # the registration call, timed like ours (Registrar.register)
-            out = reg(str(path), linearize=self.config.linearize, parameterization="euler_angles",
-                      convention="ZXY", init_only=init_only)
+            out = reg(
+                str(path),
+                linearize=self.config.linearize,
+                parameterization="euler_angles",
+                convention="ZXY",
+                init_only=init_only,
+            )
             t_call = time.perf_counter() - t1
         return out, t_write, t_call, [str(w.message) for w in caught], scales
 
@@ -305,7 +381,9 @@ class XvrRegistration:
         with torch.no_grad():
             return out.drr(out.final_pose)[0, 0].cpu().numpy()
 
-    def register(self, image: np.ndarray, geometry: CarmGeometry, init_pose: np.ndarray) -> RegistrationResult:
+    def register(
+        self, image: np.ndarray, geometry: CarmGeometry, init_pose: np.ndarray
+    ) -> RegistrationResult:
         """Register one image ``(H, W)`` (line integrals) from ``init_pose`` (4, 4) with xvr; never raises."""
         init = np.asarray(init_pose, dtype=np.float64)
         nan6 = np.full((6, 6), math.nan)
@@ -315,14 +393,28 @@ class XvrRegistration:
         except Exception as exc:  # a bad case must not take the evaluation down
             log.warning("xvr failed: %s", exc)
             status = Status.INVALID_INPUT if isinstance(exc, ValueError) else Status.DIVERGED
-            return RegistrationResult(pose=init, covariance=nan6, cost=math.nan, initial_cost=math.nan, iterations=0,
-                                      status=status, message=f"xvr: {type(exc).__name__}: {exc}",
-                                      timings={"total": time.perf_counter() - t0})
+            return RegistrationResult(
+                pose=init,
+                covariance=nan6,
+                cost=math.nan,
+                initial_cost=math.nan,
+                iterations=0,
+                status=status,
+                message=f"xvr: {type(exc).__name__}: {exc}",
+                timings={"total": time.perf_counter() - t0},
+            )
         timings = {"total": t_call, "write_dicom": t_write}
         if out.log is None:  # xvr's guard: the initial DRR is blank
-            return RegistrationResult(pose=init, covariance=nan6, cost=math.nan, initial_cost=math.nan, iterations=0,
-                                      status=Status.INVALID_INPUT, message="xvr: " + "; ".join(caught or ["no log"]),
-                                      timings=timings)
+            return RegistrationResult(
+                pose=init,
+                covariance=nan6,
+                cost=math.nan,
+                initial_cost=math.nan,
+                iterations=0,
+                status=Status.INVALID_INPUT,
+                message="xvr: " + "; ".join(caught or ["no log"]),
+                timings=timings,
+            )
         history = self._history(out.log, init, geometry, t_call)
         timings["optimisation"] = float(sum(out.log.times))
         pose = self.from_xvr(out.final_pose.matrix[0].detach().cpu().double().numpy())
@@ -332,15 +424,28 @@ class XvrRegistration:
         if not finite:
             status, why = Status.DIVERGED, "non-finite pose or similarity"
         elif n_last < self.config.n_itrs:
-            status, why = Status.CONVERGED, f"stopped after {self.config.max_n_plateaus} learning-rate plateaus"
+            status, why = (
+                Status.CONVERGED,
+                f"stopped after {self.config.max_n_plateaus} learning-rate plateaus",
+            )
         else:
             status, why = Status.MAX_ITERATIONS, "iteration cap reached"
         px = [_side(geometry, s) for s in scales]
-        msg = (f"xvr {self.config.metric} Adam, {n} iterations at {'/'.join(str(p) for p in px)} px: {why}"
-               + ("; " + "; ".join(caught) if caught else ""))
-        return RegistrationResult(pose=pose if finite else init, covariance=nan6, cost=history[-1]["cost"],
-                                  initial_cost=history[0]["cost"], iterations=n, status=status, message=msg,
-                                  timings=timings, history=history)
+        msg = (
+            f"xvr {self.config.metric} Adam, {n} iterations at {'/'.join(str(p) for p in px)} px: {why}"
+            + ("; " + "; ".join(caught) if caught else "")
+        )
+        return RegistrationResult(
+            pose=pose if finite else init,
+            covariance=nan6,
+            cost=history[-1]["cost"],
+            initial_cost=history[0]["cost"],
+            iterations=n,
+            status=status,
+            message=msg,
+            timings=timings,
+            history=history,
+        )
 
     def _history(self, xlog, init: np.ndarray, geometry: CarmGeometry, total: float) -> list[dict]:
         """Per-iteration records for evaluate's curves.
@@ -355,8 +460,12 @@ class XvrRegistration:
 
         losses = [float(v) for v in xlog.losses]
         n = len(losses)
-        P = convert(xlog.rots.double(), xlog.xyzs.double(), parameterization="euler_angles",
-                    convention="ZXY").matrix.numpy()
+        P = convert(
+            xlog.rots.double(),
+            xlog.xyzs.double(),
+            parameterization="euler_angles",
+            convention="ZXY",
+        ).matrix.numpy()
         poses = [init] + list(self.from_xvr(P))
         times = np.asarray(xlog.times, dtype=float)
         setup = max(total - float(times.sum()), 0.0)
@@ -364,9 +473,16 @@ class XvrRegistration:
         hist = []
         for k in range(n + 1):
             j = min(k, n - 1)
-            hist.append({"iteration": k, "cost": 1.0 - losses[j], "scale": _side(geometry, xlog.scales[j]),
-                         "time_s": float(times[k - 1]) if k else 0.0, "elapsed_s": float(elapsed[k]),
-                         "pose": np.asarray(poses[k], dtype=np.float64)})
+            hist.append(
+                {
+                    "iteration": k,
+                    "cost": 1.0 - losses[j],
+                    "scale": _side(geometry, xlog.scales[j]),
+                    "time_s": float(times[k - 1]) if k else 0.0,
+                    "elapsed_s": float(elapsed[k]),
+                    "pose": np.asarray(poses[k], dtype=np.float64),
+                }
+            )
         return hist
 
 

@@ -34,7 +34,11 @@ from .tf_publisher import TfPublisher
 PARAMETERS = {
     "ct_path": ("", "CT to simulate from ('' = the embedded example CT)", None),
     "ct_spacing_mm": (2.0, "voxel size the CT is resampled to for rendering (mm)", (0.5, 10.0)),
-    "resolution": (128, "published image size (pixels, square detector of detector_mm)", (16, 1024)),
+    "resolution": (
+        128,
+        "published image size (pixels, square detector of detector_mm)",
+        (16, 1024),
+    ),
     "detector_mm": (384.0, "detector side length (mm)", (50.0, 1000.0)),
     "sdd_mm": (1020.0, "source-to-detector distance (mm)", (200.0, 2000.0)),
     "rate_hz": (0.5, "frames per second", (0.01, 30.0)),
@@ -45,11 +49,19 @@ PARAMETERS = {
     "sweep_period_s": (40.0, "period of the sweep (s of trajectory time)", (1.0, 3600.0)),
     "motion_mm": (3.0, "amplitude of the slow patient motion (mm)", (0.0, 50.0)),
     "time_step_s": (1.0, "trajectory time between frames (s)", (0.01, 60.0)),
-    "wait_for_subscribers": (0, "start publishing only once the image topic has at least this many "
-                             "subscribers (0 = at once)", (0, 100)),
+    "wait_for_subscribers": (
+        0,
+        "start publishing only once the image topic has at least this many "
+        "subscribers (0 = at once)",
+        (0, 100),
+    ),
     "frame_id": ("carm_optical", "frame of the published images (the C-arm's optical frame)", None),
     "ct_frame": ("ct", "frame of the CT", None),
-    "truth_frame": ("carm_truth", "frame of the true C-arm pose published on TF (child of ct_frame)", None),
+    "truth_frame": (
+        "carm_truth",
+        "frame of the true C-arm pose published on TF (child of ct_frame)",
+        None,
+    ),
 }
 
 
@@ -60,7 +72,9 @@ def _descriptor(description: str, bounds) -> ParameterDescriptor:
         if isinstance(lo, int) and isinstance(hi, int):
             desc.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=1)]
         else:
-            desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+            desc.floating_point_range = [
+                FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)
+            ]
     return desc
 
 
@@ -73,7 +87,9 @@ class CarmSimulatorNode(Node):
             self.declare_parameter(name, default, _descriptor(description, bounds))
         p = {name: self.get_parameter(name).value for name in PARAMETERS}
         if p["degradation"] not in DEGRADATION_PRESETS:
-            raise ValueError(f"degradation must be one of {sorted(DEGRADATION_PRESETS)}, got {p['degradation']!r}")
+            raise ValueError(
+                f"degradation must be one of {sorted(DEGRADATION_PRESETS)}, got {p['degradation']!r}"
+            )
         for name in ("frame_id", "ct_frame", "truth_frame"):
             if not p[name]:
                 raise ValueError(f"parameter {name} must not be empty")
@@ -83,8 +99,11 @@ class CarmSimulatorNode(Node):
         self.geometry = default_geometry(p["resolution"], p["detector_mm"], p["sdd_mm"])
         self.simulator = XraySimulator(self.ct, self.geometry, p["degradation"], p["seed"])
         m = p["motion_mm"]
-        self.trajectory = Trajectory(sweep_deg=p["sweep_deg"], sweep_period_s=p["sweep_period_s"],
-                                     motion_mm=(m * 0.6, m * 0.3, m))
+        self.trajectory = Trajectory(
+            sweep_deg=p["sweep_deg"],
+            sweep_period_s=p["sweep_period_s"],
+            motion_mm=(m * 0.6, m * 0.3, m),
+        )
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.image_pub = self.create_publisher(Image, "image", qos)
         self.info_pub = self.create_publisher(CameraInfo, "camera_info", qos)
@@ -94,7 +113,8 @@ class CarmSimulatorNode(Node):
         self.timer = self.create_timer(1.0 / p["rate_hz"], self._publish)
         self.get_logger().info(
             f"simulating {self.ct.source} ({self.ct.shape}) at {p['resolution']} px, {p['rate_hz']} Hz, "
-            f"degradation '{p['degradation']}', truth on TF {p['ct_frame']} -> {p['truth_frame']}")
+            f"degradation '{p['degradation']}', truth on TF {p['ct_frame']} -> {p['truth_frame']}"
+        )
 
     def pose_at(self, frame: int) -> np.ndarray:
         """True ``T_ct_from_carm`` (4, 4) mm of frame number ``frame``."""
@@ -108,19 +128,31 @@ class CarmSimulatorNode(Node):
                 self.done = True
                 self.create_timer(2.0, lambda: rclpy.try_shutdown(context=self.context))
             return
-        if self.frame == 0 and self.image_pub.get_subscription_count() < self.params["wait_for_subscribers"]:
-            self.get_logger().info(f"waiting for {self.params['wait_for_subscribers']} subscriber(s) of "
-                                   f"{self.image_pub.topic_name} before the first frame", once=True)
+        if (
+            self.frame == 0
+            and self.image_pub.get_subscription_count() < self.params["wait_for_subscribers"]
+        ):
+            self.get_logger().info(
+                f"waiting for {self.params['wait_for_subscribers']} subscriber(s) of "
+                f"{self.image_pub.topic_name} before the first frame",
+                once=True,
+            )
             return
         start = time.perf_counter()
         pose = self.pose_at(self.frame)
         image = self.simulator.render(pose, self.frame)
         header = Header(frame_id=self.params["frame_id"])
         header.stamp = self.get_clock().now().to_msg()
-        self.tf.send(pose_to_transform_stamped(pose, self.params["ct_frame"], self.params["truth_frame"], header.stamp))
+        self.tf.send(
+            pose_to_transform_stamped(
+                pose, self.params["ct_frame"], self.params["truth_frame"], header.stamp
+            )
+        )
         self.info_pub.publish(geometry_to_camera_info(self.geometry, header))
         self.image_pub.publish(numpy_to_image(image, "32FC1", header))
-        self.get_logger().debug(f"frame {self.frame} rendered in {time.perf_counter() - start:.2f} s")
+        self.get_logger().debug(
+            f"frame {self.frame} rendered in {time.perf_counter() - start:.2f} s"
+        )
         self.frame += 1
 
 

@@ -52,11 +52,25 @@ from ..core.carm import CarmGeometry, CarmGeometryError
 from ..core.geometry import pose_to_translation_quaternion, translation_quaternion_to_pose
 
 __all__ = [
-    "ENCODINGS", "ConversionError", "ImageConversionError", "CameraInfoConversionError",
-    "PoseConversionError", "image_to_numpy", "numpy_to_image", "camera_info_to_geometry",
-    "camera_info_note", "geometry_to_camera_info", "pose_to_transform_stamped", "transform_stamped_to_pose",
-    "pose_to_pose_with_covariance", "pose_with_covariance_to_pose", "covariance_to_ros",
-    "covariance_from_ros", "invert_pose", "stamp_to_seconds", "pose_from_translation_quaternion",
+    "ENCODINGS",
+    "ConversionError",
+    "ImageConversionError",
+    "CameraInfoConversionError",
+    "PoseConversionError",
+    "image_to_numpy",
+    "numpy_to_image",
+    "camera_info_to_geometry",
+    "camera_info_note",
+    "geometry_to_camera_info",
+    "pose_to_transform_stamped",
+    "transform_stamped_to_pose",
+    "pose_to_pose_with_covariance",
+    "pose_with_covariance_to_pose",
+    "covariance_to_ros",
+    "covariance_from_ros",
+    "invert_pose",
+    "stamp_to_seconds",
+    "pose_from_translation_quaternion",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,10 +126,14 @@ def _cv_bridge():
     if _BRIDGE is None and not _BRIDGE_BROKEN:
         try:
             from cv_bridge import CvBridge  # ROS 2 install only; absent from PyPI
+
             _BRIDGE = CvBridge()
         except Exception as exc:  # ImportError, or its numpy-1 extension failing on numpy 2
-            log.debug("cv_bridge unavailable (%s: %s); using the own image conversion",
-                      type(exc).__name__, exc)
+            log.debug(
+                "cv_bridge unavailable (%s: %s); using the own image conversion",
+                type(exc).__name__,
+                exc,
+            )
             _BRIDGE_BROKEN = True
     return None if _BRIDGE_BROKEN else _BRIDGE
 
@@ -129,8 +147,11 @@ def _decode_with_bridge(msg: Image, expected: np.ndarray) -> np.ndarray | None:
     try:
         out = np.asarray(bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough"))
     except Exception as exc:  # numpy 2 breaks its Python side; never let that lose a frame
-        log.warning("cv_bridge failed (%s: %s); using the own image conversion from now on",
-                    type(exc).__name__, exc)
+        log.warning(
+            "cv_bridge failed (%s: %s); using the own image conversion from now on",
+            type(exc).__name__,
+            exc,
+        )
         _BRIDGE_BROKEN = True
         return None
     if out.shape != expected.shape or out.dtype.kind != expected.dtype.kind:
@@ -143,12 +164,14 @@ def _layout(encoding: str) -> tuple[np.dtype, int]:
     if encoding not in ENCODINGS:
         raise ImageConversionError(
             f"unsupported image encoding {encoding!r} (supported: {', '.join(ENCODINGS)})",
-            "unsupported_encoding")
+            "unsupported_encoding",
+        )
     return ENCODINGS[encoding]
 
 
-def image_to_numpy(msg: Image, *, check_finite: bool = True, use_cv_bridge: bool = True,
-                   copy: bool = True) -> np.ndarray:
+def image_to_numpy(
+    msg: Image, *, check_finite: bool = True, use_cv_bridge: bool = True, copy: bool = True
+) -> np.ndarray:
     """Pixels of ``msg`` as a native-byte-order array ``(H, W)`` (one channel) or ``(H, W, 3)``.
 
     Channel order is the message's (``bgr8`` stays BGR, ``rgb8`` stays RGB). ``copy=False``: a
@@ -164,12 +187,16 @@ def image_to_numpy(msg: Image, *, check_finite: bool = True, use_cv_bridge: bool
     dtype, channels = _layout(msg.encoding)
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
-        raise ImageConversionError(f"zero-size image ({h}x{w}, encoding {msg.encoding})", "zero_size")
+        raise ImageConversionError(
+            f"zero-size image ({h}x{w}, encoding {msg.encoding})", "zero_size"
+        )
     row_bytes = w * channels * dtype.itemsize
     if step < row_bytes:
         raise ImageConversionError(
             f"step {step} is smaller than width {w} x {channels * dtype.itemsize} bytes/pixel "
-            f"= {row_bytes} ({msg.encoding})", "bad_step")
+            f"= {row_bytes} ({msg.encoding})",
+            "bad_step",
+        )
     try:  # bytes / array.array('B') / memoryview: no copy
         raw = np.frombuffer(msg.data, dtype=np.uint8)
     except (TypeError, ValueError):
@@ -177,10 +204,13 @@ def image_to_numpy(msg: Image, *, check_finite: bool = True, use_cv_bridge: bool
     if raw.size != step * h:
         raise ImageConversionError(
             f"data holds {raw.size} bytes, expected step {step} x height {h} = {step * h}",
-            "bad_data_length")
+            "bad_data_length",
+        )
     rows = raw.reshape(h, step)[:, :row_bytes]
     wire = dtype.newbyteorder(">" if msg.is_bigendian else "<")
-    pixels = np.ascontiguousarray(rows).view(wire).reshape((h, w, channels) if channels > 1 else (h, w))
+    pixels = (
+        np.ascontiguousarray(rows).view(wire).reshape((h, w, channels) if channels > 1 else (h, w))
+    )
     if not copy and pixels.dtype.isnative:
         out = pixels.view()
         out.flags.writeable = False
@@ -193,7 +223,9 @@ def image_to_numpy(msg: Image, *, check_finite: bool = True, use_cv_bridge: bool
     if check_finite and out.dtype.kind == "f":
         bad = int(out.size - np.count_nonzero(np.isfinite(out)))
         if bad:
-            raise ImageConversionError(f"{bad} of {out.size} pixels are NaN or infinite", "non_finite")
+            raise ImageConversionError(
+                f"{bad} of {out.size} pixels are NaN or infinite", "non_finite"
+            )
     return out
 
 
@@ -222,7 +254,8 @@ def numpy_to_image(
     if a.ndim != want or (channels > 1 and a.shape[2] != channels):
         raise ImageConversionError(
             f"{encoding} needs an array of shape {'(H, W, 3)' if channels > 1 else '(H, W)'}, "
-            f"got {a.shape}")
+            f"got {a.shape}"
+        )
     if a.size == 0:
         raise ImageConversionError(f"zero-size array {a.shape}")
     if dtype.kind == "u" and a.dtype.kind != "u":
@@ -263,23 +296,35 @@ def _intrinsic_matrix(msg: CameraInfo) -> tuple[np.ndarray, str | None]:
     """
     K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
     if not np.all(np.isfinite(K)):
-        raise CameraInfoConversionError(f"CameraInfo K has non-finite entries: {K.reshape(-1).tolist()}")
+        raise CameraInfoConversionError(
+            f"CameraInfo K has non-finite entries: {K.reshape(-1).tolist()}"
+        )
     fx, fy = float(K[0, 0]), float(K[1, 1])
     if fx > 0 and fy > 0:
         return K, None
     if fx < 0 or fy < 0:
-        raise CameraInfoConversionError(f"CameraInfo K has a negative focal length (fx {fx:g}, fy {fy:g})")
+        raise CameraInfoConversionError(
+            f"CameraInfo K has a negative focal length (fx {fx:g}, fy {fy:g})"
+        )
     if fx > 0 or fy > 0:
-        raise CameraInfoConversionError(f"CameraInfo K has one positive and one zero focal length "
-                                        f"(fx {fx:g}, fy {fy:g}); both must be > 0")
+        raise CameraInfoConversionError(
+            f"CameraInfo K has one positive and one zero focal length "
+            f"(fx {fx:g}, fy {fy:g}); both must be > 0"
+        )
     if np.any(K != 0):
-        raise CameraInfoConversionError("CameraInfo K has zero focal lengths but is not all zero "
-                                        f"(an all-zero K means uncalibrated): {K.reshape(-1).tolist()}")
+        raise CameraInfoConversionError(
+            "CameraInfo K has zero focal lengths but is not all zero "
+            f"(an all-zero K means uncalibrated): {K.reshape(-1).tolist()}"
+        )
     P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
     if not (np.all(np.isfinite(P)) and P[0, 0] > 0 and P[1, 1] > 0):
-        raise CameraInfoConversionError("CameraInfo has neither K nor P with positive focal lengths "
-                                        "(K all zero: uncalibrated camera)")
-    return P[:, :3].copy(), "CameraInfo K is all zero (uncalibrated camera); intrinsics taken from P"
+        raise CameraInfoConversionError(
+            "CameraInfo has neither K nor P with positive focal lengths "
+            "(K all zero: uncalibrated camera)"
+        )
+    return P[
+        :, :3
+    ].copy(), "CameraInfo K is all zero (uncalibrated camera); intrinsics taken from P"
 
 
 def camera_info_note(msg: CameraInfo) -> str | None:
@@ -311,10 +356,13 @@ def camera_info_to_geometry(msg: CameraInfo, sdd_mm: float) -> CarmGeometry:
         raise CameraInfoConversionError(f"CameraInfo has zero size ({h}x{w})")
     K, _ = _intrinsic_matrix(msg)
     roi = msg.roi
-    if (roi.width or roi.height) and (roi.x_offset or roi.y_offset or roi.width != w or roi.height != h):
+    if (roi.width or roi.height) and (
+        roi.x_offset or roi.y_offset or roi.width != w or roi.height != h
+    ):
         raise CameraInfoConversionError(
             f"CameraInfo region of interest {roi.width}x{roi.height}+{roi.x_offset}+{roi.y_offset} "
-            "is not supported (publish full images)")
+            "is not supported (publish full images)"
+        )
     if not (math.isfinite(sdd_mm) and sdd_mm > 0):
         raise CameraInfoConversionError(f"sdd_mm must be positive, got {sdd_mm}")
     try:
@@ -352,8 +400,11 @@ def _rigid(T: Any, name: str = "pose") -> np.ndarray:
     if M.shape != (4, 4) or not np.all(np.isfinite(M)):
         raise PoseConversionError(f"{name} must be a finite (4, 4) matrix, got shape {M.shape}")
     R = M[:3, :3]
-    if not np.allclose(R.T @ R, np.eye(3), atol=1e-5) or np.linalg.det(R) < 0 or \
-            not np.allclose(M[3], [0, 0, 0, 1], atol=1e-9):
+    if (
+        not np.allclose(R.T @ R, np.eye(3), atol=1e-5)
+        or np.linalg.det(R) < 0
+        or not np.allclose(M[3], [0, 0, 0, 1], atol=1e-9)
+    ):
         raise PoseConversionError(f"{name} is not a rigid transform")
     return M
 
@@ -385,8 +436,10 @@ def _set_translation_rotation(T: np.ndarray, translation, rotation) -> None:
 
 
 def _pose_from(translation, rotation) -> np.ndarray:
-    return pose_from_translation_quaternion([translation.x, translation.y, translation.z],
-                                            [rotation.x, rotation.y, rotation.z, rotation.w])
+    return pose_from_translation_quaternion(
+        [translation.x, translation.y, translation.z],
+        [rotation.x, rotation.y, rotation.z, rotation.w],
+    )
 
 
 def pose_from_translation_quaternion(translation_m, quaternion_xyzw) -> np.ndarray:
@@ -398,8 +451,9 @@ def pose_from_translation_quaternion(translation_m, quaternion_xyzw) -> np.ndarr
     return translation_quaternion_to_pose(t, q, unit="m").numpy()
 
 
-def pose_to_transform_stamped(T_parent_from_child: np.ndarray, parent: str, child: str,
-                              stamp: Time | None = None) -> TransformStamped:
+def pose_to_transform_stamped(
+    T_parent_from_child: np.ndarray, parent: str, child: str, stamp: Time | None = None
+) -> TransformStamped:
     """``TransformStamped`` (metres) of ``T_parent_from_child`` ``(4, 4)`` in mm.
 
     ``header.frame_id = parent``, ``child_frame_id = child``: the child's pose in the parent,
@@ -462,7 +516,9 @@ def _increment_to_ros(T: np.ndarray, inverse: bool) -> np.ndarray:
     return S @ J @ A
 
 
-def covariance_to_ros(T_ct_from_carm: np.ndarray, cov_increment: np.ndarray, inverse: bool) -> np.ndarray:
+def covariance_to_ros(
+    T_ct_from_carm: np.ndarray, cov_increment: np.ndarray, inverse: bool
+) -> np.ndarray:
     """ROS pose covariance ``(6, 6)`` (m², m·rad, rad²) of the published pose.
 
     Args:
@@ -482,7 +538,9 @@ def covariance_to_ros(T_ct_from_carm: np.ndarray, cov_increment: np.ndarray, inv
     return 0.5 * (out + out.T)
 
 
-def covariance_from_ros(T_ct_from_carm: np.ndarray, cov_ros: np.ndarray, inverse: bool) -> np.ndarray:
+def covariance_from_ros(
+    T_ct_from_carm: np.ndarray, cov_ros: np.ndarray, inverse: bool
+) -> np.ndarray:
     """Inverse of :func:`covariance_to_ros`: the increment covariance ``(6, 6)`` (mm, rad)."""
     C = _check_cov(cov_ros, "ROS covariance")
     Minv = np.linalg.inv(_increment_to_ros(_rigid(T_ct_from_carm), inverse))
@@ -490,8 +548,12 @@ def covariance_from_ros(T_ct_from_carm: np.ndarray, cov_ros: np.ndarray, inverse
     return 0.5 * (out + out.T)
 
 
-def pose_to_pose_with_covariance(T_parent_from_child: np.ndarray, cov_ros: np.ndarray | None,
-                                 frame_id: str, stamp: Time | None = None) -> PoseWithCovarianceStamped:
+def pose_to_pose_with_covariance(
+    T_parent_from_child: np.ndarray,
+    cov_ros: np.ndarray | None,
+    frame_id: str,
+    stamp: Time | None = None,
+) -> PoseWithCovarianceStamped:
     """``PoseWithCovarianceStamped`` of the child's pose in ``frame_id`` (mm in, metres out).
 
     ``cov_ros``: ``(6, 6)`` in ROS units and order (see :func:`covariance_to_ros`); None or

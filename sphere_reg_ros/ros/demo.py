@@ -77,8 +77,12 @@ class DemoEvaluator:
 
     def __post_init__(self) -> None:
         self.node.create_subscription(TFMessage, "/tf", self._on_tf, TF_QOS)
-        self.node.create_subscription(Image, f"/{NODE_NAME}/overlay", self._on_overlay,
-                                      QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        self.node.create_subscription(
+            Image,
+            f"/{NODE_NAME}/overlay",
+            self._on_overlay,
+            QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE),
+        )
 
     def _frame(self, stamp) -> Frame:
         key = stamp.sec * 1_000_000_000 + stamp.nanosec
@@ -101,8 +105,11 @@ class DemoEvaluator:
             if frame.truth is not None and frame.estimate is not None and key not in self.printed:
                 frame.mtre_mm = mtre_mm(frame.estimate, frame.truth, self.landmarks)
                 self.printed.add(key)
-                print(f"frame {frame.index:3d}  mTRE {frame.mtre_mm:7.3f} mm  latency {frame.latency_s:6.2f} s  "
-                      f"{frame.status}", flush=True)
+                print(
+                    f"frame {frame.index:3d}  mTRE {frame.mtre_mm:7.3f} mm  latency {frame.latency_s:6.2f} s  "
+                    f"{frame.status}",
+                    flush=True,
+                )
 
     def _on_overlay(self, msg: Image) -> None:
         import cv2
@@ -119,7 +126,11 @@ def mtre_mm(T_est: np.ndarray, T_true: np.ndarray, landmarks: np.ndarray) -> flo
 
     from ..core.metrics import mtre
 
-    return float(mtre(torch.as_tensor(T_est)[None], torch.as_tensor(T_true)[None], torch.as_tensor(landmarks))[0])
+    return float(
+        mtre(
+            torch.as_tensor(T_est)[None], torch.as_tensor(T_true)[None], torch.as_tensor(landmarks)
+        )[0]
+    )
 
 
 def _landmarks(ct_path: str | None) -> np.ndarray:
@@ -135,7 +146,9 @@ def _landmarks(ct_path: str | None) -> np.ndarray:
 def summarize(frames: list[Frame]) -> dict:
     """SMSR over frames with a truth, median mTRE over registered frames, median latency."""
     last = max((f.index for f in frames if f.estimate is not None), default=-1)
-    with_truth = [f for f in frames if f.truth is not None and f.index <= last]  # later ones: still queued
+    with_truth = [
+        f for f in frames if f.truth is not None and f.index <= last
+    ]  # later ones: still queued
     registered = [f for f in with_truth if f.estimate is not None]
     mtres = np.array([f.mtre_mm for f in registered])
     return {
@@ -145,7 +158,9 @@ def summarize(frames: list[Frame]) -> dict:
         "smsr": float(np.mean([f.mtre_mm < 1.0 for f in registered])) if registered else 0.0,
         "median_mtre_mm": float(np.median(mtres)) if len(mtres) else float("inf"),
         "p95_mtre_mm": float(np.percentile(mtres, 95)) if len(mtres) else float("inf"),
-        "median_latency_s": float(np.median([f.latency_s for f in registered])) if registered else float("inf"),
+        "median_latency_s": float(np.median([f.latency_s for f in registered]))
+        if registered
+        else float("inf"),
     }
 
 
@@ -162,12 +177,18 @@ def plot_summary(frames: list[Frame], summary: dict, path: Path) -> None:
     missing = [f.index for f in frames if f.truth is not None and f.estimate is None]
     if missing:
         axes[0].plot(missing, [1e-3] * len(missing), "kx", label="dropped (node busy)")
-    axes[0].set(xlabel="frame", ylabel="mTRE (mm)", title=f"median {summary['median_mtre_mm']:.3f} mm, "
-                f"SMSR {100 * summary['smsr']:.0f}%")
+    axes[0].set(
+        xlabel="frame",
+        ylabel="mTRE (mm)",
+        title=f"median {summary['median_mtre_mm']:.3f} mm, SMSR {100 * summary['smsr']:.0f}%",
+    )
     axes[0].legend()
     axes[1].plot(idx, [f.latency_s for f in frames if f.estimate is not None], "o-")
-    axes[1].set(xlabel="frame", ylabel="latency image → TF (s)",
-                title=f"median {summary['median_latency_s']:.2f} s")
+    axes[1].set(
+        xlabel="frame",
+        ylabel="latency image → TF (s)",
+        title=f"median {summary['median_latency_s']:.2f} s",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -193,7 +214,9 @@ def _ros_env() -> dict:
     return env
 
 
-def _collect(node: Node, evaluator: DemoEvaluator, frames: int, timeout_s: float, check=lambda: None) -> None:
+def _collect(
+    node: Node, evaluator: DemoEvaluator, frames: int, timeout_s: float, check=lambda: None
+) -> None:
     """Spin until ``frames`` frames are registered or ``timeout_s`` has passed; ``check`` raises
     when a process the demo depends on has died."""
     deadline = time.monotonic() + timeout_s
@@ -202,35 +225,53 @@ def _collect(node: Node, evaluator: DemoEvaluator, frames: int, timeout_s: float
         check()
         if len(evaluator.printed) >= frames:
             return
-    print(f"demo: timeout after {timeout_s:.0f} s with {len(evaluator.printed)} frames registered", flush=True)
+    print(
+        f"demo: timeout after {timeout_s:.0f} s with {len(evaluator.printed)} frames registered",
+        flush=True,
+    )
 
 
-def _finish(evaluator: DemoEvaluator, out: Path, min_frames: int = EXPECTATION["min_frames"]) -> int:
+def _finish(
+    evaluator: DemoEvaluator, out: Path, min_frames: int = EXPECTATION["min_frames"]
+) -> int:
     """Summary line, ``frames.csv``, ``summary.json``, ``summary.png``; 0 when the expectation is met
     (``min_frames`` lower than the README's 20 only for quick checks)."""
     frames = [evaluator.frames[k] for k in evaluator.order]
     summary = summarize(frames)
-    summary.update({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine":
-                    f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
-                    "overlays_saved": evaluator.overlays_saved,
-                    "expectation": dict(EXPECTATION, min_frames=min_frames)})
+    summary.update(
+        {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
+            "overlays_saved": evaluator.overlays_saved,
+            "expectation": dict(EXPECTATION, min_frames=min_frames),
+        }
+    )
     with open(out / "frames.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["frame", "stamp_ns", "mtre_mm", "latency_s", "status"])
         for f in frames:
             if f.truth is not None:
-                writer.writerow([f.index, f.stamp_ns, f"{f.mtre_mm:.4f}", f"{f.latency_s:.3f}", f.status])
+                writer.writerow(
+                    [f.index, f.stamp_ns, f"{f.mtre_mm:.4f}", f"{f.latency_s:.3f}", f.status]
+                )
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if frames:
         plot_summary(frames, summary, out / "summary.png")
-    met = (summary["frames_registered"] >= min_frames
-           and summary["median_mtre_mm"] < EXPECTATION["median_mtre_mm"])
-    print(f"summary: {summary['frames_registered']} frames registered ({summary['frames_dropped']} dropped by the "
-          f"node while it was busy; it registers the newest frame), "
-          f"SMSR {100 * summary['smsr']:.1f}%, median mTRE {summary['median_mtre_mm']:.3f} mm "
-          f"(95th pct {summary['p95_mtre_mm']:.3f} mm), median latency {summary['median_latency_s']:.2f} s")
-    print(f"expectation (median mTRE < {EXPECTATION['median_mtre_mm']} mm over >= {min_frames} "
-          f"frames): {'met' if met else 'NOT met'}; plot {out / 'summary.png'}, logs in {out}/", flush=True)
+    met = (
+        summary["frames_registered"] >= min_frames
+        and summary["median_mtre_mm"] < EXPECTATION["median_mtre_mm"]
+    )
+    print(
+        f"summary: {summary['frames_registered']} frames registered ({summary['frames_dropped']} dropped by the "
+        f"node while it was busy; it registers the newest frame), "
+        f"SMSR {100 * summary['smsr']:.1f}%, median mTRE {summary['median_mtre_mm']:.3f} mm "
+        f"(95th pct {summary['p95_mtre_mm']:.3f} mm), median latency {summary['median_latency_s']:.2f} s"
+    )
+    print(
+        f"expectation (median mTRE < {EXPECTATION['median_mtre_mm']} mm over >= {min_frames} "
+        f"frames): {'met' if met else 'NOT met'}; plot {out / 'summary.png'}, logs in {out}/",
+        flush=True,
+    )
     return 0 if met else 1
 
 
@@ -244,45 +285,67 @@ def _prepare_out(out: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     out = _prepare_out(Path(args.out))
     env = _ros_env()
-    print(f"demo: collecting {args.frames} registered frames from a C-arm simulated at {args.rate} Hz; "
-          f"output in {out}/ (ROS_DOMAIN_ID {env['ROS_DOMAIN_ID']})")
+    print(
+        f"demo: collecting {args.frames} registered frames from a C-arm simulated at {args.rate} Hz; "
+        f"output in {out}/ (ROS_DOMAIN_ID {env['ROS_DOMAIN_ID']})"
+    )
     landmarks = _landmarks(args.ct)
 
     rclpy.init()
     node = rclpy.create_node("demo_evaluator")
     evaluator = DemoEvaluator(node, landmarks, out)
-    node_params = {"ct_path": args.ct or "", "tracking": "true", "default_carm_frame": SIM_FRAME, "max_image_age_s": 10.0,
-                   "ct_frame": CT_FRAME, "image_domain": "line_integral"}
+    node_params = {
+        "ct_path": args.ct or "",
+        "tracking": "true",
+        "default_carm_frame": SIM_FRAME,
+        "max_image_age_s": 10.0,
+        "ct_frame": CT_FRAME,
+        "image_domain": "line_integral",
+    }
     if args.model:
         node_params["model_path"] = args.model
     if args.ct_spacing_mm:
         node_params["ct_spacing_mm"] = args.ct_spacing_mm
     if getattr(args, "threads", 0):
         node_params["threads"] = int(args.threads)
-    registration = _launch(f"sphere_reg_ros.ros.{NODE_NAME}", node_params, out / "registration_node.log", env)
+    registration = _launch(
+        f"sphere_reg_ros.ros.{NODE_NAME}", node_params, out / "registration_node.log", env
+    )
     simulator = None
 
     def check() -> None:
         for proc, name in ((registration, NODE_NAME), (simulator, "carm_simulator")):
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"{name} exited (code {proc.returncode}); see {out / (name + '.log')}")
+                raise RuntimeError(
+                    f"{name} exited (code {proc.returncode}); see {out / (name + '.log')}"
+                )
 
     try:
         # The simulator runs like a real C-arm (fixed rate, no waiting for the registration) and
         # starts once the node subscribes (after loading the CT and models); the node registers
         # the newest frame and drops older waiting ones. The demo stops once ``--frames`` frames
         # are registered (or at ``--timeout``); drops are reported.
-        sim_params = {"frames": 0, "rate_hz": args.rate, "ct_path": args.ct or "",
-                      "degradation": args.degradation, "resolution": args.resolution, "frame_id": SIM_FRAME,
-                      "ct_frame": CT_FRAME, "truth_frame": TRUTH_FRAME, "seed": args.seed,
-                      "wait_for_subscribers": 1}
+        sim_params = {
+            "frames": 0,
+            "rate_hz": args.rate,
+            "ct_path": args.ct or "",
+            "degradation": args.degradation,
+            "resolution": args.resolution,
+            "frame_id": SIM_FRAME,
+            "ct_frame": CT_FRAME,
+            "truth_frame": TRUTH_FRAME,
+            "seed": args.seed,
+            "wait_for_subscribers": 1,
+        }
         if args.ct_spacing_mm:
             sim_params["ct_spacing_mm"] = args.ct_spacing_mm
         ready_by = time.monotonic() + args.startup_timeout
         while time.monotonic() < ready_by and node.count_publishers(f"/{NODE_NAME}/overlay") == 0:
             check()
             rclpy.spin_once(node, timeout_sec=0.2)
-        simulator = _launch("sphere_reg_ros.ros.carm_simulator", sim_params, out / "carm_simulator.log", env)
+        simulator = _launch(
+            "sphere_reg_ros.ros.carm_simulator", sim_params, out / "carm_simulator.log", env
+        )
         _collect(node, evaluator, args.frames, args.timeout, check)
     finally:
         for proc in (simulator, registration):
@@ -318,7 +381,9 @@ def evaluator_main(argv: list[str] | None = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
         return 1
-    node.get_logger().info(f"collecting {frames} registered frames (at most {timeout_s:.0f} s); output in {out}/")
+    node.get_logger().info(
+        f"collecting {frames} registered frames (at most {timeout_s:.0f} s); output in {out}/"
+    )
     try:
         _collect(node, evaluator, frames, timeout_s)
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -114,16 +114,26 @@ class NodeStats:
         with self._lock:
             outcome = self.outcome
             kv = {"status": outcome.reason}
-            for name in ("frames_received", "frames_processed", "frames_dropped", "frames_rejected",
-                         "frames_unmatched_camera_info", "registrations_failed"):
+            for name in (
+                "frames_received",
+                "frames_processed",
+                "frames_dropped",
+                "frames_rejected",
+                "frames_unmatched_camera_info",
+                "registrations_failed",
+            ):
                 kv[name] = str(self.counters[name])
             kv["input_rate_hz"] = f"{rate_in:.3f}"
             kv["output_rate_hz"] = f"{rate_out:.3f}"
             kv.update(self.values)
             kv.update({f"latency_{k}_ms": f"{v:.1f}" for k, v in self.latency_ms.items()})
         kv["ct"] = ct_source
-        status = DiagnosticStatus(level=outcome.level, name=f"{node_name}: registration",
-                                  message=outcome.message, hardware_id=ct_source)
+        status = DiagnosticStatus(
+            level=outcome.level,
+            name=f"{node_name}: registration",
+            message=outcome.message,
+            hardware_id=ct_source,
+        )
         status.values = [KeyValue(key=k, value=v) for k, v in kv.items()]
         msg = DiagnosticArray()
         msg.header.stamp = stamp

@@ -73,9 +73,21 @@ from ..core.carm import CarmGeometry, CarmGeometryError
 from . import conversions as conv
 from .diagnostics import ERROR, OK, WARN
 
-__all__ = ["ACCEPTED_ENCODINGS", "CAMERA_INFO_BUFFER", "REASONS", "FrameRejected", "check_stamp",
-           "line_integrals", "frame_geometry", "match_camera_info", "paired_camera_info", "prepare_frame",
-           "reduced_line_integrals", "reduction_factor", "stamp_ns"]
+__all__ = [
+    "ACCEPTED_ENCODINGS",
+    "CAMERA_INFO_BUFFER",
+    "REASONS",
+    "FrameRejected",
+    "check_stamp",
+    "line_integrals",
+    "frame_geometry",
+    "match_camera_info",
+    "paired_camera_info",
+    "prepare_frame",
+    "reduced_line_integrals",
+    "reduction_factor",
+    "stamp_ns",
+]
 
 #: Encodings the node registers (conversions can decode more, e.g. bgr8 for the overlay).
 ACCEPTED_ENCODINGS = ("mono8", "mono16", "16UC1", "32FC1")
@@ -85,13 +97,32 @@ CAMERA_INFO_BUFFER = 10
 
 #: Diagnostic ``status`` value → level, for everything the node reports about a frame or a CT.
 REASONS = {
-    "ok": OK, "waiting": OK, "ct_loaded": OK,
-    "stale": WARN, "non_finite": WARN, "bad_intensity": WARN, "unmatched_camera_info": WARN,
-    "model_warning": WARN, "future_stamp": ERROR, "unsupported_encoding": ERROR, "too_large": ERROR, "bad_step": ERROR, "bad_data_length": ERROR,
-    "zero_size": ERROR, "size_mismatch": ERROR, "no_intrinsics": ERROR, "bad_camera_info": ERROR,
-    "frame_conflict": ERROR, "registration_failed": ERROR, "rejected_cost": ERROR,
-    "rejected_covariance": ERROR, "rejected_masked": ERROR, "rejected_inconsistent": ERROR, "rejected": ERROR,
-    "ct_load_failed": ERROR, "internal_error": ERROR,
+    "ok": OK,
+    "waiting": OK,
+    "ct_loaded": OK,
+    "stale": WARN,
+    "non_finite": WARN,
+    "bad_intensity": WARN,
+    "unmatched_camera_info": WARN,
+    "model_warning": WARN,
+    "future_stamp": ERROR,
+    "unsupported_encoding": ERROR,
+    "too_large": ERROR,
+    "bad_step": ERROR,
+    "bad_data_length": ERROR,
+    "zero_size": ERROR,
+    "size_mismatch": ERROR,
+    "no_intrinsics": ERROR,
+    "bad_camera_info": ERROR,
+    "frame_conflict": ERROR,
+    "registration_failed": ERROR,
+    "rejected_cost": ERROR,
+    "rejected_covariance": ERROR,
+    "rejected_masked": ERROR,
+    "rejected_inconsistent": ERROR,
+    "rejected": ERROR,
+    "ct_load_failed": ERROR,
+    "internal_error": ERROR,
 }
 
 
@@ -115,12 +146,18 @@ def check_stamp(age_s: float, s) -> None:
     ``max_future_stamp_s`` ahead (either 0 = no limit).
     """
     if s.max_image_age_s > 0 and age_s > s.max_image_age_s:
-        raise FrameRejected("stale", f"stale image: stamp {age_s:.2f} s old on arrival "
-                            f"(max_image_age_s {s.max_image_age_s:g})")
+        raise FrameRejected(
+            "stale",
+            f"stale image: stamp {age_s:.2f} s old on arrival "
+            f"(max_image_age_s {s.max_image_age_s:g})",
+        )
     if s.max_future_stamp_s > 0 and -age_s > s.max_future_stamp_s:
-        raise FrameRejected("future_stamp", f"image stamp {-age_s:.3f} s ahead of the node clock on "
-                            f"arrival (max_future_stamp_s {s.max_future_stamp_s:g}); are the clocks "
-                            "synchronised (or use_sim_time without /clock)?")
+        raise FrameRejected(
+            "future_stamp",
+            f"image stamp {-age_s:.3f} s ahead of the node clock on "
+            f"arrival (max_future_stamp_s {s.max_future_stamp_s:g}); are the clocks "
+            "synchronised (or use_sim_time without /clock)?",
+        )
 
 
 def paired_camera_info(infos, image_stamp_ns: int, tolerance_s: float) -> CameraInfo | None:
@@ -134,7 +171,9 @@ def paired_camera_info(infos, image_stamp_ns: int, tolerance_s: float) -> Camera
     return best if best is not None and best_dt <= tolerance_s * 1e9 else None
 
 
-def match_camera_info(infos, image_stamp_ns: int, tolerance_s: float, max_age_s: float) -> CameraInfo | None:
+def match_camera_info(
+    infos, image_stamp_ns: int, tolerance_s: float, max_age_s: float
+) -> CameraInfo | None:
     """The CameraInfo for an image stamped ``image_stamp_ns`` (rules in the module docstring).
 
     ``infos``: the buffered CameraInfo messages in order of arrival. None when there are none
@@ -155,12 +194,19 @@ def match_camera_info(infos, image_stamp_ns: int, tolerance_s: float, max_age_s:
     if age_s is not None and max_age_s > 0 and age_s <= max_age_s:
         return newest
     closest = min(abs(image_stamp_ns - stamp_ns(i.header.stamp)) for i in infos) * 1e-9
-    newest_text = ("none is stamped at or before it" if age_s is None
-                   else f"the newest at or before it is {age_s:.3f} s older")
-    raise FrameRejected("unmatched_camera_info", (
-        f"no CameraInfo pairs with the image stamped {image_stamp_ns * 1e-9:.3f}: the closest of the "
-        f"last {len(infos)} is {closest:.3f} s off (camera_info_tolerance_s {tolerance_s:g}) and "
-        f"{newest_text} (camera_info_max_age_s {max_age_s:g})"))
+    newest_text = (
+        "none is stamped at or before it"
+        if age_s is None
+        else f"the newest at or before it is {age_s:.3f} s older"
+    )
+    raise FrameRejected(
+        "unmatched_camera_info",
+        (
+            f"no CameraInfo pairs with the image stamped {image_stamp_ns * 1e-9:.3f}: the closest of the "
+            f"last {len(infos)} is {closest:.3f} s off (camera_info_tolerance_s {tolerance_s:g}) and "
+            f"{newest_text} (camera_info_max_age_s {max_age_s:g})"
+        ),
+    )
 
 
 def line_integrals(image: np.ndarray, domain: str, intensity_max: float = 0.0) -> np.ndarray:
@@ -192,8 +238,9 @@ def reduction_factor(height: int, width: int, resolution: int) -> int:
     return 1
 
 
-def reduced_line_integrals(pixels: np.ndarray, domain: str, intensity_max: float = 0.0,
-                           factor: int = 1) -> np.ndarray:
+def reduced_line_integrals(
+    pixels: np.ndarray, domain: str, intensity_max: float = 0.0, factor: int = 1
+) -> np.ndarray:
     """Line integrals of ``pixels`` ``(H, W)`` block-meaned by ``factor`` (which divides H and W):
     ``(H / factor, W / factor)`` float32, as :func:`line_integrals` followed by ``factor × factor``
     block means, computed a few rows at a time in float32 (never a full-size float array)."""
@@ -206,12 +253,14 @@ def reduced_line_integrals(pixels: np.ndarray, domain: str, intensity_max: float
     if domain == "intensity":
         i_max = float(intensity_max) if intensity_max > 0 else float(pixels.max())
         if not i_max > 0:
-            raise FrameRejected("bad_intensity", "intensity image has no positive pixel (I_max <= 0)")
+            raise FrameRejected(
+                "bad_intensity", "intensity image has no positive pixel (I_max <= 0)"
+            )
         floor = np.float32(1e-6 * i_max)
     out = np.empty((h // f, w // f), dtype=np.float32)
     rows = f * max(1, _CHUNK_PIXELS // (f * w))
     for r0 in range(0, h, rows):
-        block = np.array(pixels[r0:r0 + rows], dtype=np.float32)  # a chunk's own float32 copy
+        block = np.array(pixels[r0 : r0 + rows], dtype=np.float32)  # a chunk's own float32 copy
         if domain == "intensity":
             np.maximum(block, floor, out=block)
             block /= np.float32(i_max)
@@ -219,9 +268,11 @@ def reduced_line_integrals(pixels: np.ndarray, domain: str, intensity_max: float
             np.negative(block, out=block)
         n = block.shape[0]
         if f == 1:
-            out[r0:r0 + n] = block
+            out[r0 : r0 + n] = block
         else:
-            out[r0 // f:(r0 + n) // f] = block.reshape(n // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float32)
+            out[r0 // f : (r0 + n) // f] = block.reshape(n // f, f, w // f, f).mean(
+                axis=(1, 3), dtype=np.float32
+            )
     return out
 
 
@@ -239,8 +290,11 @@ def frame_geometry(info: CameraInfo | None, s, height: int, width: int) -> CarmG
         source = "CameraInfo"
     else:
         if not (s.fx > 0 and s.fy > 0 and s.width > 0 and s.height > 0):
-            raise FrameRejected("no_intrinsics", "no camera_info received and the fallback intrinsics "
-                                "(fx, fy, width, height parameters) are not set")
+            raise FrameRejected(
+                "no_intrinsics",
+                "no camera_info received and the fallback intrinsics "
+                "(fx, fy, width, height parameters) are not set",
+            )
         cx = s.cx if s.cx >= 0 else (s.width - 1) / 2.0
         cy = s.cy if s.cy >= 0 else (s.height - 1) / 2.0
         K = np.array([[s.fx, 0.0, cx], [0.0, s.fy, cy], [0.0, 0.0, 1.0]])
@@ -250,26 +304,40 @@ def frame_geometry(info: CameraInfo | None, s, height: int, width: int) -> CarmG
             raise FrameRejected("no_intrinsics", f"fallback intrinsics unusable: {exc}") from exc
         source = "the intrinsics parameters"
     if (g.height, g.width) != (height, width):
-        raise FrameRejected("size_mismatch", f"image {width}x{height} (WxH) disagrees with {source} "
-                            f"{g.width}x{g.height}")
+        raise FrameRejected(
+            "size_mismatch",
+            f"image {width}x{height} (WxH) disagrees with {source} {g.width}x{g.height}",
+        )
     return g
 
 
-def prepare_frame(msg: Image, info: CameraInfo | None, s, age_s: float) -> tuple[np.ndarray, CarmGeometry]:
+def prepare_frame(
+    msg: Image, info: CameraInfo | None, s, age_s: float
+) -> tuple[np.ndarray, CarmGeometry]:
     """Checks + conversion of one frame (``age_s``: its age on arrival; ``info``: the CameraInfo
     paired with it, or None). Raises FrameRejected."""
     check_stamp(age_s, s)
     if msg.encoding not in ACCEPTED_ENCODINGS:
-        raise FrameRejected("unsupported_encoding", f"unsupported image encoding {msg.encoding!r} "
-                            f"(accepted: {', '.join(ACCEPTED_ENCODINGS)})")
+        raise FrameRejected(
+            "unsupported_encoding",
+            f"unsupported image encoding {msg.encoding!r} "
+            f"(accepted: {', '.join(ACCEPTED_ENCODINGS)})",
+        )
     limit = int(getattr(s, "max_image_pixels", 0) or 0)
     if limit > 0 and int(msg.height) * int(msg.width) > limit:
-        raise FrameRejected("too_large", f"image {msg.width}x{msg.height} (WxH) has "
-                            f"{int(msg.height) * int(msg.width)} pixels, more than max_image_pixels {limit}")
+        raise FrameRejected(
+            "too_large",
+            f"image {msg.width}x{msg.height} (WxH) has "
+            f"{int(msg.height) * int(msg.width)} pixels, more than max_image_pixels {limit}",
+        )
     try:
-        pixels = conv.image_to_numpy(msg, copy=False)  # a view of the message's bytes where possible
+        pixels = conv.image_to_numpy(
+            msg, copy=False
+        )  # a view of the message's bytes where possible
     except conv.ImageConversionError as exc:
-        raise FrameRejected(exc.reason if exc.reason in REASONS else "bad_data_length", str(exc)) from exc
+        raise FrameRejected(
+            exc.reason if exc.reason in REASONS else "bad_data_length", str(exc)
+        ) from exc
     geometry = frame_geometry(info, s, *pixels.shape)
     f = reduction_factor(*pixels.shape, int(getattr(s, "resolution", 0) or 0))
     image = reduced_line_integrals(pixels, s.image_domain, s.intensity_max, f)
@@ -285,8 +353,18 @@ def _measure(size: int = 4096, resolution: int = 64) -> None:
     from ..core.carm import CarmGeometry
     from .params import validate, yaml_defaults
 
-    s = validate({**yaml_defaults(), "resolution": resolution, "use_camera_info": False, "fx": 4000.0,
-                  "fy": 4000.0, "width": size, "height": size}, changed=set())
+    s = validate(
+        {
+            **yaml_defaults(),
+            "resolution": resolution,
+            "use_camera_info": False,
+            "fx": 4000.0,
+            "fy": 4000.0,
+            "width": size,
+            "height": size,
+        },
+        changed=set(),
+    )
     pixels = np.random.default_rng(0).integers(1, 60000, (size, size), dtype=np.uint16)
     msg = conv.numpy_to_image(pixels, "mono16")
     del pixels
@@ -297,8 +375,10 @@ def _measure(size: int = 4096, resolution: int = 64) -> None:
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
     assert isinstance(geometry, CarmGeometry)
-    print(f"{size}x{size} mono16 ({len(msg.data) / 2**20:.0f} MiB message), resolution {resolution}: "
-          f"image {image.shape} {image.dtype}, peak {peak / 2**20:.2f} MiB above the message")
+    print(
+        f"{size}x{size} mono16 ({len(msg.data) / 2**20:.0f} MiB message), resolution {resolution}: "
+        f"image {image.shape} {image.dtype}, peak {peak / 2**20:.2f} MiB above the message"
+    )
 
 
 if __name__ == "__main__":

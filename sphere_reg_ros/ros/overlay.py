@@ -39,8 +39,14 @@ def to_uint8(image: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) ->
     return out.astype(np.uint8)
 
 
-def make_overlay(xray: np.ndarray, drr: np.ndarray | None, status: str, ok: bool = True,
-                 min_size: int = 256, valid: np.ndarray | None = None) -> np.ndarray:
+def make_overlay(
+    xray: np.ndarray,
+    drr: np.ndarray | None,
+    status: str,
+    ok: bool = True,
+    min_size: int = 256,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
     """BGR ``uint8`` overlay ``(H', W', 3)`` of the X-ray with the DRR's Canny edges.
 
     Args:

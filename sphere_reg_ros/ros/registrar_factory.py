@@ -83,16 +83,20 @@ def build_registrar(settings) -> Built:
         shipped = shipped_checkpoint()
         registrar = None
         if shipped is None:
-            warning = (f"model_path '': no checkpoint shipped with the package (none in {DATA_DIR}); "
-                       "learning-free residuals")
+            warning = (
+                f"model_path '': no checkpoint shipped with the package (none in {DATA_DIR}); "
+                "learning-free residuals"
+            )
         else:
             try:
                 registrar = Registrar.from_files(ct_path, str(shipped), config, spacing_mm=spacing)
             except VolumeError:
                 raise
             except Exception as exc:  # e.g. the shipped model belongs to another CT
-                warning = (f"model_path '': shipped checkpoint {shipped.name} not used "
-                           f"({type(exc).__name__}: {exc}); learning-free residuals")
+                warning = (
+                    f"model_path '': shipped checkpoint {shipped.name} not used "
+                    f"({type(exc).__name__}: {exc}); learning-free residuals"
+                )
         if registrar is None:
             registrar = Registrar.from_files(ct_path, None, config, spacing_mm=spacing)
     source = getattr(registrar, "source", None) or f"CT {ct_path or 'embedded example'}"

@@ -78,7 +78,6 @@ from typing import Any
 import numpy as np
 import rclpy
 import torch
-from rclpy.signals import SignalHandlerOptions
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
@@ -87,17 +86,35 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
 from ..core.trust import Tracker, rejection_key
 from . import conversions as conv
 from .diagnostics import ERROR, OK, WARN, NodeStats
-from .frame_input import (CAMERA_INFO_BUFFER, REASONS, FrameRejected, check_stamp, match_camera_info,
-                          paired_camera_info, prepare_frame, stamp_ns)
+from .frame_input import (
+    CAMERA_INFO_BUFFER,
+    REASONS,
+    FrameRejected,
+    check_stamp,
+    match_camera_info,
+    paired_camera_info,
+    prepare_frame,
+    stamp_ns,
+)
 from .overlay import make_overlay
-from .params import (PARAMS, SPECS, ParameterError, Settings, check_renamed, descriptor, freeze, trust_config,
-                     validate)
+from .params import (
+    PARAMS,
+    SPECS,
+    ParameterError,
+    Settings,
+    check_renamed,
+    descriptor,
+    freeze,
+    trust_config,
+    validate,
+)
 from .registrar_factory import build_registrar
 from .tf_publisher import TfPublisher
 
@@ -134,7 +151,9 @@ class RegistrationNode(Node):
         self._load_cv = threading.Condition()
         self._worker: threading.Thread | None = None
         self._loader: threading.Thread | None = None
-        check_renamed(getattr(self, "_parameter_overrides", {}))  # raises ParameterError: main() exits
+        check_renamed(
+            getattr(self, "_parameter_overrides", {})
+        )  # raises ParameterError: main() exits
         for spec in PARAMS:
             self.declare_parameter(spec.name, spec.default, descriptor(spec))
         values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
@@ -145,25 +164,38 @@ class RegistrationNode(Node):
         self.stats.set_values(torch_threads=str(torch.get_num_threads()))
         self._log_times: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._tracker = Tracker()  # replaced (under _lock) on reset and when the registrar is swapped
+        self._tracker = (
+            Tracker()
+        )  # replaced (under _lock) on reset and when the registrar is swapped
         self._info_cv = threading.Condition()
-        self._camera_infos: collections.deque[CameraInfo] = collections.deque(maxlen=CAMERA_INFO_BUFFER)
+        self._camera_infos: collections.deque[CameraInfo] = collections.deque(
+            maxlen=CAMERA_INFO_BUFFER
+        )
         self._camera_info_note: str | None = None
         self.stats.set_values(camera_info_note="")
 
         t0 = time.monotonic()
         self._service = self._build(self._settings)
-        self.get_logger().info(f"registrar built in {time.monotonic() - t0:.1f} s: {self._service.source}")
+        self.get_logger().info(
+            f"registrar built in {time.monotonic() - t0:.1f} s: {self._service.source}"
+        )
         self._report_model(self._service)
 
         # background loader for registrar rebuilds (ct_path etc. changed at run time)
         self._load_request: Settings | None = None
-        self._loader = threading.Thread(target=self._loader_loop, name="registrar_loader", daemon=True)
+        self._loader = threading.Thread(
+            target=self._loader_loop, name="registrar_loader", daemon=True
+        )
 
         s = self._settings
-        qos_in = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(s.qos_depth),
-                            reliability=ReliabilityPolicy.BEST_EFFORT if s.qos_reliability == "best_effort"
-                            else ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+        qos_in = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=int(s.qos_depth),
+            reliability=ReliabilityPolicy.BEST_EFFORT
+            if s.qos_reliability == "best_effort"
+            else ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.VOLATILE,
+        )
         qos_out = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.tf = TfPublisher(self)  # one broadcaster per node, created once
         self._pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", qos_out)
@@ -173,17 +205,23 @@ class RegistrationNode(Node):
         self.create_subscription(Image, "image", self._on_image, qos_in)
         self.create_service(Trigger, "~/reset", self._on_reset)
         # steady clock: the heartbeat goes on under use_sim_time without /clock
-        self.create_timer(float(s.diagnostics_period_s), self._publish_diagnostics,
-                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.create_timer(
+            float(s.diagnostics_period_s),
+            self._publish_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
+        )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._pending: _Frame | None = None
-        self._worker = threading.Thread(target=self._worker_loop, name="registration_worker", daemon=True)
+        self._worker = threading.Thread(
+            target=self._worker_loop, name="registration_worker", daemon=True
+        )
         self._loader.start()
         self._worker.start()
         self.get_logger().info(
             f"ready: {self._service.source}; TF via {self.tf.backend}; "
-            f"{'publish_inverse ' if s.publish_inverse else ''}ct_frame={s.ct_frame}")
+            f"{'publish_inverse ' if s.publish_inverse else ''}ct_frame={s.ct_frame}"
+        )
 
     # ------------------------------------------------------------------ registrar life cycle
     def _build(self, settings: Settings) -> _Service:
@@ -238,15 +276,20 @@ class RegistrationNode(Node):
 
     def _reload_failed(self, request: Settings, exc: Exception) -> None:
         old = self._service
-        msg = f"CT/registrar reload failed ({type(exc).__name__}: {exc}); still serving {old.source}"
+        msg = (
+            f"CT/registrar reload failed ({type(exc).__name__}: {exc}); still serving {old.source}"
+        )
         self.get_logger().error(msg)
         self.stats.set_outcome(ERROR, msg, "ct_load_failed")
         with self._load_cv:
             if self._load_request is not None:
                 return  # a newer request is queued: let it decide
         served = dict(old.key)
-        revert = [Parameter(k, value=list(v) if isinstance(v, tuple) else v) for k, v in served.items()
-                  if freeze(request.values[k]) != v]
+        revert = [
+            Parameter(k, value=list(v) if isinstance(v, tuple) else v)
+            for k, v in served.items()
+            if freeze(request.values[k]) != v
+        ]
         if revert:
             self.set_parameters(revert)
         self._publish_diagnostics()
@@ -258,7 +301,11 @@ class RegistrationNode(Node):
         values = {**self._settings.values, **changes}
         served = self._service
         # the CT in service, when the new model_path will serve with it: its fingerprint is checked too
-        ct = getattr(served.registrar, "ct", None) if values["ct_path"] == dict(served.key)["ct_path"] else None
+        ct = (
+            getattr(served.registrar, "ct", None)
+            if values["ct_path"] == dict(served.key)["ct_path"]
+            else None
+        )
         try:  # file checks (bounded: headers, data sizes, the checkpoint on the CPU) before answering
             new = validate(values, changed=set(changes), ct=ct)
         except ParameterError as exc:
@@ -271,7 +318,9 @@ class RegistrationNode(Node):
                 self._load_request = None if new.registrar_key() == self._service.key else new
                 self._load_cv.notify_all()
             if self._load_request is not None:
-                self.get_logger().info(f"rebuilding the registrar in the background ({sorted(changes)})")
+                self.get_logger().info(
+                    f"rebuilding the registrar in the background ({sorted(changes)})"
+                )
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ callbacks
@@ -319,7 +368,9 @@ class RegistrationNode(Node):
                 if self.context.ok():
                     self._publish_diagnostics()
             except Exception as exc:  # keep serving whatever happens to one frame
-                self.stats.set_outcome(ERROR, f"internal error: {type(exc).__name__}: {exc}", "internal_error")
+                self.stats.set_outcome(
+                    ERROR, f"internal error: {type(exc).__name__}: {exc}", "internal_error"
+                )
                 if self.context.ok():
                     self.get_logger().error(f"internal error: {type(exc).__name__}: {exc}")
 
@@ -341,7 +392,9 @@ class RegistrationNode(Node):
         """The cold start: ``initial_pose_mm`` when ``use_initial_pose``, else the registrar's own."""
         if s.use_initial_pose:  # [x, y, z (mm), qx, qy, qz, qw]; the conversion takes metres
             p = np.asarray(s.initial_pose_mm, dtype=np.float64)
-            return conv.pose_from_translation_quaternion(p[:3] / _MM_PER_M, p[3:]), "initial_pose_mm"
+            return conv.pose_from_translation_quaternion(
+                p[:3] / _MM_PER_M, p[3:]
+            ), "initial_pose_mm"
         return None, "registrar_default"
 
     def _camera_info_for(self, frame: _Frame, s: Settings) -> CameraInfo | None:
@@ -360,14 +413,21 @@ class RegistrationNode(Node):
             while True:
                 infos = tuple(self._camera_infos)
                 left = deadline - time.monotonic()
-                if (left <= 0 or self._stop.is_set()
-                        or paired_camera_info(infos, image_ns, s.camera_info_tolerance_s) is not None
-                        or any(stamp_ns(i.header.stamp) > image_ns + tolerance_ns for i in infos)):
+                if (
+                    left <= 0
+                    or self._stop.is_set()
+                    or paired_camera_info(infos, image_ns, s.camera_info_tolerance_s) is not None
+                    or any(stamp_ns(i.header.stamp) > image_ns + tolerance_ns for i in infos)
+                ):
                     break
                 self._info_cv.wait(left)
-        info = match_camera_info(infos, image_ns, s.camera_info_tolerance_s, s.camera_info_max_age_s)
+        info = match_camera_info(
+            infos, image_ns, s.camera_info_tolerance_s, s.camera_info_max_age_s
+        )
         if info is not None:
-            self.stats.set_values(camera_info_offset_ms=f"{(image_ns - stamp_ns(info.header.stamp)) * 1e-6:.1f}")
+            self.stats.set_values(
+                camera_info_offset_ms=f"{(image_ns - stamp_ns(info.header.stamp)) * 1e-6:.1f}"
+            )
         return info
 
     def _prepare(self, frame: _Frame, s: Settings) -> tuple[np.ndarray, Any]:
@@ -429,11 +489,15 @@ class RegistrationNode(Node):
                 parent, child, T = carm_frame, s.ct_frame, conv.invert_pose(T_ct_from_carm)
             if s.publish_tf:
                 self.tf.send(conv.pose_to_transform_stamped(T, parent, child, stamp))
-            cov = conv.covariance_to_ros(T_ct_from_carm, result.covariance, inverse=s.publish_inverse)
+            cov = conv.covariance_to_ros(
+                T_ct_from_carm, result.covariance, inverse=s.publish_inverse
+            )
             self._pose_pub.publish(conv.pose_to_pose_with_covariance(T, cov, parent, stamp))
             self.stats.mark_output()
-            text = (f"registered: normalised cost {result.normalised_cost:.3g}, {result.iterations} it, "
-                    f"std {result.position_std_mm:.2g} mm at the ROI, {lat['register']:.2f} s ({how})")
+            text = (
+                f"registered: normalised cost {result.normalised_cost:.3g}, {result.iterations} it, "
+                f"std {result.position_std_mm:.2g} mm at the ROI, {lat['register']:.2f} s ({how})"
+            )
             self._report("ok", text)
         else:
             self.stats.count("registrations_failed")
@@ -446,28 +510,43 @@ class RegistrationNode(Node):
         self.stats.set_latencies(lat)
         with self._lock:
             tracking_state = "tracking" if self._tracker.active else "cold"
-        self.stats.set_values(last_cost=f"{result.cost:.6g}", last_iterations=result.iterations,
-                              last_normalised_cost=f"{result.normalised_cost:.4g}",
-                              last_consistency_mm=f"{result.consistency_mm:.4g}",
-                              last_masked_fraction=f"{result.masked_fraction:.3f}",
-                              last_position_std_mm=f"{result.position_std_mm:.4g}", last_init=how,
-                              last_registration_status=result.status.value, tracking_state=tracking_state,
-                              image_age_ms=f"{1000 * frame.age_s:.1f}",
-                              last_stamp=f"{header.stamp.sec}.{header.stamp.nanosec:09d}")
+        self.stats.set_values(
+            last_cost=f"{result.cost:.6g}",
+            last_iterations=result.iterations,
+            last_normalised_cost=f"{result.normalised_cost:.4g}",
+            last_consistency_mm=f"{result.consistency_mm:.4g}",
+            last_masked_fraction=f"{result.masked_fraction:.3f}",
+            last_position_std_mm=f"{result.position_std_mm:.4g}",
+            last_init=how,
+            last_registration_status=result.status.value,
+            tracking_state=tracking_state,
+            image_age_ms=f"{1000 * frame.age_s:.1f}",
+            last_stamp=f"{header.stamp.sec}.{header.stamp.nanosec:09d}",
+        )
 
     def _publish_overlay(self, service: _Service, result, image, geometry, header, gate) -> None:
         scale = max(1.0, max(geometry.height, geometry.width) / float(self._settings.resolution))
-        small = geometry.resized(max(1, round(geometry.height / scale)), max(1, round(geometry.width / scale)))
+        small = geometry.resized(
+            max(1, round(geometry.height / scale)), max(1, round(geometry.width / scale))
+        )
         pose = np.asarray(result.pose, dtype=np.float64)
         drr = None
         if np.all(np.isfinite(pose)):  # a failed registration may carry no pose at all
             drr = np.asarray(service.registrar.render(pose, small), dtype=np.float32)
             drr = drr.reshape(small.height, small.width)
-        status = (f"OK norm. cost {result.normalised_cost:.2g} std {result.position_std_mm:.2g} mm" if gate is None
-                  else f"{gate[0]}: {result.message}")
+        status = (
+            f"OK norm. cost {result.normalised_cost:.2g} std {result.position_std_mm:.2g} mm"
+            if gate is None
+            else f"{gate[0]}: {result.message}"
+        )
         valid = getattr(result, "valid_mask", None)
-        bgr = make_overlay(image, drr, status, ok=gate is None,
-                           valid=valid if valid is not None and valid.shape == np.shape(image) else None)
+        bgr = make_overlay(
+            image,
+            drr,
+            status,
+            ok=gate is None,
+            valid=valid if valid is not None and valid.shape == np.shape(image) else None,
+        )
         self._overlay_pub.publish(conv.numpy_to_image(bgr, "bgr8", header))
 
     def _publish_diagnostics(self) -> None:
@@ -475,9 +554,12 @@ class RegistrationNode(Node):
             return
         with self._lock:
             tracking_state = "tracking" if self._tracker.active else "cold"
-        self.stats.set_values(tracking=str(bool(self._settings.tracking)).lower(),
-                              tracking_state=tracking_state)
-        msg = self.stats.to_message(self.get_clock().now().to_msg(), self.get_name(), self._service.source)
+        self.stats.set_values(
+            tracking=str(bool(self._settings.tracking)).lower(), tracking_state=tracking_state
+        )
+        msg = self.stats.to_message(
+            self.get_clock().now().to_msg(), self.get_name(), self._service.source
+        )
         try:
             self._diag_pub.publish(msg)
         except Exception:  # publisher destroyed during shutdown
@@ -490,7 +572,11 @@ class RegistrationNode(Node):
         with self._load_cv:
             self._load_cv.notify_all()
         for thread in (self._worker, self._loader):
-            if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            if (
+                thread is not None
+                and thread.is_alive()
+                and thread is not threading.current_thread()
+            ):
                 thread.join(timeout=30.0)
         super().destroy_node()
 

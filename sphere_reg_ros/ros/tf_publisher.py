@@ -17,8 +17,12 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 __all__ = ["TF_QOS", "TfPublisher"]
 
 #: The QoS of ``tf2_ros.TransformBroadcaster`` (``QoSProfile(depth=100)``: reliable, volatile).
-TF_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
-                    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+TF_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=100,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
 
 
 class TfPublisher:
@@ -44,7 +48,9 @@ class TfPublisher:
         items = [transforms] if isinstance(transforms, TransformStamped) else list(transforms)
         for t in items:
             if not t.header.frame_id or not t.child_frame_id:
-                raise ValueError(f"TF with an empty frame id: {t.header.frame_id!r} -> {t.child_frame_id!r}")
+                raise ValueError(
+                    f"TF with an empty frame id: {t.header.frame_id!r} -> {t.child_frame_id!r}"
+                )
         if self._broadcaster is not None:
             self._broadcaster.sendTransform(items)
         else:

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from sphere_reg_ros.core.augment import DomainRandomization
+from sphere_reg_ros.core.checkpoint import Bundle
 from sphere_reg_ros.core.drr import DrrRenderer
 from sphere_reg_ros.core.metrics import summarize
 from sphere_reg_ros.core.sampling import split_seed
 from sphere_reg_ros.core.volume import Volume, hu_to_attenuation
 
-from sphere_reg_ros.core.checkpoint import Bundle
 from .dataset import DrrPool, TrainingScene
 from .losses import regressor_loss
 from .train import evaluate_regressor
@@ -42,30 +42,37 @@ HEEL = 0.15
 BLUR_SIGMA_PX = 0.6
 
 
-def synthetic_xrays(scene: TrainingScene, poses: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def synthetic_xrays(
+    scene: TrainingScene, poses: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """Realistic-ish X-rays ``(N, 1, H, W)`` (line-integral units) of poses ``(N, 4, 4)`` (module doc)."""
     g = scene.geometry
     fine = g.resized(2 * g.height, 2 * g.width)
     step = (scene.renderer.step_mm or 2.0) / 2
-    renderer = DrrRenderer(hu_to_attenuation(scene.ct.data), scene.ct.affine, fine, step_mm=step).to(scene.device)
+    renderer = DrrRenderer(
+        hu_to_attenuation(scene.ct.data), scene.ct.affine, fine, step_mm=step
+    ).to(scene.device)
     images = []
     with torch.no_grad():
         for i in range(0, len(poses), 8):
-            images.append(F.avg_pool2d(renderer(poses[i:i + 8].to(scene.device, torch.float32)), 2).cpu())
+            images.append(
+                F.avg_pool2d(renderer(poses[i : i + 8].to(scene.device, torch.float32)), 2).cpu()
+            )
     line = torch.cat(images).double()
     ramp = torch.linspace(1 - HEEL, 1 + HEEL, g.width, dtype=torch.float64)[None, None, None, :]
     counts = torch.poisson(PHOTONS * ramp * torch.exp(-line), generator=generator)
     noisy = -torch.log(counts.clamp_min(1.0) / PHOTONS)
     x = torch.arange(-2, 3, dtype=torch.float64)
     k = torch.exp(-0.5 * (x / BLUR_SIGMA_PX) ** 2)
-    k = (k / k.sum())
+    k = k / k.sum()
     kernel = (k[:, None] * k[None, :])[None, None]
     blurred = F.conv2d(F.pad(noisy, (2, 2, 2, 2), mode="replicate"), kernel)
     return blurred.float()
 
 
-def measure_throughput(bundle: Bundle, scene: TrainingScene, steps: int = 5, batch_size: int = 32,
-                       n_render: int = 32) -> dict:
+def measure_throughput(
+    bundle: Bundle, scene: TrainingScene, steps: int = 5, batch_size: int = 32, n_render: int = 32
+) -> dict:
     """DRRs/s (plain and pool DRRs with margin) and regressor training samples/s on ``scene.device``."""
     g = torch.Generator().manual_seed(0)
     poses = scene.sample_poses(n_render, g)
@@ -83,19 +90,33 @@ def measure_throughput(bundle: Bundle, scene: TrainingScene, steps: int = 5, bat
     for _ in range(steps + 1):
         t = time.perf_counter()
         images, T = pool.draw(batch_size, g)
-        loss = regressor_loss(reg(images).double(), T.to(scene.device), center=scene.center_world,
-                              sod_mm=scene.pose_distribution.sod_mm)
+        loss = regressor_loss(
+            reg(images).double(),
+            T.to(scene.device),
+            center=scene.center_world,
+            sod_mm=scene.pose_distribution.sod_mm,
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t)
     per_step = float(np.mean(times[1:]))
-    return {"device": str(scene.device), "drrs_per_s": round(plain, 2), "pool_drrs_per_s": round(margin, 2),
-            "regressor_samples_per_s": round(batch_size / per_step, 2), "regressor_step_s": round(per_step, 4)}
+    return {
+        "device": str(scene.device),
+        "drrs_per_s": round(plain, 2),
+        "pool_drrs_per_s": round(margin, 2),
+        "regressor_samples_per_s": round(batch_size / per_step, 2),
+        "regressor_step_s": round(per_step, 4),
+    }
 
 
-def regressor_on_cases(bundle: Bundle, images: torch.Tensor, poses: torch.Tensor, landmarks,
-                       device: str | torch.device = "cpu") -> dict:
+def regressor_on_cases(
+    bundle: Bundle,
+    images: torch.Tensor,
+    poses: torch.Tensor,
+    landmarks,
+    device: str | torch.device = "cpu",
+) -> dict:
     """Regressor-only figures on given cases (e.g. a ``sphere-reg make-benchmark`` file).
 
     ``images (N, 1, h, w)`` are resized (area) to the regressor's resolution when they differ;
@@ -116,16 +137,27 @@ def regressor_on_cases(bundle: Bundle, images: torch.Tensor, poses: torch.Tensor
     errors = evaluate_regressor(reg, images, poses, landmarks)
     per_case = (time.perf_counter() - t) / n
     reference = bundle.pose_distribution.reference(bundle.center_world).expand(n, 4, 4)
-    initial = mtre(reference, poses.to(torch.float64), torch.as_tensor(landmarks, dtype=torch.float64))
-    return {"summary": asdict(summarize(errors, [per_case] * n)),
-            "mtre_mm": [round(float(e), 3) for e in errors],
-            "initial_mtre_median_mm": float(np.median(initial.numpy()))}
+    initial = mtre(
+        reference, poses.to(torch.float64), torch.as_tensor(landmarks, dtype=torch.float64)
+    )
+    return {
+        "summary": asdict(summarize(errors, [per_case] * n)),
+        "mtre_mm": [round(float(e), 3) for e in errors],
+        "initial_mtre_median_mm": float(np.median(initial.numpy())),
+    }
 
 
-def run_regressor_benchmark(bundle: Bundle, ct: Volume, labels: Volume | None = None,
-                            structures: dict[int, str] | None = None, n: int = 50, seed: int = 0,
-                            device: str | torch.device = "cpu", throughput: bool = True,
-                            throughput_steps: int = 5) -> dict:
+def run_regressor_benchmark(
+    bundle: Bundle,
+    ct: Volume,
+    labels: Volume | None = None,
+    structures: dict[int, str] | None = None,
+    n: int = 50,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    throughput: bool = True,
+    throughput_steps: int = 5,
+) -> dict:
     """Regressor-only mTRE on ``n`` held-out test poses, plus throughput; returns a plain dict.
 
     Keys: ``summary`` (``core.metrics.Summary`` as a dict: n, smsr, median/p75/p95 mm, run time
@@ -134,21 +166,34 @@ def run_regressor_benchmark(bundle: Bundle, ct: Volume, labels: Volume | None = 
     """
     dev = torch.device(device)
     spacing = bundle.working_spacing_mm
-    scene = TrainingScene.build(ct, bundle.geometry, bundle.pose_distribution, labels=labels,
-                                structures=structures, spacing_mm=spacing,
-                                step_mm=bundle.training.get("step_mm"), device=dev)
+    scene = TrainingScene.build(
+        ct,
+        bundle.geometry,
+        bundle.pose_distribution,
+        labels=labels,
+        structures=structures,
+        spacing_mm=spacing,
+        step_mm=bundle.training.get("step_mm"),
+        device=dev,
+    )
     g = torch.Generator().manual_seed(split_seed("test", seed))
     poses = scene.sample_poses(n, g)
     images = synthetic_xrays(scene, poses, g)
     res = regressor_on_cases(bundle, images, poses, scene.landmarks, dev)
     out = {
         "checkpoint": str(bundle.path),
-        "cases": n, "seed": seed, "resolution": list(bundle.resolution),
+        "cases": n,
+        "seed": seed,
+        "resolution": list(bundle.resolution),
         **res,
         "landmarks": len(scene.landmarks),
     }
     if throughput:
-        out["throughput"] = measure_throughput(bundle, scene, steps=throughput_steps,
-                                               batch_size=32 if throughput_steps > 2 else 4,
-                                               n_render=32 if throughput_steps > 2 else 4)
+        out["throughput"] = measure_throughput(
+            bundle,
+            scene,
+            steps=throughput_steps,
+            batch_size=32 if throughput_steps > 2 else 4,
+            n_render=32 if throughput_steps > 2 else 4,
+        )
     return out

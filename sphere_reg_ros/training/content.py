@@ -76,14 +76,22 @@ def random_collimation(images: Tensor, generator: torch.Generator, p: float = 0.
     ins = insets.to(dev)
     wd = width.to(dev)[:, None, None]
     # signed depth into each shutter (pixels; > 0 behind it)
-    sides = [ins[:, 0, None, None] * h - 0.5 - r, r - (h - 0.5 - ins[:, 1, None, None] * h),
-             ins[:, 2, None, None] * w - 0.5 - c, c - (w - 0.5 - ins[:, 3, None, None] * w)]
+    sides = [
+        ins[:, 0, None, None] * h - 0.5 - r,
+        r - (h - 0.5 - ins[:, 1, None, None] * h),
+        ins[:, 2, None, None] * w - 0.5 - c,
+        c - (w - 0.5 - ins[:, 3, None, None] * w),
+    ]
     d = torch.stack(torch.broadcast_tensors(*sides), 0)  # (4, B, H, W)
     d = torch.where(ins.T[:, :, None, None] > 0, d, torch.full_like(d, -1e3))
     depth = d.amax(0)  # (B, H, W): how far behind the nearest shutter edge
-    mask = (0.5 * (1 + torch.erf(depth / (math.sqrt(2.0) * wd))) * on.to(dev, dt)[:, None, None])[:, None]
+    mask = (0.5 * (1 + torch.erf(depth / (math.sqrt(2.0) * wd))) * on.to(dev, dt)[:, None, None])[
+        :, None
+    ]
     # scatter from the open field fills the shutter's shadow near its edge
-    fill = 1 - glow.to(dev)[:, None, None] * torch.exp(-depth.clamp_min(0.0) / reach.to(dev)[:, None, None])
+    fill = 1 - glow.to(dev)[:, None, None] * torch.exp(
+        -depth.clamp_min(0.0) / reach.to(dev)[:, None, None]
+    )
     x = images.to(dt)
     a = wash.to(dev)[:, None, None, None]
     shadow = (1 - a) * x + a * _blur(x, wash_sigma)  # scatter-dominated shadows lose the anatomy

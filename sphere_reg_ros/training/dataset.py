@@ -45,15 +45,23 @@ from sphere_reg_ros.core.volume import Volume, hu_to_attenuation, resample
 
 from .content import ContentAugmentation
 
-__all__ = ["TrainingScene", "DrrPool", "SimilarityPool", "jitter_rotations", "warp_to_pose",
-           "margin_pixels", "default_landmarks"]
+__all__ = [
+    "TrainingScene",
+    "DrrPool",
+    "SimilarityPool",
+    "jitter_rotations",
+    "warp_to_pose",
+    "margin_pixels",
+    "default_landmarks",
+]
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- landmarks
-def default_landmarks(ct: Volume, labels: Volume | None = None,
-                      structures: dict[int, str] | None = None) -> tuple[list[str], np.ndarray]:
+def default_landmarks(
+    ct: Volume, labels: Volume | None = None, structures: dict[int, str] | None = None
+) -> tuple[list[str], np.ndarray]:
     """mTRE landmarks ``(names, (K, 3) world mm)``: label centroids, else a 3×3×3 body grid.
 
     With a label map: the centroid of every labelled structure (>= 1000 voxels). Without one:
@@ -75,7 +83,9 @@ def default_landmarks(ct: Volume, labels: Volume | None = None,
 
 
 # ----------------------------------------------------------------------------- pose jitter
-def jitter_rotations(n: int, tilt_deg: float, roll_deg: float, generator: torch.Generator) -> Tensor:
+def jitter_rotations(
+    n: int, tilt_deg: float, roll_deg: float, generator: torch.Generator
+) -> Tensor:
     """Rotations ``Q (n, 3, 3)`` float64 of the C-arm about its source (optical frame).
 
     Rotation vector uniform in ``±tilt`` about x and y and ``±roll`` about z (degrees).
@@ -90,8 +100,10 @@ def margin_pixels(geometry: CarmGeometry, tilt_deg: float, roll_deg: float) -> i
     if tilt_deg <= 0 and roll_deg <= 0:
         return 0
     # farthest detector corner from the principal point (mm), and its angle off the axis
-    half = math.hypot(geometry.width * geometry.delx / 2 + abs(geometry.x0),
-                      geometry.height * geometry.dely / 2 + abs(geometry.y0))
+    half = math.hypot(
+        geometry.width * geometry.delx / 2 + abs(geometry.x0),
+        geometry.height * geometry.dely / 2 + abs(geometry.y0),
+    )
     edge = math.atan(half / geometry.sdd)
     tilt = math.radians(max(tilt_deg, 0.0)) * math.sqrt(2)  # about x and y together
     shift = geometry.sdd * (math.tan(min(edge + tilt, 1.5)) - math.tan(edge))
@@ -113,14 +125,20 @@ def warp_to_pose(big: Tensor, Q: Tensor, geometry: CarmGeometry, margin: int) ->
     b = big.shape[0]
     H, W = geometry.height, geometry.width
     dev, dt = big.device, torch.float64
-    v, u = torch.meshgrid(torch.arange(H, dtype=dt, device=dev), torch.arange(W, dtype=dt, device=dev), indexing="ij")
-    d = torch.stack([(u - geometry.cx) / geometry.fx, (v - geometry.cy) / geometry.fy, torch.ones_like(u)], -1)
+    v, u = torch.meshgrid(
+        torch.arange(H, dtype=dt, device=dev), torch.arange(W, dtype=dt, device=dev), indexing="ij"
+    )
+    d = torch.stack(
+        [(u - geometry.cx) / geometry.fx, (v - geometry.cy) / geometry.fy, torch.ones_like(u)], -1
+    )
     d_old = d.reshape(1, -1, 3) @ Q.to(device=dev, dtype=dt).transpose(1, 2)  # (B, HW, 3)
     ub = geometry.fx * d_old[..., 0] / d_old[..., 2] + geometry.cx + margin
     vb = geometry.fy * d_old[..., 1] / d_old[..., 2] + geometry.cy + margin
     Wb, Hb = W + 2 * margin, H + 2 * margin
     grid = torch.stack([2 * ub / (Wb - 1) - 1, 2 * vb / (Hb - 1) - 1], -1).reshape(b, H, W, 2)
-    return F.grid_sample(big, grid.to(big.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+    return F.grid_sample(
+        big, grid.to(big.dtype), mode="bilinear", padding_mode="border", align_corners=True
+    )
 
 
 def _rotation_pose(Q: Tensor) -> Tensor:
@@ -148,11 +166,20 @@ class TrainingScene:
     device: torch.device
 
     @classmethod
-    def build(cls, ct: Volume, geometry: CarmGeometry, pose_distribution: PoseDistribution | None = None, *,
-              labels: Volume | None = None, structures: dict[int, str] | None = None,
-              spacing_mm: float | None = 2.0, step_mm: float | None = None,
-              jitter_tilt_deg: float = 2.0, jitter_roll_deg: float = 5.0,
-              device: str | torch.device = "cpu") -> "TrainingScene":
+    def build(
+        cls,
+        ct: Volume,
+        geometry: CarmGeometry,
+        pose_distribution: PoseDistribution | None = None,
+        *,
+        labels: Volume | None = None,
+        structures: dict[int, str] | None = None,
+        spacing_mm: float | None = 2.0,
+        step_mm: float | None = None,
+        jitter_tilt_deg: float = 2.0,
+        jitter_roll_deg: float = 5.0,
+        device: str | torch.device = "cpu",
+    ) -> "TrainingScene":
         """Resample ``ct`` to ``spacing_mm`` (None: as is) and set up the renderers.
 
         ``step_mm``: ray sampling step (default the working spacing). The isocentre is the
@@ -163,10 +190,23 @@ class TrainingScene:
         margin = margin_pixels(geometry, jitter_tilt_deg, jitter_roll_deg)
         dev = torch.device(device)
         renderer = DrrRenderer(mu, work.affine, geometry, step_mm=step_mm).to(dev)
-        margin_renderer = DrrRenderer(mu, work.affine, _with_margin(geometry, margin), step_mm=step_mm).to(dev)
+        margin_renderer = DrrRenderer(
+            mu, work.affine, _with_margin(geometry, margin), step_mm=step_mm
+        ).to(dev)
         names, points = default_landmarks(ct, labels, structures)
-        return cls(work, ct, geometry, pose_distribution or PoseDistribution(), renderer, margin_renderer,
-                   margin, work.center_world, names, points, dev)
+        return cls(
+            work,
+            ct,
+            geometry,
+            pose_distribution or PoseDistribution(),
+            renderer,
+            margin_renderer,
+            margin,
+            work.center_world,
+            names,
+            points,
+            dev,
+        )
 
     def render(self, poses: Tensor, margin: bool = False, batch: int = 16) -> Tensor:
         """DRRs ``(B, 1, H, W)`` (or with the margin) of poses ``(B, 4, 4)``, no autograd."""
@@ -174,7 +214,7 @@ class TrainingScene:
         out = []
         with torch.no_grad():
             for i in range(0, len(poses), batch):
-                out.append(r(poses[i:i + batch].to(device=self.device, dtype=torch.float32)))
+                out.append(r(poses[i : i + batch].to(device=self.device, dtype=torch.float32)))
         return torch.cat(out)
 
     def render_with_jacobian(self, poses: Tensor, batch: int = 4) -> tuple[Tensor, Tensor]:
@@ -182,8 +222,9 @@ class TrainingScene:
         imgs, jacs = [], []
         with torch.no_grad():
             for i in range(0, len(poses), batch):
-                im, jac = self.renderer.render_with_jacobian(poses[i:i + batch].to(device=self.device,
-                                                                                    dtype=torch.float32))
+                im, jac = self.renderer.render_with_jacobian(
+                    poses[i : i + batch].to(device=self.device, dtype=torch.float32)
+                )
                 imgs.append(im)
                 jacs.append(jac)
         return torch.cat(imgs), torch.cat(jacs)
@@ -194,8 +235,9 @@ class TrainingScene:
 
 
 # ----------------------------------------------------------------------------- pools
-def _draw_jittered(pool, images: Tensor, poses: Tensor, n: int, generator: torch.Generator,
-                   augment: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _draw_jittered(
+    pool, images: Tensor, poses: Tensor, n: int, generator: torch.Generator, augment: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """``n`` random items of a pool's ``images``/``poses``: warped by a small random rotation
     about the source (the poses follow), then with clinical content and domain randomisation
     (``augment``). Returns ``(indices, images, poses)``."""
@@ -210,9 +252,15 @@ def _draw_jittered(pool, images: Tensor, poses: Tensor, n: int, generator: torch
 class DrrPool:
     """Ring buffer of DRRs (with margin) and their poses; draws apply jitter + augmentation."""
 
-    def __init__(self, scene: TrainingScene, capacity: int, jitter_tilt_deg: float = 2.0,
-                 jitter_roll_deg: float = 5.0, augmentation: DomainRandomization | None = None,
-                 content: ContentAugmentation | None = None) -> None:
+    def __init__(
+        self,
+        scene: TrainingScene,
+        capacity: int,
+        jitter_tilt_deg: float = 2.0,
+        jitter_roll_deg: float = 5.0,
+        augmentation: DomainRandomization | None = None,
+        content: ContentAugmentation | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"pool capacity must be >= 1, got {capacity}")
         self.scene, self.capacity = scene, capacity
@@ -237,7 +285,9 @@ class DrrPool:
             self.size = min(self.size + 1, self.capacity)
         self.rendered += n
 
-    def draw(self, n: int, generator: torch.Generator, augment: bool = True) -> tuple[Tensor, Tensor]:
+    def draw(
+        self, n: int, generator: torch.Generator, augment: bool = True
+    ) -> tuple[Tensor, Tensor]:
         """``(images (n, 1, H, W), poses (n, 4, 4) float64)``: jittered, with clinical content
         (``content``) and domain-randomised (``augment=False``: jittered only)."""
         if self.size == 0:
@@ -249,15 +299,27 @@ class DrrPool:
 class SimilarityPool:
     """Ring buffer of (fixed image with margin, true pose, moving DRR, moving pose, Jacobian)."""
 
-    def __init__(self, scene: TrainingScene, capacity: int, moving_rot_deg: float = 6.0,
-                 moving_trans_mm: float = 20.0, min_scale: float = 0.1, jitter_tilt_deg: float = 2.0,
-                 jitter_roll_deg: float = 5.0, augmentation: DomainRandomization | None = None,
-                 content: ContentAugmentation | None = None) -> None:
+    def __init__(
+        self,
+        scene: TrainingScene,
+        capacity: int,
+        moving_rot_deg: float = 6.0,
+        moving_trans_mm: float = 20.0,
+        min_scale: float = 0.1,
+        jitter_tilt_deg: float = 2.0,
+        jitter_roll_deg: float = 5.0,
+        augmentation: DomainRandomization | None = None,
+        content: ContentAugmentation | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"pool capacity must be >= 1, got {capacity}")
         self.scene, self.capacity = scene, capacity
         self.content = content or ContentAugmentation(0.0, 0.0)
-        self.moving_rot_deg, self.moving_trans_mm, self.min_scale = moving_rot_deg, moving_trans_mm, min_scale
+        self.moving_rot_deg, self.moving_trans_mm, self.min_scale = (
+            moving_rot_deg,
+            moving_trans_mm,
+            min_scale,
+        )
         self.tilt, self.roll = jitter_tilt_deg, jitter_roll_deg
         self.augmentation = augmentation or DomainRandomization()
         g, gm = scene.geometry, scene.margin_renderer.geometry
@@ -271,9 +333,20 @@ class SimilarityPool:
 
     def moving_offsets(self, n: int, generator: torch.Generator) -> Tensor:
         """Left perturbations ``D (n, 4, 4)`` float64 about the isocentre (see module docstring)."""
-        u = self.min_scale + (1 - self.min_scale) * torch.rand(n, generator=generator, dtype=torch.float64)
-        out = [random_poses(1, float(self.moving_rot_deg * s), float(self.moving_trans_mm * s), generator,
-                            center=self.scene.center_world, dtype=torch.float64) for s in u]
+        u = self.min_scale + (1 - self.min_scale) * torch.rand(
+            n, generator=generator, dtype=torch.float64
+        )
+        out = [
+            random_poses(
+                1,
+                float(self.moving_rot_deg * s),
+                float(self.moving_trans_mm * s),
+                generator,
+                center=self.scene.center_world,
+                dtype=torch.float64,
+            )
+            for s in u
+        ]
         return torch.cat(out) if out else torch.zeros(0, 4, 4, dtype=torch.float64)
 
     def add(self, n: int, generator: torch.Generator) -> None:
@@ -289,8 +362,9 @@ class SimilarityPool:
             self._next = (self._next + 1) % self.capacity
             self.size = min(self.size + 1, self.capacity)
 
-    def draw(self, n: int, generator: torch.Generator, augment: bool = True
-             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def draw(
+        self, n: int, generator: torch.Generator, augment: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``(fixed, true_poses, moving, moving_poses, jacobian)`` for ``n`` random items.
 
         The fixed images are jittered (``true_poses`` follow) and domain-randomised.

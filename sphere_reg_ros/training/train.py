@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from sphere_reg_ros.core.augment import DomainRandomization
 from sphere_reg_ros.core.carm import CarmGeometry
+from sphere_reg_ros.core.checkpoint import ct_fingerprint, load_checkpoint, save_checkpoint
 from sphere_reg_ros.core.metrics import mtre
 from sphere_reg_ros.core.regressor import PoseRegressor, RegressorConfig
 from sphere_reg_ros.core.sampling import PoseDistribution, split_seed
@@ -49,13 +50,25 @@ from sphere_reg_ros.core.similarity import SimilarityConfig, SimilarityNet
 from sphere_reg_ros.core.views import default_geometry
 from sphere_reg_ros.core.volume import Volume
 
-from sphere_reg_ros.core.checkpoint import ct_fingerprint, load_checkpoint, save_checkpoint
 from .content import ContentAugmentation
 from .dataset import DrrPool, SimilarityPool, TrainingScene
-from .losses import (centered_jacobian, geodesic_pose_gradient, gradient_alignment, gradient_matching_loss,
-                     regressor_loss, similarity_pose_gradient)
+from .losses import (
+    centered_jacobian,
+    geodesic_pose_gradient,
+    gradient_alignment,
+    gradient_matching_loss,
+    regressor_loss,
+    similarity_pose_gradient,
+)
 
-__all__ = ["TrainConfig", "TrainResult", "train", "resolve_device", "ValidationSet", "evaluate_regressor"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "resolve_device",
+    "ValidationSet",
+    "evaluate_regressor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +80,9 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available (use --device cpu or auto)")
+        raise ValueError(
+            "device 'cuda' requested but CUDA is not available (use --device cpu or auto)"
+        )
     return torch.device(device)
 
 
@@ -131,19 +146,33 @@ class TrainConfig:
         if self.budget_s is not None and not self.budget_s > 0:
             raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
         if self.resolution < 16 or self.resolution % self.similarity.downsample:
-            raise ValueError(f"resolution must be >= 16 and divisible by {self.similarity.downsample}, "
-                             f"got {self.resolution}")
+            raise ValueError(
+                f"resolution must be >= 16 and divisible by {self.similarity.downsample}, "
+                f"got {self.resolution}"
+            )
         if self.regressor_loss not in ("so4", "se3"):
             raise ValueError(f"regressor_loss must be so4 or se3, got {self.regressor_loss!r}")
-        for name in ("batch_size", "sim_batch_size", "pool_size", "initial_pool", "sim_pool_size",
-                     "initial_sim_pool", "n_val", "n_val_sim", "sim_render_every", "sim_every"):
+        for name in (
+            "batch_size",
+            "sim_batch_size",
+            "pool_size",
+            "initial_pool",
+            "sim_pool_size",
+            "initial_sim_pool",
+            "n_val",
+            "n_val_sim",
+            "sim_render_every",
+            "sim_every",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "sim_lr"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)}")
         if not (self.train_regressor or self.train_similarity):
-            raise ValueError("nothing to train: train_regressor and train_similarity are both False")
+            raise ValueError(
+                "nothing to train: train_regressor and train_similarity are both False"
+            )
 
     def geometry(self) -> CarmGeometry:
         """C-arm geometry at the training resolution (``views.default_geometry``)."""
@@ -184,8 +213,17 @@ class TrainResult:
 class ValidationSet:
     """Fixed held-out data (``val`` split): regressor images/poses and similarity items."""
 
-    def __init__(self, scene: TrainingScene, n: int, n_sim: int, seed: int, sim_pool: SimilarityPool,
-                 kind: str, length_mm: float, content: ContentAugmentation | None = None) -> None:
+    def __init__(
+        self,
+        scene: TrainingScene,
+        n: int,
+        n_sim: int,
+        seed: int,
+        sim_pool: SimilarityPool,
+        kind: str,
+        length_mm: float,
+        content: ContentAugmentation | None = None,
+    ) -> None:
         g = torch.Generator().manual_seed(split_seed("val", seed))
         self.scene, self.kind, self.length_mm = scene, kind, length_mm
         self.poses = scene.sample_poses(n, g)
@@ -198,8 +236,14 @@ class ValidationSet:
         self.sim_fixed = DomainRandomization()(content(scene.render(true), g), g)
         self.sim_images, jac = scene.render_with_jacobian(self.sim_moving)
         self.sim_jacobian = centered_jacobian(jac, scene.center_world)
-        self.sim_target = geodesic_pose_gradient(self.sim_moving, true, kind, center=scene.center_world,
-                                                 sod_mm=scene.pose_distribution.sod_mm, length_mm=length_mm)
+        self.sim_target = geodesic_pose_gradient(
+            self.sim_moving,
+            true,
+            kind,
+            center=scene.center_world,
+            sod_mm=scene.pose_distribution.sod_mm,
+            length_mm=length_mm,
+        )
         self.landmarks = torch.as_tensor(scene.landmarks, dtype=torch.float64)
 
     def evaluate(self, regressor: PoseRegressor, similarity: SimilarityNet) -> dict:
@@ -210,30 +254,51 @@ class ValidationSet:
         similarity.eval()
         with torch.no_grad():
             for tag, images in (("", self.images), ("clean_", self.clean)):
-                T = torch.cat([regressor(images[i:i + 32]).double() for i in range(0, len(images), 32)])
-                out[f"{tag}loss"] = float(regressor_loss(T.cpu(), self.poses, self.kind,
-                                                         center=self.scene.center_world,
-                                                         sod_mm=self.scene.pose_distribution.sod_mm,
-                                                         length_mm=self.length_mm))
+                T = torch.cat(
+                    [regressor(images[i : i + 32]).double() for i in range(0, len(images), 32)]
+                )
+                out[f"{tag}loss"] = float(
+                    regressor_loss(
+                        T.cpu(),
+                        self.poses,
+                        self.kind,
+                        center=self.scene.center_world,
+                        sod_mm=self.scene.pose_distribution.sod_mm,
+                        length_mm=self.length_mm,
+                    )
+                )
                 e = mtre(T.cpu(), self.poses, self.landmarks)
                 out[f"{tag}mtre_median_mm"] = float(np.median(e.numpy()))
                 out[f"{tag}mtre_mean_mm"] = float(e.mean())
-        g, _ = similarity_pose_gradient(similarity, self.sim_images, self.sim_fixed, self.sim_jacobian,
-                                        create_graph=False)
+        g, _ = similarity_pose_gradient(
+            similarity, self.sim_images, self.sim_fixed, self.sim_jacobian, create_graph=False
+        )
         out["sim_loss"] = float(gradient_matching_loss(g.detach(), self.sim_target))
-        out["sim_cos_translation"], out["sim_cos_rotation"] = gradient_alignment(g.detach(), self.sim_target)
+        out["sim_cos_translation"], out["sim_cos_rotation"] = gradient_alignment(
+            g.detach(), self.sim_target
+        )
         regressor.train(was[0])
         similarity.train(was[1])
         return out
 
 
-def evaluate_regressor(regressor: PoseRegressor, images: torch.Tensor, poses: torch.Tensor,
-                       landmarks: torch.Tensor | np.ndarray, batch: int = 32) -> torch.Tensor:
+def evaluate_regressor(
+    regressor: PoseRegressor,
+    images: torch.Tensor,
+    poses: torch.Tensor,
+    landmarks: torch.Tensor | np.ndarray,
+    batch: int = 32,
+) -> torch.Tensor:
     """Per-case mTRE ``(N,)`` in mm of the regressor on images ``(N, 1, H, W)`` with true poses."""
     regressor.eval()
     dev = next(regressor.parameters()).device
     with torch.no_grad():
-        T = torch.cat([regressor(images[i:i + batch].to(dev)).double().cpu() for i in range(0, len(images), batch)])
+        T = torch.cat(
+            [
+                regressor(images[i : i + batch].to(dev)).double().cpu()
+                for i in range(0, len(images), batch)
+            ]
+        )
     return mtre(T, poses.to(torch.float64).cpu(), torch.as_tensor(landmarks, dtype=torch.float64))
 
 
@@ -247,9 +312,17 @@ def _state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state")
 
 
-def train(ct: Volume, config: TrainConfig, *, labels: Volume | None = None,
-          structures: dict[int, str] | None = None, out: str | Path | None = None,
-          resume: bool = False, force: bool = False, progress: bool = True) -> TrainResult:
+def train(
+    ct: Volume,
+    config: TrainConfig,
+    *,
+    labels: Volume | None = None,
+    structures: dict[int, str] | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> TrainResult:
     """Train both networks on ``ct`` (HU) and save the checkpoint to ``out`` (if given).
 
     ``resume=True`` continues from ``out`` (weights) and ``out + ".state"`` (optimisers, step,
@@ -263,13 +336,25 @@ def train(ct: Volume, config: TrainConfig, *, labels: Volume | None = None,
     geometry = config.geometry()
     out = Path(out) if out is not None else None
 
-    scene = TrainingScene.build(ct, geometry, config.pose_distribution, labels=labels, structures=structures,
-                                spacing_mm=config.spacing_mm, step_mm=config.effective_step_mm(),
-                                jitter_tilt_deg=config.jitter_tilt_deg, jitter_roll_deg=config.jitter_roll_deg,
-                                device=device)
-    regressor = PoseRegressor(RegressorConfig(config.backbone, config.resolution, config.resolution,
-                                              config.channel_scale),
-                              scene.center_world, config.pose_distribution)
+    scene = TrainingScene.build(
+        ct,
+        geometry,
+        config.pose_distribution,
+        labels=labels,
+        structures=structures,
+        spacing_mm=config.spacing_mm,
+        step_mm=config.effective_step_mm(),
+        jitter_tilt_deg=config.jitter_tilt_deg,
+        jitter_roll_deg=config.jitter_roll_deg,
+        device=device,
+    )
+    regressor = PoseRegressor(
+        RegressorConfig(
+            config.backbone, config.resolution, config.resolution, config.channel_scale
+        ),
+        scene.center_world,
+        config.pose_distribution,
+    )
     similarity = SimilarityNet(config.similarity)
     step0, history, prior_time = 0, [], 0.0
     gen = torch.Generator().manual_seed(split_seed("train", config.seed))
@@ -290,20 +375,36 @@ def train(ct: Volume, config: TrainConfig, *, labels: Volume | None = None,
             log.warning("%s missing: resuming with fresh optimisers", sp)
     regressor.to(device).train()
     similarity.to(device).train()
-    opt_r = torch.optim.AdamW(regressor.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                              foreach=True)
-    opt_s = torch.optim.AdamW(similarity.parameters(), lr=config.sim_lr, weight_decay=config.weight_decay,
-                              foreach=True)
+    opt_r = torch.optim.AdamW(
+        regressor.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
+    )
+    opt_s = torch.optim.AdamW(
+        similarity.parameters(), lr=config.sim_lr, weight_decay=config.weight_decay, foreach=True
+    )
     if state is not None:
         opt_r.load_state_dict(state["opt_regressor"])
         opt_s.load_state_dict(state["opt_similarity"])
 
     augmentation = DomainRandomization()
     content = ContentAugmentation(config.p_collimation, config.p_metal)
-    pool = DrrPool(scene, config.pool_size, config.jitter_tilt_deg, config.jitter_roll_deg, augmentation, content)
-    sim_pool = SimilarityPool(scene, config.sim_pool_size, config.moving_rot_deg, config.moving_trans_mm,
-                              jitter_tilt_deg=config.jitter_tilt_deg, jitter_roll_deg=config.jitter_roll_deg,
-                              augmentation=augmentation, content=content)
+    pool = DrrPool(
+        scene,
+        config.pool_size,
+        config.jitter_tilt_deg,
+        config.jitter_roll_deg,
+        augmentation,
+        content,
+    )
+    sim_pool = SimilarityPool(
+        scene,
+        config.sim_pool_size,
+        config.moving_rot_deg,
+        config.moving_trans_mm,
+        jitter_tilt_deg=config.jitter_tilt_deg,
+        jitter_roll_deg=config.jitter_roll_deg,
+        augmentation=augmentation,
+        content=content,
+    )
     t_render = time.perf_counter()
     if config.train_regressor:
         pool.add(min(config.initial_pool, config.pool_size), gen)
@@ -311,8 +412,16 @@ def train(ct: Volume, config: TrainConfig, *, labels: Volume | None = None,
         sim_pool.add(min(config.initial_sim_pool, config.sim_pool_size), gen)
     render_time = time.perf_counter() - t_render
     rendered = pool.rendered + 2 * sim_pool.size
-    val = ValidationSet(scene, config.n_val, config.n_val_sim, config.seed, sim_pool,
-                        config.regressor_loss, config.length_mm, content)
+    val = ValidationSet(
+        scene,
+        config.n_val,
+        config.n_val_sim,
+        config.seed,
+        sim_pool,
+        config.regressor_loss,
+        config.length_mm,
+        content,
+    )
     sod = config.pose_distribution.sod_mm
 
     def elapsed() -> float:
@@ -320,7 +429,11 @@ def train(ct: Volume, config: TrainConfig, *, labels: Volume | None = None,
 
     def validate(step: int) -> dict:
         tv = time.perf_counter()
-        figures = {"step": step, "time_s": round(prior_time + elapsed(), 2), **val.evaluate(regressor, similarity)}
+        figures = {
+            "step": step,
+            "time_s": round(prior_time + elapsed(), 2),
+            **val.evaluate(regressor, similarity),
+        }
         figures["val_time_s"] = time.perf_counter() - tv
         history.append(figures)
         return figures
@@ -344,10 +457,19 @@ def train(ct: Volume, config: TrainConfig, *, labels: Volume | None = None,
         return max(fr) if fr else 1.0
 
     bar_total = int(config.budget_s) if config.budget_s else config.max_steps
-    fmt = ("{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]" if config.budget_s
-           else "{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}{postfix}]")
-    bar = tqdm(total=bar_total, disable=not progress, desc="train", dynamic_ncols=True, leave=True,
-               bar_format=fmt)
+    fmt = (
+        "{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]"
+        if config.budget_s
+        else "{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}{postfix}]"
+    )
+    bar = tqdm(
+        total=bar_total,
+        disable=not progress,
+        desc="train",
+        dynamic_ncols=True,
+        leave=True,
+        bar_format=fmt,
+    )
     ema_r = ema_s = None
     step, consumed, train_time = step0, 0, 0.0
     while not stop_now(step):
@@ -367,8 +489,14 @@ def train(ct: Volume, config: TrainConfig, *, labels: Volume | None = None,
             images, poses = pool.draw(config.batch_size, gen)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 pred = regressor(images)
-            loss = regressor_loss(pred.double(), poses.to(pred.device), config.regressor_loss,
-                                  center=scene.center_world, sod_mm=sod, length_mm=config.length_mm)
+            loss = regressor_loss(
+                pred.double(),
+                poses.to(pred.device),
+                config.regressor_loss,
+                center=scene.center_world,
+                sod_mm=sod,
+                length_mm=config.length_mm,
+            )
             opt_r.zero_grad(set_to_none=True)
             loss.backward()
             opt_r.step()
@@ -381,8 +509,14 @@ def train(ct: Volume, config: TrainConfig, *, labels: Volume | None = None,
             fixed, true, moving, mposes, jac = sim_pool.draw(config.sim_batch_size, gen)
             jac = centered_jacobian(jac, scene.center_world)
             g, _ = similarity_pose_gradient(similarity, moving, fixed, jac, create_graph=True)
-            target = geodesic_pose_gradient(mposes, true, config.regressor_loss, center=scene.center_world,
-                                            sod_mm=sod, length_mm=config.length_mm)
+            target = geodesic_pose_gradient(
+                mposes,
+                true,
+                config.regressor_loss,
+                center=scene.center_world,
+                sod_mm=sod,
+                length_mm=config.length_mm,
+            )
             sloss = gradient_matching_loss(g, target.to(g.device))
             opt_s.zero_grad(set_to_none=True)
             sloss.backward()
@@ -393,8 +527,9 @@ def train(ct: Volume, config: TrainConfig, *, labels: Volume | None = None,
         train_time += time.perf_counter() - tr
         step += 1
 
-        due = (config.val_every_steps and (step - step0) % config.val_every_steps == 0) or \
-              (not config.val_every_steps and elapsed() - last_val_t >= config.val_every_s)
+        due = (config.val_every_steps and (step - step0) % config.val_every_steps == 0) or (
+            not config.val_every_steps and elapsed() - last_val_t >= config.val_every_s
+        )
         if due and not stop_now(step):
             fig = validate(step)
             last_val_t, val_cost = elapsed(), fig["val_time_s"]
@@ -403,8 +538,21 @@ def train(ct: Volume, config: TrainConfig, *, labels: Volume | None = None,
             if fig["sim_loss"] < best_s[0]:
                 best_s = (fig["sim_loss"], copy.deepcopy(similarity.state_dict()))
             if out is not None:
-                _save(out, regressor, similarity, best_r[1], best_s[1], scene, config, history, step,
-                      prior_time + elapsed(), opt_r, opt_s, gen)
+                _save(
+                    out,
+                    regressor,
+                    similarity,
+                    best_r[1],
+                    best_s[1],
+                    scene,
+                    config,
+                    history,
+                    step,
+                    prior_time + elapsed(),
+                    opt_r,
+                    opt_s,
+                    gen,
+                )
         post = {}
         if ema_r is not None:
             post["loss"] = f"{ema_r:.3f}"
@@ -441,33 +589,80 @@ def train(ct: Volume, config: TrainConfig, *, labels: Volume | None = None,
     wall = prior_time + elapsed()
     path = None
     if out is not None:
-        path = _save(out, regressor, similarity, best_r[1], best_s[1], scene, config, history, step, wall,
-                     opt_r, opt_s, gen, throughput)
+        path = _save(
+            out,
+            regressor,
+            similarity,
+            best_r[1],
+            best_s[1],
+            scene,
+            config,
+            history,
+            step,
+            wall,
+            opt_r,
+            opt_s,
+            gen,
+            throughput,
+        )
     regressor.eval()
     similarity.eval()
     return TrainResult(regressor, similarity, history, step, wall, path, throughput)
 
 
-def _save(out: Path, regressor, similarity, reg_state, sim_state, scene: TrainingScene, config: TrainConfig,
-          history: list, step: int, wall: float, opt_r, opt_s, gen, throughput: dict | None = None) -> Path:
+def _save(
+    out: Path,
+    regressor,
+    similarity,
+    reg_state,
+    sim_state,
+    scene: TrainingScene,
+    config: TrainConfig,
+    history: list,
+    step: int,
+    wall: float,
+    opt_r,
+    opt_s,
+    gen,
+    throughput: dict | None = None,
+) -> Path:
     """Checkpoint with the best weights so far + a resume state file beside it."""
     reg_copy = copy.deepcopy(regressor).cpu()
     sim_copy = copy.deepcopy(similarity).cpu()
     reg_copy.load_state_dict(reg_state)
     sim_copy.load_state_dict(sim_state)
     meta = {
-        "seed": config.seed, "steps": step, "wall_time_s": round(wall, 2),
-        "validation": history, "config": _plain(config.to_dict()),
-        "spacing_mm": config.spacing_mm, "step_mm": config.effective_step_mm(),
-        "landmarks": "label centroids" if not scene.landmark_names[0].startswith("grid_") else "grid",
-        "device": str(config.device), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+        "seed": config.seed,
+        "steps": step,
+        "wall_time_s": round(wall, 2),
+        "validation": history,
+        "config": _plain(config.to_dict()),
+        "spacing_mm": config.spacing_mm,
+        "step_mm": config.effective_step_mm(),
+        "landmarks": "label centroids"
+        if not scene.landmark_names[0].startswith("grid_")
+        else "grid",
+        "device": str(config.device),
+        "torch": str(torch.__version__),
+        "threads": torch.get_num_threads(),
     }
     if throughput:
         meta["throughput"] = throughput
-    path = save_checkpoint(out, sim_copy, reg_copy, scene.geometry, ct_fingerprint(scene.source_ct),
-                           ct_fingerprint(scene.ct), meta)
-    state = {"opt_regressor": opt_r.state_dict(), "opt_similarity": opt_s.state_dict(),
-             "generator": gen.get_state(), "step": step}
+    path = save_checkpoint(
+        out,
+        sim_copy,
+        reg_copy,
+        scene.geometry,
+        ct_fingerprint(scene.source_ct),
+        ct_fingerprint(scene.ct),
+        meta,
+    )
+    state = {
+        "opt_regressor": opt_r.state_dict(),
+        "opt_similarity": opt_s.state_dict(),
+        "generator": gen.get_state(),
+        "step": step,
+    }
     sp = _state_path(out)
     tmp = sp.with_name(sp.name + ".tmp")
     torch.save(state, tmp)

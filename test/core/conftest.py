@@ -12,6 +12,7 @@ from sphere_reg_ros.core.geometry import so3_exp
 from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig
 from sphere_reg_ros.core.volume import resample
 
+
 def _offset(T, c, rot_deg, trans):
     R = so3_exp(torch.tensor(rot_deg, dtype=torch.float64).deg2rad()[None])[0].numpy()
     D = np.eye(4)

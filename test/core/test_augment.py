@@ -18,7 +18,9 @@ def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _images(b: int = 4, h: int = 16, w: int = 16, seed: int = 1, dtype=torch.float32) -> torch.Tensor:
+def _images(
+    b: int = 4, h: int = 16, w: int = 16, seed: int = 1, dtype=torch.float32
+) -> torch.Tensor:
     return torch.rand((b, 1, h, w), generator=_gen(seed), dtype=dtype)
 
 
@@ -37,7 +39,7 @@ def _assert_covers(values: torch.Tensor, bounds: tuple[float, float]) -> None:
 
 def _tv(x: torch.Tensor) -> torch.Tensor:
     """Anisotropic total variation per image, (B,)."""
-    return (x.diff(dim=2).abs().sum(dim=(1, 2, 3)) + x.diff(dim=3).abs().sum(dim=(1, 2, 3)))
+    return x.diff(dim=2).abs().sum(dim=(1, 2, 3)) + x.diff(dim=3).abs().sum(dim=(1, 2, 3))
 
 
 # ------------------------------------------------------------------ parameter ranges
@@ -73,8 +75,15 @@ def test_seed_ranges_are_the_seeds():
     assert A.SIN_AMPLITUDE_RANGE == (0.8, 1.1) and A.SIN_FREQUENCY_RANGE == (0.8, 1.1)
     assert A.SIN_PHASE_RANGE == (-0.5, 0.4)
     assert A.ERASE_AREA_RANGE == (0.02, 0.4) and A.ERASE_ASPECT_RANGE == (0.3, 1.0)
-    assert A.TRANSFORM_NAMES == ("smoothing", "noise", "bound_normalization", "linear_scaling",
-                                 "gamma", "nonlinear_scaling", "erasing")
+    assert A.TRANSFORM_NAMES == (
+        "smoothing",
+        "noise",
+        "bound_normalization",
+        "linear_scaling",
+        "gamma",
+        "nonlinear_scaling",
+        "erasing",
+    )
 
 
 def test_noise_and_bounds_scale_with_the_per_image_max():
@@ -96,8 +105,12 @@ def test_smoothing_kernel_choice_is_fifty_fifty():
     k = params["kernel_size"]
     assert set(k.tolist()) == {3, 5}
     _assert_binomial(int((k == 3).sum()), N_DRAWS, 0.5)
-    torch.testing.assert_close(params["sigma"][k == 3], torch.full_like(params["sigma"][k == 3], 0.8))
-    torch.testing.assert_close(params["sigma"][k == 5], torch.full_like(params["sigma"][k == 5], 1.1))
+    torch.testing.assert_close(
+        params["sigma"][k == 3], torch.full_like(params["sigma"][k == 3], 0.8)
+    )
+    torch.testing.assert_close(
+        params["sigma"][k == 5], torch.full_like(params["sigma"][k == 5], 1.1)
+    )
 
 
 def test_erasing_orientation_is_fifty_fifty():
@@ -115,7 +128,9 @@ def test_smoothing_smooths_and_keeps_constants():
     assert bool((tv_out < 0.8 * tv_in).all())
     k5 = params["kernel_size"] == 5
     assert tv_out[k5].mean() < tv_out[~k5].mean()  # the larger kernel smooths more
-    torch.testing.assert_close(out.mean(dim=(1, 2, 3)), images.mean(dim=(1, 2, 3)), atol=0.02, rtol=0)
+    torch.testing.assert_close(
+        out.mean(dim=(1, 2, 3)), images.mean(dim=(1, 2, 3)), atol=0.02, rtol=0
+    )
     const = torch.full((4, 1, 9, 7), 0.7)
     torch.testing.assert_close(A.random_smoothing(const, _gen(9))[0], const)
 
@@ -160,7 +175,11 @@ def test_erasing_rectangle_area_aspect_and_fill():
     images = _images(500, h, w)
     out, p = A.random_erasing(images, _gen(16))
     rows, cols = p["height"], p["width"]
-    assert bool(((p["top"] >= 0) & (p["top"] + rows <= h) & (p["left"] >= 0) & (p["left"] + cols <= w)).all())
+    assert bool(
+        (
+            (p["top"] >= 0) & (p["top"] + rows <= h) & (p["left"] >= 0) & (p["left"] + cols <= w)
+        ).all()
+    )
     # realised area and aspect match the sampled ones up to rounding the sides to whole pixels
     sampled = p["area_fraction"] * h * w
     assert bool(((rows * cols - sampled).abs() <= 0.5 * (rows + cols) + 0.25).all())
@@ -179,7 +198,7 @@ def test_erasing_rectangle_area_aspect_and_fill():
     for i in range(0, 500, 50):
         t, l, r, c = (int(p[k][i]) for k in ("top", "left", "height", "width"))
         mask = torch.zeros(h, w, dtype=torch.bool)
-        mask[t:t + r, l:l + c] = True
+        mask[t : t + r, l : l + c] = True
         assert float(p["fill"][i]) == pytest.approx(float(images[i].mean()), rel=1e-6)
         assert bool((out[i, 0][mask] == images[i].mean()).all())
         assert torch.equal(out[i, 0][~mask], images[i, 0][~mask])
@@ -295,8 +314,12 @@ def test_single_pixel_and_empty_batches(name, fn):
 @pytest.mark.parametrize(("name", "fn"), ALL)
 def test_bad_input(name, fn):
     g = _gen(26)
-    bad = [torch.rand(1, 8, 8), torch.rand(2, 3, 8, 8), torch.rand(2, 1, 0, 8),
-           torch.zeros(2, 1, 8, 8, dtype=torch.int64)]
+    bad = [
+        torch.rand(1, 8, 8),
+        torch.rand(2, 3, 8, 8),
+        torch.rand(2, 1, 0, 8),
+        torch.zeros(2, 1, 8, 8, dtype=torch.int64),
+    ]
     nan = torch.rand(2, 1, 8, 8)
     nan[1, 0, 3, 3] = float("nan")
     inf = torch.rand(2, 1, 8, 8)

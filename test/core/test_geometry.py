@@ -9,10 +9,25 @@ from diffdrr.pose import RigidTransform
 from scipy.spatial.transform import Rotation
 
 from sphere_reg_ros.core.geometry import (
-    from_rigid_transform, geodesic_se3, geodesic_so4, hat, left_increment, make_pose,
-    matrix_to_quaternion_xyzw, pose_to_translation_quaternion, quaternion_xyzw_to_matrix,
-    random_poses, se3_exp, se3_inverse, se3_log, so3_exp, so3_log, so4_embed, to_rigid_transform,
-    translation_quaternion_to_pose, vee,
+    from_rigid_transform,
+    geodesic_se3,
+    geodesic_so4,
+    hat,
+    left_increment,
+    make_pose,
+    matrix_to_quaternion_xyzw,
+    pose_to_translation_quaternion,
+    quaternion_xyzw_to_matrix,
+    random_poses,
+    se3_exp,
+    se3_inverse,
+    se3_log,
+    so3_exp,
+    so3_log,
+    so4_embed,
+    to_rigid_transform,
+    translation_quaternion_to_pose,
+    vee,
 )
 
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
@@ -34,7 +49,9 @@ def _twist_matrix(xi: torch.Tensor) -> torch.Tensor:
 
 
 def _translation(d) -> torch.Tensor:
-    return make_pose(torch.eye(3, dtype=torch.float64)[None], torch.tensor([d], dtype=torch.float64))
+    return make_pose(
+        torch.eye(3, dtype=torch.float64)[None], torch.tensor([d], dtype=torch.float64)
+    )
 
 
 class TestHatVee:
@@ -63,7 +80,9 @@ class TestSO3:
         R = so3_exp(w.to(dtype))
         assert R.dtype == dtype
         torch.testing.assert_close(R.double(), torch.linalg.matrix_exp(hat(w)), **TOL[dtype])
-        torch.testing.assert_close(R.mT @ R, torch.eye(3, dtype=dtype).expand(16, 3, 3), **TOL[dtype])
+        torch.testing.assert_close(
+            R.mT @ R, torch.eye(3, dtype=dtype).expand(16, 3, 3), **TOL[dtype]
+        )
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     @pytest.mark.parametrize("angle", [0.0, 1e-7, 1e-4, 0.05, 0.1, 1.0, 2.5, 3.0])
@@ -73,8 +92,15 @@ class TestSO3:
         # tiny angles keep their relative accuracy, not just an absolute one
         torch.testing.assert_close(w_back, w, atol=1e-6 * angle + 1e-30, rtol=1e-5)
 
-    @pytest.mark.parametrize("dtype, eps", [(torch.float64, 1e-6), (torch.float64, 1e-3),
-                                            (torch.float32, 1e-3), (torch.float32, 1e-2)])
+    @pytest.mark.parametrize(
+        "dtype, eps",
+        [
+            (torch.float64, 1e-6),
+            (torch.float64, 1e-3),
+            (torch.float32, 1e-3),
+            (torch.float32, 1e-2),
+        ],
+    )
     def test_log_near_pi(self, dtype, eps, gen):
         w = _unit(32, gen) * (math.pi - eps)
         R = torch.linalg.matrix_exp(hat(w)).to(dtype)
@@ -86,7 +112,9 @@ class TestSO3:
         w = _unit(8, gen) * math.pi
         R = torch.linalg.matrix_exp(hat(w))
         w_back = so3_log(R)  # +-axis both valid at pi
-        torch.testing.assert_close(w_back.norm(dim=-1), torch.full((8,), math.pi, dtype=torch.float64))
+        torch.testing.assert_close(
+            w_back.norm(dim=-1), torch.full((8,), math.pi, dtype=torch.float64)
+        )
         torch.testing.assert_close(so3_exp(w_back), R, atol=1e-10, rtol=0)
 
 
@@ -99,13 +127,16 @@ class TestSE3:
         T = se3_exp(xi.to(dtype))
         assert T.shape == (8, 4, 4) and T.dtype == dtype
         ref = torch.linalg.matrix_exp(_twist_matrix(xi))
-        torch.testing.assert_close(T.double(), ref, atol=1e-4 if dtype == torch.float32 else 1e-9, rtol=0)
+        torch.testing.assert_close(
+            T.double(), ref, atol=1e-4 if dtype == torch.float32 else 1e-9, rtol=0
+        )
         assert torch.equal(T[:, 3], torch.tensor([0, 0, 0, 1], dtype=dtype).expand(8, 4))
         xi_back = se3_log(T)
         atol = 2e-4 if dtype == torch.float32 else 1e-9
         torch.testing.assert_close(xi_back[:, :3].double(), v, atol=atol, rtol=0)
-        torch.testing.assert_close(xi_back[:, 3:].double(), xi[:, 3:],
-                                   atol=atol * 1e-2 + 1e-6 * angle, rtol=1e-5)
+        torch.testing.assert_close(
+            xi_back[:, 3:].double(), xi[:, 3:], atol=atol * 1e-2 + 1e-6 * angle, rtol=1e-5
+        )
 
     def test_exp_log_exp_of_random_poses(self, gen):
         T = random_poses(32, 60.0, 100.0, gen, dtype=torch.float64)
@@ -199,8 +230,17 @@ class TestSO4:
     def test_quadratic_scaling(self, gen):
         T = random_poses(16, 30.0, 100.0, gen, dtype=torch.float64)
         fs = torch.tensor([100.0, 1000.0, 10000.0], dtype=torch.float64)
-        errs = torch.stack([(so4_embed(T, float(f)).mT @ so4_embed(T, float(f))
-                             - torch.eye(4, dtype=torch.float64)).norm(dim=(-2, -1)).mean() for f in fs])
+        errs = torch.stack(
+            [
+                (
+                    so4_embed(T, float(f)).mT @ so4_embed(T, float(f))
+                    - torch.eye(4, dtype=torch.float64)
+                )
+                .norm(dim=(-2, -1))
+                .mean()
+                for f in fs
+            ]
+        )
         slope = torch.diff(torch.log(errs)) / torch.diff(torch.log(1 / fs))
         torch.testing.assert_close(slope, torch.full_like(slope, 2.0), atol=1e-6, rtol=0)
 
@@ -216,16 +256,25 @@ class TestSO4:
         rel_left, rel_right = [], []
         for f in (200.0, 2000.0, 20000.0):
             d = geodesic_so4(Ta, Tb, f, project)
-            rel_left.append(((geodesic_so4(G @ Ta, G @ Tb, f, project) - d).abs() / d).mean().item())
-            rel_right.append(((geodesic_so4(Ta @ G, Tb @ G, f, project) - d).abs() / d).mean().item())
+            rel_left.append(
+                ((geodesic_so4(G @ Ta, G @ Tb, f, project) - d).abs() / d).mean().item()
+            )
+            rel_right.append(
+                ((geodesic_so4(Ta @ G, Tb @ G, f, project) - d).abs() / d).mean().item()
+            )
         for errs in (rel_left, rel_right):
             # |t|/f falls 10x per step: the invariance error falls like (|t|/f)^2 (>= 30x)
             assert errs[0] < 0.1 and errs[0] / errs[1] > 30 and errs[1] / errs[2] > 30
 
     def test_homomorphism_to_first_order(self, gen):
         T1, T2 = (random_poses(16, 30.0, 100.0, gen, dtype=torch.float64) for _ in range(2))
-        errs = [(so4_embed(T1 @ T2, f) - so4_embed(T1, f) @ so4_embed(T2, f)).norm(dim=(-2, -1)).mean().item()
-                for f in (200.0, 2000.0)]
+        errs = [
+            (so4_embed(T1 @ T2, f) - so4_embed(T1, f) @ so4_embed(T2, f))
+            .norm(dim=(-2, -1))
+            .mean()
+            .item()
+            for f in (200.0, 2000.0)
+        ]
         assert errs[0] / errs[1] == pytest.approx(100.0, rel=0.05)
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -234,8 +283,12 @@ class TestSO4:
         P = so4_embed(T, 200.0, project=True)
         assert P.dtype == dtype
         tol = 1e-5 if dtype == torch.float32 else 1e-12
-        torch.testing.assert_close(P.mT @ P, torch.eye(4, dtype=dtype).expand(16, 4, 4), atol=tol, rtol=0)
-        torch.testing.assert_close(torch.linalg.det(P), torch.ones(16, dtype=dtype), atol=tol, rtol=0)
+        torch.testing.assert_close(
+            P.mT @ P, torch.eye(4, dtype=dtype).expand(16, 4, 4), atol=tol, rtol=0
+        )
+        torch.testing.assert_close(
+            torch.linalg.det(P), torch.ones(16, dtype=dtype), atol=tol, rtol=0
+        )
         U, _, Vh = torch.linalg.svd(so4_embed(T.double(), 200.0))  # nearest orthogonal matrix
         torch.testing.assert_close(P.double(), U @ Vh, atol=tol * 10, rtol=0)
 
@@ -251,8 +304,11 @@ class TestGradients:
     def test_gradcheck_se3_exp(self, gen):
         xi = torch.randn(3, 6, generator=gen, dtype=torch.float64).requires_grad_(True)
         assert torch.autograd.gradcheck(se3_exp, (xi,))
-        tiny = torch.tensor([[1.0, 2.0, 3.0, 1e-8, -2e-8, 0.0], [1, 2, 3, 0, 0, 0]],
-                            dtype=torch.float64, requires_grad=True)
+        tiny = torch.tensor(
+            [[1.0, 2.0, 3.0, 1e-8, -2e-8, 0.0], [1, 2, 3, 0, 0, 0]],
+            dtype=torch.float64,
+            requires_grad=True,
+        )
         assert torch.autograd.gradcheck(se3_exp, (tiny,))
 
     def test_gradcheck_se3_log(self, gen):
@@ -268,7 +324,9 @@ class TestGradients:
             se3_log(se3_exp(xi)).sum().backward()
             torch.testing.assert_close(xi.grad, torch.ones(2, 6, dtype=dtype))
             T = torch.eye(4, dtype=dtype).repeat(2, 1, 1).requires_grad_(True)
-            (geodesic_se3(T, T.detach()) + geodesic_so4(T, T.detach(), project=True)).sum().backward()
+            (
+                geodesic_se3(T, T.detach()) + geodesic_so4(T, T.detach(), project=True)
+            ).sum().backward()
             assert torch.isfinite(T.grad).all()
 
     @pytest.mark.parametrize("fn", ["se3", "so4", "so4_project"])
@@ -286,8 +344,11 @@ class TestGradients:
         assert torch.autograd.gradcheck(loss, (xi,))
         # and directly in the matrix entries
         A = Ta.clone().requires_grad_(True)
-        f = (lambda a: geodesic_se3(a, Tb, 100.0)) if fn == "se3" else \
-            (lambda a: geodesic_so4(a, Tb, 200.0, fn == "so4_project"))
+        f = (
+            (lambda a: geodesic_se3(a, Tb, 100.0))
+            if fn == "se3"
+            else (lambda a: geodesic_so4(a, Tb, 200.0, fn == "so4_project"))
+        )
         assert torch.autograd.gradcheck(f, (A,))
 
 
@@ -300,13 +361,21 @@ class TestQuaternions:
         np.testing.assert_allclose(q.numpy(), ref, atol=1e-12)
         assert (q[:, 3] >= 0).all()
         q_rand = torch.tensor(Rotation.random(16, random_state=0).as_quat())
-        np.testing.assert_allclose(quaternion_xyzw_to_matrix(q_rand).numpy(),
-                                   Rotation.from_quat(q_rand.numpy()).as_matrix(), atol=1e-12)
+        np.testing.assert_allclose(
+            quaternion_xyzw_to_matrix(q_rand).numpy(),
+            Rotation.from_quat(q_rand.numpy()).as_matrix(),
+            atol=1e-12,
+        )
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     def test_round_trips(self, dtype, gen):
-        w = torch.cat([torch.randn(16, 3, generator=gen, dtype=torch.float64),
-                       _unit(8, gen) * math.pi, torch.zeros(1, 3, dtype=torch.float64)])
+        w = torch.cat(
+            [
+                torch.randn(16, 3, generator=gen, dtype=torch.float64),
+                _unit(8, gen) * math.pi,
+                torch.zeros(1, 3, dtype=torch.float64),
+            ]
+        )
         R = so3_exp(w).to(dtype)
         q = matrix_to_quaternion_xyzw(R)
         torch.testing.assert_close(q.norm(dim=-1), torch.ones(25, dtype=dtype))
@@ -339,7 +408,9 @@ class TestDiffDRR:
         assert torch.equal(from_rigid_transform(rt), T)
         pts = torch.randn(5, 7, 3, generator=gen) * 100
         torch.testing.assert_close(rt(pts), pts @ T[:, :3, :3].mT + T[:, None, :3, 3])
-        torch.testing.assert_close(from_rigid_transform(rt.inverse()), se3_inverse(T), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(
+            from_rigid_transform(rt.inverse()), se3_inverse(T), atol=1e-4, rtol=1e-5
+        )
         assert from_rigid_transform(to_rigid_transform(T[0])).shape == (1, 4, 4)
         with pytest.raises(ValueError):
             from_rigid_transform(T)  # type: ignore[arg-type]
@@ -347,13 +418,19 @@ class TestDiffDRR:
 
 class TestRandomPoses:
     def test_shape_validity_and_reproducibility(self):
-        a = random_poses(1000, 10.0, [5.0, 5.0, 20.0], torch.Generator().manual_seed(3), dtype=torch.float64)
-        b = random_poses(1000, 10.0, [5.0, 5.0, 20.0], torch.Generator().manual_seed(3), dtype=torch.float64)
+        a = random_poses(
+            1000, 10.0, [5.0, 5.0, 20.0], torch.Generator().manual_seed(3), dtype=torch.float64
+        )
+        b = random_poses(
+            1000, 10.0, [5.0, 5.0, 20.0], torch.Generator().manual_seed(3), dtype=torch.float64
+        )
         assert a.shape == (1000, 4, 4) and torch.equal(a, b)
         R = a[:, :3, :3]
         torch.testing.assert_close(R.mT @ R, torch.eye(3, dtype=torch.float64).expand(1000, 3, 3))
         rot_std = torch.rad2deg(so3_log(R)).std(0)
-        torch.testing.assert_close(rot_std, torch.full((3,), 10.0, dtype=torch.float64), rtol=0.1, atol=0)
+        torch.testing.assert_close(
+            rot_std, torch.full((3,), 10.0, dtype=torch.float64), rtol=0.1, atol=0
+        )
         t_std = torch.tensor([5.0, 5.0, 20.0], dtype=torch.float64)
         torch.testing.assert_close(a[:, :3, 3].std(0), t_std, rtol=0.1, atol=0)
 

@@ -2,21 +2,27 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from sphere_reg_ros.core.carm import CarmGeometry
 from sphere_reg_ros.core.drr import DrrRenderer
 from sphere_reg_ros.core.geometry import make_pose, se3_exp, so3_exp
-from sphere_reg_ros.core.lm import (LevenbergMarquardt, LMConfig, damped_solve, gain_ratio, increment_matrix,
-                                    residual_jacobian, robust_cost, update_lambda)
+from sphere_reg_ros.core.lm import (
+    LevenbergMarquardt,
+    LMConfig,
+    damped_solve,
+    gain_ratio,
+    increment_matrix,
+    residual_jacobian,
+    robust_cost,
+    update_lambda,
+)
 from sphere_reg_ros.core.metrics import mtre, translation_error_mm
 from sphere_reg_ros.core.residuals import CombinedResiduals, IntensityResiduals
 from sphere_reg_ros.core.result import Status
 from sphere_reg_ros.core.views import ap_pose
 from sphere_reg_ros.core.volume import hu_to_attenuation
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,7 +37,9 @@ def scene(small_ct):
     true = ap_pose(ct.center_world)
     fixed = renderers[-1](true.float())
     c = torch.as_tensor(ct.center_world)
-    landmarks = c + torch.tensor([[60.0, 0, 0], [0, 60, 0], [0, 0, 60], [-40, -40, -40]], dtype=torch.float64)
+    landmarks = c + torch.tensor(
+        [[60.0, 0, 0], [0, 60, 0], [0, 0, 60], [-40, -40, -40]], dtype=torch.float64
+    )
     return renderers, true, fixed, c, landmarks, (mu, ct.affine)
 
 
@@ -46,7 +54,9 @@ def test_converges_from_8mm_and_4deg(scene, damping):
     renderers, true, fixed, c, landmarks, _ = scene
     init = _offset(true, c, [3.0, -2.0, 2.0], [5.0, -4.0, 3.0])
     assert float(mtre(init, true, landmarks)) > 5.0
-    res = LevenbergMarquardt(IntensityResiduals(), LMConfig(damping=damping)).solve(renderers, fixed, init)
+    res = LevenbergMarquardt(IntensityResiduals(), LMConfig(damping=damping)).solve(
+        renderers, fixed, init
+    )
     assert res.status[0] in (Status.CONVERGED, Status.MAX_ITERATIONS), res.message
     assert float(translation_error_mm(res.pose, true)) < 0.5
     assert float(mtre(res.pose, true, landmarks)) < 0.5
@@ -70,8 +80,11 @@ class _TinyNet(torch.nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(),
-                                        torch.nn.Conv2d(4, 3, 3, stride=2, padding=1))
+        self.conv = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, padding=1),
+            torch.nn.Tanh(),
+            torch.nn.Conv2d(4, 3, 3, stride=2, padding=1),
+        )
 
     def embed(self, x):
         z = (x - x.mean((2, 3), keepdim=True)) / (x.std((2, 3), keepdim=True) + 1e-6)
@@ -82,17 +95,27 @@ class _TinyNet(torch.nn.Module):
         return (em - ef).flatten(1)
 
 
-@pytest.mark.parametrize("model", [IntensityResiduals(gradients=True, levels=2, local_window=0.2), _TinyNet(),
-                                   CombinedResiduals([_TinyNet(), IntensityResiduals(gradients=True)], [1.0, 3.0])],
-                         ids=["intensity", "tiny-net", "combined"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        IntensityResiduals(gradients=True, levels=2, local_window=0.2),
+        _TinyNet(),
+        CombinedResiduals([_TinyNet(), IntensityResiduals(gradients=True)], [1.0, 3.0]),
+    ],
+    ids=["intensity", "tiny-net", "combined"],
+)
 def test_chained_jacobian_matches_finite_differences_float64(scene, model):
     _, true, _, c, _, (mu, affine) = scene
-    r64 = DrrRenderer(mu, affine, CarmGeometry(sdd=1020.0, height=20, width=16, delx=19.2, dely=19.2, x0=5.0)).double()
+    r64 = DrrRenderer(
+        mu, affine, CarmGeometry(sdd=1020.0, height=20, width=16, delx=19.2, dely=19.2, x0=5.0)
+    ).double()
     model = model.double()
     pose = _offset(true, c, [2.0, 1.0, -1.5], [3.0, 2.0, -4.0])
     window = r64.window(pose)
     P = increment_matrix(c, 100.0)
-    emb_f = model.embed(torch.rand(1, 1, 20, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    emb_f = model.embed(
+        torch.rand(1, 1, 20, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    )
     img, jd = r64.render_with_jacobian(pose, window=window)
     r, J = residual_jacobian(model, img, emb_f, jd @ P)
     fd = torch.zeros_like(J)
@@ -110,25 +133,33 @@ def test_chained_jacobian_matches_finite_differences_float64(scene, model):
 
 
 def test_damped_solve_and_gain_ratio_reject_a_bad_step():
-    H = torch.diag(torch.tensor([4.0, 1.0, 2.0, 1.0, 3.0, 1.0], dtype=torch.float64))[None].repeat(2, 1, 1)
+    H = torch.diag(torch.tensor([4.0, 1.0, 2.0, 1.0, 3.0, 1.0], dtype=torch.float64))[None].repeat(
+        2, 1, 1
+    )
     g = torch.ones(2, 6, dtype=torch.float64)
     lam = torch.tensor([1e-3, 1e-3], dtype=torch.float64)
     D = torch.diagonal(H, dim1=-2, dim2=-1)
     s, ok = damped_solve(H, g, lam, D)
     assert ok.all()
-    torch.testing.assert_close((H + lam[:, None, None] * torch.diag_embed(D)) @ s[..., None], -g[..., None])
+    torch.testing.assert_close(
+        (H + lam[:, None, None] * torch.diag_embed(D)) @ s[..., None], -g[..., None]
+    )
     assert float((s * g).sum(-1).max()) < 0  # a descent direction: the cost decreases along +s
     cost = torch.tensor([5.0, 5.0], dtype=torch.float64)
     _, pred = gain_ratio(cost, cost, s, g, lam, D)
     assert float(pred.min()) > 0
-    new_cost = cost - pred * torch.tensor([0.9, -0.5], dtype=torch.float64)  # element 1: the step made things worse
+    new_cost = cost - pred * torch.tensor(
+        [0.9, -0.5], dtype=torch.float64
+    )  # element 1: the step made things worse
     rho, _ = gain_ratio(cost, new_cost, s, g, lam, D)
     torch.testing.assert_close(rho, torch.tensor([0.9, -0.5], dtype=torch.float64))
     accepted = rho > 1e-3
     assert accepted.tolist() == [True, False]
     nu = torch.tensor([2.0, 2.0], dtype=torch.float64)
     new_lam, new_nu = update_lambda(lam, nu, rho, accepted, 1e-9, 1e9)
-    assert float(new_lam[0]) < float(lam[0]) and float(new_lam[1]) == pytest.approx(2 * float(lam[1]))
+    assert float(new_lam[0]) < float(lam[0]) and float(new_lam[1]) == pytest.approx(
+        2 * float(lam[1])
+    )
     assert new_nu.tolist() == [2.0, 4.0]
     # non-finite trial cost: never accepted
     rho, _ = gain_ratio(cost, torch.tensor([math.nan, math.inf], dtype=torch.float64), s, g, lam, D)
@@ -141,7 +172,9 @@ def test_robust_cost_matches_least_squares_for_small_residuals():
     cauchy, w = robust_cost(r, None, "cauchy", torch.tensor([1.0], dtype=torch.float64))
     assert w0 is None
     torch.testing.assert_close(cauchy, plain, rtol=1e-6, atol=0)
-    big = robust_cost(torch.tensor([[100.0]], dtype=torch.float64), None, "cauchy", torch.tensor([1.0]))[1]
+    big = robust_cost(
+        torch.tensor([[100.0]], dtype=torch.float64), None, "cauchy", torch.tensor([1.0])
+    )[1]
     assert float(big) < 1e-3  # outliers get (almost) no weight
 
 
@@ -170,7 +203,9 @@ def test_bad_elements_get_invalid_input_and_the_rest_registers(scene):
     fixed3 = fixed.repeat(3, 1, 1, 1).clone()
     fixed3[1, 0, 3, 3] = float("nan")
     init[2, 0, 0] = float("nan")
-    res = LevenbergMarquardt(IntensityResiduals(), LMConfig(max_iterations=10)).solve(renderers, fixed3, init)
+    res = LevenbergMarquardt(IntensityResiduals(), LMConfig(max_iterations=10)).solve(
+        renderers, fixed3, init
+    )
     assert res.status[1] == Status.INVALID_INPUT and "NaN" in res.message[1]
     assert res.status[2] == Status.INVALID_INPUT and "pose" in res.message[2]
     assert res.status[0].usable
@@ -180,7 +215,9 @@ def test_bad_elements_get_invalid_input_and_the_rest_registers(scene):
 def test_runaway_is_divergence(scene):
     renderers, true, fixed, c, _, _ = scene
     init = _offset(true, c, [2.0, 1.0, 0.0], [6.0, -4.0, 2.0])
-    res = LevenbergMarquardt(IntensityResiduals(), LMConfig(max_translation_mm=0.5)).solve(renderers[:1], fixed, init)
+    res = LevenbergMarquardt(IntensityResiduals(), LMConfig(max_translation_mm=0.5)).solve(
+        renderers[:1], fixed, init
+    )
     assert res.status == [Status.DIVERGED]
     assert "initial pose" in res.message[0]
 
@@ -190,10 +227,15 @@ def test_unrolled_solve_is_differentiable(scene):
     fixed = renderers[0](true.float()).detach().requires_grad_(True)
     init = _offset(true, c, [1.0, -1.0, 0.5], [2.0, 1.0, -2.0])
     res = LevenbergMarquardt(IntensityResiduals(), LMConfig(unrolled=True, max_iterations=3)).solve(
-        renderers[:1], fixed, init)
+        renderers[:1], fixed, init
+    )
     assert res.pose.requires_grad
     res.pose[:, :3, 3].sum().backward()
-    assert fixed.grad is not None and torch.isfinite(fixed.grad).all() and float(fixed.grad.abs().sum()) > 0
+    assert (
+        fixed.grad is not None
+        and torch.isfinite(fixed.grad).all()
+        and float(fixed.grad.abs().sum()) > 0
+    )
 
 
 def test_step_scale_follows_the_cost_along_the_step_and_carries_over_to_tracking(scene):
@@ -234,13 +276,19 @@ def test_robust_kernels_irls_weights_are_the_kernel_derivative(kind):
     h = 1e-6
     up, _ = robust_cost(r + h, None, kind, s)
     cost, w = robust_cost(r, None, kind, s)
-    per = [robust_cost(r[:, i:i + 1] + d, None, kind, s)[0] for i in range(r.shape[1]) for d in (h, -h)]
+    per = [
+        robust_cost(r[:, i : i + 1] + d, None, kind, s)[0]
+        for i in range(r.shape[1])
+        for d in (h, -h)
+    ]
     deriv = torch.stack([(per[2 * i] - per[2 * i + 1]) / (2 * h) for i in range(r.shape[1])], dim=1)
     torch.testing.assert_close(w * r, deriv, rtol=1e-5, atol=1e-8)
     small = torch.tensor([[1e-4]], dtype=torch.float64)
     assert float(robust_cost(small, None, kind, s)[0]) == pytest.approx(0.5e-8, rel=1e-4)
     if kind in ("geman-mcclure", "tukey"):  # redescending: far outliers lose (almost) all weight
-        assert float(robust_cost(torch.tensor([[50.0]], dtype=torch.float64), None, kind, s)[1]) < 1e-6
+        assert (
+            float(robust_cost(torch.tensor([[50.0]], dtype=torch.float64), None, kind, s)[1]) < 1e-6
+        )
 
 
 def test_robust_spread_ignores_residuals_of_zero_weight():
@@ -260,10 +308,15 @@ def test_planted_outliers_get_no_weight_and_do_not_move_the_minimum(scene, kind)
     planted = fixed.clone()
     planted[..., 6:20, 30:40] += 4.0 * float(fixed.std())
     init = _offset(true, c, [1.0, -1.0, 1.0], [2.0, -2.0, 1.0])
-    robust = LevenbergMarquardt(IntensityResiduals(), LMConfig(robust=kind)).solve(renderers, planted, init)
+    robust = LevenbergMarquardt(IntensityResiduals(), LMConfig(robust=kind)).solve(
+        renderers, planted, init
+    )
     plain = LevenbergMarquardt(IntensityResiduals(), LMConfig()).solve(renderers, planted, init)
     assert robust.status[0].usable, robust.message
-    e_robust, e_plain = float(mtre(robust.pose, true, landmarks)), float(mtre(plain.pose, true, landmarks))
+    e_robust, e_plain = (
+        float(mtre(robust.pose, true, landmarks)),
+        float(mtre(plain.pose, true, landmarks)),
+    )
     assert e_robust < 1.0 and e_robust < 0.5 * e_plain, (e_robust, e_plain)
 
 
@@ -279,7 +332,9 @@ def test_masked_pixels_take_no_part(scene):
     for model in (IntensityResiduals(), IntensityResiduals(gradients=True, levels=2)):
         solver = LevenbergMarquardt(model, LMConfig(robust="cauchy"))
         a = solver.solve(renderers, garbage, init, mask=mask)
-        b = LevenbergMarquardt(model, LMConfig(robust="cauchy")).solve(renderers, fixed, init, mask=mask)
+        b = LevenbergMarquardt(model, LMConfig(robust="cauchy")).solve(
+            renderers, fixed, init, mask=mask
+        )
         assert a.status[0].usable and float(mtre(a.pose, true, landmarks)) < 0.5
         torch.testing.assert_close(a.pose, b.pose, rtol=0, atol=1e-6)
         assert float(a.cost[0]) == pytest.approx(float(b.cost[0]), rel=1e-5)
@@ -305,14 +360,18 @@ def test_masked_jacobian_matches_finite_differences(scene):
         d = torch.zeros(1, 6, dtype=torch.float64)
         d[0, k] = 1e-5 if k < 3 else 1e-7  # far below a voxel: the interpolant's kinks stay out
         plus = model.residuals(model.embed(r64(se3_exp(d) @ pose, window=window), mask=mask), emb_f)
-        minus = model.residuals(model.embed(r64(se3_exp(-d) @ pose, window=window), mask=mask), emb_f)
+        minus = model.residuals(
+            model.embed(r64(se3_exp(-d) @ pose, window=window), mask=mask), emb_f
+        )
         fd[..., k] = (plus - minus) / (2 * d[0, k])
     for k in range(6):
         assert (J[..., k] - fd[..., k]).norm() / fd[..., k].norm() < 1e-3
     assert (r.reshape(-1) != 0).sum() < r.numel()  # masked residuals are exactly zero
 
 
-@pytest.mark.parametrize("fit", [{"materials": True}, {"materials": True, "curve_degree": 3}, {"curve_degree": 2}])
+@pytest.mark.parametrize(
+    "fit", [{"materials": True}, {"materials": True, "curve_degree": 3}, {"curve_degree": 2}]
+)
 def test_jacobian_through_the_intensity_fit_matches_finite_differences(scene, fit):
     """The fit is redone at every evaluation, so the Jacobian includes how the fitted intensity
     model moves with the pose (variable projection); float64, two-channel DRRs, under a mask."""
@@ -320,11 +379,14 @@ def test_jacobian_through_the_intensity_fit_matches_finite_differences(scene, fi
 
     renderers, true, _, c, _, (mu, affine) = scene
     ct_hu = (mu - 1.0) * 1000.0  # hu_to_attenuation inverted (mu > 0 voxels)
-    r64 = DrrRenderer(mu, affine, renderers[0].geometry, channels=bone_attenuation(ct_hu)[None]).double()
+    r64 = DrrRenderer(
+        mu, affine, renderers[0].geometry, channels=bone_attenuation(ct_hu)[None]
+    ).double()
     model = IntensityResiduals(gradients=True, local_window=0.2, **fit)
     pose = _offset(true, c, [1.0, 0.5, -1.0], [2.0, 1.0, -1.0])
-    fx = DrrRenderer(hu_to_attenuation(ct_hu, bone_multiplier=1.8), affine, renderers[0].geometry).double()(
-        true.double())
+    fx = DrrRenderer(
+        hu_to_attenuation(ct_hu, bone_multiplier=1.8), affine, renderers[0].geometry
+    ).double()(true.double())
     mask = torch.ones_like(fx, dtype=torch.bool)
     mask[..., :, -5:] = False
     emb_f = model.embed(fx, mask=mask)
@@ -335,8 +397,12 @@ def test_jacobian_through_the_intensity_fit_matches_finite_differences(scene, fi
     for k in range(6):
         d = torch.zeros(1, 6, dtype=torch.float64)
         d[0, k] = 1e-5 if k < 3 else 1e-7  # far below a voxel: the interpolant's kinks stay out
-        plus, _ = r64.render_with_jacobian(se3_exp(d) @ pose, window=window, channels=model.drr_channels > 1)
-        minus, _ = r64.render_with_jacobian(se3_exp(-d) @ pose, window=window, channels=model.drr_channels > 1)
+        plus, _ = r64.render_with_jacobian(
+            se3_exp(d) @ pose, window=window, channels=model.drr_channels > 1
+        )
+        minus, _ = r64.render_with_jacobian(
+            se3_exp(-d) @ pose, window=window, channels=model.drr_channels > 1
+        )
         rp = model.residuals(model.embed(plus, mask=mask), emb_f)
         rm = model.residuals(model.embed(minus, mask=mask), emb_f)
         fd[..., k] = (rp - rm) / (2 * d[0, k])
@@ -352,7 +418,9 @@ def test_bone_fit_removes_the_bias_of_a_different_bone_contrast(scene):
     renderers, true, _, c, landmarks, (mu, affine) = scene
     ct_hu = (mu - 1.0) * 1000.0
     geometry = renderers[-1].geometry
-    fixed = DrrRenderer(hu_to_attenuation(ct_hu, bone_multiplier=2.0), affine, geometry)(true.float())
+    fixed = DrrRenderer(hu_to_attenuation(ct_hu, bone_multiplier=2.0), affine, geometry)(
+        true.float()
+    )
     fixed = fixed + 0.3 * torch.linspace(0, 1, geometry.width)  # scatter-like ramp
     start = _offset(true, c, [2.0, -1.0, 1.5], [3.0, -2.0, 2.0])
     errors = {}

@@ -20,8 +20,11 @@ GEOMETRY = CarmGeometry(sdd=1020.0, height=96, width=96, delx=4.0, dely=4.0)
 
 @pytest.fixture(scope="module")
 def registrar(small_ct):
-    return Registrar(resample(small_ct[0], 6.0), config=RegistrarConfig(resolution=48, max_iterations=2),
-                     spacing_mm=6.0)
+    return Registrar(
+        resample(small_ct[0], 6.0),
+        config=RegistrarConfig(resolution=48, max_iterations=2),
+        spacing_mm=6.0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +48,14 @@ def _grid(n):
     return (x + 0.5) / n - 0.5, (y + 0.5) / n - 0.5
 
 
-@pytest.mark.parametrize("insets", [(0.1, 0.0, 0.0, 0.0), (0.0, 0.12, 0.05, 0.0), (0.08, 0.06, 0.14, 0.1)])
+@pytest.mark.parametrize(
+    "insets", [(0.1, 0.0, 0.0, 0.0), (0.0, 0.12, 0.05, 0.0), (0.08, 0.06, 0.14, 0.1)]
+)
 def test_axis_aligned_shutters_on_any_side_are_found(drr, insets):
     n = drr.shape[0]
     top, bottom, left, right = (round(f * n) for f in insets)
     inside = np.zeros_like(drr, dtype=bool)
-    inside[top:n - bottom, left:n - right] = True
+    inside[top : n - bottom, left : n - right] = True
     m = detect_masks(_noisy(_shutter(drr, inside)))
     coll = m.collimator.numpy()
     assert not (~inside & ~coll).any(), "every shutter pixel masked"
@@ -88,7 +93,6 @@ def test_nothing_is_masked_in_a_plain_drr(drr):
 
 
 def test_a_metal_wire_is_masked(drr):
-    n = drr.shape[0]
     img = drr.copy()
     rows = np.arange(20, 76)
     cols = (30 + 0.4 * (rows - 20)).astype(int)
@@ -116,7 +120,10 @@ def test_bad_input_and_config_raise():
         detect_masks(np.full((8, 8), np.nan))
     with pytest.raises(ValueError, match="angles"):
         MaskConfig(angles=2)
-    assert detect_masks(np.random.default_rng(0).random((16, 16)), MaskConfig.off()).masked_fraction == 0
+    assert (
+        detect_masks(np.random.default_rng(0).random((16, 16)), MaskConfig.off()).masked_fraction
+        == 0
+    )
 
 
 def test_resize_mask_keeps_only_fully_valid_pixels():
@@ -134,7 +141,10 @@ def test_shutter_scores_separate_shutters_from_anatomy(drr):
     inside[:, : n - 10] = True
     edges = shutter_edges(torch.from_numpy(_noisy(_shutter(drr, inside))))
     assert len(edges) == 1 and edges[0][0] == pytest.approx(0.0, abs=0.05)
-    assert edges[0][1] == pytest.approx(10 / n, abs=1.5 / n) and edges[0][2] > 2 * MaskConfig().edge_threshold
+    assert (
+        edges[0][1] == pytest.approx(10 / n, abs=1.5 / n)
+        and edges[0][2] > 2 * MaskConfig().edge_threshold
+    )
 
 
 def test_the_registration_result_carries_the_mask_for_the_overlay(registrar, drr):

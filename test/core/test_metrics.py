@@ -11,8 +11,16 @@ import torch
 
 from sphere_reg_ros.core.geometry import make_pose, random_poses, se3_exp, so3_exp
 from sphere_reg_ros.core.metrics import (
-    CSV_FIELDS, TABLE_COLUMNS, Summary, format_table, mtre, rotation_error_deg, smsr, summarize,
-    to_csv_rows, translation_error_mm,
+    CSV_FIELDS,
+    TABLE_COLUMNS,
+    Summary,
+    format_table,
+    mtre,
+    rotation_error_deg,
+    smsr,
+    summarize,
+    to_csv_rows,
+    translation_error_mm,
 )
 
 
@@ -58,7 +66,9 @@ class TestMTRE:
         r = ((p - c) - ((p - c) @ axis)[:, None] * axis).norm(dim=-1)
         expected = (2 * math.sin(angle / 2) * r).mean()
         torch.testing.assert_close(mtre(T_est, T, p), expected[None])
-        torch.testing.assert_close(rotation_error_deg(T_est, T), torch.tensor([3.0], dtype=torch.float64))
+        torch.testing.assert_close(
+            rotation_error_deg(T_est, T), torch.tensor([3.0], dtype=torch.float64)
+        )
 
     def test_batched_landmarks_and_broadcast(self, gen, landmarks):
         T = random_poses(3, 10.0, 20.0, gen)
@@ -91,13 +101,18 @@ class TestMTRE:
 class TestPoseErrors:
     def test_rotation_and_translation(self, gen):
         T = random_poses(5, 30.0, 200.0, gen, dtype=torch.float64)
-        xi = torch.tensor([[3.0, 4.0, 0.0, 0.0, 0.0, 0.0], [0, 0, 0, 0, math.radians(30), 0]],
-                          dtype=torch.float64)
+        xi = torch.tensor(
+            [[3.0, 4.0, 0.0, 0.0, 0.0, 0.0], [0, 0, 0, 0, math.radians(30), 0]], dtype=torch.float64
+        )
         d = se3_exp(xi)
         T_est = T[:2] @ d  # T_est^-1 T_true = d^-1
         f64 = dict(dtype=torch.float64)
-        torch.testing.assert_close(rotation_error_deg(T_est, T[:2]), torch.tensor([0.0, 30.0], **f64))
-        torch.testing.assert_close(translation_error_mm(T_est, T[:2]), torch.tensor([5.0, 0.0], **f64))
+        torch.testing.assert_close(
+            rotation_error_deg(T_est, T[:2]), torch.tensor([0.0, 30.0], **f64)
+        )
+        torch.testing.assert_close(
+            translation_error_mm(T_est, T[:2]), torch.tensor([5.0, 0.0], **f64)
+        )
         torch.testing.assert_close(translation_error_mm(T, T), torch.zeros(5, dtype=torch.float64))
         big = se3_exp(torch.tensor([[0, 0, 0, math.pi - 1e-4, 0, 0]], dtype=torch.float64))
         err = rotation_error_deg(big, torch.eye(4, dtype=torch.float64)[None]).item()
@@ -127,7 +142,9 @@ class TestSummary:
         s = summarize(torch.tensor(m), t)
         assert s.n == 101
         assert s.smsr == pytest.approx(np.mean(m < 1.0))
-        np.testing.assert_allclose([s.median_mm, s.p75_mm, s.p95_mm], np.percentile(m, [50, 75, 95]))
+        np.testing.assert_allclose(
+            [s.median_mm, s.p75_mm, s.p95_mm], np.percentile(m, [50, 75, 95])
+        )
         assert s.run_time_s == pytest.approx(t.mean())
         with pytest.raises(dataclasses.FrozenInstanceError):
             s.n = 3  # type: ignore[misc]

@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from sphere_reg_ros.core.models import (PoseRegressor, RegressorConfig, SimilarityConfig, SimilarityNet,
-                                        lorentz_distance, lorentz_exp, pose_to_params, sphere_exp,
-                                        to_isocentric)
+from sphere_reg_ros.core.models import (
+    PoseRegressor,
+    RegressorConfig,
+    SimilarityConfig,
+    SimilarityNet,
+    lorentz_distance,
+    lorentz_exp,
+    pose_to_params,
+    sphere_exp,
+    to_isocentric,
+)
 from sphere_reg_ros.core.sampling import PoseDistribution
 
 TINY = dict(channels=6, stem_widths=(4, 8, 8), model_dim=8, heads=2, depth=1)
@@ -43,7 +51,9 @@ def test_exponential_maps_have_finite_exact_gradients_at_zero(exp):
     (jac,) = torch.autograd.functional.jacobian(exp, (phi,))
     jac = jac.reshape(4, 3)
     assert torch.isfinite(jac).all()
-    assert torch.allclose(jac, torch.cat([torch.eye(3), torch.zeros(1, 3)]).double())  # d EXP(0) = [I; 0]
+    assert torch.allclose(
+        jac, torch.cat([torch.eye(3), torch.zeros(1, 3)]).double()
+    )  # d EXP(0) = [I; 0]
     for x in (torch.zeros(2, 3, 2, 2), torch.full((2, 3, 2, 2), 3e-3), torch.randn(2, 3, 2, 2)):
         assert torch.autograd.gradcheck(exp, (x.double().requires_grad_(),))
 
@@ -85,8 +95,9 @@ def test_spherical_residual_half_squared_norm_is_the_seeds_epsilon():
 def test_euclidean_and_hyperbolic_residuals():
     net = _net("euclidean")
     a, b = _images(2, 16), _images(2, 16, seed=4)
-    assert torch.allclose(net.residuals(net.embed(a), net.embed(b)),
-                          (net.features(a) - net.features(b)).flatten(1))
+    assert torch.allclose(
+        net.residuals(net.embed(a), net.embed(b)), (net.features(a) - net.features(b)).flatten(1)
+    )
     hyp = _net("hyperbolic")
     ea, eb = hyp.embed(a), hyp.embed(b)
     assert torch.allclose(hyp.residuals(ea, eb), lorentz_distance(ea, eb).flatten(1))
@@ -97,7 +108,9 @@ def test_euclidean_and_hyperbolic_residuals():
 def test_intensity_scale_and_offset_do_not_matter():
     net = _net("spherical")
     a = _images(2, 16)
-    assert torch.allclose(net.embed(a), net.embed(7.5 * a - 3.0), atol=1e-5)  # up to the 1e-6 guard of std
+    assert torch.allclose(
+        net.embed(a), net.embed(7.5 * a - 3.0), atol=1e-5
+    )  # up to the 1e-6 guard of std
 
 
 @pytest.mark.parametrize("embedding", ["spherical", "euclidean", "hyperbolic"])
@@ -105,7 +118,9 @@ def test_jvp_through_embed_and_residuals_matches_central_differences(embedding):
     net = _net(embedding)
     moving, fixed = _images(2, 16), _images(2, 16, seed=9)
     fixed_e = net.embed(fixed)
-    tangent = torch.randn(moving.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    tangent = torch.randn(
+        moving.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
 
     def residuals(img):
         return net.residuals(net.embed(img), fixed_e)
@@ -125,13 +140,16 @@ def test_similarity_gradient_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda m: net.similarity(m, fixed), (moving,))
 
 
-@pytest.mark.parametrize("bad,match", [
-    (torch.zeros(2, 3, 16, 16), r"\(B, 1, H, W\)"),
-    (torch.zeros(16, 16), r"\(B, 1, H, W\)"),
-    (torch.zeros(1, 1, 18, 16), "divisible"),
-    (torch.zeros(1, 1, 16, 16, dtype=torch.int64), "floating"),
-    (torch.full((1, 1, 16, 16), float("nan")), "256 NaN"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (torch.zeros(2, 3, 16, 16), r"\(B, 1, H, W\)"),
+        (torch.zeros(16, 16), r"\(B, 1, H, W\)"),
+        (torch.zeros(1, 1, 18, 16), "divisible"),
+        (torch.zeros(1, 1, 16, 16, dtype=torch.int64), "floating"),
+        (torch.full((1, 1, 16, 16), float("nan")), "256 NaN"),
+    ],
+)
 def test_similarity_rejects_bad_images(bad, match):
     with pytest.raises(ValueError, match=match):
         _net("spherical").float().embed(bad)
@@ -184,11 +202,14 @@ def test_isocentric_frame_holds_the_carm_shift():
     assert torch.allclose(P[0, :3, 3].norm(), shift.norm(), atol=1e-9)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (torch.zeros(1, 1, 64, 64), "32x32"),
-    (torch.zeros(1, 2, 32, 32), r"\(B, 1, H, W\)"),
-    (torch.full((2, 1, 32, 32), float("inf")), "NaN or infinite"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (torch.zeros(1, 1, 64, 64), "32x32"),
+        (torch.zeros(1, 2, 32, 32), r"\(B, 1, H, W\)"),
+        (torch.full((2, 1, 32, 32), float("inf")), "NaN or infinite"),
+    ],
+)
 def test_regressor_rejects_bad_images(regressor, bad, match):
     with pytest.raises(ValueError, match=match):
         regressor(bad)

@@ -12,21 +12,20 @@ from sphere_reg_ros.core.metrics import mtre
 from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig
 from sphere_reg_ros.core.result import Status
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-GEOMETRY = CarmGeometry(sdd=1020.0, height=64, width=64, delx=6.0, dely=6.0)  # image at 2x the resolution
-
-
+GEOMETRY = CarmGeometry(
+    sdd=1020.0, height=64, width=64, delx=6.0, dely=6.0
+)  # image at 2x the resolution
 
 
 def _mtre(registrar, pose, true):
     """mTRE (mm) on landmarks 60 mm around the CT centre."""
     pts = registrar.center_world + np.array([[60.0, 0, 0], [0, 60, 0], [0, 0, 60], [-40, -40, -40]])
-    return float(mtre(torch.as_tensor(pose)[None], torch.as_tensor(true)[None], torch.as_tensor(pts)))
-
-
+    return float(
+        mtre(torch.as_tensor(pose)[None], torch.as_tensor(true)[None], torch.as_tensor(pts))
+    )
 
 
 def test_registers_a_rendered_image(registrar, case):
@@ -43,18 +42,24 @@ def test_registers_a_rendered_image(registrar, case):
 
 def test_fine_only_skips_the_coarse_scales_when_tracking(registrar, case, offset_pose):
     image, true, _ = case
-    near = offset_pose(true, registrar.center_world, [0.1, 0.0, -0.1], [0.5, 0.2, 0.0])  # one frame of motion
+    near = offset_pose(
+        true, registrar.center_world, [0.1, 0.0, -0.1], [0.5, 0.2, 0.0]
+    )  # one frame of motion
     full = registrar.register(image, GEOMETRY, near)
     fine = registrar.register(image, GEOMETRY, near, fine_only=True)
     assert full.ok and fine.ok, (full.message, fine.message)
     assert {h["scale"] for h in full.history} == {16, 32}
     assert {h["scale"] for h in fine.history} == {32}
-    assert registrar.tracking_solver.config.window_margin_mm < registrar.solver.config.window_margin_mm
+    assert (
+        registrar.tracking_solver.config.window_margin_mm < registrar.solver.config.window_margin_mm
+    )
     assert fine.iterations < full.iterations
     assert _mtre(registrar, fine.pose, true) < 0.5
 
 
-def test_a_registration_starting_where_the_last_ended_reuses_its_render(registrar, case, monkeypatch, offset_pose):
+def test_a_registration_starting_where_the_last_ended_reuses_its_render(
+    registrar, case, monkeypatch, offset_pose
+):
     """Tracking: the DRR and Jacobian at the start pose were rendered by the previous tracking
     registration (the first one after a cold start renders it: tracking uses its own, narrower
     sampling window)."""
@@ -69,7 +74,9 @@ def test_a_registration_starting_where_the_last_ended_reuses_its_render(registra
     start = torch.as_tensor(first.pose)
 
     def counting(self, pose, *a, **k):  # counts real renders of exactly the start pose
-        calls.append(pose.shape[0] == 1 and torch.allclose(pose[0].to(torch.float64), start, atol=1e-4))
+        calls.append(
+            pose.shape[0] == 1 and torch.allclose(pose[0].to(torch.float64), start, atol=1e-4)
+        )
         return real(self, pose, *a, **k)
 
     monkeypatch.setattr(DrrRenderer, "render_with_jacobian", counting)
@@ -88,22 +95,29 @@ def test_converged_step_stops_before_another_render(registrar, case):
     """A step below the tolerance ends the scale without rendering its trial pose."""
     image, true, _ = case
     res = registrar.register(image, GEOMETRY, true, fine_only=True)
-    assert res.status is Status.CONVERGED and res.message.startswith("step below tolerance"), res.message
+    assert res.status is Status.CONVERGED and res.message.startswith("step below tolerance"), (
+        res.message
+    )
     cfg = registrar.config
     # one history entry per rendered trial: none of them was a step below the tolerance
     trials = [h for h in res.history if h["iteration"] > 0]
-    assert trials and all(h["step_mm"] >= cfg.step_tol_mm or h["step_rad"] >= cfg.step_tol_rad for h in trials)
+    assert trials and all(
+        h["step_mm"] >= cfg.step_tol_mm or h["step_rad"] >= cfg.step_tol_rad for h in trials
+    )
 
 
-@pytest.mark.parametrize("image, needle", [
-    (np.full((64, 64), np.nan, dtype=np.float32), "NaN"),
-    (np.zeros((48, 64), dtype=np.float32), "geometry"),
-    (np.zeros((64, 64), dtype=np.uint16), "float"),
-    (np.ones((64, 64), dtype=np.float32), "constant"),
-    (np.zeros((2, 64, 64), dtype=np.float32), "2-D"),
-    ("not an image", "numpy"),
-    (None, "numpy"),
-])
+@pytest.mark.parametrize(
+    "image, needle",
+    [
+        (np.full((64, 64), np.nan, dtype=np.float32), "NaN"),
+        (np.zeros((48, 64), dtype=np.float32), "geometry"),
+        (np.zeros((64, 64), dtype=np.uint16), "float"),
+        (np.ones((64, 64), dtype=np.float32), "constant"),
+        (np.zeros((2, 64, 64), dtype=np.float32), "2-D"),
+        ("not an image", "numpy"),
+        (None, "numpy"),
+    ],
+)
 def test_bad_images_give_invalid_input(registrar, image, needle):
     res = registrar.register(image, GEOMETRY, registrar.default_pose())
     assert res.status == Status.INVALID_INPUT
@@ -111,8 +125,15 @@ def test_bad_images_give_invalid_input(registrar, image, needle):
     assert not res.ok and np.isnan(res.covariance).all()
 
 
-@pytest.mark.parametrize("pose, needle", [
-    (np.full((4, 4), np.nan), "NaN"), (np.eye(3), "4x4"), (2 * np.eye(4), "rigid"), ("x", "numeric")])
+@pytest.mark.parametrize(
+    "pose, needle",
+    [
+        (np.full((4, 4), np.nan), "NaN"),
+        (np.eye(3), "4x4"),
+        (2 * np.eye(4), "rigid"),
+        ("x", "numeric"),
+    ],
+)
 def test_bad_initial_poses_and_geometry_give_invalid_input(registrar, case, pose, needle):
     image = case[0]
     res = registrar.register(image, GEOMETRY, pose)
@@ -160,27 +181,42 @@ def test_renders_large_geometries_at_the_capped_size(registrar):
 def test_from_files_reads_a_ct_and_goes_learning_free(tmp_path, ct8, offset_pose):
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(ct8.data, ct8.affine), str(path))
-    reg = Registrar.from_files(str(path), None, RegistrarConfig(resolution=16, scales=(1.0,)), spacing_mm=8.0)
+    reg = Registrar.from_files(
+        str(path), None, RegistrarConfig(resolution=16, scales=(1.0,)), spacing_mm=8.0
+    )
     assert not reg.learned and "learning-free" in reg.source
     true = reg.default_pose()
     init = offset_pose(true, reg.center_world, [1.0, -1.0, 0.5], [3.0, -2.0, 2.0])
     res = reg.register(reg.render(true, GEOMETRY), GEOMETRY, init)
     # converged (a quality gate may still reject a 16 px registration: that is the gates' business)
-    assert res.status in (Status.CONVERGED, Status.REJECTED) and "rejected_by" not in res.message, res.message
+    assert res.status in (Status.CONVERGED, Status.REJECTED) and "rejected_by" not in res.message, (
+        res.message
+    )
     assert _mtre(reg, res.pose, true) < _mtre(reg, init, true)
 
 
 def test_a_tiny_untrained_similarity_net_and_regressor_run_end_to_end(ct8, case):
     models = pytest.importorskip("sphere_reg_ros.core.models")
     torch.manual_seed(0)
-    sim = models.SimilarityNet(models.SimilarityConfig(channels=4, stem_widths=(4, 8), model_dim=8, depth=1, heads=2))
-    reg_net = models.PoseRegressor(models.RegressorConfig("resnet10t", 32, 32), center_world=ct8.center_world)
-    reg = Registrar(ct8, similarity=sim, regressor=reg_net,
-                    config=RegistrarConfig(resolution=32, scales=(0.5, 1.0), max_iterations=4), spacing_mm=8.0)
+    sim = models.SimilarityNet(
+        models.SimilarityConfig(channels=4, stem_widths=(4, 8), model_dim=8, depth=1, heads=2)
+    )
+    reg_net = models.PoseRegressor(
+        models.RegressorConfig("resnet10t", 32, 32), center_world=ct8.center_world
+    )
+    reg = Registrar(
+        ct8,
+        similarity=sim,
+        regressor=reg_net,
+        config=RegistrarConfig(resolution=32, scales=(0.5, 1.0), max_iterations=4),
+        spacing_mm=8.0,
+    )
     image, true, init = case
     res = reg.register(image, GEOMETRY, init)
     assert res.status != Status.INVALID_INPUT, res.message
-    assert np.isfinite(res.pose).all() and math.isfinite(res.cost) and res.timings["regressor"] == 0.0
+    assert (
+        np.isfinite(res.pose).all() and math.isfinite(res.cost) and res.timings["regressor"] == 0.0
+    )
     res = reg.register(image, GEOMETRY)  # initial pose from the (untrained) regressor
     assert "regressor" in res.message and res.timings["regressor"] > 0
     assert np.isfinite(res.pose).all()
@@ -189,7 +225,11 @@ def test_a_tiny_untrained_similarity_net_and_regressor_run_end_to_end(ct8, case)
 
 
 def test_hypotheses_rotate_about_the_carm_axes_through_the_ct_centre(ct8):
-    reg = Registrar(ct8, config=RegistrarConfig(resolution=32, restarts=6, restart_rotation_deg=10.0), spacing_mm=8.0)
+    reg = Registrar(
+        ct8,
+        config=RegistrarConfig(resolution=32, restarts=6, restart_rotation_deg=10.0),
+        spacing_mm=8.0,
+    )
     pose = reg.default_pose()
     hyps = reg.hypotheses(pose)
     assert hyps.shape == (6, 4, 4)
@@ -210,9 +250,13 @@ def test_a_failed_registration_restarts_and_keeps_the_lowest_cost(ct8, case):
     image, true, _ = case
     cfg = dict(resolution=32, max_iterations=1, restart_rotation_deg=10.0, restart_cost_ratio=1e-9)
     reg = Registrar(ct8, config=RegistrarConfig(**cfg, restarts=3), spacing_mm=8.0)
-    start = reg.hypotheses(true)[2]  # -10° about x; its own +10° hypothesis (the first) is the truth
+    start = reg.hypotheses(true)[
+        2
+    ]  # -10° about x; its own +10° hypothesis (the first) is the truth
     np.testing.assert_allclose(reg.hypotheses(start)[0], true, atol=1e-9)
-    plain = Registrar(ct8, config=RegistrarConfig(**cfg, restarts=0), spacing_mm=8.0).register(image, GEOMETRY, start)
+    plain = Registrar(ct8, config=RegistrarConfig(**cfg, restarts=0), spacing_mm=8.0).register(
+        image, GEOMETRY, start
+    )
     res = reg.register(image, GEOMETRY, start)
     assert "restarted from 3 hypotheses" in res.message and "hypothesis 1 kept" in res.message
     assert _mtre(reg, res.pose, true) < 1.0 < _mtre(reg, plain.pose, true)

@@ -3,14 +3,24 @@
 import pytest
 import torch
 
-from sphere_reg_ros.core.residuals import (BONE_WEIGHT_BOUNDS, IntensityResiduals, fit_bone_weight, fit_intensity,
-                                           local_standardize)
+from sphere_reg_ros.core.residuals import (
+    BONE_WEIGHT_BOUNDS,
+    IntensityResiduals,
+    fit_bone_weight,
+    fit_intensity,
+    local_standardize,
+)
 
 
 def _images(seed=0, shape=(2, 1, 40, 48)):
     g = torch.Generator().manual_seed(seed)
-    soft = torch.nn.functional.avg_pool2d(torch.rand(shape, generator=g, dtype=torch.float64), 5, 1, 2)
-    bone = torch.relu(torch.nn.functional.avg_pool2d(torch.rand(shape, generator=g, dtype=torch.float64), 3, 1, 1) - 0.5)
+    soft = torch.nn.functional.avg_pool2d(
+        torch.rand(shape, generator=g, dtype=torch.float64), 5, 1, 2
+    )
+    bone = torch.relu(
+        torch.nn.functional.avg_pool2d(torch.rand(shape, generator=g, dtype=torch.float64), 3, 1, 1)
+        - 0.5
+    )
     return soft + bone, bone
 
 
@@ -34,7 +44,9 @@ def test_bone_weight_is_recovered_and_bounded():
     fitted, m = fit_bone_weight(moving, 0.7 * (whole + 1.5 * bone), window=9)
     torch.testing.assert_close(m, torch.full_like(m, 2.5))
     torch.testing.assert_close(fitted, whole + 1.5 * bone)
-    _, m = fit_bone_weight(moving, 0.7 * (whole + 1.5 * bone) + ramp, window=9)  # the ramp leaks at the borders
+    _, m = fit_bone_weight(
+        moving, 0.7 * (whole + 1.5 * bone) + ramp, window=9
+    )  # the ramp leaks at the borders
     torch.testing.assert_close(m, torch.full_like(m, 2.5), atol=0.15, rtol=0)
     # an X-ray that no bone weight explains (inverted, or bone-only) stays within the bounds
     for fixed in (-whole, 5.0 * bone):
@@ -53,7 +65,9 @@ def test_fit_curve_undoes_a_monotone_intensity_curve():
     def misfit(x):  # per image: the fit leaves each image's offset free
         def z(y):
             return (y - y.mean(dim=(-2, -1), keepdim=True)) / y.std(dim=(-2, -1), keepdim=True)
+
         return float((z(x) - z(fixed)).abs().mean())
+
     assert misfit(cubic) < 0.1 * misfit(lin)
 
 
@@ -61,7 +75,9 @@ def test_zero_or_masked_regressors_give_finite_fits():
     whole, bone = _images(2)
     mask = torch.ones_like(whole, dtype=torch.bool)
     mask[..., :10, :] = False
-    out = fit_intensity(torch.cat([whole, torch.zeros_like(bone)], 1), whole, degree=2, mask=mask, window=7)
+    out = fit_intensity(
+        torch.cat([whole, torch.zeros_like(bone)], 1), whole, degree=2, mask=mask, window=7
+    )
     assert torch.isfinite(out).all()
     with pytest.raises(ValueError, match="degree"):
         fit_intensity(whole, whole, degree=0)

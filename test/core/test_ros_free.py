@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-BLOCKER = r'''
+BLOCKER = r"""
 import importlib.abc, pkgutil, sys
 BLOCKED = ("rclpy", "rosidl", "rmw", "tf2", "cv_bridge", "launch", "builtin_interfaces")
 class Block(importlib.abc.MetaPathFinder):
@@ -20,11 +20,13 @@ for name in names:
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("rclpy", "cv_bridge", "tf2_ros"))
 print("imported", len(names), "modules; leaked:", leaked)
 sys.exit(1 if leaked or not names else 0)
-'''
+"""
 
 
 def test_core_imports_without_ros():
-    result = subprocess.run([sys.executable, "-c", BLOCKER], capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKER], capture_output=True, text=True, timeout=240
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "leaked: []" in result.stdout
 
@@ -39,7 +41,12 @@ def test_core_imports_nothing_above_it():
 
     import sphere_reg_ros.core as core
 
-    above = ("sphere_reg_ros.training", "sphere_reg_ros.evaluation", "sphere_reg_ros.ros", "sphere_reg_ros.cli")
+    above = (
+        "sphere_reg_ros.training",
+        "sphere_reg_ros.evaluation",
+        "sphere_reg_ros.ros",
+        "sphere_reg_ros.cli",
+    )
     offenders = []
     for path in sorted(Path(core.__file__).parent.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
@@ -50,7 +57,10 @@ def test_core_imports_nothing_above_it():
             else:
                 continue
             for name in names:
-                if name.startswith(above) or (name.startswith("..") and not name.startswith("...")
-                                              and name[2:].split(".")[0] in ("training", "evaluation", "ros", "cli")):
+                if name.startswith(above) or (
+                    name.startswith("..")
+                    and not name.startswith("...")
+                    and name[2:].split(".")[0] in ("training", "evaluation", "ros", "cli")
+                ):
                     offenders.append(f"{path.name}:{node.lineno} imports {name}")
     assert not offenders, "core imports layers above it: " + "; ".join(offenders)

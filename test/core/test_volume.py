@@ -9,7 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import nrrd
 import numpy as np
-import pydicom
 import pytest
 import torch
 from pydicom.dataset import FileDataset, FileMetaDataset
@@ -70,8 +69,17 @@ def _write_nrrd(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
-def _dicom_slice(path: Path, plane_hu: np.ndarray, ipp, iop, pixel_spacing, series: str,
-                 number: int, slope: float = 2.0, intercept: float = -1024.0) -> None:
+def _dicom_slice(
+    path: Path,
+    plane_hu: np.ndarray,
+    ipp,
+    iop,
+    pixel_spacing,
+    series: str,
+    number: int,
+    slope: float = 2.0,
+    intercept: float = -1024.0,
+) -> None:
     """One CT slice; ``plane_hu`` is (Rows, Columns) in HU."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -106,8 +114,15 @@ def _write_dicom(folder: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     random.Random(0).shuffle(order)
     for n, k in enumerate(order):
         ipp = FLIP @ (affine[:3, :3] @ [0, 0, k] + affine[:3, 3])
-        _dicom_slice(folder / f"img{n:03d}", data[:, :, k].T, ipp, iop,
-                     (spacing[1], spacing[0]), "1.2.3.4.5", k + 1)
+        _dicom_slice(
+            folder / f"img{n:03d}",
+            data[:, :, k].T,
+            ipp,
+            iop,
+            (spacing[1], spacing[0]),
+            "1.2.3.4.5",
+            k + 1,
+        )
     (folder / "README.txt").write_text("not a DICOM file")  # must be skipped
     return folder
 
@@ -123,6 +138,7 @@ def synthetic_files(tmp_path):
 
 
 # --- loading and coordinate conventions -------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", ["nifti", "nrrd", "dicom"])
 def test_formats_agree_on_world_coordinates(synthetic_files, fmt):
@@ -168,14 +184,27 @@ def test_nrrd_lps_by_hand(tmp_path):
     data = np.zeros((3, 4, 5), np.float32)
     data[1, 2, 3] = 1.0
     path = tmp_path / "lps.nrrd"
-    nrrd.write(str(path), data, {"space": "LPS", "space directions": np.diag([1.0, 2.0, 3.0]),
-                                 "space origin": np.array([10.0, 20.0, 30.0])})
+    nrrd.write(
+        str(path),
+        data,
+        {
+            "space": "LPS",
+            "space directions": np.diag([1.0, 2.0, 3.0]),
+            "space origin": np.array([10.0, 20.0, 30.0]),
+        },
+    )
     vol = load_volume(path)
     np.testing.assert_allclose(vol.voxel_to_world([1, 2, 3]), [-11.0, -24.0, 39.0])
     path = tmp_path / "ras.nrrd"
-    nrrd.write(str(path), data, {"space": "right-anterior-superior",
-                                 "space directions": np.diag([1.0, 2.0, 3.0]),
-                                 "space origin": np.array([10.0, 20.0, 30.0])})
+    nrrd.write(
+        str(path),
+        data,
+        {
+            "space": "right-anterior-superior",
+            "space directions": np.diag([1.0, 2.0, 3.0]),
+            "space origin": np.array([10.0, 20.0, 30.0]),
+        },
+    )
     np.testing.assert_allclose(load_volume(path).voxel_to_world([1, 2, 3]), [11.0, 24.0, 39.0])
 
 
@@ -186,8 +215,17 @@ def test_dicom_lps_by_hand(tmp_path):
     for k in (2, 0, 1):  # out of order on disk
         plane = np.full((4, 3), -1000.0)  # (Rows, Columns)
         plane[0, 0] = 100.0 * k
-        _dicom_slice(folder / f"s{k}.dcm", plane, (10.0, 20.0, 30.0 + 2.0 * k),
-                     (1, 0, 0, 0, 1, 0), (0.5, 0.8), "9.9", k + 1, slope=1.0, intercept=-1024.0)
+        _dicom_slice(
+            folder / f"s{k}.dcm",
+            plane,
+            (10.0, 20.0, 30.0 + 2.0 * k),
+            (1, 0, 0, 0, 1, 0),
+            (0.5, 0.8),
+            "9.9",
+            k + 1,
+            slope=1.0,
+            intercept=-1024.0,
+        )
     vol = load_volume(folder)
     assert vol.shape == (3, 4, 3)  # (Columns, Rows, slices)
     np.testing.assert_allclose(vol.spacing, [0.8, 0.5, 2.0])
@@ -208,6 +246,7 @@ def test_example_ct(example_ct):
 
 # --- bad input ---------------------------------------------------------------------------------
 
+
 def _bad_files(tmp_path: Path) -> dict[str, Path]:
     data, affine = _synthetic()
     zero = affine.copy()
@@ -215,12 +254,26 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     dup = tmp_path / "dup"
     dup.mkdir()
     for n in range(2):  # two slices at the same position
-        _dicom_slice(dup / f"{n}.dcm", np.zeros((3, 3)) + n, (0, 0, 0), (1, 0, 0, 0, 1, 0),
-                     (1, 1), "7.7", n + 1)
+        _dicom_slice(
+            dup / f"{n}.dcm",
+            np.zeros((3, 3)) + n,
+            (0, 0, 0),
+            (1, 0, 0, 0, 1, 0),
+            (1, 1),
+            "7.7",
+            n + 1,
+        )
     single = tmp_path / "single"
     single.mkdir()
-    _dicom_slice(single / "0.dcm", np.arange(9.0).reshape(3, 3), (0, 0, 0), (1, 0, 0, 0, 1, 0),
-                 (1, 1), "8.8", 1)
+    _dicom_slice(
+        single / "0.dcm",
+        np.arange(9.0).reshape(3, 3),
+        (0, 0, 0),
+        (1, 0, 0, 0, 1, 0),
+        (1, 1),
+        "8.8",
+        1,
+    )
     nan = data.copy()
     nan[0, 0, 0] = np.nan
     files = {
@@ -237,8 +290,9 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
         "zero_spacing_dicom": dup,
         "single_slice_dicom": single,
         "empty_dicom_dir": tmp_path / "nodicom",
-        "constant": _write_nifti(tmp_path / "const.nii.gz", np.full((4, 4, 4), 7.0, np.float32),
-                                 affine),
+        "constant": _write_nifti(
+            tmp_path / "const.nii.gz", np.full((4, 4, 4), 7.0, np.float32), affine
+        ),
         "nan": _write_nifti(tmp_path / "nan.nii", nan, affine),
     }
     image = nib.Nifti1Image(data, affine)  # nibabel refuses a zero column in the constructor
@@ -257,9 +311,23 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     return files
 
 
-BAD_CASES = ["missing", "corrupt_nifti", "truncated_nifti", "corrupt_nrrd", "corrupt_dicom", "unsupported", "2d_nifti",
-             "2d_nrrd", "zero_spacing_nifti", "zero_spacing_nrrd", "zero_spacing_dicom",
-             "single_slice_dicom", "empty_dicom_dir", "constant", "nan"]
+BAD_CASES = [
+    "missing",
+    "corrupt_nifti",
+    "truncated_nifti",
+    "corrupt_nrrd",
+    "corrupt_dicom",
+    "unsupported",
+    "2d_nifti",
+    "2d_nrrd",
+    "zero_spacing_nifti",
+    "zero_spacing_nrrd",
+    "zero_spacing_dicom",
+    "single_slice_dicom",
+    "empty_dicom_dir",
+    "constant",
+    "nan",
+]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -283,8 +351,11 @@ def test_constant_allowed_for_label_maps(tmp_path):
         (np.zeros((0, 4, 4)), np.eye(4), "empty"),
         (np.zeros((4, 4, 4)), np.diag([1.0, 1.0, 0.0, 1.0]), "spacing"),
         (np.zeros((4, 4, 4)), np.diag([1.0, np.nan, 1.0, 1.0]), "non-finite"),
-        (np.zeros((4, 4, 4)), np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]),
-         "singular"),
+        (
+            np.zeros((4, 4, 4)),
+            np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]),
+            "singular",
+        ),
     ],
 )
 def test_volume_validation(data, affine, problem):
@@ -294,6 +365,7 @@ def test_volume_validation(data, affine, problem):
 
 
 # --- resampling --------------------------------------------------------------------------------
+
 
 def _linear_volume() -> tuple[Volume, np.ndarray]:
     """A field linear in world coordinates, f(x) = g . x + 5, on an oblique grid."""
@@ -314,10 +386,13 @@ def test_resample_keeps_world_values_and_extent(spacing):
     np.testing.assert_allclose(out.spacing, np.broadcast_to(spacing, (3,)), atol=1e-9)
     np.testing.assert_allclose(out.center_world, vol.center_world, atol=1e-9)
     old_extent = np.asarray(vol.shape) * vol.spacing
-    assert np.all(np.abs(np.asarray(out.shape) * out.spacing - old_extent) <= out.spacing / 2 + 1e-9)
+    assert np.all(
+        np.abs(np.asarray(out.shape) * out.spacing - old_extent) <= out.spacing / 2 + 1e-9
+    )
     # axis directions unchanged
-    np.testing.assert_allclose(out.affine[:3, :3] / out.spacing, vol.affine[:3, :3] / vol.spacing,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        out.affine[:3, :3] / out.spacing, vol.affine[:3, :3] / vol.spacing, atol=1e-12
+    )
     # every new voxel whose centre lies at least one old voxel inside keeps the field's value
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in out.shape], indexing="ij"), -1)
     world = out.voxel_to_world(ijk)
@@ -370,17 +445,21 @@ def test_antialias_smooths_downsampling():
 
 # --- HU -> attenuation ----------------------------------------------------------------------------
 
+
 def test_hu_to_attenuation_numpy():
     hu = np.array([-3000.0, -1000.0, 0.0, 300.0, 1000.0])
     mu = hu_to_attenuation(hu)
     assert mu.dtype == np.float32
     np.testing.assert_allclose(mu, [0.0, 0.0, 1.0, 1.3, 2.0], atol=1e-6)
-    np.testing.assert_allclose(hu_to_attenuation(hu, bone_multiplier=2.0), [0, 0, 1, 1.3, 4.0],
-                               atol=1e-6)
-    np.testing.assert_allclose(hu_to_attenuation(hu, 2.0, bone_threshold_hu=200.0),
-                               [0, 0, 1, 2.6, 4.0], atol=1e-6)
-    np.testing.assert_allclose(hu_to_attenuation(hu, water_mu=WATER_MU_PER_MM),
-                               mu * WATER_MU_PER_MM, rtol=1e-6)
+    np.testing.assert_allclose(
+        hu_to_attenuation(hu, bone_multiplier=2.0), [0, 0, 1, 1.3, 4.0], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        hu_to_attenuation(hu, 2.0, bone_threshold_hu=200.0), [0, 0, 1, 2.6, 4.0], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        hu_to_attenuation(hu, water_mu=WATER_MU_PER_MM), mu * WATER_MU_PER_MM, rtol=1e-6
+    )
     with pytest.raises(ValueError):
         hu_to_attenuation(hu, bone_multiplier=-1.0)
     with pytest.raises(ValueError):
@@ -391,8 +470,9 @@ def test_hu_to_attenuation_torch_matches_and_differentiates():
     hu = torch.tensor([-1500.0, -200.0, 0.0, 500.0], dtype=torch.float64, requires_grad=True)
     mu = hu_to_attenuation(hu, bone_multiplier=3.0)
     assert isinstance(mu, torch.Tensor) and mu.dtype == torch.float64
-    np.testing.assert_allclose(mu.detach().numpy(),
-                               hu_to_attenuation(hu.detach().numpy(), bone_multiplier=3.0), rtol=1e-6)
+    np.testing.assert_allclose(
+        mu.detach().numpy(), hu_to_attenuation(hu.detach().numpy(), bone_multiplier=3.0), rtol=1e-6
+    )
     mu.sum().backward()
     np.testing.assert_allclose(hu.grad.numpy(), [0.0, 1e-3, 1e-3, 3e-3])
     assert hu_to_attenuation(torch.zeros(2, dtype=torch.int16)).dtype == torch.float32
@@ -404,6 +484,7 @@ def test_example_ct_attenuation_range(small_ct):
 
 
 # --- landmarks ---------------------------------------------------------------------------------
+
 
 def test_landmarks_from_labels_known_centroids():
     data = np.zeros((12, 10, 8), np.float32)

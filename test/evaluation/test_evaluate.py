@@ -14,10 +14,13 @@ from sphere_reg_ros.core.registrar import RegistrarConfig
 from sphere_reg_ros.core.volume import load_volume, resample
 from sphere_reg_ros.evaluation.benchmark import make_benchmark, save_benchmark
 from sphere_reg_ros.evaluation.evaluate import EvaluationConfig, convergence_point, evaluate
-from sphere_reg_ros.evaluation.evaluate_cli import (add_evaluate_parser, add_register_parser, overlay_image,
-                                                    read_image)
+from sphere_reg_ros.evaluation.evaluate_cli import (
+    add_evaluate_parser,
+    add_register_parser,
+    overlay_image,
+    read_image,
+)
 from sphere_reg_ros.evaluation.xvr_adapter import XvrConfig, xvr_available
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -37,9 +40,15 @@ def tiny(small_ct, tmp_path_factory):
 
 def _config(**kw):
     reg = RegistrarConfig(max_iterations=3, scales=(1.0,))
-    return EvaluationConfig(registrar=reg, learning_free=RegistrarConfig(max_iterations=3, scales=(1.0,), local_window=0.25),
-                            gradient=GradientConfig(max_iterations=3), xvr=XvrConfig(n_itrs=3), spacing_mm=8.0,
-                            warmup=False, **kw)
+    return EvaluationConfig(
+        registrar=reg,
+        learning_free=RegistrarConfig(max_iterations=3, scales=(1.0,), local_window=0.25),
+        gradient=GradientConfig(max_iterations=3),
+        xvr=XvrConfig(n_itrs=3),
+        spacing_mm=8.0,
+        warmup=False,
+        **kw,
+    )
 
 
 def test_evaluate_prints_every_row_and_writes_csv_and_plots(tiny, tmp_path):
@@ -50,7 +59,10 @@ def test_evaluate_prints_every_row_and_writes_csv_and_plots(tiny, tmp_path):
     ran = ["lm-intensity", "adam", "gd", "ncc-adam"] + (["xvr"] if xvr_available() else [])
     assert list(report.runs) == ran
     assert set(report.unavailable) == {"ours", "no-such-method"} | ({"xvr"} - set(ran))
-    assert "--model" in report.unavailable["ours"] and "unknown" in report.unavailable["no-such-method"]
+    assert (
+        "--model" in report.unavailable["ours"]
+        and "unknown" in report.unavailable["no-such-method"]
+    )
     if "xvr" not in ran:
         assert "pip install .[peers]" in report.unavailable["xvr"]
     text = report.text()
@@ -61,7 +73,14 @@ def test_evaluate_prints_every_row_and_writes_csv_and_plots(tiny, tmp_path):
         run = report.runs[name]
         assert len(run.results) == 3 and run.summary.n == 3 and np.all(run.run_time_s > 0)
     names = {p.name for p in report.files}
-    assert {"summary.csv", "cases.csv", "convergence.png", "landscape.png", "table.txt", "reliability.png"} <= names
+    assert {
+        "summary.csv",
+        "cases.csv",
+        "convergence.png",
+        "landscape.png",
+        "table.txt",
+        "reliability.png",
+    } <= names
     # the trust table: one row per method, the flagged / passed / coverage columns
     assert report.trust_table in text and "Failed flagged" in report.trust_table
     for name in ran:
@@ -71,11 +90,19 @@ def test_evaluate_prints_every_row_and_writes_csv_and_plots(tiny, tmp_path):
         ok = np.array([r.ok for r in report.runs[name].results])
         np.testing.assert_array_equal(p["passed"], ok)
     row = next(csv.DictReader(open(tmp_path / "cases.csv")))
-    assert {"normalised_cost", "position_std_mm", "rejected_by", "roi_error_mm", "mahalanobis2"} <= set(row)
+    assert {
+        "normalised_cost",
+        "position_std_mm",
+        "rejected_by",
+        "roi_error_mm",
+        "mahalanobis2",
+    } <= set(row)
     for p in report.files:
         assert p.stat().st_size > 0
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
-    assert [r["method"] for r in rows] == ran + [m for m in ["ours", "xvr", "no-such-method"] if m not in ran]
+    assert [r["method"] for r in rows] == ran + [
+        m for m in ["ours", "xvr", "no-such-method"] if m not in ran
+    ]
     assert rows[-1]["note"].startswith("unavailable")
     assert len(list(csv.DictReader(open(tmp_path / "cases.csv")))) == 3 * len(ran)
     curves = json.loads((tmp_path / "curves.json").read_text())
@@ -91,13 +118,19 @@ def test_failed_cases_count_as_failed(tiny, tmp_path):
     bm_bad = replace(bm, images=bad)
     report = evaluate(bm_bad, ct, ["lm-intensity"], config=_config(landscape=False), progress=False)
     run = report.runs["lm-intensity"]
-    assert run.summary.n == 3 and np.isinf(run.mtre_mm[1]) and run.results[1].status.value == "invalid_input"
+    assert (
+        run.summary.n == 3
+        and np.isinf(run.mtre_mm[1])
+        and run.results[1].status.value == "invalid_input"
+    )
 
 
 def test_start_truth_reports_drift_and_ablation_rows_run(tiny):
     ct, bm, _ = tiny
     methods = ["lm-intensity", "lm-nomask", "lm-ls"]
-    report = evaluate(bm, ct, methods, config=_config(landscape=False, start="truth", cases=2), progress=False)
+    report = evaluate(
+        bm, ct, methods, config=_config(landscape=False, start="truth", cases=2), progress=False
+    )
     assert "AT THE TRUE POSE" in report.table and "checksum" in report.table
     for name in methods:
         run = report.runs[name]
@@ -125,13 +158,41 @@ def _parse(argv):
 
 def test_evaluate_command(tiny, tmp_path, capsys):
     _, _, folder = tiny
-    args = _parse(["evaluate", "--benchmark", str(folder / "bm.npz"), "--ct", str(folder / "ct8.nii.gz"),
-                   "--methods", "lm-intensity", "adam", "bogus", "--cases", "2", "--max-iterations", "2",
-                   "--adam-iterations", "2", "--spacing", "8", "--out", str(tmp_path), "--no-progress",
-                   "--no-landscape", "--no-warmup", "--no-model"])
+    args = _parse(
+        [
+            "evaluate",
+            "--benchmark",
+            str(folder / "bm.npz"),
+            "--ct",
+            str(folder / "ct8.nii.gz"),
+            "--methods",
+            "lm-intensity",
+            "adam",
+            "bogus",
+            "--cases",
+            "2",
+            "--max-iterations",
+            "2",
+            "--adam-iterations",
+            "2",
+            "--spacing",
+            "8",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--no-landscape",
+            "--no-warmup",
+            "--no-model",
+        ]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert "| Method" in out and "| lm-intensity" in out and "| adam" in out and "bogus: unknown" in out
+    assert (
+        "| Method" in out
+        and "| lm-intensity" in out
+        and "| adam" in out
+        and "bogus: unknown" in out
+    )
     assert (tmp_path / "summary.csv").is_file() and (tmp_path / "convergence.png").is_file()
     bad = _parse(["evaluate", "--benchmark", str(tmp_path / "missing.npz")])
     assert bad.func(bad) == 2
@@ -142,9 +203,27 @@ def test_register_command_writes_pose_overlay_and_report(tiny, tmp_path):
     np.save(tmp_path / "xray.npy", bm.images[0])
     (tmp_path / "geometry.json").write_text(json.dumps(bm.render_geometry.to_dict()))
     (tmp_path / "init.json").write_text(json.dumps(bm.poses_init[0].tolist()))
-    args = _parse(["register", "--ct", str(folder / "ct8.nii.gz"), "--image", str(tmp_path / "xray.npy"),
-                   "--geometry", str(tmp_path / "geometry.json"), "--init", str(tmp_path / "init.json"),
-                   "--resolution", "16", "--spacing", "8", "--device", "cpu", "--out", str(tmp_path / "out")])
+    args = _parse(
+        [
+            "register",
+            "--ct",
+            str(folder / "ct8.nii.gz"),
+            "--image",
+            str(tmp_path / "xray.npy"),
+            "--geometry",
+            str(tmp_path / "geometry.json"),
+            "--init",
+            str(tmp_path / "init.json"),
+            "--resolution",
+            "16",
+            "--spacing",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert args.func(args) in (0, 1)
     info = json.loads((tmp_path / "out" / "pose.json").read_text())
     assert np.asarray(info["T_ct_from_carm_mm"]).shape == (4, 4)
@@ -171,7 +250,7 @@ def test_image_readers_and_overlay(tmp_path):
     valid[:6] = False  # a shutter along the top: tinted and hatched
     hatched = overlay_image(a, a, valid)
     blue = (hatched[..., 2] > 150) & (hatched[..., 0] < 50)
-    assert blue[:6 * 16].mean() > 0.1 and not blue[8 * 16:].any()
+    assert blue[: 6 * 16].mean() > 0.1 and not blue[8 * 16 :].any()
     with pytest.raises(ValueError):
         read_image(tmp_path / "x.bmp2")
 
@@ -181,15 +260,30 @@ def test_learned_methods_run_from_a_checkpoint(tiny, tmp_path):
     checkpoint = pytest.importorskip("sphere_reg_ros.core.checkpoint")
     ct, bm, _ = tiny
     torch.manual_seed(0)
-    sim = models.SimilarityNet(models.SimilarityConfig(channels=4, stem_widths=(4, 8), model_dim=8, depth=1, heads=2))
-    reg = models.PoseRegressor(models.RegressorConfig("resnet10t", 16, 16), center_world=ct.center_world)
+    sim = models.SimilarityNet(
+        models.SimilarityConfig(channels=4, stem_widths=(4, 8), model_dim=8, depth=1, heads=2)
+    )
+    reg = models.PoseRegressor(
+        models.RegressorConfig("resnet10t", 16, 16), center_world=ct.center_world
+    )
     path = checkpoint.save_checkpoint(tmp_path / "m.pt", sim, reg, bm.geometry, ct)
-    eu = models.SimilarityNet(models.SimilarityConfig(embedding="euclidean", channels=4, stem_widths=(4, 8),
-                                                      model_dim=8, depth=1, heads=2))
+    eu = models.SimilarityNet(
+        models.SimilarityConfig(
+            embedding="euclidean", channels=4, stem_widths=(4, 8), model_dim=8, depth=1, heads=2
+        )
+    )
     path_eu = checkpoint.save_checkpoint(tmp_path / "eu.pt", eu, reg, bm.geometry, ct)
     methods = ["ours", "ours-regressor", "regressor", "adam", "euclidean", "hyperbolic"]
-    report = evaluate(bm, ct, methods, model=str(path), models={"euclidean": str(path_eu)},
-                      config=_config(cases=2), out_dir=tmp_path / "out", progress=False)
+    report = evaluate(
+        bm,
+        ct,
+        methods,
+        model=str(path),
+        models={"euclidean": str(path_eu)},
+        config=_config(cases=2),
+        out_dir=tmp_path / "out",
+        progress=False,
+    )
     assert list(report.runs) == ["ours", "ours-regressor", "regressor", "adam", "euclidean"]
     assert set(report.unavailable) == {"hyperbolic"}
     assert all(r.summary.n == 2 for r in report.runs.values())

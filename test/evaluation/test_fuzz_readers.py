@@ -19,8 +19,12 @@ from sphere_reg_ros.evaluation.evaluate_cli import read_image, read_pose
 
 FUZZ_EXAMPLES = 300 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 50
 # CI: a fixed sequence of examples (no flaky runs); HYPOTHESIS_PROFILE=long explores at random
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-                derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "long")
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "long",
+)
 SUFFIXES = [".png", ".tif", ".tiff", ".dcm", ".npy", ".jpg", ".txt", ""]
 
 
@@ -33,7 +37,7 @@ def _npy(draw) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     data = buf.getvalue()
-    return data[:draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
+    return data[: draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
 
 
 @st.composite
@@ -72,19 +76,34 @@ def test_read_image_returns_an_image_or_one_line_naming_the_file(case):
     out = _read(read_image, f"x{suffix}", data)
     if out is not None:
         img, hints = out
-        assert img.ndim == 2 and min(img.shape) >= 16 and np.isfinite(img).all() and isinstance(hints, dict)
+        assert (
+            img.ndim == 2
+            and min(img.shape) >= 16
+            and np.isfinite(img).all()
+            and isinstance(hints, dict)
+        )
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
-                    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
-                    max_leaves=20)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 @FUZZ
-@given(st.one_of(JSON.map(lambda v: (".json", json.dumps(v).encode())),
-                 st.tuples(st.sampled_from([".json", ".npy", ".txt"]), st.binary(max_size=200)),
-                 st.builds(lambda m: (".json", json.dumps(m).encode()),
-                           st.lists(st.lists(st.floats(), min_size=4, max_size=4), min_size=4, max_size=4))))
+@given(
+    st.one_of(
+        JSON.map(lambda v: (".json", json.dumps(v).encode())),
+        st.tuples(st.sampled_from([".json", ".npy", ".txt"]), st.binary(max_size=200)),
+        st.builds(
+            lambda m: (".json", json.dumps(m).encode()),
+            st.lists(st.lists(st.floats(), min_size=4, max_size=4), min_size=4, max_size=4),
+        ),
+    )
+)
 def test_read_pose_returns_a_rigid_pose_or_one_line_naming_the_file(case):
     suffix, data = case
     T = _read(read_pose, f"pose{suffix}", data)

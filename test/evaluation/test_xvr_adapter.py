@@ -27,8 +27,13 @@ from sphere_reg_ros.core.views import ap_pose, default_geometry
 from sphere_reg_ros.core.volume import hu_to_attenuation
 from sphere_reg_ros.evaluation.benchmark import make_benchmark
 from sphere_reg_ros.evaluation.evaluate import EvaluationConfig, evaluate
-from sphere_reg_ros.evaluation.xvr_adapter import (XvrConfig, XvrRegistration, read_dicom_values, write_xray_dicom,
-                                                   xvr_available)
+from sphere_reg_ros.evaluation.xvr_adapter import (
+    XvrConfig,
+    XvrRegistration,
+    read_dicom_values,
+    write_xray_dicom,
+    xvr_available,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -56,8 +61,13 @@ def _corr(a, b) -> float:
 def _subpixel_shift(moving, fixed, border=4) -> np.ndarray:
     """(rows, cols) shift of ``moving`` that best correlates with ``fixed`` (cubic interpolation)."""
     crop = (slice(border, -border), slice(border, -border))
-    cost = lambda s: -_corr(ndi.shift(moving, s, order=3, mode="nearest")[crop], fixed[crop])
-    return minimize(cost, [0.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-8}).x
+
+    def cost(s):
+        return -_corr(ndi.shift(moving, s, order=3, mode="nearest")[crop], fixed[crop])
+
+    return minimize(
+        cost, [0.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-8}
+    ).x
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +87,11 @@ def test_dicom_round_trip_carries_geometry_and_pixels(tmp_path):
 
     ds = pydicom.dcmread(path)
     assert (ds.Rows, ds.Columns, ds.BitsStored, ds.PixelRepresentation) == (48, 40, 16, 0)
-    assert ds.pixel_array.dtype == np.uint16 and ds.pixel_array.min() == 0 and ds.pixel_array.max() == 65535
+    assert (
+        ds.pixel_array.dtype == np.uint16
+        and ds.pixel_array.min() == 0
+        and ds.pixel_array.max() == 65535
+    )
     step = (image.max() - image.min()) / 65535
     assert np.abs(read_dicom_values(path) - image).max() <= 0.51 * step
 
@@ -98,10 +112,14 @@ def test_fixed_pose_parameters_reproduce_our_pose(small_ct, xvr_ap):
     ct = small_ct[0]
     T = _tilted_pose(ct)
     rot, xyz = xvr_ap.fixed_pose_parameters(T)
-    P = FixedPose(rot=rot, xyz=xyz, device="cpu")(None).matrix[0].double().numpy()  # ZXY degrees, P = [R | R xyz]
+    P = (
+        FixedPose(rot=rot, xyz=xyz, device="cpu")(None).matrix[0].double().numpy()
+    )  # ZXY degrees, P = [R | R xyz]
     assert np.abs(xvr_ap.from_xvr(P) - T).max() < 1e-3
     rot_ap, _ = xvr_ap.fixed_pose_parameters(ap_pose(ct.center_world)[0].numpy())
-    assert np.allclose(rot_ap, 0.0, atol=1e-9)  # (AP, reverse_x_axis=True): the AP view is no rotation
+    assert np.allclose(
+        rot_ap, 0.0, atol=1e-9
+    )  # (AP, reverse_x_axis=True): the AP view is no rotation
 
 
 @pytest.mark.parametrize("orientation,reverse", [("AP", True), ("PA", False)])
@@ -109,8 +127,11 @@ def test_xvr_drr_at_our_pose_matches_our_drr(small_ct, xvr_ap, orientation, reve
     ct = small_ct[0]
     g = replace(default_geometry(64), x0=20.0, y0=-12.0)  # off-centre principal point
     T = _tilted_pose(ct)
-    adapter = xvr_ap if orientation == "AP" else XvrRegistration(ct, XvrConfig(orientation=orientation,
-                                                                                reverse_x_axis=reverse))
+    adapter = (
+        xvr_ap
+        if orientation == "AP"
+        else XvrRegistration(ct, XvrConfig(orientation=orientation, reverse_x_axis=reverse))
+    )
     theirs = adapter.render(T, g)
     ours = _ours(ct, T, g)
     assert _corr(ours, theirs) > 0.99  # intensities differ (xvr's HU->density), structure does not

@@ -185,8 +185,15 @@ class NodeClient:
     """A test's rclpy node talking to one registration node (``node``) over DDS, spun in a
     background thread; collects what the node publishes (TF, pose, diagnostics, overlay)."""
 
-    def __init__(self, context, proc, node: str, carm_frame: str = "carm_optical", wait_s: float = 90.0,
-                 name: str = "reg_test_client"):
+    def __init__(
+        self,
+        context,
+        proc,
+        node: str,
+        carm_frame: str = "carm_optical",
+        wait_s: float = 90.0,
+        name: str = "reg_test_client",
+    ):
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseWithCovarianceStamped
         from rclpy.executors import SingleThreadedExecutor
@@ -207,9 +214,15 @@ class NodeClient:
         self.inbox: dict[str, list] = {"tf": [], "pose": [], "diag": [], "overlay": []}
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(TFMessage, "/tf", lambda m: self._put("tf", m), TF_QOS)
-        self.node.create_subscription(PoseWithCovarianceStamped, f"/{self.node_name}/pose",
-                                      lambda m: self._put("pose", m), reliable)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._put("diag", m), reliable)
+        self.node.create_subscription(
+            PoseWithCovarianceStamped,
+            f"/{self.node_name}/pose",
+            lambda m: self._put("pose", m),
+            reliable,
+        )
+        self.node.create_subscription(
+            DiagnosticArray, "/diagnostics", lambda m: self._put("diag", m), reliable
+        )
         self.image_pub = self.node.create_publisher(Image, "/image", reliable)
         self.info_pub = self.node.create_publisher(CameraInfo, "/camera_info", reliable)
         self.reset = self.node.create_client(Trigger, f"/{self.node_name}/reset")
@@ -218,8 +231,14 @@ class NodeClient:
         self._stamps = itertools.count(1)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
-        self.wait(lambda: self.image_pub.get_subscription_count() > 0
-                  and self.info_pub.get_subscription_count() > 0, 30.0, "the node's subscriptions")
+        self.wait(
+            lambda: (
+                self.image_pub.get_subscription_count() > 0
+                and self.info_pub.get_subscription_count() > 0
+            ),
+            30.0,
+            "the node's subscriptions",
+        )
 
     def _put(self, key, msg):
         with self.cv:
@@ -232,37 +251,52 @@ class NodeClient:
             while not predicate():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; node output:\n"
-                                f"{self.proc.output()[-6000:]}")
+                    pytest.fail(
+                        f"timed out after {timeout:.0f} s waiting for {what}; node output:\n"
+                        f"{self.proc.output()[-6000:]}"
+                    )
                 self.cv.wait(timeout=min(left, 0.2))
 
     def subscribe_overlay(self):
         from rclpy.qos import QoSProfile, ReliabilityPolicy
-        return self.node.create_subscription(self._Image, f"/{self.node_name}/overlay",
-                                             lambda m: self._put("overlay", m),
-                                             QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+
+        return self.node.create_subscription(
+            self._Image,
+            f"/{self.node_name}/overlay",
+            lambda m: self._put("overlay", m),
+            QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE),
+        )
 
     # --- frames -------------------------------------------------------------------------------
     def stamp(self, age_s: float = 0.0):
         """A fresh, unique stamp (system time minus ``age_s``)."""
         from builtin_interfaces.msg import Time
+
         t = time.time() - age_s
         sec = int(t)
-        return Time(sec=sec, nanosec=int((t - sec) * 1e9) // 1000 * 1000 + next(self._stamps) % 1000)
+        return Time(
+            sec=sec, nanosec=int((t - sec) * 1e9) // 1000 * 1000 + next(self._stamps) % 1000
+        )
 
     def image_msg(self, pixels, encoding="32FC1", frame_id=None, stamp=None):
         from std_msgs.msg import Header
+
         frame_id = self.carm_frame if frame_id is None else frame_id
         header = Header(frame_id=frame_id, stamp=stamp or self.stamp())
         from sphere_reg_ros.ros import conversions as conv
+
         return conv.numpy_to_image(pixels, encoding, header)
 
     def info_msg(self, geometry, frame_id=None, stamp=None):
         """CameraInfo of ``geometry``; unstamped unless ``stamp`` (:meth:`send` stamps it)."""
         from std_msgs.msg import Header
+
         frame_id = self.carm_frame if frame_id is None else frame_id
-        header = Header(frame_id=frame_id) if stamp is None else Header(frame_id=frame_id, stamp=stamp)
+        header = (
+            Header(frame_id=frame_id) if stamp is None else Header(frame_id=frame_id, stamp=stamp)
+        )
         from sphere_reg_ros.ros import conversions as conv
+
         return conv.geometry_to_camera_info(geometry, header)
 
     def send(self, image, info):
@@ -276,25 +310,37 @@ class NodeClient:
     def tf_for(self, stamp, timeout=None):
         """The transform published for the image with ``stamp``."""
         timeout = self.wait_s if timeout is None else timeout
+
         def find():
             for msg in self.inbox["tf"]:
                 for t in msg.transforms:
                     if (t.header.stamp.sec, t.header.stamp.nanosec) == (stamp.sec, stamp.nanosec):
                         return t
             return None
-        self.wait(lambda: find() is not None, timeout, f"a TF stamped {stamp.sec}.{stamp.nanosec:09d}")
+
+        self.wait(
+            lambda: find() is not None, timeout, f"a TF stamped {stamp.sec}.{stamp.nanosec:09d}"
+        )
         return find()
 
     def pose_for(self, stamp, timeout=10.0):
         def find():
-            return next((m for m in self.inbox["pose"] if (m.header.stamp.sec, m.header.stamp.nanosec)
-                         == (stamp.sec, stamp.nanosec)), None)
+            return next(
+                (
+                    m
+                    for m in self.inbox["pose"]
+                    if (m.header.stamp.sec, m.header.stamp.nanosec) == (stamp.sec, stamp.nanosec)
+                ),
+                None,
+            )
+
         self.wait(lambda: find() is not None, timeout, "the pose of the frame")
         return find()
 
     def _diag(self, key: str, value: str, start: int, timeout: float, what: str):
         """The first of the node's diagnostic statuses (after inbox index ``start``) whose value
         ``key`` is ``value``: ``(status, values)``."""
+
         def find():
             for msg in self.inbox["diag"][start:]:
                 for st in msg.status:
@@ -302,6 +348,7 @@ class NodeClient:
                     if st.name.startswith(self.node_name) and values.get(key) == value:
                         return st, values
             return None
+
         self.wait(lambda: find() is not None, timeout, what)
         return find()
 
@@ -340,14 +387,19 @@ class NodeClient:
             time.sleep(0.5)
             image = self.image_msg(scene["image"])
             self.send(image, self.info_msg(scene["geometry"]))
-            _, values = self.diag_for(image.header.stamp, timeout=max(5.0, deadline - time.monotonic()))
+            _, values = self.diag_for(
+                image.header.stamp, timeout=max(5.0, deadline - time.monotonic())
+            )
             if values["status"] == "ok":
                 return
             if time.monotonic() > deadline:
-                pytest.fail(f"no frame registered in {timeout:.0f} s; last status {values['status']}")
+                pytest.fail(
+                    f"no frame registered in {timeout:.0f} s; last status {values['status']}"
+                )
 
     def set_params(self, **values):
         from rclpy.parameter import Parameter
+
         future = self.params.set_parameters([Parameter(k, value=v) for k, v in values.items()])
         self.wait(future.done, 30.0, f"set_parameters {values}")
         return future.result().results
@@ -356,6 +408,7 @@ class NodeClient:
         future = self.params.get_parameters([name])
         self.wait(future.done, 30.0, f"get_parameters {name}")
         from rclpy.parameter import parameter_value_to_python
+
         return parameter_value_to_python(future.result().values[0])
 
     def close(self):
@@ -368,9 +421,14 @@ def assert_nothing_published(client: NodeClient, image) -> None:
     """No TF and no pose carry ``image``'s stamp (they would precede its diagnostics)."""
     stamp = (image.header.stamp.sec, image.header.stamp.nanosec)
     with client.cv:
-        assert not any((t.header.stamp.sec, t.header.stamp.nanosec) == stamp
-                       for m in client.inbox["tf"] for t in m.transforms)
-        assert not any((m.header.stamp.sec, m.header.stamp.nanosec) == stamp for m in client.inbox["pose"])
+        assert not any(
+            (t.header.stamp.sec, t.header.stamp.nanosec) == stamp
+            for m in client.inbox["tf"]
+            for t in m.transforms
+        )
+        assert not any(
+            (m.header.stamp.sec, m.header.stamp.nanosec) == stamp for m in client.inbox["pose"]
+        )
 
 
 # ----------------------------------------------------------------------------- a node under test
@@ -392,11 +450,16 @@ def registration_scene(ct, size: int) -> dict:
     renderer = DrrRenderer(hu_to_attenuation(ct.data), ct.affine, geometry)
     with torch.no_grad():
         image = renderer(torch.as_tensor(truth, dtype=torch.float32)[None])[0, 0].numpy()
-    init = se3_exp(torch.tensor([3.0, 2.5, -3.0, 0.012, 0.015, -0.01], dtype=torch.float64)).numpy() @ truth
+    init = (
+        se3_exp(torch.tensor([3.0, 2.5, -3.0, 0.012, 0.015, -0.01], dtype=torch.float64)).numpy()
+        @ truth
+    )
     return dict(geometry=geometry, truth=truth, image=image.astype(np.float32), init=init)
 
 
-def registration_node_args(node: str, ct_path, spacing_mm: float, size: int, init, *extra: str) -> list[str]:
+def registration_node_args(
+    node: str, ct_path, spacing_mm: float, size: int, init, *extra: str
+) -> list[str]:
     """``python`` arguments of a registration node for the DDS tests: ``ct_path`` at ``spacing_mm``,
     ``size`` px in one scale, no tracking, started at ``init`` (``initial_pose_mm``), stale only
     after 30 s, reliable QoS deep enough that a burst reaches the callback; ``extra`` parameters
@@ -407,9 +470,20 @@ def registration_node_args(node: str, ct_path, spacing_mm: float, size: int, ini
 
     t, q = pose_to_translation_quaternion(torch.as_tensor(init, dtype=torch.float64), unit="mm")
     pose = "[" + ",".join(repr(float(v)) for v in [*t.tolist(), *q.tolist()]) + "]"
-    params = [f"ct_path:={ct_path}", f"ct_spacing_mm:={spacing_mm}", f"resolution:={size}", "lm_scales:=[1.0]",
-              "tracking:=false", "use_initial_pose:=true", f"initial_pose_mm:={pose}", "max_image_age_s:=30.0",
-              "diagnostics_period_s:=0.5", "qos_reliability:=reliable", "qos_depth:=10", *extra]
+    params = [
+        f"ct_path:={ct_path}",
+        f"ct_spacing_mm:={spacing_mm}",
+        f"resolution:={size}",
+        "lm_scales:=[1.0]",
+        "tracking:=false",
+        "use_initial_pose:=true",
+        f"initial_pose_mm:={pose}",
+        "max_image_age_s:=30.0",
+        "diagnostics_period_s:=0.5",
+        "qos_reliability:=reliable",
+        "qos_depth:=10",
+        *extra,
+    ]
     args = ["-m", "sphere_reg_ros.ros.registration_node", "--ros-args", "-r", f"__node:={node}"]
     for p in params:
         args += ["-p", p]

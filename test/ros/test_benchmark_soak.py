@@ -16,7 +16,9 @@ from sphere_reg_ros.cli import build_parser
 
 
 def test_cli_parser_takes_the_soak_options():
-    args = build_parser().parse_args(["benchmark-node", "--soak-minutes", "10", "--rate-hz", "30", "--out", "o"])
+    args = build_parser().parse_args(
+        ["benchmark-node", "--soak-minutes", "10", "--rate-hz", "30", "--out", "o"]
+    )
     assert (args.soak_minutes, args.rate_hz, args.out) == (10.0, 30.0, "o")
     default = build_parser().parse_args(["benchmark-node"])
     assert default.soak_minutes == 0.0  # the cold/tracking modes, unchanged
@@ -26,18 +28,46 @@ def test_cli_parser_takes_the_soak_options():
 @pytest.mark.slow
 def test_short_soak_prints_its_table_and_summary_and_writes_the_plot(tmp_path, ros_env):
     out = tmp_path / "soak"
-    cmd = [sys.executable, "-m", "sphere_reg_ros.ros.benchmark_latency", "--devices", "cpu",
-           "--soak-minutes", "0.25", "--rate-hz", "5", "--soak-window-s", "5",
-           "--spacing", "6", "--resolution", "32", "--image-size", "64", "--timeout", "180", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sphere_reg_ros.ros.benchmark_latency",
+        "--devices",
+        "cpu",
+        "--soak-minutes",
+        "0.25",
+        "--rate-hz",
+        "5",
+        "--soak-window-s",
+        "5",
+        "--spacing",
+        "6",
+        "--resolution",
+        "32",
+        "--image-size",
+        "64",
+        "--timeout",
+        "180",
+        "--out",
+        str(out),
+    ]
     env = dict(ros_env, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
 
     # the table: a header and one row per window (3 of 5 s, the last one with the drain)
-    assert "win     t s  sent    Hz   TF  recv  proc  drop fail  p50 s  p95 s  max s  RSS MB" in proc.stdout
-    for words in ("registration node soak", "node: received", "latency image -> TF: p50", "resident memory:",
-                  "first window: the soak is shorter than 60 s"):
+    assert (
+        "win     t s  sent    Hz   TF  recv  proc  drop fail  p50 s  p95 s  max s  RSS MB"
+        in proc.stdout
+    )
+    for words in (
+        "registration node soak",
+        "node: received",
+        "latency image -> TF: p50",
+        "resident memory:",
+        "first window: the soak is shorter than 60 s",
+    ):
         assert words in proc.stdout, text[-3000:]
 
     result = json.loads((out / "soak.json").read_text())["results"][0]
@@ -56,7 +86,9 @@ def test_short_soak_prints_its_table_and_summary_and_writes_the_plot(tmp_path, r
     assert abs(processed + dropped + rejected - received) <= 1
     assert rejected == 0
     assert 0 < result["tf_received"] <= processed - node["registrations_failed"]
-    assert sum(r["node"]["frames_received"] for r in rows) == received  # the windows add up to the totals
+    assert (
+        sum(r["node"]["frames_received"] for r in rows) == received
+    )  # the windows add up to the totals
 
     lat = result["latency"]
     assert 0 < lat["p50_s"] <= lat["p95_s"] <= lat["max_s"] < 60

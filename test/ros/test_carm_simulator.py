@@ -19,7 +19,9 @@ def test_trajectory_sweeps_and_moves_smoothly():
     trajectory = Trajectory(sweep_deg=10.0, sweep_period_s=40.0, motion_mm=(2.0, 1.0, 3.0))
     center = np.array([1.0, -2.0, 3.0])
     poses = np.stack([trajectory.pose(t, center) for t in np.arange(0.0, 40.0, 1.0)])
-    angles = np.degrees(np.arctan2(poses[:, 1, 2], poses[:, 0, 2]))  # beam direction in the axial plane
+    angles = np.degrees(
+        np.arctan2(poses[:, 1, 2], poses[:, 0, 2])
+    )  # beam direction in the axial plane
     assert angles.max() - angles.min() == pytest.approx(20.0, abs=0.5)
     steps = np.linalg.norm(np.diff(poses[:, :3, 3], axis=0), axis=1)
     assert steps.max() < 20.0  # mm per second of trajectory time at 650 mm from the isocentre
@@ -49,7 +51,11 @@ def test_simulator_node_publishes_image_info_and_truth(ct_file, spawn_ros_proces
     from sensor_msgs.msg import CameraInfo, Image
     from tf2_msgs.msg import TFMessage
 
-    from sphere_reg_ros.ros.conversions import camera_info_to_geometry, image_to_numpy, transform_stamped_to_pose
+    from sphere_reg_ros.ros.conversions import (
+        camera_info_to_geometry,
+        image_to_numpy,
+        transform_stamped_to_pose,
+    )
     from sphere_reg_ros.ros.tf_publisher import TF_QOS
 
     node = Node("simulator_probe", context=rclpy_context)
@@ -57,13 +63,37 @@ def test_simulator_node_publishes_image_info_and_truth(ct_file, spawn_ros_proces
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     # own topic and frame names, so that nothing else on this machine's DDS can interfere
     node.create_subscription(Image, "sim_test/image", lambda m: got["image"].append(m), qos)
-    node.create_subscription(CameraInfo, "sim_test/camera_info", lambda m: got["info"].append(m), qos)
+    node.create_subscription(
+        CameraInfo, "sim_test/camera_info", lambda m: got["info"].append(m), qos
+    )
     node.create_subscription(TFMessage, "/tf", lambda m: got["tf"].extend(m.transforms), TF_QOS)
-    proc = spawn_ros_process("-m", "sphere_reg_ros.ros.carm_simulator", "--ros-args", "-p", f"ct_path:={ct_file}",
-                             "-p", "ct_spacing_mm:=8.0", "-p", "resolution:=32", "-p", "rate_hz:=2.0",
-                             "-p", "frames:=0", "-p", "degradation:=none", "-p", "frame_id:=sim_test_carm",
-                             "-p", "truth_frame:=sim_test_truth", "-p", "ct_frame:=sim_test_ct",
-                             "-r", "image:=sim_test/image", "-r", "camera_info:=sim_test/camera_info")
+    proc = spawn_ros_process(
+        "-m",
+        "sphere_reg_ros.ros.carm_simulator",
+        "--ros-args",
+        "-p",
+        f"ct_path:={ct_file}",
+        "-p",
+        "ct_spacing_mm:=8.0",
+        "-p",
+        "resolution:=32",
+        "-p",
+        "rate_hz:=2.0",
+        "-p",
+        "frames:=0",
+        "-p",
+        "degradation:=none",
+        "-p",
+        "frame_id:=sim_test_carm",
+        "-p",
+        "truth_frame:=sim_test_truth",
+        "-p",
+        "ct_frame:=sim_test_ct",
+        "-r",
+        "image:=sim_test/image",
+        "-r",
+        "camera_info:=sim_test/camera_info",
+    )
     from rclpy.executors import SingleThreadedExecutor
 
     executor = SingleThreadedExecutor(context=rclpy_context)
@@ -79,18 +109,25 @@ def test_simulator_node_publishes_image_info_and_truth(ct_file, spawn_ros_proces
     info = next(i for i in got["info"] if i.header.stamp == image.header.stamp)
     geometry = camera_info_to_geometry(info, sdd_mm=1020.0)
     assert (geometry.height, geometry.width) == (32, 32)
-    truth = next(t for t in got["tf"] if t.header.stamp == image.header.stamp
-                 and t.child_frame_id == "sim_test_truth")
+    truth = next(
+        t
+        for t in got["tf"]
+        if t.header.stamp == image.header.stamp and t.child_frame_id == "sim_test_truth"
+    )
     assert truth.header.frame_id == "sim_test_ct"
     # the truth is the trajectory's pose of one of the frames (the first ones may be missed while the
     # nodes discover each other), and the image is that pose's rendering
     ct = load_volume(ct_file)
     trajectory = Trajectory(motion_mm=(1.8, 0.9, 3.0))
     received = transform_stamped_to_pose(truth)
-    errors = [np.abs(received - trajectory.pose(float(k), ct.center_world)).max() for k in range(60)]
+    errors = [
+        np.abs(received - trajectory.pose(float(k), ct.center_world)).max() for k in range(60)
+    ]
     k = int(np.argmin(errors))
     assert errors[k] < 1e-3, errors
-    rendered = XraySimulator(ct, geometry, "none").render(trajectory.pose(float(k), ct.center_world), k)
+    rendered = XraySimulator(ct, geometry, "none").render(
+        trajectory.pose(float(k), ct.center_world), k
+    )
     np.testing.assert_allclose(array, rendered, atol=1e-3)
     executor.remove_node(node)
     node.destroy_node()

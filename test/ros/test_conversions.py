@@ -32,7 +32,9 @@ def test_image_round_trip_every_encoding(encoding, pad, bigendian):
     a = _sample(encoding)
     dtype, channels = conv.ENCODINGS[encoding]
     row = a.shape[1] * channels * dtype.itemsize
-    msg = conv.numpy_to_image(a, encoding, step=row + pad, is_bigendian=bigendian, padding_byte=0xA5)
+    msg = conv.numpy_to_image(
+        a, encoding, step=row + pad, is_bigendian=bigendian, padding_byte=0xA5
+    )
     assert (msg.height, msg.width, msg.step, msg.encoding) == (5, 7, row + pad, encoding)
     assert msg.is_bigendian == int(bigendian)
     assert len(msg.data) == msg.step * msg.height
@@ -48,6 +50,7 @@ def test_big_endian_mono16_is_byte_swapped_on_the_wire():
     np.testing.assert_array_equal(conv.image_to_numpy(msg), a)
     # a hand-made big-endian message with padding, as a camera driver would send it
     from sensor_msgs.msg import Image
+
     m = Image(height=2, width=2, encoding="16UC1", is_bigendian=1, step=7)
     m.data = bytes([0, 1, 1, 0, 9, 9, 9, 0xFF, 0xFF, 0x12, 0x34, 9, 9, 9])
     np.testing.assert_array_equal(conv.image_to_numpy(m), [[1, 256], [65535, 0x1234]])
@@ -64,6 +67,7 @@ def test_channel_order_is_kept():
 
 def _raw(encoding="mono8", h=2, w=3, step=None, data=None):
     from sensor_msgs.msg import Image
+
     dtype, ch = conv.ENCODINGS.get(encoding, (np.dtype(np.uint8), 1))
     step = w * ch * dtype.itemsize if step is None else step
     m = Image(height=h, width=w, encoding=encoding, step=step)
@@ -71,16 +75,29 @@ def _raw(encoding="mono8", h=2, w=3, step=None, data=None):
     return m
 
 
-@pytest.mark.parametrize("msg,match,reason", [
-    (_raw("yuv422"), "unsupported image encoding 'yuv422'", "unsupported_encoding"),
-    (_raw("bayer_rggb8"), "unsupported image encoding", "unsupported_encoding"),
-    (_raw(h=0, data=b""), "zero-size", "zero_size"),
-    (_raw(w=0, step=0, data=b""), "zero-size", "zero_size"),
-    (_raw(step=2), "step 2 is smaller than width 3", "bad_step"),
-    (_raw("mono16", step=5), "step 5 is smaller", "bad_step"),
-    (_raw(data=bytes(5)), "data holds 5 bytes, expected", "bad_data_length"),
-    (_raw(step=4, data=bytes(6)), "data holds 6 bytes", "bad_data_length"),
-], ids=["yuv", "bayer", "zero-height", "zero-width", "step", "step16", "short-data", "padded-short"])
+@pytest.mark.parametrize(
+    "msg,match,reason",
+    [
+        (_raw("yuv422"), "unsupported image encoding 'yuv422'", "unsupported_encoding"),
+        (_raw("bayer_rggb8"), "unsupported image encoding", "unsupported_encoding"),
+        (_raw(h=0, data=b""), "zero-size", "zero_size"),
+        (_raw(w=0, step=0, data=b""), "zero-size", "zero_size"),
+        (_raw(step=2), "step 2 is smaller than width 3", "bad_step"),
+        (_raw("mono16", step=5), "step 5 is smaller", "bad_step"),
+        (_raw(data=bytes(5)), "data holds 5 bytes, expected", "bad_data_length"),
+        (_raw(step=4, data=bytes(6)), "data holds 6 bytes", "bad_data_length"),
+    ],
+    ids=[
+        "yuv",
+        "bayer",
+        "zero-height",
+        "zero-width",
+        "step",
+        "step16",
+        "short-data",
+        "padded-short",
+    ],
+)
 def test_malformed_images_raise(msg, match, reason):
     with pytest.raises(conv.ImageConversionError, match=match) as info:
         conv.image_to_numpy(msg)
@@ -92,7 +109,9 @@ def test_non_finite_pixels_raise_unless_allowed(bad):
     a = np.ones((3, 4), dtype=np.float32)
     a[1, 2] = bad
     msg = conv.numpy_to_image(a, "32FC1")
-    with pytest.raises(conv.ImageConversionError, match="1 of 12 pixels are NaN or infinite") as info:
+    with pytest.raises(
+        conv.ImageConversionError, match="1 of 12 pixels are NaN or infinite"
+    ) as info:
         conv.image_to_numpy(msg)
     assert info.value.reason == "non_finite"
     out = conv.image_to_numpy(msg, check_finite=False)
@@ -134,29 +153,48 @@ def test_camera_info_falls_back_to_p_and_honours_binning():
     msg = conv.geometry_to_camera_info(g)
     assert conv.camera_info_note(msg) is None  # K used as it is: nothing to report
     msg.k = [0.0] * 9  # all zero: uncalibrated (sensor_msgs), so P's left 3x3, and the note says so
-    np.testing.assert_allclose(conv.camera_info_to_geometry(msg, 1000.0).intrinsic_matrix(),
-                               g.intrinsic_matrix())
-    assert "K is all zero (uncalibrated camera); intrinsics taken from P" in conv.camera_info_note(msg)
+    np.testing.assert_allclose(
+        conv.camera_info_to_geometry(msg, 1000.0).intrinsic_matrix(), g.intrinsic_matrix()
+    )
+    assert "K is all zero (uncalibrated camera); intrinsics taken from P" in conv.camera_info_note(
+        msg
+    )
     msg = conv.geometry_to_camera_info(g)
     msg.binning_x = msg.binning_y = 2
     binned = conv.camera_info_to_geometry(msg, 1000.0)
     assert (binned.height, binned.width, binned.delx) == (32, 32, pytest.approx(4.0))
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (lambda m: setattr(m, "k", [0.0] * 9) or setattr(m, "p", [0.0] * 12), "neither K nor P"),
-    # K that is not all zero must have two positive focal lengths: no silent fall-back to P
-    (lambda m: setattr(m, "k", [-500.0, 0.0, 32.0, 0.0, 500.0, 32.0, 0.0, 0.0, 1.0]),
-     r"negative focal length \(fx -500, fy 500\)"),
-    (lambda m: setattr(m, "k", [500.0, 0.0, 32.0, 0.0, -1.0, 32.0, 0.0, 0.0, 1.0]), "negative focal length"),
-    (lambda m: setattr(m, "k", [500.0, 0.0, 32.0, 0.0, 0.0, 32.0, 0.0, 0.0, 1.0]),
-     r"one positive and one zero focal length \(fx 500, fy 0\)"),
-    (lambda m: setattr(m, "k", [0.0, 0.0, 32.0, 0.0, 0.0, 32.0, 0.0, 0.0, 1.0]), "zero focal lengths but is not all zero"),
-    (lambda m: setattr(m, "k", [float("nan")] + [0.0] * 8), "non-finite"),
-    (lambda m: setattr(m, "width", 0), "zero size"),
-    (lambda m: setattr(m, "k", [500.0, 3.0, 32.0, 0.0, 500.0, 32.0, 0.0, 0.0, 1.0]), "skew"),
-    (lambda m: setattr(m.roi, "width", 10) or setattr(m.roi, "height", 10), "region of interest"),
-])
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda m: setattr(m, "k", [0.0] * 9) or setattr(m, "p", [0.0] * 12), "neither K nor P"),
+        # K that is not all zero must have two positive focal lengths: no silent fall-back to P
+        (
+            lambda m: setattr(m, "k", [-500.0, 0.0, 32.0, 0.0, 500.0, 32.0, 0.0, 0.0, 1.0]),
+            r"negative focal length \(fx -500, fy 500\)",
+        ),
+        (
+            lambda m: setattr(m, "k", [500.0, 0.0, 32.0, 0.0, -1.0, 32.0, 0.0, 0.0, 1.0]),
+            "negative focal length",
+        ),
+        (
+            lambda m: setattr(m, "k", [500.0, 0.0, 32.0, 0.0, 0.0, 32.0, 0.0, 0.0, 1.0]),
+            r"one positive and one zero focal length \(fx 500, fy 0\)",
+        ),
+        (
+            lambda m: setattr(m, "k", [0.0, 0.0, 32.0, 0.0, 0.0, 32.0, 0.0, 0.0, 1.0]),
+            "zero focal lengths but is not all zero",
+        ),
+        (lambda m: setattr(m, "k", [float("nan")] + [0.0] * 8), "non-finite"),
+        (lambda m: setattr(m, "width", 0), "zero size"),
+        (lambda m: setattr(m, "k", [500.0, 3.0, 32.0, 0.0, 500.0, 32.0, 0.0, 0.0, 1.0]), "skew"),
+        (
+            lambda m: setattr(m.roi, "width", 10) or setattr(m.roi, "height", 10),
+            "region of interest",
+        ),
+    ],
+)
 def test_bad_camera_info_raises(mutate, match):
     msg = conv.geometry_to_camera_info(CarmGeometry(height=64, width=64))
     mutate(msg)
@@ -173,6 +211,7 @@ def _pose(seed: int = 0) -> np.ndarray:
 
 def test_transform_stamped_round_trip_and_direction():
     from builtin_interfaces.msg import Time
+
     T_parent_from_child = _pose(1)
     stamp = Time(sec=12, nanosec=345)
     msg = conv.pose_to_transform_stamped(T_parent_from_child, "carm", "ct", stamp)
@@ -236,7 +275,9 @@ def test_covariance_mapping_matches_the_perturbed_published_pose(inverse):
     expected = M @ C @ M.T
     got = conv.covariance_to_ros(T, C, inverse=inverse)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9 * np.abs(expected).max())
-    np.testing.assert_allclose(conv.covariance_from_ros(T, got, inverse=inverse), C, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(
+        conv.covariance_from_ros(T, got, inverse=inverse), C, rtol=1e-8, atol=1e-8
+    )
 
 
 def test_pose_with_covariance_round_trip_and_unknown_covariance():

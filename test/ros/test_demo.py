@@ -20,9 +20,30 @@ def ct_6mm(ct_file_at):
 
 def test_demo_registers_simulated_frames_and_writes_its_summary(ct_6mm, tmp_path, ros_env):
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "sphere_reg_ros.cli", "demo", "--ct", str(ct_6mm), "--ct-spacing-mm", "6",
-           "--resolution", "64", "--degradation", "none", "--rate", "1.0", "--frames", "3", "--min-frames", "3",
-           "--timeout", "240", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sphere_reg_ros.cli",
+        "demo",
+        "--ct",
+        str(ct_6mm),
+        "--ct-spacing-mm",
+        "6",
+        "--resolution",
+        "64",
+        "--degradation",
+        "none",
+        "--rate",
+        "1.0",
+        "--frames",
+        "3",
+        "--min-frames",
+        "3",
+        "--timeout",
+        "240",
+        "--out",
+        str(out),
+    ]
     env = dict(ros_env, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     text = proc.stdout + proc.stderr
@@ -37,7 +58,9 @@ def test_demo_registers_simulated_frames_and_writes_its_summary(ct_6mm, tmp_path
         rows = [r for r in csv.DictReader(fh) if r["status"] == "ok"]
     assert len(rows) >= 3 and all(float(r["mtre_mm"]) < 1.0 for r in rows)
     assert (out / "summary.png").stat().st_size > 10_000
-    assert list(out.glob("overlay_*.png")), "the evaluator subscribes the overlay, so the node draws it"
+    assert list(out.glob("overlay_*.png")), (
+        "the evaluator subscribes the overlay, so the node draws it"
+    )
     assert os.path.getsize(out / "carm_simulator.log") > 0
 
 
@@ -47,23 +70,70 @@ def test_demo_evaluator_node_beside_simulator_and_node(ct_6mm, tmp_path, ros_env
     out = tmp_path / "launch_like"
     env = dict(ros_env, OMP_NUM_THREADS="1")
     common = ["-p", f"ct_path:={ct_6mm}", "-p", "ct_spacing_mm:=6.0"]
-    sim = [sys.executable, "-m", "sphere_reg_ros.ros.carm_simulator", "--ros-args", *common,
-           "-p", "resolution:=64", "-p", "rate_hz:=1.0", "-p", "degradation:=none", "-p", "wait_for_subscribers:=1"]
-    node = [sys.executable, "-m", "sphere_reg_ros.ros.registration_node", "--ros-args", "--params-file",
-            "config/register.yaml", *common, "-p", "tracking:=true", "-p", "default_carm_frame:=carm_optical",
-            "-p", "max_image_age_s:=10.0"]
-    evaluator = [sys.executable, "-m", "sphere_reg_ros.ros.demo", "--ros-args", *common[:2],
-                 "-p", "frames:=2", "-p", "min_frames:=2", "-p", "timeout_s:=200.0", "-p", f"out:={out}"]
+    sim = [
+        sys.executable,
+        "-m",
+        "sphere_reg_ros.ros.carm_simulator",
+        "--ros-args",
+        *common,
+        "-p",
+        "resolution:=64",
+        "-p",
+        "rate_hz:=1.0",
+        "-p",
+        "degradation:=none",
+        "-p",
+        "wait_for_subscribers:=1",
+    ]
+    node = [
+        sys.executable,
+        "-m",
+        "sphere_reg_ros.ros.registration_node",
+        "--ros-args",
+        "--params-file",
+        "config/register.yaml",
+        *common,
+        "-p",
+        "tracking:=true",
+        "-p",
+        "default_carm_frame:=carm_optical",
+        "-p",
+        "max_image_age_s:=10.0",
+    ]
+    evaluator = [
+        sys.executable,
+        "-m",
+        "sphere_reg_ros.ros.demo",
+        "--ros-args",
+        *common[:2],
+        "-p",
+        "frames:=2",
+        "-p",
+        "min_frames:=2",
+        "-p",
+        "timeout_s:=200.0",
+        "-p",
+        f"out:={out}",
+    ]
     from pathlib import Path
+
     root = Path(__file__).resolve().parents[2]
-    procs = [subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for cmd in (sim, node)]
+    procs = [
+        subprocess.Popen(
+            cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for cmd in (sim, node)
+    ]
     try:
-        result = subprocess.run(evaluator, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            evaluator, env=env, cwd=root, capture_output=True, text=True, timeout=300
+        )
     finally:
         for p in procs:
             p.terminate()
         logs = [p.communicate(timeout=20)[0] for p in procs]
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + "".join(x[-2000:] for x in logs)
+    assert result.returncode == 0, (
+        result.stdout[-3000:] + result.stderr[-3000:] + "".join(x[-2000:] for x in logs)
+    )
     assert "expectation (median mTRE < 1.0 mm over >= 2 frames): met" in result.stdout
     assert json.loads((out / "summary.json").read_text())["frames_registered"] >= 2

@@ -24,11 +24,30 @@ from sphere_reg_ros.ros.frame_input import REASONS, FrameRejected, prepare_frame
 
 FUZZ_EXAMPLES = 400 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 60
 # CI: a fixed sequence of examples (no flaky runs); HYPOTHESIS_PROFILE=long explores at random
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-                derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "long")
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "long",
+)
 
-ENCODINGS = ["mono8", "mono16", "16UC1", "32FC1", "64FC1", "8UC1", "bgr8", "rgb8", "rgba8", "", "mono12", "32SC1",
-             "yuv422", "MONO8", "32FC2"]
+ENCODINGS = [
+    "mono8",
+    "mono16",
+    "16UC1",
+    "32FC1",
+    "64FC1",
+    "8UC1",
+    "bgr8",
+    "rgb8",
+    "rgba8",
+    "",
+    "mono12",
+    "32SC1",
+    "yuv422",
+    "MONO8",
+    "32FC2",
+]
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
 
@@ -40,7 +59,11 @@ def images(draw):
     msg.height = draw(st.integers(0, 12))
     msg.width = draw(st.integers(0, 12))
     msg.is_bigendian = draw(st.integers(0, 1))
-    msg.step = draw(st.one_of(st.integers(0, 100), st.just(msg.width * 4), st.just(msg.width * 2), st.just(msg.width)))
+    msg.step = draw(
+        st.one_of(
+            st.integers(0, 100), st.just(msg.width * 4), st.just(msg.width * 2), st.just(msg.width)
+        )
+    )
     n = draw(st.one_of(st.just(msg.step * msg.height), st.integers(0, 600)))
     if draw(st.booleans()) and msg.encoding == "32FC1":  # real floats, NaN and inf included
         values = draw(st.lists(any_float, min_size=n // 4, max_size=n // 4))
@@ -90,11 +113,17 @@ def test_camera_info_to_geometry_returns_a_geometry_or_says_why(msg, sdd):
     except conv.ConversionError as exc:
         assert str(exc)
         return
-    except ValueError as exc:  # the geometry's own checks (e.g. a bad sdd) are ValueErrors with a reason
+    except (
+        ValueError
+    ) as exc:  # the geometry's own checks (e.g. a bad sdd) are ValueErrors with a reason
         assert str(exc)
         return
     assert isinstance(g, CarmGeometry) and g.height > 0 and g.width > 0
-    assert all(math.isfinite(v) for v in (g.sdd, g.delx, g.dely, g.x0, g.y0)) and g.delx > 0 and g.dely > 0
+    assert (
+        all(math.isfinite(v) for v in (g.sdd, g.delx, g.dely, g.x0, g.y0))
+        and g.delx > 0
+        and g.dely > 0
+    )
 
 
 def _settings(**changes):
@@ -102,8 +131,12 @@ def _settings(**changes):
 
 
 @FUZZ
-@given(images(), st.one_of(st.none(), camera_infos()), st.sampled_from(["line_integral", "intensity"]),
-       st.one_of(finite, st.just(0.01)))
+@given(
+    images(),
+    st.one_of(st.none(), camera_infos()),
+    st.sampled_from(["line_integral", "intensity"]),
+    st.one_of(finite, st.just(0.01)),
+)
 def test_prepare_frame_returns_an_image_and_geometry_or_a_known_reason(msg, info, domain, age):
     s = _settings(image_domain=domain, fx=500.0, fy=500.0, width=8, height=8)
     try:
@@ -115,8 +148,14 @@ def test_prepare_frame_returns_an_image_and_geometry_or_a_known_reason(msg, info
     assert np.isfinite(image).all()
 
 
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), any_float, st.text(max_size=20),
-                   st.lists(finite, max_size=8))
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    any_float,
+    st.text(max_size=20),
+    st.lists(finite, max_size=8),
+)
 
 
 @FUZZ

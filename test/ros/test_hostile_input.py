@@ -32,7 +32,9 @@ SPACING_MM = 8.0
 WAIT_S = 90.0
 MAX_PIXELS = SIZE * SIZE
 
-_spec = importlib.util.spec_from_file_location("_ros_test_helpers", Path(__file__).with_name("conftest.py"))
+_spec = importlib.util.spec_from_file_location(
+    "_ros_test_helpers", Path(__file__).with_name("conftest.py")
+)
 _helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_helpers)
 
@@ -50,8 +52,9 @@ def scene(tmp_path_factory, example_ct):
 @pytest.fixture(scope="module")
 def node_process(scene, ros_domain_id):
     env = dict(os.environ, ROS_DOMAIN_ID=str(ros_domain_id), PYTHONUNBUFFERED="1")
-    args = _helpers.registration_node_args(NODE, scene["ct_path"], SPACING_MM, SIZE, scene["init"],
-                                           f"max_image_pixels:={MAX_PIXELS}")
+    args = _helpers.registration_node_args(
+        NODE, scene["ct_path"], SPACING_MM, SIZE, scene["init"], f"max_image_pixels:={MAX_PIXELS}"
+    )
     proc = _helpers.RosProcess(args, env)
     try:
         proc.wait_for_line("ready:", timeout=120.0)
@@ -64,9 +67,12 @@ def node_process(scene, ros_domain_id):
 def client(node_process, ros_domain_id, scene):
     import rclpy
     from rclpy.context import Context
+
     context = Context()
     rclpy.init(context=context, domain_id=ros_domain_id)
-    c = _helpers.NodeClient(context, node_process, NODE, CARM_FRAME, WAIT_S, name="reg_hostile_client")
+    c = _helpers.NodeClient(
+        context, node_process, NODE, CARM_FRAME, WAIT_S, name="reg_hostile_client"
+    )
     try:
         c.warm_up(scene)
         yield c
@@ -95,7 +101,9 @@ def _bad(client, scene, case):
             return client.image_msg(img.astype(np.float64), "64FC1"), info
         return _with(client.image_msg(img), encoding=encoding), info
     if case == "bad_step":
-        return _with(client.image_msg(img), step=SIZE * 4 - 1, data=bytes((SIZE * 4 - 1) * SIZE)), info
+        return _with(
+            client.image_msg(img), step=SIZE * 4 - 1, data=bytes((SIZE * 4 - 1) * SIZE)
+        ), info
     if case == "short_data":
         msg = client.image_msg(img)
         return _with(msg, data=bytes(msg.data)[:-4]), info
@@ -117,13 +125,18 @@ def _bad(client, scene, case):
         return client.image_msg(img, stamp=client.stamp(age_s=-100.0)), info
     if case == "zero_stamp":
         from builtin_interfaces.msg import Time
+
         return client.image_msg(img, stamp=Time(sec=0, nanosec=0)), info
     if case == "stale_stamp":
         return client.image_msg(img, stamp=client.stamp(age_s=100.0)), info
     if case == "over_max_image_pixels":
-        return client.image_msg(np.tile(img, (2, 1))), client.info_msg(default_geometry(SIZE).resized(2 * SIZE, SIZE))
+        return client.image_msg(np.tile(img, (2, 1))), client.info_msg(
+            default_geometry(SIZE).resized(2 * SIZE, SIZE)
+        )
     if case == "over_max_image_pixels_header_only":  # sizes that would need 40 GB; no data at all
-        return _with(client.image_msg(img), height=100_000, width=100_000, step=400_000, data=b""), info
+        return _with(
+            client.image_msg(img), height=100_000, width=100_000, step=400_000, data=b""
+        ), info
     if case == "uniform_noise":
         return client.image_msg(rng.uniform(0.0, 4.0, size=(SIZE, SIZE)).astype(np.float32)), info
     if case == "near_constant":
@@ -141,25 +154,54 @@ CASES = {
     "encoding_64FC1": (("unsupported_encoding",), ERROR, "unsupported image encoding '64FC1'"),
     "encoding_bogus": (("unsupported_encoding",), ERROR, "unsupported image encoding 'bogus'"),
     "bad_step": (("bad_step",), ERROR, f"step {SIZE * 4 - 1} is smaller than width {SIZE}"),
-    "short_data": (("bad_data_length",), ERROR, f"data holds {SIZE * SIZE * 4 - 4} bytes, expected step"),
-    "long_data": (("bad_data_length",), ERROR, f"data holds {SIZE * SIZE * 4 + 4} bytes, expected step"),
+    "short_data": (
+        ("bad_data_length",),
+        ERROR,
+        f"data holds {SIZE * SIZE * 4 - 4} bytes, expected step",
+    ),
+    "long_data": (
+        ("bad_data_length",),
+        ERROR,
+        f"data holds {SIZE * SIZE * 4 + 4} bytes, expected step",
+    ),
     "zero_size": (("zero_size",), ERROR, "zero-size image"),
     "nan_pixels": (("non_finite",), WARN, f"1 of {SIZE * SIZE} pixels are NaN or infinite"),
-    "camera_info_wrong_size": (("size_mismatch",), ERROR, "image 32x32 (WxH) disagrees with CameraInfo 48x48"),
-    "camera_info_negative_focal_length": (("bad_camera_info",), ERROR, "CameraInfo K has a negative focal length"),
-    "future_stamp": (("future_stamp",), ERROR, "s ahead of the node clock on arrival (max_future_stamp_s 0.5)"),
+    "camera_info_wrong_size": (
+        ("size_mismatch",),
+        ERROR,
+        "image 32x32 (WxH) disagrees with CameraInfo 48x48",
+    ),
+    "camera_info_negative_focal_length": (
+        ("bad_camera_info",),
+        ERROR,
+        "CameraInfo K has a negative focal length",
+    ),
+    "future_stamp": (
+        ("future_stamp",),
+        ERROR,
+        "s ahead of the node clock on arrival (max_future_stamp_s 0.5)",
+    ),
     "zero_stamp": (("stale",), WARN, "stale image: stamp"),
     "stale_stamp": (("stale",), WARN, "stale image: stamp"),
-    "over_max_image_pixels": (("too_large",), ERROR, f"image 32x64 (WxH) has 2048 pixels, more than "
-                                                     f"max_image_pixels {MAX_PIXELS}"),
-    "over_max_image_pixels_header_only": (("too_large",), ERROR, f"more than max_image_pixels {MAX_PIXELS}"),
+    "over_max_image_pixels": (
+        ("too_large",),
+        ERROR,
+        f"image 32x64 (WxH) has 2048 pixels, more than max_image_pixels {MAX_PIXELS}",
+    ),
+    "over_max_image_pixels_header_only": (
+        ("too_large",),
+        ERROR,
+        f"more than max_image_pixels {MAX_PIXELS}",
+    ),
     "uniform_noise": (_GATES, ERROR, ""),
     "near_constant": (_GATES, ERROR, ""),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_hostile_input_is_reported_nothing_published_and_the_next_frame_registers(client, scene, case):
+def test_hostile_input_is_reported_nothing_published_and_the_next_frame_registers(
+    client, scene, case
+):
     reasons, level, text = CASES[case]
     image, info = _bad(client, scene, case)
     # CameraInfo first, alone: both topics are reliable, so it is buffered before the image comes
@@ -180,5 +222,8 @@ def test_hostile_input_is_reported_nothing_published_and_the_next_frame_register
     _helpers.assert_nothing_published(client, image)
     _, tf = client.register_good(scene)
     T_carm_from_ct = np.linalg.inv(scene["truth"])
-    assert float(np.linalg.norm(conv.transform_stamped_to_pose(tf)[:3, 3] - T_carm_from_ct[:3, 3])) < 2.0
+    assert (
+        float(np.linalg.norm(conv.transform_stamped_to_pose(tf)[:3, 3] - T_carm_from_ct[:3, 3]))
+        < 2.0
+    )
     assert client.proc.proc.poll() is None, client.proc.output()[-4000:]

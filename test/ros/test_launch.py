@@ -19,7 +19,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = ROOT / "launch" / "register.launch.py"
 RVIZ_FILE = ROOT / "config" / "register.rviz"
-ARGUMENTS = {"params_file", "namespace", "image", "camera_info", "use_sim_time", "launch_rviz", "respawn"}
+ARGUMENTS = {
+    "params_file",
+    "namespace",
+    "image",
+    "camera_info",
+    "use_sim_time",
+    "launch_rviz",
+    "respawn",
+}
 SKIP_REASON = "launch_pytest not installed (needs a ROS 2 install)"
 
 try:
@@ -45,11 +53,17 @@ def test_launch_file_parses_and_declares_its_arguments():
     assert set(declared) == ARGUMENTS
     for name, call in declared.items():
         keywords = {k.arg for k in call.keywords}
-        assert {"default_value", "description"} <= keywords, f"{name} lacks a default or description"
+        assert {"default_value", "description"} <= keywords, (
+            f"{name} lacks a default or description"
+        )
     source = LAUNCH_FILE.read_text()
-    for text in ('executable="registration_node"', '("image", LaunchConfiguration("image"))',
-                 '("camera_info", LaunchConfiguration("camera_info"))', '"register.rviz"',
-                 'IfCondition(LaunchConfiguration("launch_rviz"))'):
+    for text in (
+        'executable="registration_node"',
+        '("image", LaunchConfiguration("image"))',
+        '("camera_info", LaunchConfiguration("camera_info"))',
+        '"register.rviz"',
+        'IfCondition(LaunchConfiguration("launch_rviz"))',
+    ):
         assert text in source, text
 
 
@@ -61,10 +75,22 @@ def test_respawn_argument_restarts_the_node_after_a_delay():
     declared = _declared_arguments(tree)
     default = next(k.value for k in declared["respawn"].keywords if k.arg == "default_value")
     assert isinstance(default, ast.Constant) and default.value == "false"
-    constants = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
-                 for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant)}
-    node = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and any(
-        k.arg == "executable" and getattr(k.value, "value", None) == "registration_node" for k in n.keywords))
+    constants = {
+        t.id: n.value.value
+        for n in tree.body
+        if isinstance(n, ast.Assign)
+        for t in n.targets
+        if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant)
+    }
+    node = next(
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and any(
+            k.arg == "executable" and getattr(k.value, "value", None) == "registration_node"
+            for k in n.keywords
+        )
+    )
     keywords = {k.arg: k.value for k in node.keywords}
     assert ast.unparse(keywords["respawn"]) == 'LaunchConfiguration("respawn")'.replace('"', "'")
     delay = keywords["respawn_delay"]
@@ -75,8 +101,18 @@ def test_respawn_argument_restarts_the_node_after_a_delay():
 
 
 DEMO_LAUNCH_FILE = ROOT / "launch" / "demo.launch.py"
-DEMO_ARGUMENTS = {"frames", "rate_hz", "resolution", "degradation", "ct_path", "model_path", "out", "timeout_s",
-                  "min_frames", "launch_rviz"}
+DEMO_ARGUMENTS = {
+    "frames",
+    "rate_hz",
+    "resolution",
+    "degradation",
+    "ct_path",
+    "model_path",
+    "out",
+    "timeout_s",
+    "min_frames",
+    "launch_rviz",
+}
 
 
 def test_demo_launch_file_starts_the_three_demo_processes():
@@ -86,7 +122,9 @@ def test_demo_launch_file_starts_the_three_demo_processes():
 
     source = DEMO_LAUNCH_FILE.read_text()
     tree = ast.parse(source, filename=str(DEMO_LAUNCH_FILE))
-    assert "generate_launch_description" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "generate_launch_description" in {
+        n.name for n in tree.body if isinstance(n, ast.FunctionDef)
+    }
     declared = _declared_arguments(tree)
     assert set(declared) == DEMO_ARGUMENTS
     for name, call in declared.items():
@@ -95,13 +133,22 @@ def test_demo_launch_file_starts_the_three_demo_processes():
     setup_py = (ROOT / "setup.py").read_text()
     executables = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.keyword) and node.arg == "executable" and isinstance(node.value, ast.Constant):
+        if (
+            isinstance(node, ast.keyword)
+            and node.arg == "executable"
+            and isinstance(node.value, ast.Constant)
+        ):
             executables.add(node.value.value)
     assert executables == {"carm_simulator", "registration_node", "demo_evaluator", "rviz2"}
     for exe in executables - {"rviz2"}:
         assert f'"{exe} = sphere_reg_ros.' in setup_py, f"setup.py installs no console script {exe}"
-    assert f'SIM_FRAME, CT_FRAME, TRUTH_FRAME = "{demo.SIM_FRAME}", "{demo.CT_FRAME}", "{demo.TRUTH_FRAME}"' in source
-    assert "OnProcessExit(" in source and "target_action=evaluator" in source and "Shutdown(" in source
+    assert (
+        f'SIM_FRAME, CT_FRAME, TRUTH_FRAME = "{demo.SIM_FRAME}", "{demo.CT_FRAME}", "{demo.TRUTH_FRAME}"'
+        in source
+    )
+    assert (
+        "OnProcessExit(" in source and "target_action=evaluator" in source and "Shutdown(" in source
+    )
     assert '"wait_for_subscribers": 1' in source
 
 
@@ -125,9 +172,10 @@ if launch_pytest is None:
         """Runs in a ROS 2 install: see the launch_pytest version below."""
 
 else:  # pragma: no cover - needs a ROS 2 install
-    from launch import LaunchDescription
     from launch.actions import IncludeLaunchDescription
     from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    from launch import LaunchDescription
 
     NAMESPACE = "launch_test"
 
@@ -139,14 +187,21 @@ else:  # pragma: no cover - needs a ROS 2 install
 
     @launch_pytest.fixture
     def launch_description():
-        return LaunchDescription([
-            IncludeLaunchDescription(
-                PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
-                launch_arguments={"namespace": NAMESPACE, "image": "/carm/image",
-                                  "camera_info": "/carm/camera_info", "launch_rviz": "false",
-                                  "params_file": str(ROOT / "config" / "register.yaml")}.items()),
-            launch_pytest.actions.ReadyToTest(),
-        ])
+        return LaunchDescription(
+            [
+                IncludeLaunchDescription(
+                    PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
+                    launch_arguments={
+                        "namespace": NAMESPACE,
+                        "image": "/carm/image",
+                        "camera_info": "/carm/camera_info",
+                        "launch_rviz": "false",
+                        "params_file": str(ROOT / "config" / "register.yaml"),
+                    }.items(),
+                ),
+                launch_pytest.actions.ReadyToTest(),
+            ]
+        )
 
     def test_launch_description_lists_its_arguments():
         ld = _load_launch_module().generate_launch_description()
@@ -168,8 +223,10 @@ else:  # pragma: no cover - needs a ROS 2 install
                 seen = {name for name, _ in node.get_topic_names_and_types()}
             assert want <= seen, f"missing topics {want - seen}; seen {sorted(seen)}"
             subscribers = node.get_subscriptions_info_by_topic("/carm/image")
-            assert any(i.node_name == "registration_node" and i.node_namespace == f"/{NAMESPACE}"
-                       for i in subscribers)
+            assert any(
+                i.node_name == "registration_node" and i.node_namespace == f"/{NAMESPACE}"
+                for i in subscribers
+            )
         finally:
             node.destroy_node()
             rclpy.shutdown()

@@ -50,22 +50,25 @@ def test_defaults_validate_and_make_a_registrar_config():
     assert (cfg.resolution, cfg.scales, cfg.damping) == (64, (0.5, 1.0), "marquardt")
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"ct_frame": ""}, "non-empty frame id"),
-    ({"ct_frame": "/ct"}, "leading '/'"),
-    ({"default_carm_frame": "ct"}, "must differ"),
-    ({"device": "tpu"}, "not one of"),
-    ({"image_domain": "counts"}, "not one of"),
-    ({"resolution": 5}, "outside"),
-    ({"sdd_mm": float("nan")}, "outside"),
-    ({"lm_scales": [0.5, 1.5]}, "fractions"),
-    ({"initial_pose_mm": [0.0] * 6}, r"7 finite numbers \[x, y, z \(mm\)"),
-    ({"initial_pose_mm": [0.0] * 7}, "zero quaternion"),
-    ({"max_future_stamp_s": -1.0}, "outside"),
-    ({"camera_info_tolerance_s": float("inf")}, "outside"),
-    ({"ct_path": "/definitely/missing.nii.gz"}, "no such file"),
-    ({"model_path": "/definitely/missing.pt"}, "no such readable file"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"ct_frame": ""}, "non-empty frame id"),
+        ({"ct_frame": "/ct"}, "leading '/'"),
+        ({"default_carm_frame": "ct"}, "must differ"),
+        ({"device": "tpu"}, "not one of"),
+        ({"image_domain": "counts"}, "not one of"),
+        ({"resolution": 5}, "outside"),
+        ({"sdd_mm": float("nan")}, "outside"),
+        ({"lm_scales": [0.5, 1.5]}, "fractions"),
+        ({"initial_pose_mm": [0.0] * 6}, r"7 finite numbers \[x, y, z \(mm\)"),
+        ({"initial_pose_mm": [0.0] * 7}, "zero quaternion"),
+        ({"max_future_stamp_s": -1.0}, "outside"),
+        ({"camera_info_tolerance_s": float("inf")}, "outside"),
+        ({"ct_path": "/definitely/missing.nii.gz"}, "no such file"),
+        ({"model_path": "/definitely/missing.pt"}, "no such readable file"),
+    ],
+)
 def test_validation_rejects_with_a_reason(change, match):
     with pytest.raises(P.ParameterError, match=match):
         P.validate({**P.yaml_defaults(), **change}, changed=set(change))
@@ -75,14 +78,19 @@ def test_units_are_in_the_names():
     """A description giving a unit as "(mm" or "(s" belongs to a parameter named ..._mm / ..._s, and
     the other way round; no parameter takes metres (initial_pose took them, now initial_pose_mm)."""
     import re
+
     for spec in P.PARAMS:
         units = set(re.findall(r"\((mm|m|s)[,;)]", spec.description))
         assert "m" not in units, f"{spec.name} takes metres: {spec.description}"
         for unit in units:
-            assert spec.name.endswith(f"_{unit}"), f"{spec.name}: description in {unit}, name without _{unit}"
+            assert spec.name.endswith(f"_{unit}"), (
+                f"{spec.name}: description in {unit}, name without _{unit}"
+            )
         for unit in ("mm", "s"):
             if spec.name.endswith(f"_{unit}"):
-                assert unit in units, f"{spec.name}: the description does not give the unit ({unit})"
+                assert unit in units, (
+                    f"{spec.name}: the description does not give the unit ({unit})"
+                )
 
 
 def test_renamed_parameters_are_refused_with_the_new_name():
@@ -94,7 +102,9 @@ def test_renamed_parameters_are_refused_with_the_new_name():
 
 def test_cuda_is_refused_without_a_gpu_and_files_are_probed(tmp_path):
     with pytest.raises(P.ParameterError, match="no CUDA device"):
-        P.validate({**P.yaml_defaults(), "device": "cuda"}, changed={"device"}, cuda_available=False)
+        P.validate(
+            {**P.yaml_defaults(), "device": "cuda"}, changed={"device"}, cuda_available=False
+        )
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"not a volume")
     with pytest.raises(P.ParameterError, match="unreadable"):
@@ -153,6 +163,7 @@ def test_a_nifti_with_a_valid_header_and_truncated_data_is_refused(tmp_path, suf
     import gzip
 
     import nibabel as nib
+
     data, affine = _volume()
     good = tmp_path / f"good{suffix}"
     nib.save(nib.Nifti1Image(data, affine), str(good))
@@ -161,19 +172,25 @@ def test_a_nifti_with_a_valid_header_and_truncated_data_is_refused(tmp_path, suf
     short = raw[:-40]  # the header intact, the last 10 voxels missing
     bad = tmp_path / f"short{suffix}"
     bad.write_bytes(gzip.compress(short) if suffix == ".nii.gz" else short)
-    with pytest.raises(P.ParameterError, match=rf"ct_path '{bad}': truncated or corrupt: the header promises "
-                                               rf"{len(raw)} bytes of header and voxels, the file holds {len(short)}"):
+    with pytest.raises(
+        P.ParameterError,
+        match=rf"ct_path '{bad}': truncated or corrupt: the header promises "
+        rf"{len(raw)} bytes of header and voxels, the file holds {len(short)}",
+    ):
         P.probe_volume_file(str(bad))
     if suffix == ".nii.gz":  # the gzip stream itself cut short
         cut = tmp_path / "cut.nii.gz"
         cut.write_bytes(good.read_bytes()[:-30])
-        with pytest.raises(P.ParameterError, match=rf"ct_path '{cut}': (truncated or corrupt|unreadable)"):
+        with pytest.raises(
+            P.ParameterError, match=rf"ct_path '{cut}': (truncated or corrupt|unreadable)"
+        ):
             P.probe_volume_file(str(cut))
 
 
 @pytest.mark.parametrize("encoding", ["raw", "gzip"])
 def test_an_nrrd_with_truncated_data_is_refused(tmp_path, encoding):
     import nrrd
+
     data, _ = _volume()
     good = tmp_path / f"good_{encoding}.nrrd"
     nrrd.write(str(good), data, {"encoding": encoding, "space": "left-posterior-superior"})
@@ -184,8 +201,11 @@ def test_an_nrrd_with_truncated_data_is_refused(tmp_path, encoding):
         P.probe_volume_file(str(bad))
 
 
-def test_a_model_path_that_does_not_load_or_fit_the_ct_is_refused_with_the_reason(tmp_path, small_ct):
+def test_a_model_path_that_does_not_load_or_fit_the_ct_is_refused_with_the_reason(
+    tmp_path, small_ct
+):
     from sphere_reg_ros.core.checkpoint import default_checkpoint_path
+
     noise = tmp_path / "model.pt"
     noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     values = {**P.yaml_defaults(), "model_path": str(noise)}
@@ -193,6 +213,8 @@ def test_a_model_path_that_does_not_load_or_fit_the_ct_is_refused_with_the_reaso
         P.validate(values, changed={"model_path"})
     P.validate(values, changed=set())  # unchanged: not probed again
     shipped = str(default_checkpoint_path())
-    P.validate({**values, "model_path": shipped}, changed={"model_path"})  # no CT known: loads, passes
+    P.validate(
+        {**values, "model_path": shipped}, changed={"model_path"}
+    )  # no CT known: loads, passes
     with pytest.raises(P.ParameterError, match="made for another CT"):
         P.validate({**values, "model_path": shipped}, changed={"model_path"}, ct=small_ct[0])

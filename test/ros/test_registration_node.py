@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import torch
 
+from sphere_reg_ros.core.drr import DrrRenderer
 from sphere_reg_ros.core.views import default_geometry
 from sphere_reg_ros.core.volume import hu_to_attenuation, resample
-from sphere_reg_ros.core.drr import DrrRenderer
 from sphere_reg_ros.ros import conversions as conv
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -39,7 +39,9 @@ SIZE = 32
 SPACING_MM = 8.0
 WAIT_S = 90.0  # one registration on a busy 2-core CPU, plus the first call's warm-up
 
-_spec = importlib.util.spec_from_file_location("_ros_test_helpers", Path(__file__).with_name("conftest.py"))
+_spec = importlib.util.spec_from_file_location(
+    "_ros_test_helpers", Path(__file__).with_name("conftest.py")
+)
 _helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_helpers)
 
@@ -58,16 +60,28 @@ def scene(tmp_path_factory, example_ct):
     garbage = folder / "garbage.nii.gz"
     garbage.write_bytes(b"this is not a NIfTI file" * 10)
     corrupt_model = folder / "model.pt"
-    corrupt_model.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    return dict(ct=ct, ct_path=paths["ct_a.nii.gz"], ct_path_b=paths["ct_b.nii.gz"], garbage=garbage, truncated=truncated,
-                corrupt_model=corrupt_model, **_helpers.registration_scene(ct, SIZE))
+    corrupt_model.write_bytes(
+        np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    )
+    return dict(
+        ct=ct,
+        ct_path=paths["ct_a.nii.gz"],
+        ct_path_b=paths["ct_b.nii.gz"],
+        garbage=garbage,
+        truncated=truncated,
+        corrupt_model=corrupt_model,
+        **_helpers.registration_scene(ct, SIZE),
+    )
 
 
 @pytest.fixture(scope="module")
 def node_process(scene, ros_domain_id):
     import os
+
     env = dict(os.environ, ROS_DOMAIN_ID=str(ros_domain_id), PYTHONUNBUFFERED="1")
-    args = _helpers.registration_node_args(NODE, scene["ct_path"], SPACING_MM, SIZE, scene["init"], "threads:=2")
+    args = _helpers.registration_node_args(
+        NODE, scene["ct_path"], SPACING_MM, SIZE, scene["init"], "threads:=2"
+    )
     proc = _helpers.RosProcess(args, env)
     try:
         proc.wait_for_line("ready:", timeout=120.0)
@@ -88,6 +102,7 @@ class Client(_helpers.NodeClient):
 def client(node_process, ros_domain_id, scene):
     import rclpy
     from rclpy.context import Context
+
     context = Context()
     rclpy.init(context=context, domain_id=ros_domain_id)
     c = Client(context, node_process)
@@ -132,8 +147,16 @@ def test_registers_and_publishes_tf_pose_with_the_image_stamp(client, scene):
 
     status, values = client.diag_for(stamp)
     assert status.level == b"\x00" and values["status"] == "ok"
-    for key in ("latency_total_ms", "latency_register_ms", "latency_convert_ms", "input_rate_hz",
-                "output_rate_hz", "frames_dropped", "last_cost", "ct"):
+    for key in (
+        "latency_total_ms",
+        "latency_register_ms",
+        "latency_convert_ms",
+        "input_rate_hz",
+        "output_rate_hz",
+        "frames_dropped",
+        "last_cost",
+        "ct",
+    ):
         assert key in values, key
     assert scene["ct_path"].name in values["ct"]
     assert float(values["latency_total_ms"]) > 0
@@ -142,15 +165,22 @@ def test_registers_and_publishes_tf_pose_with_the_image_stamp(client, scene):
 def test_the_threads_parameter_sets_the_torch_threads(client, scene):
     stamp, _ = client.register_good(scene)
     _, values = client.diag_for(stamp)
-    assert values["torch_threads"] == "2"  # the tests run with OMP_NUM_THREADS=1: the parameter set it
+    assert (
+        values["torch_threads"] == "2"
+    )  # the tests run with OMP_NUM_THREADS=1: the parameter set it
 
 
 def test_publish_inverse_and_default_frame(client, scene):
-    assert all(r.successful for r in client.set_params(publish_inverse=True, default_carm_frame="carm_default"))
+    assert all(
+        r.successful
+        for r in client.set_params(publish_inverse=True, default_carm_frame="carm_default")
+    )
     try:
         _, tf = client.register_good(scene, frame_id="")
         assert (tf.header.frame_id, tf.child_frame_id) == ("ct", "carm_default")
-        assert _translation_error_mm(tf, scene["truth"]) < 2.0  # T_ct_from_carm: the source position
+        assert (
+            _translation_error_mm(tf, scene["truth"]) < 2.0
+        )  # T_ct_from_carm: the source position
     finally:
         assert all(r.successful for r in client.set_params(publish_inverse=False))
 
@@ -189,11 +219,17 @@ def test_a_large_frame_is_reduced_in_the_node_and_registers_with_its_overlay(cli
             client.send(image, client.info_msg(big))
             tf = client.tf_for(image.header.stamp)
             assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
-            client.diag_for(image.header.stamp, timeout=WAIT_S)  # the node publishes it after the overlay
-            settle = time.monotonic() + 5.0  # the overlay travels on its own topic: allow it to arrive
+            client.diag_for(
+                image.header.stamp, timeout=WAIT_S
+            )  # the node publishes it after the overlay
+            settle = (
+                time.monotonic() + 5.0
+            )  # the overlay travels on its own topic: allow it to arrive
             while True:
                 with client.cv:
-                    mine = [m for m in client.inbox["overlay"] if m.header.stamp == image.header.stamp]
+                    mine = [
+                        m for m in client.inbox["overlay"] if m.header.stamp == image.header.stamp
+                    ]
                 if mine or time.monotonic() > settle:
                     break
                 time.sleep(0.1)
@@ -201,7 +237,9 @@ def test_a_large_frame_is_reduced_in_the_node_and_registers_with_its_overlay(cli
                 break
         assert mine, "no overlay for the large frame"
         bgr = conv.image_to_numpy(mine[-1])
-        assert bgr.shape == (256, 256, 3), bgr.shape  # the 128² reduced frame, upscaled 2x for the status line
+        assert bgr.shape == (256, 256, 3), (
+            bgr.shape
+        )  # the 128² reduced frame, upscaled 2x for the status line
         green = (bgr[..., 1] == 255) & (bgr[..., 0] == 0) & (bgr[..., 2] == 0)
         assert green.sum() > 50, f"only {green.sum()} DRR edge pixels drawn"
     finally:
@@ -221,13 +259,18 @@ def test_only_the_newest_frame_is_processed_and_drops_are_counted(client, scene)
 
     def delta(key):
         return int(values[key]) - int(before[key])
+
     # reliable QoS, depth 10: every frame of the burst reaches the callback (DDS loses none), so any
     # frame not registered must have been replaced by a newer one and counted
     assert delta("frames_received") == len(burst), (before, values)
     assert delta("frames_processed") + delta("frames_dropped") == len(burst), (before, values)
     assert delta("frames_dropped") >= 1, (before, values)
     with client.cv:
-        stamps = {(t.header.stamp.sec, t.header.stamp.nanosec) for m in client.inbox["tf"] for t in m.transforms}
+        stamps = {
+            (t.header.stamp.sec, t.header.stamp.nanosec)
+            for m in client.inbox["tf"]
+            for t in m.transforms
+        }
     assert sum((m.header.stamp.sec, m.header.stamp.nanosec) in stamps for m in burst) < len(burst)
 
 
@@ -255,11 +298,16 @@ def test_a_stalled_registration_publishes_nothing(client, scene):
     assert all(r.successful for r in client.set_params(lm_max_iterations=1, lm_restarts=0))
     try:
         deadline = time.monotonic() + WAIT_S
-        while True:  # the registrar is rebuilt in the background: frames before the swap still converge
+        while (
+            True
+        ):  # the registrar is rebuilt in the background: frames before the swap still converge
             image = client.image_msg(scene["image"])
             client.send(image, client.info_msg(scene["geometry"]))
             status, values = client.diag_for(image.header.stamp, timeout=WAIT_S)
-            if values.get("last_registration_status") == "max_iterations" or time.monotonic() > deadline:
+            if (
+                values.get("last_registration_status") == "max_iterations"
+                or time.monotonic() > deadline
+            ):
                 break
         assert values["last_registration_status"] == "max_iterations", values
         assert values["status"] == "registration_failed" and status.level == b"\x02"
@@ -302,6 +350,7 @@ def test_image_size_disagreeing_with_camera_info(client, scene):
 def _time(t: float):
     """``builtin_interfaces/Time`` of ``t`` seconds (to the microsecond)."""
     from builtin_interfaces.msg import Time
+
     us = int(round(t * 1e6))
     return Time(sec=us // 1_000_000, nanosec=(us % 1_000_000) * 1000)
 
@@ -309,8 +358,11 @@ def _time(t: float):
 def _no_output_for(client, stamp):
     key = (stamp.sec, stamp.nanosec)
     with client.cv:
-        return not any((t.header.stamp.sec, t.header.stamp.nanosec) == key
-                       for m in client.inbox["tf"] for t in m.transforms)
+        return not any(
+            (t.header.stamp.sec, t.header.stamp.nanosec) == key
+            for m in client.inbox["tf"]
+            for t in m.transforms
+        )
 
 
 def test_camera_info_is_paired_with_its_image_by_stamp(client, scene):
@@ -332,7 +384,9 @@ def test_camera_info_is_paired_with_its_image_by_stamp(client, scene):
     assert "disagrees with CameraInfo 48x48" in status.message
 
 
-def test_unmatched_camera_info_is_rejected_counted_and_the_next_matched_frame_registers(client, scene):
+def test_unmatched_camera_info_is_rejected_counted_and_the_next_matched_frame_registers(
+    client, scene
+):
     # an image 20 s old (max_image_age_s is 30) whose CameraInfo never came: the buffered ones are
     # stamped after it (or unstamped: the warm-up's), so neither pairing nor the
     # camera_info_max_age_s fall-back applies
@@ -343,9 +397,14 @@ def test_unmatched_camera_info_is_rejected_counted_and_the_next_matched_frame_re
     status, values = client.diag_since(start, "unmatched_camera_info")
     assert status.level == b"\x01", status.level
     assert "no CameraInfo pairs with the image stamped" in status.message
-    assert "(camera_info_max_age_s 1)" in status.message  # none at or before it, or only ones far older
+    assert (
+        "(camera_info_max_age_s 1)" in status.message
+    )  # none at or before it, or only ones far older
     client.proc.wait_for_line("no CameraInfo pairs with the image", timeout=10.0)
-    assert int(values["frames_unmatched_camera_info"]) == int(before["frames_unmatched_camera_info"]) + 1
+    assert (
+        int(values["frames_unmatched_camera_info"])
+        == int(before["frames_unmatched_camera_info"]) + 1
+    )
     assert int(values["frames_rejected"]) == int(before["frames_rejected"]) + 1
     assert _no_output_for(client, image.header.stamp)
 
@@ -358,14 +417,19 @@ def test_unmatched_camera_info_is_rejected_counted_and_the_next_matched_frame_re
     client.image_pub.publish(image)
     client.tf_for(t)
     _, values = client.diag_for(t)
-    assert abs(float(values["camera_info_offset_ms"]) - 300.0) < 1.0, values["camera_info_offset_ms"]
+    assert abs(float(values["camera_info_offset_ms"]) - 300.0) < 1.0, values[
+        "camera_info_offset_ms"
+    ]
 
     # the same 2.3 s older than its image, beyond camera_info_max_age_s: rejected
     start = client.mark()
     image = client.image_msg(scene["image"], stamp=_time(now - 13.0))
     client.image_pub.publish(image)
     status, _ = client.diag_since(start, "unmatched_camera_info")
-    assert "newest at or before it is 2.300 s older" in status.message and "camera_info_max_age_s 1)" in status.message
+    assert (
+        "newest at or before it is 2.300 s older" in status.message
+        and "camera_info_max_age_s 1)" in status.message
+    )
     _, tf = client.register_good(scene)
     assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
 
@@ -378,8 +442,11 @@ def test_all_zero_k_registers_through_p_with_a_note(client, scene):
     tf = client.tf_for(image.header.stamp)
     assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
     status, values = client.diag_for(image.header.stamp)
-    assert status.level == b"\x00" and "K is all zero (uncalibrated camera); intrinsics taken from P" \
+    assert (
+        status.level == b"\x00"
+        and "K is all zero (uncalibrated camera); intrinsics taken from P"
         in values["camera_info_note"]
+    )
     client.proc.wait_for_line("K is all zero (uncalibrated camera)", timeout=10.0)
     stamp, _ = client.register_good(scene)  # a calibrated K again: the note goes
     assert client.diag_for(stamp)[1]["camera_info_note"] == ""
@@ -394,11 +461,15 @@ def test_shipped_checkpoint_that_does_not_fit_warns_on_diagnostics(client, scene
     try:
         status, values = client.diag_since(start, "model_warning", timeout=120.0)
         assert status.level == b"\x01"
-        assert "shipped checkpoint" in status.message and "learning-free residuals" in status.message
+        assert (
+            "shipped checkpoint" in status.message and "learning-free residuals" in status.message
+        )
         assert "made for another CT" in values["model_warning"], values["model_warning"]
         client.proc.wait_for_line("shipped checkpoint", timeout=10.0)  # the node's logger, at WARN
         stamp, tf = client.register_good(scene)
-        assert "made for another CT" in client.diag_for(stamp)[1]["model_warning"]  # kept while it serves
+        assert (
+            "made for another CT" in client.diag_for(stamp)[1]["model_warning"]
+        )  # kept while it serves
         assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
     finally:
         start = client.mark()
@@ -408,33 +479,47 @@ def test_shipped_checkpoint_that_does_not_fit_warns_on_diagnostics(client, scene
     assert values["model_warning"] == ""
 
 
-def test_a_corrupt_checkpoint_at_run_time_is_refused_in_the_answer_and_the_old_registrar_kept(client, scene):
+def test_a_corrupt_checkpoint_at_run_time_is_refused_in_the_answer_and_the_old_registrar_kept(
+    client, scene
+):
     """Random bytes as model.pt: the parameter service says no, with the loader's reason naming the
     file (checked before answering), model_path keeps its value and the old registrar serves on."""
     (result,) = client.set_params(model_path=str(scene["corrupt_model"]))
     assert not result.successful
-    assert f"{scene['corrupt_model']}: corrupt, truncated or not a checkpoint" in result.reason, result.reason
+    assert f"{scene['corrupt_model']}: corrupt, truncated or not a checkpoint" in result.reason, (
+        result.reason
+    )
     assert client.get_param("model_path") == "none"
     client.proc.wait_for_line("parameter change rejected", timeout=10.0)
     _, tf = client.register_good(scene)
     assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
 
 
-def test_a_truncated_ct_at_run_time_is_refused_in_the_answer_and_the_old_registrar_kept(client, scene):
+def test_a_truncated_ct_at_run_time_is_refused_in_the_answer_and_the_old_registrar_kept(
+    client, scene
+):
     """A NIfTI whose header is intact but whose voxel data is cut short (the gzip stream is complete):
     refused before the answer, the reason naming the file and what is missing."""
     (result,) = client.set_params(ct_path=str(scene["truncated"]))
     assert not result.successful
-    assert f"ct_path '{scene['truncated']}': truncated or corrupt: the header promises" in result.reason, \
-        result.reason
+    assert (
+        f"ct_path '{scene['truncated']}': truncated or corrupt: the header promises"
+        in result.reason
+    ), result.reason
     assert client.get_param("ct_path") == str(scene["ct_path"])
     _, tf = client.register_good(scene)
     assert _translation_error_mm(tf, np.linalg.inv(scene["truth"])) < 2.0
 
 
 def test_invalid_parameter_values_are_rejected_and_the_old_kept(client):
-    cases = {"ct_frame": "", "image_domain": "counts", "resolution": 100000, "default_carm_frame": "ct",
-             "lm_scales": [0.0, 1.0], "initial_pose_mm": [0.0] * 7}
+    cases = {
+        "ct_frame": "",
+        "image_domain": "counts",
+        "resolution": 100000,
+        "default_carm_frame": "ct",
+        "lm_scales": [0.0, 1.0],
+        "initial_pose_mm": [0.0] * 7,
+    }
     for name, value in cases.items():
         old = client.get_param(name)
         (result,) = client.set_params(**{name: value})
@@ -447,8 +532,10 @@ def test_invalid_parameter_values_are_rejected_and_the_old_kept(client):
 
 
 def test_ct_reload_swaps_good_paths_and_rejects_bad_ones(client, scene):
-    for bad, why in ((str(scene["ct_path"].parent / "missing.nii.gz"), "no such file"),
-                     (str(scene["garbage"]), "unreadable")):
+    for bad, why in (
+        (str(scene["ct_path"].parent / "missing.nii.gz"), "no such file"),
+        (str(scene["garbage"]), "unreadable"),
+    ):
         (result,) = client.set_params(ct_path=bad)
         assert not result.successful and why in result.reason, result.reason
         assert client.get_param("ct_path") == str(scene["ct_path"])
@@ -483,8 +570,15 @@ def test_tracking_warm_starts_and_reset_forgets(client, scene):
 def test_runs_with_the_shipped_params_file_and_shuts_down_cleanly(spawn_ros_process):
     """``python -m ... --ros-args --params-file config/register.yaml`` (embedded CT at 2 mm)."""
     params = Path(__file__).resolve().parents[2] / "config" / "register.yaml"
-    proc = spawn_ros_process("-m", "sphere_reg_ros.ros.registration_node", "--ros-args",
-                             "--params-file", str(params), "-r", "__node:=reg_params_file_test")
+    proc = spawn_ros_process(
+        "-m",
+        "sphere_reg_ros.ros.registration_node",
+        "--ros-args",
+        "--params-file",
+        str(params),
+        "-r",
+        "__node:=reg_params_file_test",
+    )
     proc.wait_for_line("ready:", timeout=180.0)
     assert "embedded example" in proc.output()
     proc.stop()
@@ -493,8 +587,15 @@ def test_runs_with_the_shipped_params_file_and_shuts_down_cleanly(spawn_ros_proc
 
 def test_a_bad_ct_path_at_start_up_exits_with_the_reason(spawn_ros_process, tmp_path):
     missing = tmp_path / "missing.nii.gz"
-    proc = spawn_ros_process("-m", "sphere_reg_ros.ros.registration_node", "--ros-args",
-                             "-p", f"ct_path:={missing}", "-r", "__node:=reg_bad_start_test")
+    proc = spawn_ros_process(
+        "-m",
+        "sphere_reg_ros.ros.registration_node",
+        "--ros-args",
+        "-p",
+        f"ct_path:={missing}",
+        "-r",
+        "__node:=reg_bad_start_test",
+    )
     proc.proc.wait(timeout=120)
     proc.stop()
     assert proc.proc.returncode == 2
@@ -502,20 +603,40 @@ def test_a_bad_ct_path_at_start_up_exits_with_the_reason(spawn_ros_process, tmp_
 
 
 def test_a_corrupt_checkpoint_at_start_up_exits_with_the_reason(spawn_ros_process, scene):
-    proc = spawn_ros_process("-m", "sphere_reg_ros.ros.registration_node", "--ros-args",
-                             "-p", f"ct_path:={scene['ct_path']}", "-p", f"ct_spacing_mm:={SPACING_MM}",
-                             "-p", f"model_path:={scene['corrupt_model']}", "-r", "__node:=reg_bad_model_test")
+    proc = spawn_ros_process(
+        "-m",
+        "sphere_reg_ros.ros.registration_node",
+        "--ros-args",
+        "-p",
+        f"ct_path:={scene['ct_path']}",
+        "-p",
+        f"ct_spacing_mm:={SPACING_MM}",
+        "-p",
+        f"model_path:={scene['corrupt_model']}",
+        "-r",
+        "__node:=reg_bad_model_test",
+    )
     proc.proc.wait(timeout=120)
     proc.stop()
     assert proc.proc.returncode == 2, proc.output()
-    assert f"cannot start: {scene['corrupt_model']}: corrupt, truncated or not a checkpoint" in proc.output()
+    assert (
+        f"cannot start: {scene['corrupt_model']}: corrupt, truncated or not a checkpoint"
+        in proc.output()
+    )
 
 
 def test_the_old_initial_pose_parameter_is_refused_at_start_up(spawn_ros_process):
     """It took metres; silently ignoring it (what rclpy does with an undeclared name) would start
     every registration from the wrong place."""
-    proc = spawn_ros_process("-m", "sphere_reg_ros.ros.registration_node", "--ros-args",
-                             "-p", "initial_pose:=[0.0,0.0,0.5,0.0,0.0,0.0,1.0]", "-r", "__node:=reg_renamed_test")
+    proc = spawn_ros_process(
+        "-m",
+        "sphere_reg_ros.ros.registration_node",
+        "--ros-args",
+        "-p",
+        "initial_pose:=[0.0,0.0,0.5,0.0,0.0,0.0,1.0]",
+        "-r",
+        "__node:=reg_renamed_test",
+    )
     proc.proc.wait(timeout=120)
     proc.stop()
     assert proc.proc.returncode == 2, proc.output()

@@ -128,8 +128,9 @@ def test_mono16_image_round_trip_is_bit_exact(rclpy_context, spawn_ros_process, 
     msg = _array_to_image(img, bigendian=bigendian, pad=pad)
     assert np.array_equal(_image_to_array(msg), img)  # the encoder/decoder pair itself
 
-    echoed = _round_trip(rclpy_context, spawn_ros_process, Image, "sensor_msgs/msg/Image", msg,
-                         "image")
+    echoed = _round_trip(
+        rclpy_context, spawn_ros_process, Image, "sensor_msgs/msg/Image", msg, "image"
+    )
 
     assert (echoed.height, echoed.width) == (512, 512)
     assert echoed.encoding == "mono16"
@@ -157,12 +158,18 @@ def test_tf_message_round_trip(rclpy_context, spawn_ros_process):
         pytest.fail(f"tf2_msgs is not importable ({exc}); run: bash tools/build_tf2_msgs.sh .venv")
 
     specs = [
-        ("world", "carm_source", (0.125, -2.5, 1000.75), (0.0, 0.0, 0.38268343236508984,
-                                                         0.9238795325112867)),
-        ("ct_volume", "carm_detector", (-12.0, 3.0e-4, -0.5), (0.18257418583505536,
-                                                              0.3651483716701107,
-                                                              0.5477225575051661,
-                                                              0.7302967433402214)),
+        (
+            "world",
+            "carm_source",
+            (0.125, -2.5, 1000.75),
+            (0.0, 0.0, 0.38268343236508984, 0.9238795325112867),
+        ),
+        (
+            "ct_volume",
+            "carm_detector",
+            (-12.0, 3.0e-4, -0.5),
+            (0.18257418583505536, 0.3651483716701107, 0.5477225575051661, 0.7302967433402214),
+        ),
     ]
     msg = TFMessage()
     for i, (parent, child, t, q) in enumerate(specs):
@@ -172,19 +179,26 @@ def test_tf_message_round_trip(rclpy_context, spawn_ros_process):
         ts.header.stamp.nanosec = 999_999_999 - i
         ts.child_frame_id = child
         ts.transform.translation.x, ts.transform.translation.y, ts.transform.translation.z = t
-        (ts.transform.rotation.x, ts.transform.rotation.y, ts.transform.rotation.z,
-         ts.transform.rotation.w) = q
+        (
+            ts.transform.rotation.x,
+            ts.transform.rotation.y,
+            ts.transform.rotation.z,
+            ts.transform.rotation.w,
+        ) = q
         msg.transforms.append(ts)
 
-    echoed = _round_trip(rclpy_context, spawn_ros_process, TFMessage, "tf2_msgs/msg/TFMessage",
-                         msg, "tf")
+    echoed = _round_trip(
+        rclpy_context, spawn_ros_process, TFMessage, "tf2_msgs/msg/TFMessage", msg, "tf"
+    )
 
     assert len(echoed.transforms) == 2
     for i, ((parent, child, t, q), ts) in enumerate(zip(specs, echoed.transforms)):
         assert ts.header.frame_id == parent
         assert ts.child_frame_id == child
-        assert (ts.header.stamp.sec, ts.header.stamp.nanosec) == (1_700_000_000 + i,
-                                                                 999_999_999 - i)
+        assert (ts.header.stamp.sec, ts.header.stamp.nanosec) == (
+            1_700_000_000 + i,
+            999_999_999 - i,
+        )
         tr, rot = ts.transform.translation, ts.transform.rotation
         assert (tr.x, tr.y, tr.z) == t  # float64 on the wire: exact
         assert (rot.x, rot.y, rot.z, rot.w) == q

@@ -12,4 +12,6 @@ from sphere_reg_ros.training.dataset import TrainingScene
 def tiny_scene(small_ct) -> TrainingScene:
     """16x16 images (24 mm pixels) of the example CT resampled to 8 mm; jitter margin included."""
     ct, labels, structures = small_ct
-    return TrainingScene.build(ct, default_geometry(16), labels=labels, structures=structures, spacing_mm=8.0)
+    return TrainingScene.build(
+        ct, default_geometry(16), labels=labels, structures=structures, spacing_mm=8.0
+    )

@@ -4,11 +4,16 @@ import argparse
 
 import torch
 
-from sphere_reg_ros.core.models import PoseRegressor, RegressorConfig, SimilarityConfig, SimilarityNet
+from sphere_reg_ros.core.checkpoint import load_checkpoint, save_checkpoint
+from sphere_reg_ros.core.models import (
+    PoseRegressor,
+    RegressorConfig,
+    SimilarityConfig,
+    SimilarityNet,
+)
 from sphere_reg_ros.core.sampling import PoseDistribution
 from sphere_reg_ros.core.views import default_geometry
 from sphere_reg_ros.training.benchmark import run_regressor_benchmark, synthetic_xrays
-from sphere_reg_ros.core.checkpoint import load_checkpoint, save_checkpoint
 from sphere_reg_ros.training.cli import add_benchmark_parser
 from sphere_reg_ros.training.dataset import TrainingScene
 
@@ -27,10 +32,16 @@ def test_regressor_benchmark_and_its_command(small_ct, tmp_path, capsys):
     ct, labels, structures = small_ct
     torch.manual_seed(0)
     scene = TrainingScene.build(ct, default_geometry(32), spacing_mm=8.0)
-    reg = PoseRegressor(RegressorConfig("test_resnet", 32, 32), scene.center_world, PoseDistribution())
+    reg = PoseRegressor(
+        RegressorConfig("test_resnet", 32, 32), scene.center_world, PoseDistribution()
+    )
     sim = SimilarityNet(SimilarityConfig(channels=4, stem_widths=(4, 8, 8), model_dim=8, heads=2))
-    path = save_checkpoint(tmp_path / "m.pt", sim, reg, scene.geometry, ct, scene.ct, {"spacing_mm": 8.0})
-    res = run_regressor_benchmark(load_checkpoint(path), ct, labels, structures, n=4, throughput_steps=1)
+    path = save_checkpoint(
+        tmp_path / "m.pt", sim, reg, scene.geometry, ct, scene.ct, {"spacing_mm": 8.0}
+    )
+    res = run_regressor_benchmark(
+        load_checkpoint(path), ct, labels, structures, n=4, throughput_steps=1
+    )
     assert res["summary"]["n"] == 4 and len(res["mtre_mm"]) == 4
     # an untrained regressor predicts the reference pose
     assert abs(res["summary"]["median_mm"] - res["initial_mtre_median_mm"]) < 0.5
@@ -38,7 +49,9 @@ def test_regressor_benchmark_and_its_command(small_ct, tmp_path, capsys):
     assert tp["drrs_per_s"] > 0 and tp["regressor_samples_per_s"] > 0
     parser = argparse.ArgumentParser()
     add_benchmark_parser(parser.add_subparsers())
-    bad = parser.parse_args(["benchmark-train", "--checkpoint", str(tmp_path / "none.pt"), "--device", "cpu"])
+    bad = parser.parse_args(
+        ["benchmark-train", "--checkpoint", str(tmp_path / "none.pt"), "--device", "cpu"]
+    )
     assert bad.func(bad) == 2 and "none.pt: no such checkpoint file" in capsys.readouterr().err
     # the cases of a `sphere-reg make-benchmark` file
     from sphere_reg_ros.evaluation.benchmark import make_benchmark, save_benchmark

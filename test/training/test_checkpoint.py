@@ -7,12 +7,22 @@ import numpy as np
 import pytest
 import torch
 
-from sphere_reg_ros.core.models import PoseRegressor, RegressorConfig, SimilarityConfig, SimilarityNet
+from sphere_reg_ros.core.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    CheckpointWarning,
+    load_checkpoint,
+    save_checkpoint,
+)
+from sphere_reg_ros.core.models import (
+    PoseRegressor,
+    RegressorConfig,
+    SimilarityConfig,
+    SimilarityNet,
+)
 from sphere_reg_ros.core.sampling import PoseDistribution
 from sphere_reg_ros.core.views import default_geometry
 from sphere_reg_ros.core.volume import Volume, resample
-from sphere_reg_ros.core.checkpoint import (FORMAT_VERSION, CheckpointError, CheckpointWarning,
-                                                load_checkpoint, save_checkpoint)
 
 GEOMETRY = default_geometry(32)
 
@@ -28,7 +38,9 @@ def cts():
 def models():
     torch.manual_seed(0)
     sim = SimilarityNet(SimilarityConfig(channels=4, stem_widths=(4, 8, 8), model_dim=8, heads=2))
-    reg = PoseRegressor(RegressorConfig("resnet10t", 32, 32), [1.0, 2.0, 3.0], PoseDistribution(rot_deg=10.0))
+    reg = PoseRegressor(
+        RegressorConfig("resnet10t", 32, 32), [1.0, 2.0, 3.0], PoseDistribution(rot_deg=10.0)
+    )
     with torch.no_grad():
         reg.head.weight.normal_(std=1e-2)
     return sim.eval(), reg.eval()
@@ -37,9 +49,21 @@ def models():
 @pytest.fixture()
 def saved(tmp_path, models, cts):
     sim, reg = models
-    path = save_checkpoint(tmp_path / "model.pt", sim, reg, GEOMETRY, cts[0], cts[1],
-                           {"seed": 3, "steps": np.int64(7), "validation": [{"step": 0, "loss": np.float32(0.5)}],
-                            "torch": torch.__version__, "sizes": (1, 2)})
+    path = save_checkpoint(
+        tmp_path / "model.pt",
+        sim,
+        reg,
+        GEOMETRY,
+        cts[0],
+        cts[1],
+        {
+            "seed": 3,
+            "steps": np.int64(7),
+            "validation": [{"step": 0, "loss": np.float32(0.5)}],
+            "torch": torch.__version__,
+            "sizes": (1, 2),
+        },
+    )
     return path
 
 
@@ -63,7 +87,10 @@ def test_round_trip(saved, models, cts, tmp_path):
 def test_metadata_must_be_plain(tmp_path, models, cts):
     with pytest.raises(ValueError, match=r"training\.when is a datetime"):
         import datetime
-        save_checkpoint(tmp_path / "x.pt", *models, GEOMETRY, cts[0], training={"when": datetime.datetime.now()})
+
+        save_checkpoint(
+            tmp_path / "x.pt", *models, GEOMETRY, cts[0], training={"when": datetime.datetime.now()}
+        )
     assert not list(tmp_path.iterdir())
 
 
@@ -99,7 +126,10 @@ def test_other_format_version(saved):
     payload = torch.load(saved, weights_only=True)
     payload["format_version"] = FORMAT_VERSION + 1
     torch.save(payload, saved)
-    with pytest.raises(CheckpointError, match=f"format version {FORMAT_VERSION + 1}.* reads version {FORMAT_VERSION}"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"format version {FORMAT_VERSION + 1}.* reads version {FORMAT_VERSION}",
+    ):
         load_checkpoint(saved)
 
 
@@ -108,7 +138,9 @@ def test_not_a_checkpoint_and_pickled_code(tmp_path):
     with pytest.raises(CheckpointError, match="not a sphere_reg_ros checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
     with open(tmp_path / "code.pt", "wb") as fh:  # weights_only=True refuses arbitrary objects
-        torch.save({"format": "sphere_reg_ros.checkpoint", "obj": replace}, fh, pickle_module=pickle)
+        torch.save(
+            {"format": "sphere_reg_ros.checkpoint", "obj": replace}, fh, pickle_module=pickle
+        )
     with pytest.raises(CheckpointError, match="code.pt: corrupt, truncated or not a checkpoint"):
         load_checkpoint(tmp_path / "code.pt")
 
@@ -124,7 +156,9 @@ def test_missing_part(saved):
 def test_another_ct_is_refused_naming_the_difference_unless_forced(saved, cts):
     ct = cts[0]
     other_grid = Volume(ct.data[:, :, :12], ct.affine, "patient_b.nii.gz")
-    with pytest.raises(CheckpointError, match=r"another CT .*shape 24x20x12 voxels vs 24x20x16 voxels"):
+    with pytest.raises(
+        CheckpointError, match=r"another CT .*shape 24x20x12 voxels vs 24x20x16 voxels"
+    ):
         load_checkpoint(saved, ct=other_grid)
     other_values = Volume(ct.data + 1.0, ct.affine, "patient_c.nii.gz")
     with pytest.raises(CheckpointError, match="same grid but different voxel values.*force"):

@@ -28,7 +28,9 @@ def test_collimation_brightens_the_edges_and_leaves_the_centre():
     assert float(d[~acted].abs().max()) == 0.0
     border = torch.cat([d[:, 0, 0, :], d[:, 0, -1, :], d[:, 0, :, 0], d[:, 0, :, -1]], 1)  # (B, 4W)
     assert (border[acted].amax(1) > 1.0).float().mean() > 0.9  # a shutter passes little: brighter
-    assert float(border[acted].amax(1).max()) < 6.0 + 4 * 0.3 + 3.0  # offset + noise + washed anatomy
+    assert (
+        float(border[acted].amax(1).max()) < 6.0 + 4 * 0.3 + 3.0
+    )  # offset + noise + washed anatomy
     assert float(d[:, :, 13:19, 13:19].abs().max()) < 0.1  # shutters stay within 20 % (+ soft edge)
 
 

@@ -3,10 +3,16 @@
 import numpy as np
 import torch
 
+from sphere_reg_ros.core.checkpoint import ct_fingerprint
 from sphere_reg_ros.core.geometry import make_pose
 from sphere_reg_ros.core.volume import Volume
-from sphere_reg_ros.core.checkpoint import ct_fingerprint
-from sphere_reg_ros.training.dataset import DrrPool, SimilarityPool, default_landmarks, jitter_rotations, warp_to_pose
+from sphere_reg_ros.training.dataset import (
+    DrrPool,
+    SimilarityPool,
+    default_landmarks,
+    jitter_rotations,
+    warp_to_pose,
+)
 
 
 def test_homography_jitter_gives_the_drr_of_the_rotated_carm(tiny_scene):
