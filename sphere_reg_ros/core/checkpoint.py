@@ -21,7 +21,10 @@ Compatibility rules of :func:`load_checkpoint`:
 
 * CT: the given CT must match the fingerprint of the CT the model was trained on, as given
   (``source``) or as resampled for training (``working``); else the message says what differs
-  (grid shape, spacing, origin, or — same grid — the voxel values).
+  (grid shape, spacing, origin, orientation, or — same grid — the voxel values). Checkpoints
+  written before the fingerprint took its current layout (``spacing``/``origin``/``description``
+  and a hash of a voxel subsample) still load: their CT is checked on its grid and with the hash
+  of that layout, computed from the given CT volume.
 * Geometry: detectors are compared physically — source-to-detector distance, detector size
   (``width·delx``, ``height·dely``) and principal-point offsets ``x0, y0`` (relative tolerance
   1e-3) — so a geometry of any pixel count that covers the same field of view matches (the
@@ -62,6 +65,7 @@ __all__ = [
     "default_checkpoint_path",
     "plain_metadata",
     "ct_fingerprint",
+    "describe_ct",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,12 +84,35 @@ class CheckpointWarning(UserWarning):
 
 
 def ct_fingerprint(ct: Volume) -> dict:
-    """Identity of a CT: ``{"sha256", "shape", "spacing", "origin", "description"}``.
+    """Identity of a CT: ``{"shape", "spacing_mm", "affine", "sha256"}`` (plain JSON values).
 
-    The hash covers the grid shape, the affine (rounded to 1e-4 mm) and a strided subsample of
-    ~2¹⁸ HU values (rounded to 0.1 HU), so it is cheap for any size, changes with any resampling,
-    re-orientation or different patient, and is stable across file formats holding the same data.
+    ``shape``: the grid ``[i, j, k]`` (voxels); ``spacing_mm``: the voxel size (mm) along
+    ``i, j, k``; ``affine``: the 4×4 voxel → world RAS (mm) matrix as nested lists; ``sha256``:
+    hex digest of the voxel values (HU) as C-ordered float32, so it changes with any voxel and is
+    the same for every file format holding the same values. The hash does not cover the grid:
+    two CTs are the same when all four entries agree, which :func:`ct_differences` checks.
+    Checkpoints and benchmark files store this dictionary.
     """
+    data = np.ascontiguousarray(ct.data, dtype=np.float32)
+    return {
+        "shape": list(ct.shape),
+        "spacing_mm": [float(s) for s in ct.spacing],
+        "affine": np.asarray(ct.affine).tolist(),
+        "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
+    }
+
+
+def _is_legacy(fingerprint: dict) -> bool:
+    """Whether ``fingerprint`` has the layout of checkpoints written before :func:`ct_fingerprint`
+    took its current form (keys ``sha256``, ``shape``, ``spacing``, ``origin``, ``description``)."""
+    return "affine" not in fingerprint and "spacing" in fingerprint
+
+
+def _legacy_sha256(ct: Volume) -> str:
+    """The ``sha256`` that checkpoints with a legacy fingerprint (:func:`_is_legacy`) hold for
+    ``ct``: grid shape, affine rounded to 1e-4 mm and a strided subsample of ~2¹⁸ HU values
+    rounded to 0.1 HU. Used only to check such checkpoints against a CT; new files store
+    :func:`ct_fingerprint`."""
     data = np.ascontiguousarray(ct.data).reshape(-1)
     stride = max(1, data.size // (1 << 18))
     sample = np.round(data[::stride].astype(np.float64) * 10.0).astype(np.int64)
@@ -93,15 +120,36 @@ def ct_fingerprint(ct: Volume) -> dict:
     h.update(np.asarray(ct.shape, dtype=np.int64).tobytes())
     h.update(np.round(ct.affine, 4).astype(np.float64).tobytes())
     h.update(sample.tobytes())
-    spacing = [round(float(s), 4) for s in ct.spacing]
+    return h.hexdigest()
+
+
+def _grid(fingerprint: dict) -> dict[str, Any]:
+    """Shape (voxels), spacing (mm), origin (mm) and, when known, the direction cosines ``(3, 3)``
+    of a fingerprint of either layout (absent entries are None)."""
+    affine = fingerprint.get("affine")
+    if affine is not None:
+        A = np.asarray(affine, dtype=np.float64)
+        spacing = np.asarray(fingerprint.get("spacing_mm"), dtype=np.float64)
+        return {
+            "shape": fingerprint.get("shape"),
+            "spacing": spacing,
+            "origin": A[:3, 3],
+            "direction": A[:3, :3] / np.where(spacing > 0, spacing, 1.0),
+        }
     return {
-        "sha256": h.hexdigest(),
-        "shape": [int(s) for s in ct.shape],
-        "spacing": spacing,
-        "origin": [round(float(v), 4) for v in ct.affine[:3, 3]],
-        "description": f"{ct.source}: {'x'.join(map(str, ct.shape))} voxels of "
-        f"{'x'.join(f'{s:.2f}' for s in spacing)} mm",
+        "shape": fingerprint.get("shape"),
+        "spacing": fingerprint.get("spacing"),
+        "origin": fingerprint.get("origin"),
+        "direction": None,
     }
+
+
+def describe_ct(fingerprint: dict) -> str:
+    """A CT fingerprint of either layout in words: ``"64x64x64 voxels of 2.00x2.00x2.00 mm"``."""
+    g = _grid(fingerprint)
+    shape = "x".join(str(int(n)) for n in g["shape"] or [])
+    spacing = "x".join(f"{float(v):.2f}" for v in ([] if g["spacing"] is None else g["spacing"]))
+    return f"{shape} voxels of {spacing} mm"
 
 
 def default_checkpoint_path() -> Path:
@@ -167,28 +215,37 @@ def geometry_differences(expected: CarmGeometry, actual: CarmGeometry) -> list[s
 
 
 def ct_differences(expected: dict, actual: dict) -> list[str]:
-    """What differs between two CT fingerprints (empty if the hashes match)."""
-    if expected.get("sha256") == actual.get("sha256"):
-        return []
+    """What differs between two CT fingerprints (:func:`ct_fingerprint`); empty if they match.
+
+    The grid is compared first: shape, spacing and origin (1e-3 mm), orientation (direction
+    cosines, 1e-4); on the same grid, the voxel hash. A legacy fingerprint (:func:`_is_legacy`)
+    has no orientation, and its hash can be compared only with another legacy one: on the same
+    grid, a pair of different layouts is reported as such (check the CT volume itself with
+    :func:`load_checkpoint`, which computes the hash the stored fingerprint needs).
+    """
+    e, a = _grid(expected), _grid(actual)
+
+    def fmt(v) -> str:
+        return "x".join(f"{float(x):g}" for x in v)
+
     out = []
-    for key, unit in (("shape", " voxels"), ("spacing", " mm"), ("origin", " mm")):
-        e, a = expected.get(key), actual.get(key)
-        if (
-            key == "shape"
-            and e != a
-            or key != "shape"
-            and e is not None
-            and a is not None
-            and not np.allclose(e, a, atol=1e-3)
-        ):
-
-            def fmt(v):
-                return "x".join(f"{x:g}" for x in v)
-
-            out.append(f"{key} {fmt(a)}{unit} vs {fmt(e)}{unit}")
-    if not out:
-        out.append("same grid but different voxel values")
-    return out
+    if e["shape"] is not None and a["shape"] is not None and list(e["shape"]) != list(a["shape"]):
+        out.append(f"shape {fmt(a['shape'])} voxels vs {fmt(e['shape'])} voxels")
+    for key in ("spacing", "origin"):
+        ev, av = e[key], a[key]
+        if ev is not None and av is not None and not np.allclose(ev, av, atol=1e-3):
+            out.append(f"{key} {fmt(av)} mm vs {fmt(ev)} mm")
+    if e["direction"] is not None and a["direction"] is not None:
+        if not np.allclose(e["direction"], a["direction"], atol=1e-4):
+            out.append("orientation (direction cosines of the affine) differs")
+    if out or expected.get("sha256") == actual.get("sha256"):
+        return out
+    if _is_legacy(expected) != _is_legacy(actual):
+        return [
+            "same grid, but one CT fingerprint has the legacy layout, whose voxel hash cannot be "
+            "compared with the current one (check the CT volume itself, not its fingerprint)"
+        ]
+    return ["same grid but different voxel values"]
 
 
 # ----------------------------------------------------------------------------- save
@@ -308,6 +365,18 @@ def _refuse(path: Path, message: str, force: bool) -> None:
     warnings.warn(text, CheckpointWarning, stacklevel=3)
 
 
+def _ct_check(stored: dict, actual: dict, legacy_sha256: str | None) -> list[str]:
+    """:func:`ct_differences` of a stored fingerprint and the given CT's ``actual`` one. A legacy
+    stored fingerprint (:func:`_is_legacy`) is compared on its grid, then with ``legacy_sha256``
+    (the given CT's hash in that layout; None when only a fingerprint was given)."""
+    if not _is_legacy(stored) or legacy_sha256 is None:
+        return ct_differences(stored, actual)
+    grid = ct_differences(stored, {**actual, "sha256": stored.get("sha256")})
+    if grid or legacy_sha256 == stored.get("sha256"):
+        return grid
+    return ["same grid but different voxel values"]
+
+
 def load_checkpoint(
     path: str | Path,
     ct: Volume | dict | None = None,
@@ -389,14 +458,17 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: invalid checkpoint contents ({exc})") from exc
 
     if ct is not None:
-        actual = ct_fingerprint(ct) if isinstance(ct, Volume) else ct
-        d_src, d_work = ct_differences(fp_source, actual), ct_differences(fp_work, actual)
+        actual = ct_fingerprint(ct) if isinstance(ct, Volume) else dict(ct)
+        legacy = (
+            _legacy_sha256(ct)
+            if isinstance(ct, Volume) and (_is_legacy(fp_source) or _is_legacy(fp_work))
+            else None
+        )
+        d_src, d_work = (_ct_check(fp, actual, legacy) for fp in (fp_source, fp_work))
         if d_src and d_work:
             best = d_src if len(d_src) <= len(d_work) else d_work
             _refuse(
-                path,
-                f"made for another CT ({fp_source.get('description', '?')}): {'; '.join(best)}",
-                force,
+                path, f"made for another CT ({describe_ct(fp_source)}): {'; '.join(best)}", force
             )
     if geometry is not None:
         diffs = geometry_differences(geom, geometry)

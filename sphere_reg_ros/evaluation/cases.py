@@ -1,12 +1,14 @@
 """Per-benchmark case set-up: landmarks, initial-pose errors and the CT's fingerprint.
 
 Used by :func:`~sphere_reg_ros.evaluation.benchmark.make_benchmark` (see its module docstring for the
-protocol). Frames and units as in :mod:`sphere_reg_ros.core`: world RAS mm, poses ``T_ct_from_carm``.
+protocol); :func:`default_landmarks` also gives training its validation landmarks, so that a
+training mTRE and a benchmark mTRE are measured on the same points. ``ct_fingerprint`` is
+:func:`sphere_reg_ros.core.checkpoint.ct_fingerprint`, re-exported for the benchmark files.
+Frames and units as in :mod:`sphere_reg_ros.core`: world RAS mm, poses ``T_ct_from_carm``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sphere_reg_ros.core.checkpoint import ct_fingerprint
 from sphere_reg_ros.core.geometry import make_pose, se3_inverse, so3_exp
 from sphere_reg_ros.core.landmarks import LandmarkError, landmarks_from_labels
 from sphere_reg_ros.core.metrics import mtre
@@ -54,17 +57,6 @@ class InitialErrorConfig:
             raise ValueError(
                 "InitialErrorConfig: rot_std_deg and trans_std_mm must be >= 0, not both 0"
             )
-
-
-def ct_fingerprint(ct: Volume) -> dict:
-    """Shape, spacing (mm), affine and SHA-256 of the float32 voxel data of ``ct``."""
-    data = np.ascontiguousarray(ct.data, dtype=np.float32)
-    return {
-        "shape": list(ct.shape),
-        "spacing_mm": [float(s) for s in ct.spacing],
-        "affine": np.asarray(ct.affine).tolist(),
-        "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
-    }
 
 
 def default_landmarks(

@@ -11,6 +11,8 @@ from sphere_reg_ros.core.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     CheckpointWarning,
+    ct_fingerprint,
+    default_checkpoint_path,
     load_checkpoint,
     save_checkpoint,
 )
@@ -177,3 +179,23 @@ def test_another_geometry_is_refused_naming_the_difference_unless_forced(saved):
         load_checkpoint(saved, geometry=smaller)
     with pytest.warns(CheckpointWarning):
         load_checkpoint(saved, geometry=other, force=True)
+
+
+def test_a_checkpoint_with_the_legacy_ct_fingerprint_still_checks_its_ct(example_ct):
+    """The shipped checkpoint stores the legacy layout (``spacing``, ``origin``, ``description``
+    and a hash of a voxel subsample): its CT is still recognised, another one still refused."""
+    ct = example_ct[0]
+    path = default_checkpoint_path()
+    stored = torch.load(path, weights_only=True)["ct"]["source"]
+    assert "affine" not in stored and "spacing" in stored  # the layout this test is about
+    assert load_checkpoint(path, ct=ct).regressor is not None
+    brighter = Volume(ct.data + 1.0, ct.affine, "brighter.nii.gz")
+    with pytest.raises(CheckpointError, match="512x512x133 voxels.*same grid but different voxel"):
+        load_checkpoint(path, ct=brighter)
+    moved = ct.affine.copy()
+    moved[2, 3] += 10.0
+    with pytest.raises(CheckpointError, match=r"origin 166x-187\.\d+x-330 mm vs"):
+        load_checkpoint(path, ct=Volume(ct.data, moved, "moved.nii.gz"))
+    # only the current fingerprint of the CT: its hash cannot be compared with the legacy one
+    with pytest.raises(CheckpointError, match="legacy layout.*check the CT volume itself"):
+        load_checkpoint(path, ct=ct_fingerprint(ct))

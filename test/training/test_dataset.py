@@ -3,13 +3,13 @@
 import numpy as np
 import torch
 
-from sphere_reg_ros.core.checkpoint import ct_fingerprint
+from sphere_reg_ros.core.checkpoint import ct_differences, ct_fingerprint, describe_ct
 from sphere_reg_ros.core.geometry import make_pose
 from sphere_reg_ros.core.volume import Volume
+from sphere_reg_ros.evaluation.cases import default_landmarks
 from sphere_reg_ros.training.dataset import (
     DrrPool,
     SimilarityPool,
-    default_landmarks,
     jitter_rotations,
     warp_to_pose,
 )
@@ -50,12 +50,13 @@ def test_pools_are_reproducible_and_follow_the_jitter(tiny_scene):
     assert (offsets[:, :3, 3].norm(dim=-1) < 400).all()
 
 
-def test_landmarks_from_labels_or_a_grid(small_ct):
+def test_training_measures_mtre_on_the_benchmark_landmarks(small_ct, tiny_scene):
     ct, labels, structures = small_ct
     names, points = default_landmarks(ct, labels, structures)
+    assert tiny_scene.landmark_names == names and np.array_equal(tiny_scene.landmarks, points)
     assert len(names) == len(points) > 5 and points.shape[1] == 3
-    names, points = default_landmarks(ct)
-    assert len(points) == 27 and names[0] == "grid_0"
+    names, points = default_landmarks(ct)  # without a label map: a grid inside the body
+    assert 1 <= len(points) <= 27 and names[0].startswith("grid_")
     lo, hi = ct.voxel_to_world(np.zeros(3)), ct.voxel_to_world(np.array(ct.shape) - 1.0)
     assert np.all(points >= np.minimum(lo, hi)) and np.all(points <= np.maximum(lo, hi))
 
@@ -64,11 +65,22 @@ def test_ct_fingerprint_changes_with_data_and_grid():
     data = np.random.default_rng(0).normal(size=(20, 18, 16)).astype(np.float32) * 300
     a = Volume(data, np.diag([2.0, 2.0, 3.0, 1.0]), "a.nii")
     fp = ct_fingerprint(a)
-    assert fp == ct_fingerprint(Volume(data.copy(), a.affine.copy(), "a.nii"))
-    assert fp["shape"] == [20, 18, 16] and "20x18x16" in fp["description"]
+    assert fp == ct_fingerprint(Volume(data.copy(), a.affine.copy(), "b.nrrd"))
+    assert fp["shape"] == [20, 18, 16] and fp["spacing_mm"] == [2.0, 2.0, 3.0]
+    assert describe_ct(fp) == "20x18x16 voxels of 2.00x2.00x3.00 mm"
+    assert ct_differences(fp, fp) == []
     changed = data.copy()
     changed[10, 9, 8] += 50.0
-    assert ct_fingerprint(Volume(changed, a.affine, "a.nii"))["sha256"] != fp["sha256"]
+    other = ct_fingerprint(Volume(changed, a.affine, "a.nii"))
+    assert other["sha256"] != fp["sha256"]
+    assert ct_differences(fp, other) == ["same grid but different voxel values"]
     moved = a.affine.copy()
     moved[0, 3] = 1.0
-    assert ct_fingerprint(Volume(data, moved, "a.nii"))["sha256"] != fp["sha256"]
+    assert ct_differences(fp, ct_fingerprint(Volume(data, moved, "a.nii"))) == [
+        "origin 1x0x0 mm vs 0x0x0 mm"
+    ]
+    flipped = a.affine.copy()
+    flipped[0, 0] = -2.0
+    assert ct_differences(fp, ct_fingerprint(Volume(data, flipped, "a.nii"))) == [
+        "orientation (direction cosines of the affine) differs"
+    ]
