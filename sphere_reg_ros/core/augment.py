@@ -1,4 +1,6 @@
-"""Domain randomisation of X-ray / DRR intensities (the seed's seven transforms, DESIGN §2).
+"""Domain randomisation of X-ray / DRR intensities (the seed paper's seven transforms).
+
+The method and the seed paper: docs/ARCHITECTURE.md, Method.
 
 Every function takes a batch ``images`` of shape ``(B, 1, H, W)`` (float, finite) and an explicit
 ``torch.Generator``; each image draws its own parameters, all draws come from that generator

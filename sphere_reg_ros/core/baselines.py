@@ -1,6 +1,7 @@
 """First-order baselines on the same images and start poses as the LM: Adam and gradient descent.
 
-The settings follow DiffPose (CVPR 2024) and xvr, the tools users pick today (DESIGN.md §3):
+The settings follow DiffPose (CVPR 2024) and xvr, the tools users pick today
+(docs/ARCHITECTURE.md, Baselines and the physics gap):
 
 * pose parameters: the same centred left increment as the LM, ``T = exp(P s) T₀`` with
   ``s = (a [mm], w [rad])``: a translation of the CT's centre and a rotation about it;

@@ -14,7 +14,7 @@ point moves as ``p <- p + v + w × p`` in CT world coordinates, so with ``g = �
 
 where ``∇μ`` is the analytic gradient of the trilinear interpolant (piecewise linear, computed
 from the same eight voxels as the value). Forward-mode AD does not work through diffdrr's
-``grid_sampler_3d`` (DESIGN.md §5); this route needs no AD at all.
+``grid_sampler_3d`` (docs/ARCHITECTURE.md, Environment facts); this route needs no AD at all.
 
 Poses are ``T_ct_from_carm`` in the C-arm optical frame (``sphere_reg_ros.core``). diffdrr's
 camera frame has x and y flipped (with ``reverse_x_axis=True``): ``E = T · diag(-1, -1, 1, 1)``.

@@ -2,7 +2,7 @@
 
 A landmark set is ``(names, points)``: ``names`` a list of K strings, ``points`` a ``(K, 3)``
 float64 array of world RAS mm (the frame of :class:`~sphere_reg_ros.core.volume.Volume`'s
-affine). mTRE is measured on such points (DESIGN §6).
+affine). mTRE is measured on such points (docs/ARCHITECTURE.md, Evaluation protocol).
 """
 
 from __future__ import annotations

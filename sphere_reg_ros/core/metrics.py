@@ -2,9 +2,9 @@
 
 Poses are ``T_ct_from_carm`` tensors (B, 4, 4) in mm (see :mod:`sphere_reg_ros.core`). mTRE is a
 3D distance in mm between landmarks; it is never multiplied by a detector pixel spacing (the
-mistake of DiffPose's evaluation code, DiffPose issue 27). A non-finite mTRE (NaN / inf) is a
-failed case: it counts in ``n``, is never below the threshold, and ranks as +inf in the
-percentiles; it is never dropped.
+mistake of DiffPose's evaluation code; docs/ARCHITECTURE.md, Baselines and the physics gap). A
+non-finite mTRE (NaN / inf) is a failed case: it counts in ``n``, is never below the threshold,
+and ranks as +inf in the percentiles; it is never dropped.
 """
 
 from __future__ import annotations

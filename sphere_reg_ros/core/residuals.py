@@ -1,4 +1,6 @@
-"""Learning-free residual models for the LM solver (the "learning-free LM" of DESIGN.md §3).
+"""Learning-free residual models for the LM solver (the "learning-free LM").
+
+Where it fits in the method: docs/ARCHITECTURE.md, Method.
 
 :class:`IntensityResiduals` implements the solver's residual-model interface
 (:class:`~sphere_reg_ros.core.lm.ResidualModel`): ``embed(images (B, 1, H, W)) -> (B, C, H, W)``

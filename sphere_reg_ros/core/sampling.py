@@ -2,10 +2,11 @@
 
 A sampled pose is the AP view (``views.ap_pose``) perturbed by a rotation about the CT's
 isocentre (a rotation vector whose three components, about the CT world axes, are uniform in
-``±rot_deg``) and a translation of
-the C-arm in its own frame: in-plane ``x, y`` uniform in ``±inplane_mm``, depth ``z`` uniform in
-``±depth_mm``:  ``T = G(R, c) · T_ap · Trans(t_carm)`` with ``G(R, c) = Trans(c) R Trans(−c)``.
-Defaults (issue 3): ±15° per axis, ±30 mm in-plane, ±60 mm depth.
+``±rot_deg``) and a translation of the C-arm in its own frame: in-plane ``x, y`` uniform in
+``±inplane_mm``, depth ``z`` uniform in ``±depth_mm``:  ``T = G(R, c) · T_ap · Trans(t_carm)``
+with ``G(R, c) = Trans(c) R Trans(−c)``.
+Defaults (docs/ARCHITECTURE.md, Method: training poses): ±15° per axis, ±30 mm in-plane, ±60 mm
+depth.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Learned image similarity: a CNN-Transformer encoder and a spherical (or other) embedding.
 
-The network (the seed's similarity model, DESIGN.md §2) maps an image ``(B, 1, H, W)`` to
-per-pixel features ``φ (B, C, h, w)`` at ``1/downsample`` of the resolution (a convolutional
-stem, then a small pre-norm transformer over the ``h·w`` tokens), and embeds each feature in a
-manifold by the Riemannian exponential at a base point:
+The network (the seed paper's similarity model; docs/ARCHITECTURE.md, Method) maps an image
+``(B, 1, H, W)`` to per-pixel features ``φ (B, C, h, w)`` at ``1/downsample`` of the resolution
+(a convolutional stem, then a small pre-norm transformer over the ``h·w`` tokens), and embeds
+each feature in a manifold by the Riemannian exponential at a base point:
 
 * ``"spherical"`` (the seed): ``Φ = EXP_N(φ) = N cos|φ| + φ sin|φ|/|φ|`` on the unit sphere
   ``S^C ⊂ R^{C+1}``, ``N = (0, …, 0, 1)`` the north pole (``φ`` in ``T_N S^C = R^C × {0}``);

@@ -1,9 +1,10 @@
 """Benchmark degradations: the physics and content gap between benchmark X-rays and DRRs.
 
-DESIGN.md §3: with matched physics every method saturates, so the synthetic benchmark renders its
-X-rays with physics the registration's DRRs do not model. The chain, per case, on the rendered
-(fine, ``2R × 2R``) detector; ``p`` are line integrals of attenuation (dimensionless, as
-:class:`~sphere_reg_ros.core.drr.DrrRenderer` gives them: water 0.02/mm):
+docs/ARCHITECTURE.md, Baselines and the physics gap: with matched physics every method saturates,
+so the synthetic benchmark renders its X-rays with physics the registration's DRRs do not model.
+The chain, per case, on the rendered (fine, ``2R × 2R``) detector; ``p`` are line integrals of
+attenuation (dimensionless, as :class:`~sphere_reg_ros.core.drr.DrrRenderer` gives them: water
+0.02/mm):
 
 1. **Bone emphasis** ``p = p_soft + m · p_bone``: voxels above ``BONE_HU_THRESHOLD`` count ``m``
    times (``m`` ~ U[1.3, 2.2]); the registration's DRRs use ``m = 1``. Rendered in one pass as two

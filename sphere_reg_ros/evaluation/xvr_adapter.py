@@ -1,4 +1,6 @@
-"""xvr (PyPI ``xvreg``, issue 8) as a peer baseline: its fixed-pose registration on our cases.
+"""xvr (PyPI ``xvreg``) as a peer baseline: its fixed-pose registration on our cases.
+
+Why xvr and how it is compared: docs/ARCHITECTURE.md, Baselines and the physics gap.
 
 For each case the X-ray is written as the 16-bit DICOM xvr reads, xvr's own ``Register`` runs
 its fixed-pose registration (``FixedPose`` initializer, its defaults: Adam on gradient-multiscale
