@@ -24,6 +24,7 @@ import functools
 import inspect
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
@@ -75,14 +76,24 @@ DEFAULT_COVARIANCE_SCALE = 36.0
 INTENSITY_FITS = ("none", "bone", "curve", "bone+curve")
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → cuda when available, else cpu; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given."""
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device of a device setting (registrar, training, evaluation, the node).
+
+    ``"auto"``: cuda when available, else cpu; ``"cpu"``, ``"cuda"`` and ``"cuda:N"`` as given.
+
+    Raises:
+        ValueError: any other value, or a cuda device on a machine without CUDA.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
+    text = str(device)
+    if text not in ("cpu", "cuda") and re.fullmatch(r"cuda:\d+", text) is None:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {text!r} requested but CUDA is not available (use 'cpu' or 'auto')"
+        )
+    return torch.device(text)
 
 
 @dataclass(frozen=True)
@@ -494,12 +505,36 @@ class Registrar:
         force: bool = False,
     ) -> "Registrar":
         """CT from a file (None → the embedded example CT) and models from a checkpoint
-        (None → learning-free). The checkpoint is refused for another CT unless ``force``.
-        ``spacing_mm`` None: the CT spacing the models were trained with, else 2 mm; the ray step
-        is the training one unless ``config.ray_step_mm`` is set."""
+        (None → learning-free; else :meth:`from_checkpoint`). The checkpoint is refused for
+        another CT unless ``force``. ``spacing_mm`` None: the CT spacing the models were trained
+        with, else 2 mm; the ray step is the training one unless ``config.ray_step_mm`` is set."""
         ct = load_example_ct()[0] if not ct_path else load_volume(ct_path)
         if not model_path:
             return cls(ct, config=config, spacing_mm=spacing_mm or 2.0)
+        return cls.from_checkpoint(ct, model_path, config, spacing_mm=spacing_mm, force=force)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        ct: Volume,
+        model_path: str,
+        config: RegistrarConfig = RegistrarConfig(),
+        spacing_mm: float | None = None,
+        force: bool = False,
+        default_spacing_mm: float = 2.0,
+    ) -> "Registrar":
+        """A registrar of ``ct`` with the networks of the checkpoint ``model_path``.
+
+        The checkpoint is loaded with :func:`~sphere_reg_ros.core.checkpoint.load_checkpoint`
+        (``weights_only=True``, on ``config.device``) and refused for another CT unless
+        ``force``. The CT is rendered at ``spacing_mm`` (mm) when given, else at the spacing the
+        models were trained with, else at ``default_spacing_mm``; the ray step is the training one
+        unless ``config.ray_step_mm`` is set. The loaded checkpoint (a ``core.checkpoint.Bundle``)
+        is kept as ``bundle``, its C-arm geometry as ``model_geometry``.
+
+        Raises:
+            CheckpointError: the file cannot be used (it names the file and the problem).
+        """
         bundle = load_checkpoint(
             model_path,
             ct=ct,
@@ -507,19 +542,19 @@ class Registrar:
             force=force,
             map_location=resolve_device(config.device),
         )
-        spacing = spacing_mm or getattr(bundle, "working_spacing_mm", None) or 2.0
-        step = (getattr(bundle, "training", None) or {}).get("step_mm")
+        spacing = spacing_mm or bundle.working_spacing_mm or default_spacing_mm
+        step = bundle.training.get("step_mm")
         if config.ray_step_mm is None and step:
             config = replace(config, ray_step_mm=float(step))
         reg = cls(
             ct,
-            similarity=getattr(bundle, "similarity", None),
-            regressor=getattr(bundle, "regressor", None),
+            similarity=bundle.similarity,
+            regressor=bundle.regressor,
             config=config,
             spacing_mm=float(spacing),
         )
         reg.bundle = bundle
-        reg.model_geometry = getattr(bundle, "geometry", None)
+        reg.model_geometry = bundle.geometry
         reg.source += f"; model {model_path}"
         return reg
 

@@ -297,12 +297,6 @@ def shipped_model() -> str | None:
     return str(found[0]) if len(found) == 1 else None
 
 
-def _load_models(path: str, ct: Volume, spacing_mm: float):
-    from sphere_reg_ros.core.checkpoint import load_checkpoint
-
-    return load_checkpoint(path, ct=ct)  # refuses a checkpoint made for another CT
-
-
 def _build(
     methods: Sequence[str],
     ct: Volume,
@@ -325,29 +319,15 @@ def _build(
         return cache["free"]
 
     def learned(name: str, path: str) -> Registrar:
-        if path not in cache:
-            bundle = _load_models(path, ct, config.spacing_mm)
-            spacing = getattr(bundle, "working_spacing_mm", None) or config.spacing_mm
-            if spacing != config.spacing_mm:
+        if path not in cache:  # refuses a checkpoint made for another CT
+            reg = Registrar.from_checkpoint(ct, path, rcfg, default_spacing_mm=config.spacing_mm)
+            if reg.spacing_mm != config.spacing_mm:
                 log.warning(
                     "%s: rendering the CT at %g mm, the spacing the model was trained with",
                     path,
-                    spacing,
+                    reg.spacing_mm,
                 )
-            step = (getattr(bundle, "training", None) or {}).get("step_mm")
-            cfg = (
-                replace(rcfg, ray_step_mm=float(step))
-                if step and rcfg.ray_step_mm is None
-                else rcfg
-            )
-            cache[path] = Registrar(
-                ct,
-                similarity=bundle.similarity,
-                regressor=bundle.regressor,
-                config=cfg,
-                spacing_mm=float(spacing),
-            )
-            cache[path].model_geometry = bundle.geometry
+            cache[path] = reg
         return cache[path]
 
     for name in methods:

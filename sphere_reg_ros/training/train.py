@@ -44,6 +44,7 @@ from sphere_reg_ros.core.augment import DomainRandomization
 from sphere_reg_ros.core.carm import CarmGeometry
 from sphere_reg_ros.core.checkpoint import ct_fingerprint, load_checkpoint, save_checkpoint
 from sphere_reg_ros.core.metrics import mtre
+from sphere_reg_ros.core.registrar import resolve_device
 from sphere_reg_ros.core.regressor import PoseRegressor, RegressorConfig
 from sphere_reg_ros.core.sampling import PoseDistribution, split_seed
 from sphere_reg_ros.core.similarity import SimilarityConfig, SimilarityNet
@@ -65,25 +66,11 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "train",
-    "resolve_device",
     "ValidationSet",
     "evaluate_regressor",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA if available else CPU; ``"cuda"`` without CUDA is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            "device 'cuda' requested but CUDA is not available (use --device cpu or auto)"
-        )
-    return torch.device(device)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from sphere_reg_ros.core.carm import CarmGeometry
+from sphere_reg_ros.core.checkpoint import default_checkpoint_path
 from sphere_reg_ros.core.metrics import mtre
-from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig
+from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig, resolve_device
 from sphere_reg_ros.core.result import Status
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -260,3 +261,30 @@ def test_a_failed_registration_restarts_and_keeps_the_lowest_cost(ct8, case):
     res = reg.register(image, GEOMETRY, start)
     assert "restarted from 3 hypotheses" in res.message and "hypothesis 1 kept" in res.message
     assert _mtre(reg, res.pose, true) < 1.0 < _mtre(reg, plain.pose, true)
+
+
+def test_resolve_device_accepts_auto_cpu_and_cuda_and_names_the_problem():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda:1' requested but CUDA is not available"):
+            resolve_device("cuda:1")
+
+
+def test_the_shipped_checkpoint_registers_the_example_ct(example_ct, offset_pose):
+    """``from_checkpoint``: the shipped model on its CT, at the spacing and ray step it was trained
+    with, brings a 5 mm / 3° start closer to the truth."""
+    reg = Registrar.from_checkpoint(
+        example_ct[0], str(default_checkpoint_path()), RegistrarConfig(max_iterations=8)
+    )
+    assert reg.learned and reg.spacing_mm == reg.bundle.working_spacing_mm == 2.0
+    assert reg.config.ray_step_mm == reg.bundle.training["step_mm"]
+    assert reg.model_geometry == reg.bundle.geometry and "model_example_ct_64.pt" in reg.source
+    geometry = reg.bundle.geometry
+    true = reg.default_pose()
+    init = offset_pose(true, reg.center_world, [2.0, -1.0, 1.5], [3.0, -3.0, 2.0])
+    res = reg.register(reg.render(true, geometry), geometry, init)
+    assert res.status != Status.INVALID_INPUT, res.message
+    assert _mtre(reg, res.pose, true) < 0.5 * _mtre(reg, init, true)
