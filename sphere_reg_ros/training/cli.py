@@ -146,8 +146,15 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-content",
         action="store_true",
-        help="no collimator shutters / metal in the training X-rays (the seed's domain "
-        "randomisation only; an ablation)",
+        help="no collimator shutters / metal in the training X-rays (an ablation)",
+    )
+    p.add_argument(
+        "--no-physics",
+        action="store_true",
+        help="train on DRRs with image-space augmentations only (the seed's seven transforms "
+        "and image-space shutters/metal) instead of X-rays simulated from the CT's soft "
+        "tissue and bone with beam hardening, heel effect, scatter, blur and photon noise "
+        "(training.physics; the default); an ablation",
     )
     p.add_argument(
         "--val-every-s", type=float, default=120.0, help="validation interval, s (default 120)"
@@ -216,7 +223,12 @@ def run_train(args: argparse.Namespace) -> int:
             sim_lr=args.lr,
             val_every_s=args.val_every_s,
             max_steps=args.max_steps,
-            **(dict(p_collimation=0.0, p_metal=0.0) if args.no_content else {}),
+            physics=not args.no_physics,
+            **(
+                dict(p_collimation=0.0, p_metal=0.0, physics_metal=0.0, physics_collimation=0.0)
+                if args.no_content
+                else {}
+            ),
             budget_s=None if budget is None else 60.0 * budget,
             device=args.device,
             **schedule,

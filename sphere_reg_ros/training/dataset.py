@@ -9,8 +9,11 @@ refreshed a few images per step and re-used with fresh randomness every time the
   its X-ray source (``jitter_tilt_deg`` about x/y, ``jitter_roll_deg`` about the optical axis):
   the DRR of ``T·Q`` is *exactly* the DRR of ``T`` warped by the homography ``K Q K⁻¹`` (the rays
   are the same, only the pixel grid turns), computed with bilinear interpolation. Every draw is
-  thus a new pose, then new clinical content (:mod:`.content`: collimator shutters, metal rods)
-  and a new domain randomisation (``core.augment``) of the "X-ray".
+  thus a new pose, then either a physics-based rendering of the "X-ray" from the DRR's two
+  channels (:mod:`.physics`: whole and bone line integrals, with contrast, metal, beam hardening,
+  heel, collimation, scatter, detector blur and photon noise) or the older image-space clinical
+  content (:mod:`.content`: collimator shutters, metal rods), and a new domain randomisation
+  (``core.augment``).
 * :class:`SimilarityPool` holds, per item, a fixed image (with margin) at a true pose and a
   moving DRR at a pose near it, with the moving DRR's exact pose Jacobian. Moving poses are
   ``D·T_true`` with ``D = core.geometry.random_poses`` about the isocentre: rotation
@@ -39,10 +42,11 @@ from sphere_reg_ros.core.carm import CarmGeometry
 from sphere_reg_ros.core.drr import DrrRenderer
 from sphere_reg_ros.core.geometry import make_pose, random_poses, so3_exp
 from sphere_reg_ros.core.sampling import PoseDistribution
-from sphere_reg_ros.core.volume import Volume, hu_to_attenuation, resample
+from sphere_reg_ros.core.volume import Volume, bone_attenuation, hu_to_attenuation, resample
 from sphere_reg_ros.evaluation.cases import default_landmarks
 
 from .content import ContentAugmentation
+from .physics import PhysicsRandomization
 
 __all__ = [
     "TrainingScene",
@@ -136,6 +140,7 @@ class TrainingScene:
     landmark_names: list[str]
     landmarks: np.ndarray
     device: torch.device
+    bone_channel: bool = False
 
     @classmethod
     def build(
@@ -151,19 +156,22 @@ class TrainingScene:
         jitter_tilt_deg: float = 2.0,
         jitter_roll_deg: float = 5.0,
         device: str | torch.device = "cpu",
+        bone_channel: bool = False,
     ) -> "TrainingScene":
         """Resample ``ct`` to ``spacing_mm`` (None: as is) and set up the renderers.
 
         ``step_mm``: ray sampling step (default the working spacing). The isocentre is the
-        working CT's grid centre.
+        working CT's grid centre. ``bone_channel``: the renderers also integrate the bone part
+        of the attenuation (:meth:`render` with ``channels=True``; for :mod:`.physics`).
         """
         work = resample(ct, spacing_mm, order=1, antialias=True) if spacing_mm else ct
         mu = hu_to_attenuation(work.data)
+        bone = bone_attenuation(work.data)[None] if bone_channel else None
         margin = margin_pixels(geometry, jitter_tilt_deg, jitter_roll_deg)
         dev = torch.device(device)
-        renderer = DrrRenderer(mu, work.affine, geometry, step_mm=step_mm).to(dev)
+        renderer = DrrRenderer(mu, work.affine, geometry, step_mm=step_mm, channels=bone).to(dev)
         margin_renderer = DrrRenderer(
-            mu, work.affine, _with_margin(geometry, margin), step_mm=step_mm
+            mu, work.affine, _with_margin(geometry, margin), step_mm=step_mm, channels=bone
         ).to(dev)
         names, points = default_landmarks(ct, labels, structures)
         return cls(
@@ -178,15 +186,24 @@ class TrainingScene:
             names,
             points,
             dev,
+            bone_channel,
         )
 
-    def render(self, poses: Tensor, margin: bool = False, batch: int = 16) -> Tensor:
-        """DRRs ``(B, 1, H, W)`` (or with the margin) of poses ``(B, 4, 4)``, no autograd."""
+    def render(
+        self, poses: Tensor, margin: bool = False, batch: int = 16, channels: bool = False
+    ) -> Tensor:
+        """DRRs ``(B, 1, H, W)`` (or with the margin) of poses ``(B, 4, 4)``, no autograd.
+
+        ``channels`` (a scene built with ``bone_channel``): ``(B, 2, H, W)``, the whole and the
+        bone line integrals."""
+        if channels and not self.bone_channel:
+            raise ValueError("this scene has no bone channel: build it with bone_channel=True")
         r = self.margin_renderer if margin else self.renderer
+        f = r.render_channels if channels else r
         out = []
         with torch.no_grad():
             for i in range(0, len(poses), batch):
-                out.append(r(poses[i : i + batch].to(device=self.device, dtype=torch.float32)))
+                out.append(f(poses[i : i + batch].to(device=self.device, dtype=torch.float32)))
         return torch.cat(out)
 
     def render_with_jacobian(self, poses: Tensor, batch: int = 4) -> tuple[Tensor, Tensor]:
@@ -212,13 +229,26 @@ def _draw_jittered(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``n`` random items of a pool's ``images``/``poses``: warped by a small random rotation
     about the source (the poses follow), then with clinical content and domain randomisation
-    (``augment``). Returns ``(indices, images, poses)``."""
+    (``augment``). Pools with ``physics`` hold two-channel DRRs: the "X-ray" is simulated from
+    them, or (``augment=False``) is the plain DRR, channel 0. Returns ``(indices, images,
+    poses)``."""
     idx = torch.randint(pool.size, (n,), generator=generator)
     Q = jitter_rotations(n, pool.tilt, pool.roll, generator)
     out = warp_to_pose(images[idx], Q, pool.scene.geometry, pool.scene.margin)
     if augment:
+        if pool.physics is not None:
+            out = pool.physics(out, generator)
         out = pool.augmentation(pool.content(out, generator), generator)
-    return idx, out, poses[idx] @ _rotation_pose(Q)
+    return idx, out[:, :1], poses[idx] @ _rotation_pose(Q)
+
+
+def _channels(scene: TrainingScene, physics: PhysicsRandomization | None) -> int:
+    """Channels a pool stores: 2 (whole, bone) for physics, else 1; checks the scene has them."""
+    if physics is None:
+        return 1
+    if not scene.bone_channel:
+        raise ValueError("physics needs a scene built with bone_channel=True")
+    return 2
 
 
 class DrrPool:
@@ -232,6 +262,7 @@ class DrrPool:
         jitter_roll_deg: float = 5.0,
         augmentation: DomainRandomization | None = None,
         content: ContentAugmentation | None = None,
+        physics: PhysicsRandomization | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"pool capacity must be >= 1, got {capacity}")
@@ -239,8 +270,10 @@ class DrrPool:
         self.tilt, self.roll = jitter_tilt_deg, jitter_roll_deg
         self.augmentation = augmentation or DomainRandomization()
         self.content = content or ContentAugmentation(0.0, 0.0)
+        self.physics = physics
         g = scene.margin_renderer.geometry
-        self.images = torch.zeros(capacity, 1, g.height, g.width, device=scene.device)
+        c = _channels(scene, physics)
+        self.images = torch.zeros(capacity, c, g.height, g.width, device=scene.device)
         self.poses = torch.zeros(capacity, 4, 4, dtype=torch.float64)
         self.size = 0
         self._next = 0
@@ -249,7 +282,7 @@ class DrrPool:
     def add(self, n: int, generator: torch.Generator) -> None:
         """Render ``n`` new DRRs at sampled poses, replacing the oldest when full."""
         poses = self.scene.sample_poses(n, generator)
-        images = self.scene.render(poses, margin=True)
+        images = self.scene.render(poses, margin=True, channels=self.physics is not None)
         for k in range(n):
             self.images[self._next] = images[k]
             self.poses[self._next] = poses[k]
@@ -282,11 +315,13 @@ class SimilarityPool:
         jitter_roll_deg: float = 5.0,
         augmentation: DomainRandomization | None = None,
         content: ContentAugmentation | None = None,
+        physics: PhysicsRandomization | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"pool capacity must be >= 1, got {capacity}")
         self.scene, self.capacity = scene, capacity
         self.content = content or ContentAugmentation(0.0, 0.0)
+        self.physics = physics
         self.moving_rot_deg, self.moving_trans_mm, self.min_scale = (
             moving_rot_deg,
             moving_trans_mm,
@@ -295,7 +330,8 @@ class SimilarityPool:
         self.tilt, self.roll = jitter_tilt_deg, jitter_roll_deg
         self.augmentation = augmentation or DomainRandomization()
         g, gm = scene.geometry, scene.margin_renderer.geometry
-        self.fixed = torch.zeros(capacity, 1, gm.height, gm.width, device=scene.device)
+        c = _channels(scene, physics)
+        self.fixed = torch.zeros(capacity, c, gm.height, gm.width, device=scene.device)
         self.moving = torch.zeros(capacity, 1, g.height, g.width, device=scene.device)
         self.jacobian = torch.zeros(capacity, g.height * g.width, 6, device=scene.device)
         self.true_poses = torch.zeros(capacity, 4, 4, dtype=torch.float64)
@@ -325,7 +361,7 @@ class SimilarityPool:
         """Render ``n`` new items (true pose, its DRR with margin, a moving pose, DRR, Jacobian)."""
         true = self.scene.sample_poses(n, generator)
         moving = self.moving_offsets(n, generator) @ true
-        fixed = self.scene.render(true, margin=True)
+        fixed = self.scene.render(true, margin=True, channels=self.physics is not None)
         images, jac = self.scene.render_with_jacobian(moving)
         for k in range(n):
             i = self._next

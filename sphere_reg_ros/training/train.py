@@ -61,6 +61,7 @@ from .losses import (
     regressor_loss,
     similarity_pose_gradient,
 )
+from .physics import PhysicsConfig, PhysicsRandomization
 
 __all__ = [
     "TrainConfig",
@@ -78,8 +79,10 @@ class TrainConfig:
     """Everything that defines a training run (see the module docstring).
 
     Pose jitter (``jitter_*``), moving-pose spread (``moving_*``) and pools are described in
-    :mod:`.dataset`; ``p_collimation``, ``p_metal`` (clinical content of the "X-rays", 0 = the
-    seed's domain randomisation only) in :mod:`.content`. ``step_mm`` None: 1.5 × ``spacing_mm``
+    :mod:`.dataset`. ``physics`` (default on): the training "X-rays" are simulated from
+    two-channel DRRs by :mod:`.physics` (``physics_*``: probabilities of its optional effects);
+    off: the older image-space ``p_collimation``, ``p_metal`` (clinical content, 0 = the seed's
+    domain randomisation only) of :mod:`.content`. ``step_mm`` None: 1.5 × ``spacing_mm``
     (ray step of the training DRRs).
     Stopping: after ``max_steps`` steps or ``budget_s`` seconds (whichever comes first; at least
     one must be set).
@@ -112,6 +115,9 @@ class TrainConfig:
     jitter_roll_deg: float = 4.0
     p_collimation: float = 0.5
     p_metal: float = 0.5
+    physics: bool = True
+    physics_metal: float = 0.5
+    physics_collimation: float = 0.6
     moving_rot_deg: float = 6.0
     moving_trans_mm: float = 20.0
     n_val: int = 64
@@ -210,17 +216,26 @@ class ValidationSet:
         kind: str,
         length_mm: float,
         content: ContentAugmentation | None = None,
+        physics: PhysicsRandomization | None = None,
     ) -> None:
         g = torch.Generator().manual_seed(split_seed("val", seed))
         self.scene, self.kind, self.length_mm = scene, kind, length_mm
-        self.poses = scene.sample_poses(n, g)
-        self.clean = scene.render(self.poses)
         content = content or ContentAugmentation(0.0, 0.0)
-        self.images = DomainRandomization()(content(self.clean, g), g)
+
+        def xray(poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """(clean DRRs, simulated X-rays), both (B, 1, H, W), of poses (B, 4, 4)."""
+            if physics is None:
+                clean = scene.render(poses)
+                return clean, DomainRandomization()(content(clean, g), g)
+            channels = scene.render(poses, channels=True)
+            return channels[:, :1], DomainRandomization()(content(physics(channels, g), g), g)
+
+        self.poses = scene.sample_poses(n, g)
+        self.clean, self.images = xray(self.poses)
         true = scene.sample_poses(n_sim, g)
         self.sim_true = true
         self.sim_moving = sim_pool.moving_offsets(n_sim, g) @ true
-        self.sim_fixed = DomainRandomization()(content(scene.render(true), g), g)
+        self.sim_fixed = xray(true)[1]
         self.sim_images, jac = scene.render_with_jacobian(self.sim_moving)
         self.sim_jacobian = centered_jacobian(jac, scene.center_world)
         self.sim_target = geodesic_pose_gradient(
@@ -330,6 +345,7 @@ def train(
         labels=labels,
         structures=structures,
         spacing_mm=config.spacing_mm,
+        bone_channel=config.physics,
         step_mm=config.effective_step_mm(),
         jitter_tilt_deg=config.jitter_tilt_deg,
         jitter_roll_deg=config.jitter_roll_deg,
@@ -373,7 +389,13 @@ def train(
         opt_s.load_state_dict(state["opt_similarity"])
 
     augmentation = DomainRandomization()
-    content = ContentAugmentation(config.p_collimation, config.p_metal)
+    if config.physics:  # the physics has its own shutters and metal
+        physics = PhysicsRandomization(
+            PhysicsConfig(metal=config.physics_metal, collimation=config.physics_collimation)
+        )
+        content = ContentAugmentation(0.0, 0.0)
+    else:
+        physics, content = None, ContentAugmentation(config.p_collimation, config.p_metal)
     pool = DrrPool(
         scene,
         config.pool_size,
@@ -381,6 +403,7 @@ def train(
         config.jitter_roll_deg,
         augmentation,
         content,
+        physics,
     )
     sim_pool = SimilarityPool(
         scene,
@@ -391,6 +414,7 @@ def train(
         jitter_roll_deg=config.jitter_roll_deg,
         augmentation=augmentation,
         content=content,
+        physics=physics,
     )
     t_render = time.perf_counter()
     if config.train_regressor:
@@ -408,6 +432,7 @@ def train(
         config.regressor_loss,
         config.length_mm,
         content,
+        physics,
     )
     sod = config.pose_distribution.sod_mm
 
