@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -28,54 +27,90 @@ from ..core.views import default_geometry
 from ..core.volume import VolumeError, load_example_ct, load_volume, resample
 from ..evaluation.simulate import DEGRADATION_PRESETS, Trajectory, XraySimulator
 from .conversions import geometry_to_camera_info, numpy_to_image, pose_to_transform_stamped
+from .params import ParamSpec, check_frame_id, check_values, descriptor
 from .tf_publisher import TfPublisher
 
-#: name -> (default, description, (min, max) or None)
-PARAMETERS = {
-    "ct_path": ("", "CT to simulate from ('' = the embedded example CT)", None),
-    "ct_spacing_mm": (2.0, "voxel size the CT is resampled to for rendering (mm)", (0.5, 10.0)),
-    "resolution": (
+#: The simulator's parameters (read-only: fixed when it starts), in the table format of
+#: :mod:`.params`, which declares them with their ranges and checks them.
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("ct_path", "", "CT to simulate from ('' = the embedded example CT).", kind="startup"),
+    ParamSpec(
+        "ct_spacing_mm",
+        2.0,
+        "Voxel size the CT is resampled to for rendering (mm).",
+        (0.5, 10.0),
+        kind="startup",
+    ),
+    ParamSpec(
+        "resolution",
         128,
-        "published image size (pixels, square detector of detector_mm)",
+        "Published image size (pixels, square detector of detector_mm).",
         (16, 1024),
+        kind="startup",
     ),
-    "detector_mm": (384.0, "detector side length (mm)", (50.0, 1000.0)),
-    "sdd_mm": (1020.0, "source-to-detector distance (mm)", (200.0, 2000.0)),
-    "rate_hz": (0.5, "frames per second", (0.01, 30.0)),
-    "frames": (0, "frames to publish before stopping (0 = forever)", (0, 1000000)),
-    "degradation": ("mild", f"image degradations: one of {sorted(DEGRADATION_PRESETS)}", None),
-    "seed": (0, "seed of the per-frame degradations", (0, 2**31 - 1)),
-    "sweep_deg": (10.0, "amplitude of the C-arm's LAO/RAO sweep (deg)", (0.0, 90.0)),
-    "sweep_period_s": (40.0, "period of the sweep (s of trajectory time)", (1.0, 3600.0)),
-    "motion_mm": (3.0, "amplitude of the slow patient motion (mm)", (0.0, 50.0)),
-    "time_step_s": (1.0, "trajectory time between frames (s)", (0.01, 60.0)),
-    "wait_for_subscribers": (
+    ParamSpec("detector_mm", 384.0, "Detector side length (mm).", (50.0, 1000.0), kind="startup"),
+    ParamSpec(
+        "sdd_mm", 1020.0, "Source-to-detector distance (mm).", (200.0, 2000.0), kind="startup"
+    ),
+    ParamSpec("rate_hz", 0.5, "Frames per second.", (0.01, 30.0), kind="startup"),
+    ParamSpec(
+        "frames",
         0,
-        "start publishing only once the image topic has at least this many "
-        "subscribers (0 = at once)",
+        "Frames to publish before stopping (0 = forever).",
+        (0, 1000000),
+        kind="startup",
+    ),
+    ParamSpec(
+        "degradation",
+        "mild",
+        "Degradations of the simulated X-rays (evaluation.simulate presets).",
+        choices=tuple(sorted(DEGRADATION_PRESETS)),
+        kind="startup",
+    ),
+    ParamSpec("seed", 0, "Seed of the per-frame degradations.", (0, 2**31 - 1), kind="startup"),
+    ParamSpec(
+        "sweep_deg",
+        10.0,
+        "Amplitude of the C-arm's LAO/RAO sweep (deg).",
+        (0.0, 90.0),
+        kind="startup",
+    ),
+    ParamSpec(
+        "sweep_period_s",
+        40.0,
+        "Period of the sweep (s of trajectory time).",
+        (1.0, 3600.0),
+        kind="startup",
+    ),
+    ParamSpec(
+        "motion_mm", 3.0, "Amplitude of the slow patient motion (mm).", (0.0, 50.0), kind="startup"
+    ),
+    ParamSpec(
+        "time_step_s", 1.0, "Trajectory time between frames (s).", (0.01, 60.0), kind="startup"
+    ),
+    ParamSpec(
+        "wait_for_subscribers",
+        0,
+        "Start publishing only once the image topic has at least this many subscribers "
+        "(0 = at once).",
         (0, 100),
+        kind="startup",
     ),
-    "frame_id": ("carm_optical", "frame of the published images (the C-arm's optical frame)", None),
-    "ct_frame": ("ct", "frame of the CT", None),
-    "truth_frame": (
+    ParamSpec(
+        "frame_id",
+        "carm_optical",
+        "Frame of the published images (the C-arm's optical frame).",
+        kind="startup",
+    ),
+    ParamSpec("ct_frame", "ct", "Frame of the CT.", kind="startup"),
+    ParamSpec(
+        "truth_frame",
         "carm_truth",
-        "frame of the true C-arm pose published on TF (child of ct_frame)",
-        None,
+        "Frame of the true C-arm pose published on TF (child of ct_frame).",
+        kind="startup",
     ),
-}
-
-
-def _descriptor(description: str, bounds) -> ParameterDescriptor:
-    desc = ParameterDescriptor(description=description, read_only=True)
-    if bounds is not None:
-        lo, hi = bounds
-        if isinstance(lo, int) and isinstance(hi, int):
-            desc.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=1)]
-        else:
-            desc.floating_point_range = [
-                FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)
-            ]
-    return desc
+)
+_FRAMES = ("frame_id", "ct_frame", "truth_frame")
 
 
 class CarmSimulatorNode(Node):
@@ -83,16 +118,12 @@ class CarmSimulatorNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("carm_simulator", **kwargs)
-        for name, (default, description, bounds) in PARAMETERS.items():
-            self.declare_parameter(name, default, _descriptor(description, bounds))
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        if p["degradation"] not in DEGRADATION_PRESETS:
-            raise ValueError(
-                f"degradation must be one of {sorted(DEGRADATION_PRESETS)}, got {p['degradation']!r}"
-            )
-        for name in ("frame_id", "ct_frame", "truth_frame"):
-            if not p[name]:
-                raise ValueError(f"parameter {name} must not be empty")
+        for spec in PARAMS:
+            self.declare_parameter(spec.name, spec.default, descriptor(spec))
+        p = {spec.name: self.get_parameter(spec.name).value for spec in PARAMS}
+        check_values(p, PARAMS)  # ParameterError (a ValueError) naming the parameter
+        for name in _FRAMES:
+            check_frame_id(name, p[name])
         self.params = p
         ct = load_example_ct()[0] if not p["ct_path"] else load_volume(p["ct_path"])
         self.ct = resample(ct, p["ct_spacing_mm"])

@@ -17,6 +17,10 @@ Groups (``kind``):
   and swaps it in atomically when it is ready; until then the old one serves.
 * ``runtime``: read for every frame (frames, gates, tracking, intrinsics, image domain).
 * ``startup``: read-only; fixed when the node starts (QoS, diagnostics period).
+
+The same mechanism serves the ``carm_simulator`` node: its own table of :class:`ParamSpec`
+(all ``startup``), declared with :func:`descriptor` and checked with :func:`check_values` and
+:func:`check_frame_id`.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ __all__ = [
     "Settings",
     "ParameterError",
     "descriptor",
+    "check_values",
+    "check_frame_id",
     "validate",
     "REGISTRAR_KEYS",
     "RENAMED",
@@ -640,7 +646,9 @@ def probe_model_file(path: str, ct=None) -> None:
         raise ParameterError(str(exc)) from exc  # CheckpointError names the file
 
 
-def _frame(name: str, value: str) -> None:
+def check_frame_id(name: str, value: str) -> None:
+    """Raise ParameterError unless ``value`` (the parameter ``name``) is a usable tf2 frame id:
+    non-empty, no leading '/', no white space."""
     if not isinstance(value, str) or not value.strip():
         raise ParameterError(f"{name} must be a non-empty frame id")
     if value.startswith("/") or any(c.isspace() for c in value):
@@ -653,6 +661,26 @@ def _numbers(value, name: str) -> np.ndarray:
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"{name} {value!r} is not a list of numbers") from exc
+
+
+def check_values(values: dict, specs: tuple[ParamSpec, ...]) -> None:
+    """Check ``values`` (``{name: value}``) against a parameter table: every parameter present,
+    each value one of its ``choices`` and inside its ``range`` (finite). Used for the
+    registration node's :data:`PARAMS` and for the simulator's table.
+
+    Raises:
+        ParameterError: the first problem, naming the parameter.
+    """
+    for spec in specs:
+        if spec.name not in values:
+            raise ParameterError(f"parameter {spec.name} missing")
+        v = values[spec.name]
+        if spec.choices and v not in spec.choices:
+            raise ParameterError(f"{spec.name} {v!r} is not one of {', '.join(spec.choices)}")
+        if spec.range is not None and not isinstance(v, bool):
+            lo, hi = spec.range
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and lo <= v <= hi):
+                raise ParameterError(f"{spec.name} {v!r} is outside [{lo:g}, {hi:g}]")
 
 
 def validate(
@@ -668,18 +696,9 @@ def validate(
         ParameterError: the reason, naming the parameter.
     """
     changed = set(values) if changed is None else changed
-    for name, spec in SPECS.items():
-        if name not in values:
-            raise ParameterError(f"parameter {name} missing")
-        v = values[name]
-        if spec.choices and v not in spec.choices:
-            raise ParameterError(f"{name} {v!r} is not one of {', '.join(spec.choices)}")
-        if spec.range is not None and not isinstance(v, bool):
-            lo, hi = spec.range
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and lo <= v <= hi):
-                raise ParameterError(f"{name} {v!r} is outside [{lo:g}, {hi:g}]")
-    _frame("ct_frame", values["ct_frame"])
-    _frame("default_carm_frame", values["default_carm_frame"])
+    check_values(values, PARAMS)
+    check_frame_id("ct_frame", values["ct_frame"])
+    check_frame_id("default_carm_frame", values["default_carm_frame"])
     if values["ct_frame"] == values["default_carm_frame"]:
         raise ParameterError("ct_frame and default_carm_frame must differ")
     scales = _numbers(values["lm_scales"], "lm_scales")

@@ -131,3 +131,30 @@ def test_simulator_node_publishes_image_info_and_truth(ct_file, spawn_ros_proces
     np.testing.assert_allclose(array, rendered, atol=1e-3)
     executor.remove_node(node)
     node.destroy_node()
+
+
+@pytest.mark.parametrize(
+    "param,reason",
+    [
+        ("degradation:=heavy", "degradation 'heavy' is not one of"),
+        ("truth_frame:=/carm_truth", "truth_frame '/carm_truth': frame ids have no leading '/'"),
+    ],
+)
+def test_simulator_node_refuses_a_bad_parameter_naming_it(spawn_ros_process, param, reason):
+    """Its parameter table is checked like the registration node's (``params.check_values``,
+    ``params.check_frame_id``): the node exits with status 2 and the reason, before loading a CT."""
+    proc = spawn_ros_process("-m", "sphere_reg_ros.ros.carm_simulator", "--ros-args", "-p", param)
+    proc.wait_for_line(reason, timeout=60)
+    assert proc.proc.wait(timeout=30) == 2, proc.output()
+
+
+def test_simulator_parameters_are_read_only_with_ranges_and_valid_defaults():
+    from sphere_reg_ros.ros import params as P
+    from sphere_reg_ros.ros.carm_simulator import PARAMS
+
+    P.check_values({spec.name: spec.default for spec in PARAMS}, PARAMS)
+    for spec in PARAMS:
+        d = P.descriptor(spec)
+        assert d.read_only and d.description, spec.name
+        if isinstance(spec.default, (int, float)):
+            assert d.floating_point_range or d.integer_range, spec.name
