@@ -1,26 +1,27 @@
-"""Building blocks of the LM solver (:mod:`.lm`), split like theseus: linearise, damped solve,
-step acceptance -- each a pure batched function, testable alone.
+"""Building blocks of the LM solver's linearisation (:mod:`.lm`): pure batched functions,
+testable alone. The damped solve and step acceptance are in :mod:`.lm_damping` (re-exported here).
 
 * :func:`residual_jacobian`: residuals ``R (B, M)`` and ``J = ∂R/∂s (B, M, K)`` by forward-mode AD
   of ``embed`` + ``residuals``, given the image Jacobian ``∂I/∂s`` (the K columns ride along the
   batch in one ``torch.func.jvp``);
 * :func:`robust_cost`: cost and IRLS weights (least squares, Cauchy, Huber, Geman–McClure, Tukey);
+* :func:`normal_equations`: ``JᵀWJ`` and ``JᵀWR``; :func:`singular`: their conditioning;
 * :func:`embed`, :func:`mask_weights`: embeddings and residual weights under a valid mask;
-* :func:`damped_solve`: ``(H + λ diag(D)) s = −g`` by Cholesky per element;
-* :func:`gain_ratio`, :func:`update_lambda`: Nielsen's acceptance and damping update;
 * :func:`increment_matrix`: scaled centred increments → the core's world increments;
+* :func:`displacement`: how far a pose moved from the initial one;
+* :func:`correlation_inflation`, :func:`pose_covariance`: the covariance at the final pose;
 * :func:`resize_images`: field-of-view preserving image resampling.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
-from .geometry import hat
+from .geometry import hat, se3_inverse, so3_log
+from .lm_damping import damped_solve, gain_ratio, update_lambda
 
 ROBUST_KERNELS = ("none", "cauchy", "huber", "geman-mcclure", "tukey")
 
@@ -39,6 +40,9 @@ __all__ = [
     "robust_spread",
     "normal_equations",
     "singular",
+    "displacement",
+    "pose_covariance",
+    "correlation_inflation",
     "valid_poses",
     "put",
 ]
@@ -144,61 +148,11 @@ def residual_jacobian(
     return r[:B], jr.reshape(K, B, M).permute(1, 2, 0)
 
 
-def damped_solve(
-    H: torch.Tensor, g: torch.Tensor, lam: torch.Tensor, D: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve ``(H + λ diag(D)) s = −g`` per element: ``H`` (B, 6, 6), ``g`` (B, 6), ``λ`` (B,),
-    ``D`` (B, 6). Returns ``s`` (B, 6) (zero where it failed) and ``ok`` (B,) bool."""
-    A = H + lam[:, None, None] * torch.diag_embed(D)
-    L, info = torch.linalg.cholesky_ex(A)
-    ok = info == 0
-    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-    L = torch.where(ok[:, None, None], L, eye)
-    s = torch.cholesky_solve(-g[..., None], L)[..., 0]
-    ok = ok & torch.isfinite(s).all(-1)
-    return torch.where(ok[:, None], s, torch.zeros_like(s)), ok
-
-
-def gain_ratio(
-    cost: torch.Tensor,
-    new_cost: torch.Tensor,
-    s: torch.Tensor,
-    g: torch.Tensor,
-    lam: torch.Tensor,
-    D: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gain ratio ``ρ`` (B,) = actual / predicted reduction, and the predicted reduction (B,)
-    ``½ sᵀ(λ D s − g)`` of the Gauss–Newton model; ρ = −inf where the prediction is not > 0 or
-    the new cost is not finite."""
-    pred = 0.5 * (s * (lam[:, None] * D * s - g)).sum(-1)
-    ok = (pred > 0) & torch.isfinite(new_cost)
-    rho = torch.where(
-        ok,
-        (cost - new_cost) / torch.where(ok, pred, torch.ones_like(pred)),
-        torch.full_like(pred, -math.inf),
-    )
-    return rho, pred
-
-
-def update_lambda(
-    lam: torch.Tensor,
-    nu: torch.Tensor,
-    rho: torch.Tensor,
-    accepted: torch.Tensor,
-    lam_min: float,
-    lam_max: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nielsen's rule: accepted ``λ ← λ·max(1/3, 1 − (2ρ − 1)³)``, ``ν ← 2``; rejected
-    ``λ ← λ·ν``, ``ν ← 2ν``. λ is clamped to ``[lam_min, lam_max]``."""
-    factor = torch.clamp(1 - (2 * rho.clamp(-1e3, 1e3) - 1) ** 3, min=1.0 / 3.0)
-    new_lam = torch.where(accepted, lam * factor, lam * nu).clamp(lam_min, lam_max)
-    new_nu = torch.where(accepted, torch.full_like(nu, 2.0), nu * 2)
-    return new_lam, new_nu
-
-
 def normal_equations(
     J: torch.Tensor, r: torch.Tensor, w: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``H = JᵀWJ`` (B, K, K) and ``g = JᵀWR`` (B, K), float64, of the Jacobian ``J`` (B, M, K),
+    residuals ``r`` (B, M) and the diagonal of ``W`` ``w`` (B, M) (None: identity)."""
     J64, r64 = J.to(torch.float64), r.to(torch.float64)
     Jw = J64 if w is None else J64 * w.to(torch.float64)[..., None]
     return Jw.transpose(-1, -2) @ J64, (Jw * r64[..., None]).sum(-2)
@@ -266,6 +220,35 @@ def correlation_inflation(
     den = (0.5 * (a * a + b * b)).sum(-1).clamp_min(1e-300)
     rho = (num / den).nan_to_num(0.0).clamp(0.0, max_correlation)
     return ((1 + rho) / (1 - rho)) ** 2
+
+
+def pose_covariance(
+    H: torch.Tensor,
+    cost: float,
+    n_residuals: float,
+    inflation: float,
+    P: torch.Tensor,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Covariance (6, 6) of the world increment ``δ = (v [mm], w [rad])`` at the final pose:
+    ``P Σ_s Pᵀ`` with ``Σ_s = k · f · σ² H⁻¹`` of the scaled increments, ``σ² = 2F/(M − 6)``
+    (``F`` = ``cost``, ``M`` = ``n_residuals`` that count), ``f`` = ``inflation``
+    (:func:`correlation_inflation`), ``k`` = ``scale``; ``H`` (6, 6) = ``JᵀWJ``, ``P`` (6, 6)
+    from :func:`increment_matrix`. Symmetrised."""
+    sigma2 = 2.0 * float(cost) / max(float(n_residuals) - 6, 1)
+    cov_s = scale * float(inflation) * sigma2 * torch.linalg.inv(H)
+    cov_w = P @ cov_s @ P.T
+    return 0.5 * (cov_w + cov_w.T)
+
+
+def displacement(
+    pose: torch.Tensor, pose0: torch.Tensor, center: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Displacement (B,) of the point ``center`` (3,) (mm) and rotation angle (B,) (rad) of
+    ``pose`` (B, 4, 4) relative to ``pose0`` (B, 4, 4)."""
+    Dm = pose.detach() @ se3_inverse(pose0.detach())
+    moved = (Dm[:, :3, :3] @ center[:, None])[..., 0] + Dm[:, :3, 3] - center
+    return moved.norm(dim=-1), so3_log(Dm[:, :3, :3]).norm(dim=-1)
 
 
 def singular(H: torch.Tensor, rcond: float) -> torch.Tensor:
