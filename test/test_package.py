@@ -18,7 +18,6 @@ MODULE_TO_DEPENDENCY = {
     "std_msgs": "std_msgs",
     "std_srvs": "std_srvs",
     "diagnostic_msgs": "diagnostic_msgs",
-    "visualization_msgs": "visualization_msgs",
     "builtin_interfaces": "builtin_interfaces",
     "rcl_interfaces": "rcl_interfaces",
     "tf2_ros": "tf2_ros",
@@ -105,6 +104,22 @@ def test_every_third_party_import_is_declared():
         elif dep not in declared:
             missing.append(f"{module} (imported in {where}) needs <exec_depend>{dep}</exec_depend>")
     assert not missing, "\n".join(missing)
+
+
+def test_every_declared_message_package_is_imported():
+    """The converse for ROS interface packages (``*_msgs``, ``*_srvs``, ``*_interfaces``): a
+    declared one that no module imports is a dependency nobody needs."""
+    declared = {
+        el.text.strip()
+        for tag in ("depend", "exec_depend")
+        for el in _package_xml().findall(tag)
+        if el.text.strip().endswith(("_msgs", "_srvs", "_interfaces"))
+    }
+    sources = sorted((ROOT / "sphere_reg_ros").rglob("*.py")) + sorted(
+        (ROOT / "launch").glob("*.py")
+    )
+    unused = declared - set(_imported_modules(sources))
+    assert not unused, f"declared in package.xml but imported nowhere: {sorted(unused)}"
 
 
 def test_pip_dependencies_are_pinned_in_requirements():

@@ -29,6 +29,7 @@ __all__ = [
     "se3_exp",
     "se3_log",
     "se3_inverse",
+    "se3_adjoint",
     "left_increment",
     "make_pose",
     "geodesic_se3",
@@ -202,6 +203,16 @@ def se3_inverse(T: torch.Tensor) -> torch.Tensor:
     _check(T, (4, 4), "T")
     Rt = T[..., :3, :3].transpose(-1, -2)
     return make_pose(Rt, -(Rt @ T[..., :3, 3:])[..., 0])
+
+
+def se3_adjoint(T: torch.Tensor) -> torch.Tensor:
+    """Adjoint (..., 6, 6) of the rigid pose ``T`` (..., 4, 4) for tangent vectors ``(v, w)``:
+    ``[[R, hat(t) R], [0, R]]``, so that ``T exp(xi) T^-1 = exp(Ad_T xi)``."""
+    _check(T, (4, 4), "T")
+    R, t = T[..., :3, :3], T[..., :3, 3]
+    top = torch.cat([R, hat(t) @ R], -1)
+    bottom = torch.cat([torch.zeros_like(R), R], -1)
+    return torch.cat([top, bottom], -2)
 
 
 def left_increment(T: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,8 @@ Poses: a ``(4, 4)`` pose in millimetres ``T_parent_from_child`` ⇄ ``TransformS
 ``PoseWithCovarianceStamped`` in metres and quaternions (REP-103). A ``TransformStamped`` with
 ``header.frame_id = parent`` and ``child_frame_id = child`` holds the child frame's pose in the
 parent frame, i.e. it maps child coordinates to parent coordinates: ``p_parent = T · p_child``.
+The SE(3) algebra (inverse, adjoint, quaternions) is :mod:`sphere_reg_ros.core.geometry`'s; this
+module only validates messages and arrays and converts units and types.
 
 Covariance: the registrar reports the covariance of a left-multiplied increment
 ``T_ct_from_carm ← exp(δ) T_ct_from_carm`` with ``δ = (v [mm], w [rad])`` in the CT frame.
@@ -49,7 +51,13 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from ..core.carm import CarmGeometry, CarmGeometryError
-from ..core.geometry import pose_to_translation_quaternion, translation_quaternion_to_pose
+from ..core.geometry import (
+    hat,
+    pose_to_translation_quaternion,
+    se3_adjoint,
+    se3_inverse,
+    translation_quaternion_to_pose,
+)
 
 __all__ = [
     "ENCODINGS",
@@ -69,7 +77,6 @@ __all__ = [
     "covariance_to_ros",
     "covariance_from_ros",
     "invert_pose",
-    "stamp_to_seconds",
     "pose_from_translation_quaternion",
 ]
 
@@ -410,23 +417,18 @@ def _rigid(T: Any, name: str = "pose") -> np.ndarray:
 
 
 def invert_pose(T: np.ndarray) -> np.ndarray:
-    """Closed-form inverse ``(4, 4)`` of a rigid pose."""
-    M = _rigid(T)
-    out = np.eye(4)
-    out[:3, :3] = M[:3, :3].T
-    out[:3, 3] = -M[:3, :3].T @ M[:3, 3]
-    return out
+    """Inverse ``(4, 4)`` float64 of a rigid pose ``T`` ``(4, 4)`` (mm): ``core.geometry.se3_inverse``.
+
+    Raises:
+        PoseConversionError: not a finite rigid ``(4, 4)`` pose.
+    """
+    return se3_inverse(torch.from_numpy(_rigid(T))).numpy()
 
 
 def _check_frame(frame: str, what: str) -> str:
     if not isinstance(frame, str) or not frame.strip():
         raise PoseConversionError(f"{what} must be a non-empty frame id, got {frame!r}")
     return frame
-
-
-def stamp_to_seconds(stamp: Time) -> float:
-    """``builtin_interfaces/Time`` as float seconds."""
-    return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
 
 
 def _set_translation_rotation(T: np.ndarray, translation, rotation) -> None:
@@ -477,21 +479,6 @@ def transform_stamped_to_pose(msg: TransformStamped) -> np.ndarray:
     return _pose_from(msg.transform.translation, msg.transform.rotation)
 
 
-def _skew(t: np.ndarray) -> np.ndarray:
-    x, y, z = t
-    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-
-
-def _adjoint(T: np.ndarray) -> np.ndarray:
-    """Adjoint ``(6, 6)`` of ``T`` for tangent vectors ordered ``(v, w)``."""
-    R, t = T[:3, :3], T[:3, 3]
-    ad = np.zeros((6, 6))
-    ad[:3, :3] = R
-    ad[:3, 3:] = _skew(t) @ R
-    ad[3:, 3:] = R
-    return ad
-
-
 def _check_cov(cov: np.ndarray, name: str) -> np.ndarray:
     C = np.asarray(cov, dtype=np.float64)
     if C.size == 36:
@@ -504,16 +491,17 @@ def _check_cov(cov: np.ndarray, name: str) -> np.ndarray:
 def _increment_to_ros(T: np.ndarray, inverse: bool) -> np.ndarray:
     """``(6, 6)`` linear map from the registrar's increment ``(v [mm], w [rad])`` of ``T_ct_from_carm``
     to the ROS pose error ``(x, y, z [m], rx, ry, rz [rad])`` of the published pose."""
+    T_t = torch.from_numpy(T)
     if inverse:
-        P, A = T, np.eye(6)
+        P, A = T_t, torch.eye(6, dtype=torch.float64)
     else:
         # T^-1 exp(-δ) = exp(-Ad_{T^-1} δ) T^-1: a left increment of the inverse pose
-        P = invert_pose(T)
-        A = _adjoint(P)
-    J = np.eye(6)
-    J[:3, 3:] = -_skew(P[:3, 3])  # position error = v' + w' × t
-    S = np.diag([1.0 / _MM_PER_M] * 3 + [1.0] * 3)
-    return S @ J @ A
+        P = se3_inverse(T_t)
+        A = se3_adjoint(P)
+    J = torch.eye(6, dtype=torch.float64)
+    J[:3, 3:] = -hat(P[:3, 3])  # position error = v' + w' × t
+    S = torch.diag(torch.tensor([1.0 / _MM_PER_M] * 3 + [1.0] * 3, dtype=torch.float64))
+    return (S @ J @ A).numpy()
 
 
 def covariance_to_ros(

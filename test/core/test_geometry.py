@@ -19,6 +19,7 @@ from sphere_reg_ros.core.geometry import (
     pose_to_translation_quaternion,
     quaternion_xyzw_to_matrix,
     random_poses,
+    se3_adjoint,
     se3_exp,
     se3_inverse,
     se3_log,
@@ -164,6 +165,14 @@ class TestSE3:
     def test_log_of_inverse_is_minus_adjoint(self, gen):
         xi = torch.randn(8, 6, generator=gen, dtype=torch.float64)
         torch.testing.assert_close(se3_log(se3_inverse(se3_exp(xi))), -xi)
+
+    def test_adjoint_moves_a_tangent_vector_through_the_pose(self, gen):
+        T = random_poses(5, 20.0, 50.0, gen, dtype=torch.float64)
+        xi = torch.randn(5, 6, generator=gen, dtype=torch.float64) * 0.1
+        lhs = T @ se3_exp(xi) @ se3_inverse(T)
+        torch.testing.assert_close(lhs, se3_exp((se3_adjoint(T) @ xi[..., None])[..., 0]))
+        with pytest.raises(ValueError):
+            se3_adjoint(T[:, :3])
 
     def test_left_increment(self, gen):
         T = random_poses(5, 20.0, 50.0, gen)
