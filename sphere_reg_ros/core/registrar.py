@@ -155,6 +155,10 @@ class RegistrarConfig:
             fails one is ``Status.REJECTED``. False: the results keep the solver's status (the
             features are still computed, for calibration).
         trust: :class:`~.trust.TrustConfig` (thresholds; the consistency check's offset).
+        polish: with a learned similarity, refine its end on the learning-free residuals of this
+            configuration (``residuals``, ``intensity_fit``, ``robust``) at the finest scale, and
+            judge the result (normalised cost, consistency, gates) on those residuals, which the
+            trust thresholds were calibrated on. No effect without a learned similarity.
     """
 
     resolution: int = 64
@@ -188,6 +192,7 @@ class RegistrarConfig:
     reference_offset_mm: float = 5.0
     gates: bool = True
     trust: TrustConfig = TrustConfig()
+    polish: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -226,6 +231,8 @@ class RegistrarConfig:
             )
         if not isinstance(self.masking, bool):
             raise ValueError(f"masking must be a bool, got {self.masking!r}")
+        if not isinstance(self.polish, bool):
+            raise ValueError(f"polish must be a bool, got {self.polish!r}")
         if self.residuals not in ("intensity", "intensity+gradient"):
             raise ValueError(
                 f"residuals must be 'intensity' or 'intensity+gradient', got {self.residuals!r}"
@@ -285,6 +292,18 @@ class RegistrarConfig:
         if unknown:
             raise ValueError(f"unknown RegistrarConfig keys: {sorted(unknown)}")
         return cls(**values)
+
+
+def _learning_free_residuals(config: RegistrarConfig) -> IntensityResiduals:
+    """The learning-free residual model of ``config`` (``residuals``, ``intensity_fit``)."""
+    return IntensityResiduals(
+        gradients=config.residuals == "intensity+gradient",
+        levels=config.residual_levels,
+        local_window=config.local_window,
+        curve_degree=3 if "curve" in config.intensity_fit else 0,
+        materials="bone" in config.intensity_fit,
+        fit_min_height=config.resolution,
+    )
 
 
 def _joined(*parts: str) -> str:
@@ -439,21 +458,22 @@ class Registrar:
         self.roi_world = self._roi(ct, render_ct, config.roi)
         self.learned = similarity is not None
         if similarity is None:
-            similarity = IntensityResiduals(
-                gradients=config.residuals == "intensity+gradient",
-                levels=config.residual_levels,
-                local_window=config.local_window,
-                curve_degree=3 if "curve" in config.intensity_fit else 0,
-                materials="bone" in config.intensity_fit,
-                fit_min_height=config.resolution,
-            )
+            similarity = _learning_free_residuals(config)
         if isinstance(similarity, torch.nn.Module):
             similarity = similarity.to(self.device).eval()
         self.similarity = similarity
+        #: the learning-free solver that polishes a learned end (``config.polish``), and its own
+        #: solver for the consistency check's second starts; None without
+        self._polisher = self._polish_check = None
+        if self.learned and config.polish:
+            free = _learning_free_residuals(config)
+            self._polisher = LevenbergMarquardt(free, config.lm_config(tracking=True))
+            self._polish_check = LevenbergMarquardt(free, config.lm_config(tracking=True))
         # the bone's own attenuation, rendered beside the whole DRR when the residuals weigh it
+        wanted = [similarity] + ([self._polisher.model] if self._polisher is not None else [])
         self._channels = (
             torch.as_tensor(bone_attenuation(render_ct.data))[None]
-            if getattr(similarity, "drr_channels", 1) > 1
+            if any(getattr(m, "drr_channels", 1) > 1 for m in wanted)
             else None
         )
         self.regressor = regressor.to(self.device).eval() if regressor is not None else None
@@ -765,9 +785,13 @@ class Registrar:
         )
         if self.config.restarts and not fine_only and solver is self.solver:
             self._restart_failures(out, renderers, fixed, poses, kwargs.get("mask"), messages)
-        t_lm = time.perf_counter() - t2
-        mask = kwargs.get("mask")
         results = out.to_results()
+        mask = kwargs.get("mask")
+        judge, check = self.solver, self._check_solver
+        if self._polisher is not None and not fine_only and solver is self.solver:
+            results = self._polish(results, renderers[-1], fixed, mask, messages)
+            judge, check = self._polisher, self._polish_check
+        t_lm = time.perf_counter() - t2
         t3 = time.perf_counter()
         final = []
         for i, res in enumerate(results):
@@ -789,7 +813,7 @@ class Registrar:
                 m = None if mask is None else mask[i : i + 1]
                 res = replace(
                     res,
-                    normalised_cost=self.solver.normalised_cost(
+                    normalised_cost=judge.normalised_cost(
                         renderers[-1],
                         fixed[i : i + 1],
                         torch.from_numpy(res.pose),
@@ -803,7 +827,7 @@ class Registrar:
                     res = replace(
                         res,
                         consistency_mm=self._consistency(
-                            renderers[-1], fixed[i : i + 1], res.pose, m
+                            renderers[-1], fixed[i : i + 1], res.pose, m, check
                         ),
                     )
             final.append(replace(res, message=_joined(msg, messages[i])))
@@ -821,10 +845,12 @@ class Registrar:
         fixed: torch.Tensor,
         pose: np.ndarray,
         mask: torch.Tensor | None,
+        solver=None,
     ) -> float:
         """Distance (mm, at the region of interest) between ``pose`` and where a second start ends:
         ``pose`` moved by ``trust.consistency_offset_mm`` along the C-arm's x axis and rotated by
-        ``offset / 100`` rad about its y axis through the CT's centre (finest scale only)."""
+        ``offset / 100`` rad about its y axis through the CT's centre (finest scale only), with
+        ``solver`` (default the consistency solver of the registrar's own similarity)."""
         from .geometry import make_pose, so3_exp
 
         d = self.trust.consistency_offset_mm
@@ -835,7 +861,7 @@ class Registrar:
             make_pose(R, c - R @ c) @ make_pose(torch.eye(3, dtype=torch.float64), d * T[:3, 0]) @ T
         )
         kw = {} if mask is None else {"mask": mask}
-        out = self._check_solver.solve(
+        out = (solver or self._check_solver).solve(
             [renderer], fixed, start[None], center=self.center_world, **kw
         )
         if not out.status[0].usable:
@@ -844,6 +870,41 @@ class Registrar:
         return float(
             np.linalg.norm(point_error(end, np.asarray(pose, dtype=np.float64), self.roi_world))
         )
+
+    def _polish(
+        self,
+        results: list[RegistrationResult],
+        renderer: DrrRenderer,
+        fixed: torch.Tensor,
+        mask: torch.Tensor | None,
+        messages: list[str],
+    ) -> list[RegistrationResult]:
+        """The learned ends ``results`` refined by the learning-free solver at the finest scale
+        (``config.polish``). An element keeps its learned result where the polish fails; a polish
+        that makes no progress confirms the learned end (it is already the minimum)."""
+        starts = torch.from_numpy(np.stack([r.pose for r in results]))
+        kw = {} if mask is None else {"mask": mask}
+        polished = self._polisher.solve(
+            [renderer], fixed, starts, center=self.center_world, **kw
+        ).to_results()
+        out = []
+        for i, (learned, res) in enumerate(zip(results, polished)):
+            if res.status is Status.NO_PROGRESS and learned.status.usable:
+                res = replace(res, status=learned.status)
+            if not res.status.usable:
+                messages[i] = _joined(
+                    messages[i], f"polish failed ({res.message}); learned end kept"
+                )
+                out.append(learned)
+                continue
+            shift = float(np.linalg.norm(point_error(res.pose, learned.pose, self.roi_world)))
+            messages[i] = _joined(
+                messages[i],
+                f"learned end ({learned.status.value}, {learned.iterations} iterations) polished "
+                f"on the learning-free residuals: {res.iterations} iterations, {shift:.2f} mm",
+            )
+            out.append(replace(res, iterations=learned.iterations + res.iterations))
+        return out
 
     def _looks_failed(self, out, i: int) -> bool:
         """Whether element ``i`` of an LM result should be started again (see ``restarts``)."""

@@ -90,6 +90,8 @@ METHODS: dict[str, str] = {
     "ours": "LM on the learned spherical similarity (--model), from the benchmark's initial poses",
     "ours-regressor": "the full pipeline: regressor initial pose, then LM on the learned similarity",
     "regressor": "the pose regressor alone (no refinement)",
+    "ours-polish": "ours, then the learning-free LM from its end at the finest scale (polish)",
+    "ours-regressor-polish": "the full pipeline with the polish: regressor, learned LM, polish",
     "ours-se3": "LM on the similarity of a model trained with the se(3) regressor loss",
     "ours-so4": "LM on the similarity of a model trained with the SO(4) regressor loss",
     "euclidean": "LM on a Euclidean-embedding similarity (ablation checkpoint)",
@@ -105,7 +107,14 @@ METHODS: dict[str, str] = {
     "xvr": "xvr (peer tool) fixed-pose registration, its defaults: Adam on gradient-multiscale NCC",
 }
 _CHECKPOINT_METHODS = ("ours-se3", "ours-so4", "euclidean", "hyperbolic")
-_MODEL_METHODS = ("ours", "ours-regressor", "regressor", "ours+intensity")
+_MODEL_METHODS = (
+    "ours",
+    "ours-regressor",
+    "regressor",
+    "ours+intensity",
+    "ours-polish",
+    "ours-regressor-polish",
+)
 
 
 @dataclass(frozen=True)
@@ -319,16 +328,20 @@ def _build(
         return cache["free"]
 
     def learned(name: str, path: str) -> Registrar:
-        if path not in cache:  # refuses a checkpoint made for another CT
-            reg = Registrar.from_checkpoint(ct, path, rcfg, default_spacing_mm=config.spacing_mm)
+        polish = name.endswith("-polish")
+        key = f"{path} (polish)" if polish else path
+        if key not in cache:  # refuses a checkpoint made for another CT
+            reg = Registrar.from_checkpoint(
+                ct, path, replace(rcfg, polish=polish), default_spacing_mm=config.spacing_mm
+            )
             if reg.spacing_mm != config.spacing_mm:
                 log.warning(
                     "%s: rendering the CT at %g mm, the spacing the model was trained with",
                     path,
                     reg.spacing_mm,
                 )
-            cache[path] = reg
-        return cache[path]
+            cache[key] = reg
+        return cache[key]
 
     for name in methods:
         if name in runners or name in unavailable:
@@ -358,7 +371,7 @@ def _build(
                     )(reg, solver)
                 elif name == "regressor":
                     runners[name] = _Regressor(reg).register
-                elif name == "ours-regressor":
+                elif name in ("ours-regressor", "ours-regressor-polish"):
                     runners[name] = (lambda r: lambda img, g, init: r.register(img, g, None))(reg)
                 else:
                     runners[name] = reg.register

@@ -288,3 +288,33 @@ def test_the_shipped_checkpoint_registers_the_example_ct(example_ct, offset_pose
     res = reg.register(reg.render(true, geometry), geometry, init)
     assert res.status != Status.INVALID_INPUT, res.message
     assert _mtre(reg, res.pose, true) < 0.5 * _mtre(reg, init, true)
+
+
+def test_polish_refines_a_learned_end_on_the_learning_free_residuals(ct8, case):
+    """``polish``: the learned end is refined by exactly the learning-free solver at the finest
+    scale (as a tracking registration from that end), which says so in the message, and the
+    result is judged on the learning-free residuals."""
+    from sphere_reg_ros.core.models import SimilarityConfig, SimilarityNet
+
+    torch.manual_seed(0)
+    sim = SimilarityNet(
+        SimilarityConfig(channels=4, stem_widths=(4, 8), model_dim=8, depth=1, heads=2)
+    )
+    image, true, init = case
+    runs = {}
+    for polish in (False, True):
+        cfg = RegistrarConfig(resolution=32, scales=(0.5, 1.0), max_iterations=12, polish=polish)
+        reg = Registrar(ct8, similarity=sim, config=cfg, spacing_mm=8.0)
+        runs[polish] = reg.register(image, GEOMETRY, init)
+    plain, polished = runs[False], runs[True]
+    assert "polished on the learning-free residuals" in polished.message
+    assert "polished" not in plain.message
+    free = Registrar(ct8, config=RegistrarConfig(resolution=32, scales=(0.5, 1.0)), spacing_mm=8.0)
+    expected = free.register(image, GEOMETRY, plain.pose, fine_only=True)
+    np.testing.assert_allclose(polished.pose, expected.pose, atol=1e-6)
+    assert polished.status is Status.CONVERGED, polished.message
+    assert polished.iterations == plain.iterations + expected.iterations
+    assert _mtre(reg, polished.pose, true) < 0.5
+    assert polished.normalised_cost == pytest.approx(expected.normalised_cost, rel=1e-6)
+    with pytest.raises(ValueError, match="polish"):
+        RegistrarConfig(polish="yes")
