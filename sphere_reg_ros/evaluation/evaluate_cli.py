@@ -114,6 +114,13 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--cases", type=int, default=None, help="evaluate the first N cases only")
     _evaluate_run_options(p)
     _robustness_options(p)
+    _evaluate_output_options(p)
+    p.set_defaults(func=run_evaluate)
+    return p
+
+
+def _evaluate_output_options(p: argparse.ArgumentParser) -> None:
+    """``evaluate``'s options of what it shows and times: landscape plot, warm-up, progress."""
     p.add_argument("--no-landscape", action="store_true", help="skip the similarity-landscape plot")
     p.add_argument(
         "--no-warmup",
@@ -121,8 +128,6 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         help="time the first case too (default: one untimed warm-up registration per method)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_evaluate)
-    return p
 
 
 def _evaluate_run_options(p: argparse.ArgumentParser) -> None:

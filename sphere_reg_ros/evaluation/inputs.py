@@ -146,6 +146,17 @@ def read_image(path: Path, domain: str = "auto") -> tuple[np.ndarray, dict]:
             img = np.asarray(mpimg.imread(str(path)))
         except Exception as exc:  # Pillow: UnidentifiedImageError, truncated data, bad CRC ...
             raise _decoder_error(path, _IMAGE_FORMATS[suffix], exc) from exc
+    img = _checked_grey(path, img)
+    if domain == "intensity":
+        top = float(img.max())
+        img = np.log(max(top, 1e-6)) - np.log(np.clip(img, max(top * 1e-6, 1e-12), None))
+    return img.astype(np.float32), hints
+
+
+def _checked_grey(path: Path, img: np.ndarray) -> np.ndarray:
+    """A decoded image as one ``(H, W)`` float32 grey image: RGB(A) averaged, a single-frame
+    stack unwrapped; ValueError (naming ``path``) unless numeric, 2-D, at least
+    :data:`MIN_IMAGE_SIZE` per side and finite."""
     img = np.asarray(img)
     if img.dtype.kind not in "biuf":
         raise ValueError(
@@ -168,10 +179,7 @@ def read_image(path: Path, domain: str = "auto") -> tuple[np.ndarray, dict]:
     n_bad = int(img.size - np.count_nonzero(np.isfinite(img)))
     if n_bad:
         raise ValueError(f"{path}: {n_bad} pixels are NaN or infinite")
-    if domain == "intensity":
-        top = float(img.max())
-        img = np.log(max(top, 1e-6)) - np.log(np.clip(img, max(top * 1e-6, 1e-12), None))
-    return img.astype(np.float32), hints
+    return img
 
 
 def read_pose(path: Path) -> np.ndarray:
