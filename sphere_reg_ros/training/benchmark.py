@@ -7,7 +7,7 @@ rendered at twice the resolution with half the ray step and area-averaged down, 
 through a photon-counting model the augmentations never apply — an anode heel effect (a ±15 %
 linear ramp of the incident photons across the detector, not corrected), Poisson noise at
 5000 photons per pixel, ``-log`` back to line integrals — and a detector blur (Gaussian,
-σ = 0.6 px). The regressor's mTRE (mm, landmarks of ``dataset.default_landmarks``) is
+σ = 0.6 px). The regressor's mTRE (mm, landmarks of ``evaluation.cases.default_landmarks``) is
 summarised as in the seed's Table 1 (``core.metrics.summarize``).
 
 Throughput: DRRs per second rendered at the training resolution (pool DRRs, with their margin,

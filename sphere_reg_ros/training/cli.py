@@ -197,7 +197,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise ValueError(f"--resume: {args.out} does not exist")
         if args.resume:
             _check_resume(args.out)
-        from sphere_reg_ros.training.train import resolve_device
+        from sphere_reg_ros.core.registrar import resolve_device
 
         cuda = resolve_device(args.device).type == "cuda"
         scale = args.channel_scale if args.channel_scale is not None else (1.0 if cuda else 0.5)
@@ -321,9 +321,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
         load_checkpoint,
     )
     from sphere_reg_ros.core.metrics import Summary, format_table
+    from sphere_reg_ros.core.registrar import resolve_device
     from sphere_reg_ros.evaluation.benchmark import load_benchmark
     from sphere_reg_ros.training.benchmark import run_regressor_benchmark
-    from sphere_reg_ros.training.train import resolve_device
 
     if args.threads > 0:
         import torch

@@ -16,7 +16,7 @@ one similarity item), so the pools keep changing while rendering stays a bounded
 time. Validation (on poses of the ``val`` split, disjoint from ``train`` and ``test`` by
 ``sampling.split_seed``) runs at step 0, then every ``val_every_steps`` steps or
 ``val_every_s`` seconds, and at the end; it reports the regressor's loss and mTRE (mm; landmarks
-from ``dataset.default_landmarks``) on "X-rays" (content + domain randomisation, drawn once) and
+from ``evaluation.cases.default_landmarks``) on simulated "X-rays" (drawn once) and
 on clean DRRs, and the similarity's
 gradient-matching loss and gradient alignment. The weights with the best validation loss of
 each network are the ones saved.
@@ -651,9 +651,7 @@ def _save(
         "config": _plain(config.to_dict()),
         "spacing_mm": config.spacing_mm,
         "step_mm": config.effective_step_mm(),
-        "landmarks": "label centroids"
-        if not scene.landmark_names[0].startswith("grid_")
-        else "grid",
+        "landmarks": _landmark_kind(scene.landmark_names),
         "device": str(config.device),
         "torch": str(torch.__version__),
         "threads": torch.get_num_threads(),
@@ -680,6 +678,13 @@ def _save(
     torch.save(state, tmp)
     tmp.replace(sp)
     return path
+
+
+def _landmark_kind(names: list[str]) -> str:
+    """How the landmarks of ``evaluation.cases.default_landmarks`` were made, from their names."""
+    if names[0].startswith("grid_"):
+        return "grid"
+    return "body centroid" if names == ["body_centroid"] else "label centroids"
 
 
 def _plain(value):
