@@ -22,7 +22,9 @@ camera frame has x and y flipped (with ``reverse_x_axis=True``): ``E = T · diag
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 
 import numpy as np
 import torch
@@ -148,6 +150,24 @@ class DrrRenderer(torch.nn.Module):
         self.radius = float(np.linalg.norm(corners[:, :3] - center, axis=1).max() + spacing.max())
         self.register_buffer("_flip", OPTICAL_TO_DIFFDRR.float())
 
+    #: when a dict, the renderer adds the wall time (s) of its parts to it: ``drr.rays``,
+    #: ``drr.sample``, ``drr.jacobian`` (``sphere-reg benchmark-drr --profile``)
+    timings: dict | None = None
+
+    @contextlib.contextmanager
+    def _stage(self, name: str):
+        if self.timings is None:
+            yield
+            return
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync()
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
     # ------------------------------------------------------------------ geometry
     @property
     def dtype(self) -> torch.dtype:
@@ -257,7 +277,7 @@ class DrrRenderer(torch.nn.Module):
         pose = _check_pose(pose).to(self.dtype)
         window = self.window(pose) if window is None else window
         n = self.n_samples(window)
-        with torch.no_grad():
+        with torch.no_grad(), self._stage("drr.rays"):
             source, target = self.rays(pose)
         H, W = self.geometry.height, self.geometry.width
         if channels and self._channels is None:
@@ -301,10 +321,17 @@ class DrrRenderer(torch.nn.Module):
         direction = target - source  # (B, P, 3)
         s_vox = source @ lin.T + offset + 2.0  # padded voxel coordinates
         d_vox = direction @ lin.T
-        vox = s_vox[:, :, None] + alphas[None, None, :, None] * d_vox[:, :, None]  # (B, P, N, 3)
-        value, grad_vox = _trilinear_padded(volume, vox)
+        with self._stage("drr.sample"):
+            vox = (
+                s_vox[:, :, None] + alphas[None, None, :, None] * d_vox[:, :, None]
+            )  # (B, P, N, 3)
+            value, grad_vox = _trilinear_padded(volume, vox)
+        with self._stage("drr.jacobian"):
+            return self._reduce(source, direction, lin, alphas, step, value, grad_vox, volume.ndim)
+
+    def _reduce(self, source, direction, lin, alphas, step, value, grad_vox, ndim):
         c = self.scale * step * direction.norm(dim=-1)  # (B, P)
-        if volume.ndim == 4:  # channels: value (B, P, N, C), grad (B, P, N, C, 3)
+        if ndim == 4:  # channels: value (B, P, N, C), grad (B, P, N, C, 3)
             sum_g = grad_vox.sum(dim=2) @ lin  # (B, P, C, 3)
             sum_ag = torch.einsum("n,bpnkc->bpkc", alphas, grad_vox) @ lin
             src, direction, c = source[:, :, None], direction[:, :, None], c[..., None]
