@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from sphere_reg_ros.core import models
 from sphere_reg_ros.core.carm import CarmGeometry
 from sphere_reg_ros.core.checkpoint import default_checkpoint_path
 from sphere_reg_ros.core.metrics import mtre
@@ -197,7 +198,6 @@ def test_from_files_reads_a_ct_and_goes_learning_free(tmp_path, ct8, offset_pose
 
 
 def test_a_tiny_untrained_similarity_net_and_regressor_run_end_to_end(ct8, case):
-    models = pytest.importorskip("sphere_reg_ros.core.models")
     torch.manual_seed(0)
     sim = models.SimilarityNet(
         models.SimilarityConfig(channels=4, stem_widths=(4, 8), model_dim=8, depth=1, heads=2)

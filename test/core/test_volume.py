@@ -164,7 +164,9 @@ def test_single_dicom_file_loads_its_series(synthetic_files):
 @pytest.mark.parametrize("fmt", ["nrrd", "dicom"])
 def test_lps_conversion_matches_simpleitk(synthetic_files, fmt):
     """Independent oracle: ITK reads LPS; our RAS point must be its point with x, y negated."""
-    sitk = pytest.importorskip("SimpleITK")
+    sitk = pytest.importorskip(
+        "SimpleITK", reason="SimpleITK (an independent oracle, not a dependency) is not installed"
+    )
     path = synthetic_files[fmt]
     if fmt == "dicom":
         reader = sitk.ImageSeriesReader()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from sphere_reg_ros.core import checkpoint, models
 from sphere_reg_ros.core.baselines import GradientConfig
 from sphere_reg_ros.core.registrar import RegistrarConfig
 from sphere_reg_ros.core.volume import load_volume, resample
@@ -198,7 +199,14 @@ def test_evaluate_command(tiny, tmp_path, capsys):
     assert bad.func(bad) == 2
 
 
-def test_register_command_writes_pose_overlay_and_report(tiny, tmp_path):
+@pytest.mark.parametrize(
+    "resolution, expected",
+    [(32, 0), (16, 1)],
+    ids=["32px-accepted-exit-0", "16px-rejected-by-a-gate-exit-1"],
+)
+def test_register_command_writes_pose_overlay_and_report(tiny, tmp_path, resolution, expected):
+    """Exit code 0 when the pose may be used; 1 when it registered but a quality gate rejects the
+    pose (at 16 px on the 8 mm CT the pose is too uncertain); the outputs are written either way."""
     ct, bm, folder = tiny
     np.save(tmp_path / "xray.npy", bm.images[0])
     (tmp_path / "geometry.json").write_text(json.dumps(bm.render_geometry.to_dict()))
@@ -215,7 +223,7 @@ def test_register_command_writes_pose_overlay_and_report(tiny, tmp_path):
             "--init",
             str(tmp_path / "init.json"),
             "--resolution",
-            "16",
+            str(resolution),
             "--spacing",
             "8",
             "--device",
@@ -224,13 +232,20 @@ def test_register_command_writes_pose_overlay_and_report(tiny, tmp_path):
             str(tmp_path / "out"),
         ]
     )
-    assert args.func(args) in (0, 1)
+    assert args.func(args) == expected
     info = json.loads((tmp_path / "out" / "pose.json").read_text())
+    report = (tmp_path / "out" / "report.txt").read_text()
+    if expected == 0:
+        assert info["ok"] and info["status"] == "converged" and info["rejected_by"] is None
+        assert "verdict: may be published" in report
+    else:
+        assert not info["ok"] and info["rejected_by"].startswith("rejected_")
+        assert f"verdict: NOT to be used ({info['rejected_by']})" in report
     assert np.asarray(info["T_ct_from_carm_mm"]).shape == (4, 4)
     assert len(info["quaternion_xyzw"]) == 4 and len(info["translation_m"]) == 3
     assert info["translation_mm"][0] == pytest.approx(info["translation_m"][0] * 1000)
     assert (tmp_path / "out" / "overlay.png").stat().st_size > 0
-    assert "status" in (tmp_path / "out" / "report.txt").read_text()
+    assert f"status: {info['status']}" in report
     missing = _parse(["register", "--image", str(tmp_path / "nope.png")])
     assert missing.func(missing) == 2
 
@@ -256,8 +271,6 @@ def test_image_readers_and_overlay(tmp_path):
 
 
 def test_learned_methods_run_from_a_checkpoint(tiny, tmp_path):
-    models = pytest.importorskip("sphere_reg_ros.core.models")
-    checkpoint = pytest.importorskip("sphere_reg_ros.core.checkpoint")
     ct, bm, _ = tiny
     torch.manual_seed(0)
     sim = models.SimilarityNet(
