@@ -1,4 +1,4 @@
-"""Benchmark evaluation: every method in one process on the same cases (DESIGN.md §6).
+"""Benchmark evaluation: every method in one process on the same cases (docs/ARCHITECTURE.md, Evaluation protocol).
 
 Each method registers every case of a benchmark file from the same initial pose (the
 benchmark's ``poses_init``; the regressor rows start from the regressor instead), one case at
@@ -405,7 +405,7 @@ def _build(
                 sims["mNCC"] = MultiscaleNCC()
             elif name == "xvr":
                 if not xvr_available():
-                    unavailable[name] = f"xvr is not installed ({INSTALL_HINT}; issue 8)"
+                    unavailable[name] = f"xvr is not installed ({INSTALL_HINT})"
                 else:
                     device = str(resolve_device(config.registrar.device))
                     xcfg = replace(config.xvr, device=device)

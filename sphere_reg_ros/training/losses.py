@@ -14,7 +14,7 @@ rotating about the isocentre, ``T <- Trans(c) exp(δ) Trans(-c) T`` with ``δ = 
 (a left increment of the isocentric pose). Rotation and translation parts are then normalised
 separately, so their units do not matter.
 
-Gradient matching (DESIGN.md §2, the authors' SOPI/ProST recipe): with the DRR ``I(δ)`` of the
+Gradient matching (docs/ARCHITECTURE.md, Method; the authors' SOPI/ProST recipe): with the DRR ``I(δ)`` of the
 moving pose,
 
     ∂ε/∂δ = J_DRRᵀ ∇_I ε,       J_DRR = ∂I/∂δ   (exact, DrrRenderer.render_with_jacobian)

@@ -1,6 +1,6 @@
 """Patient-specific training of the pose regressor and the similarity network on one CT.
 
-One loop trains both networks (DESIGN.md §2):
+One loop trains both networks (docs/ARCHITECTURE.md, Method):
 
 * regressor: a batch from the :class:`~.dataset.DrrPool` (DRRs at poses of the pose
   distribution, jittered by an exact homography, given collimator shutters and metal

@@ -32,7 +32,7 @@ def test_core_imports_without_ros():
 
 
 def test_core_imports_nothing_above_it():
-    """The import direction is one way (DESIGN.md §4): core ← training/evaluation/cli ← ros.
+    """The import direction is one way (docs/ARCHITECTURE.md, Layers): core ← training/evaluation/cli ← ros.
 
     Checked on the source (every ``import`` statement, lazy ones inside functions included).
     """
