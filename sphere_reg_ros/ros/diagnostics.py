@@ -4,12 +4,17 @@
 timer all touch it). One ``DiagnosticStatus`` is published, named ``<node name>: registration``
 with ``hardware_id`` = the CT in use; its ``level``/``message`` is the outcome of the last frame
 (or of the last CT load: ``ct_loaded``, ``ct_load_failed``, or ``model_warning`` at WARN when
-``model_path ''`` fell back to learning-free residuals) and its ``values`` hold:
+``model_path ''`` fell back to learning-free residuals; or of the last lifecycle transition:
+``configured``, ``configure_failed``, ``unconfigured``) and its ``values`` hold:
 
-``status``, ``ct``, ``ct_loading``, ``model_warning`` (why the registrar in service is not the
+``status``, ``lifecycle_state`` (unconfigured, inactive, active, finalized), ``last_init`` (how
+the last registration started: tracking, tf_prior, initial_pose_mm, registrar_default),
+``tf_prior`` (the TF prior at the last cold start: found and how old, stale, not on TF, or off),
+``ct``, ``ct_loading``, ``model_warning`` (why the registrar in service is not the
 model ``model_path`` asked for; empty when it is), ``tracking``, ``frames_received``,
 ``frames_processed``, ``frames_dropped`` (overwritten by a newer frame before the worker took
-them), ``frames_rejected`` (bad input), ``frames_unmatched_camera_info`` (of those, no CameraInfo
+them), ``frames_ignored`` (not wanted: the node inactive, or ``process_stream`` off and no
+``~/register_next`` waiting), ``frames_rejected`` (bad input), ``frames_unmatched_camera_info`` (of those, no CameraInfo
 paired with the image by stamp), ``registrations_failed`` (failed a quality gate),
 ``camera_info_offset_ms`` (image stamp minus the stamp of the CameraInfo used for the last
 frame), ``camera_info_note`` (e.g. an all-zero K whose P was used; empty otherwise), ``input_rate_hz``,
@@ -118,6 +123,7 @@ class NodeStats:
                 "frames_received",
                 "frames_processed",
                 "frames_dropped",
+                "frames_ignored",
                 "frames_rejected",
                 "frames_unmatched_camera_info",
                 "registrations_failed",

@@ -100,6 +100,10 @@ REASONS = {
     "ok": OK,
     "waiting": OK,
     "ct_loaded": OK,
+    "configured": OK,
+    "unconfigured": OK,
+    "not_active": WARN,
+    "no_frame": WARN,
     "stale": WARN,
     "non_finite": WARN,
     "bad_intensity": WARN,
@@ -122,6 +126,7 @@ REASONS = {
     "rejected_inconsistent": ERROR,
     "rejected": ERROR,
     "ct_load_failed": ERROR,
+    "configure_failed": ERROR,
     "internal_error": ERROR,
 }
 

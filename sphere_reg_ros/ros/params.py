@@ -180,6 +180,13 @@ PARAMS: tuple[ParamSpec, ...] = (
         kind="registrar",
     ),
     ParamSpec(
+        "polish",
+        False,
+        "With a learned model (model_path), refine the learned LM's end on the learning-free "
+        "residuals at the finest scale and judge it (gates) on those; no effect without a model.",
+        kind="registrar",
+    ),
+    ParamSpec(
         "lm_max_iterations",
         20,
         "Levenberg-Marquardt iteration cap per scale.",
@@ -285,6 +292,22 @@ PARAMS: tuple[ParamSpec, ...] = (
         "frame; used when use_initial_pose is true.",
     ),
     ParamSpec(
+        "prior_parent_frame",
+        "",
+        "TF prior of cold starts: the transform prior_parent_frame -> prior_child_frame is taken "
+        "as T_ct_from_carm (the C-arm optical frame's pose in the CT), e.g. ct -> carm_prior from "
+        "the C-arm's kinematics or a tracker; when it is on TF and fresh (prior_max_age_s) a cold "
+        "registration starts there instead of initial_pose_mm or the regressor. '' = off.",
+    ),
+    ParamSpec("prior_child_frame", "", "Child frame of the TF prior (see prior_parent_frame)."),
+    ParamSpec(
+        "prior_max_age_s",
+        0.5,
+        "The TF prior is used when its stamp is at most this old (s, node clock; static "
+        "transforms always); 0 = any age.",
+        (0.0, 1e6),
+    ),
+    ParamSpec(
         "tracking",
         True,
         "Warm start from the last published pose (finest scale only); falls "
@@ -374,7 +397,28 @@ PARAMS: tuple[ParamSpec, ...] = (
         "0 = the image's own maximum. Counts are clipped to >= 1e-6 I_max.",
         (0.0, 1e12),
     ),
+    # --- processing ---------------------------------------------------------------------------
+    ParamSpec(
+        "process_stream",
+        True,
+        "Register every incoming frame (the newest one when the node is busy). False: only frames "
+        "asked for on the ~/register_next service.",
+    ),
+    ParamSpec(
+        "request_timeout_s",
+        10.0,
+        "~/register_next answers 'no frame' when no image arrives this long after the request (s).",
+        (0.1, 3600.0),
+    ),
     # --- start-up only --------------------------------------------------------------------------
+    ParamSpec(
+        "autostart",
+        True,
+        "Lifecycle: configure and activate at start-up (a failed configure then ends the node, "
+        "exit code 2). False: start unconfigured and wait for the transitions (lifecycle_msgs "
+        "services ~/change_state, e.g. from a lifecycle manager or launch).",
+        kind="startup",
+    ),
     ParamSpec(
         "qos_reliability",
         "best_effort",
@@ -705,6 +749,15 @@ def validate(
     if scales.ndim != 1 or scales.size == 0 or not np.all((scales > 0) & (scales <= 1)):
         raise ParameterError("lm_scales must be one or more fractions in (0, 1]")
     parse_roi(values["roi"])
+    for name in ("polish", "process_stream", "autostart"):
+        if not isinstance(values[name], bool):
+            raise ParameterError(f"{name} must be true or false, got {values[name]!r}")
+    prior = (values["prior_parent_frame"], values["prior_child_frame"])
+    if any(prior):
+        check_frame_id("prior_parent_frame", prior[0])
+        check_frame_id("prior_child_frame", prior[1])
+        if prior[0] == prior[1]:
+            raise ParameterError("prior_parent_frame and prior_child_frame must differ")
     pose = _numbers(values["initial_pose_mm"], "initial_pose_mm")
     if pose.shape != (7,) or not np.all(np.isfinite(pose)):
         raise ParameterError(

@@ -51,6 +51,7 @@ def registrar_config(settings) -> RegistrarConfig:
         restarts=int(settings.lm_restarts),
         device=str(settings.device),
         roi=parse_roi(settings.roi),
+        polish=bool(settings.polish),
         trust=trust_config(settings),
     )
 

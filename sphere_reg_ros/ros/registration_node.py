@@ -1,6 +1,6 @@
 """The registration node: C-arm images in, the CT's pose (TF, pose with covariance) out.
 
-Thin glue over :class:`sphere_reg_ros.core.registrar.Registrar`::
+Thin glue over :class:`sphere_reg_ros.core.registrar.Registrar`, as a managed (lifecycle) node::
 
     python -m sphere_reg_ros.ros.registration_node --ros-args --params-file config/register.yaml
     ros2 run sphere_reg_ros registration_node --ros-args --params-file config/register.yaml
@@ -10,7 +10,27 @@ Topics (relative names, remap in launch): subscribes ``image`` (mono8, mono16/16
 10 CameraInfo messages are kept and each image is paired with one by stamp, see below);
 publishes ``/tf``, ``~/pose`` (``PoseWithCovarianceStamped``), ``~/overlay`` (bgr8, only computed
 while subscribed) and ``/diagnostics``; serves ``~/reset`` (``std_srvs/Trigger``: forget the
-tracking state).
+tracking state) and ``~/register_next`` (``std_srvs/Trigger``: register the next frame that
+arrives and answer with the outcome, see below).
+
+Lifecycle (``rclpy.lifecycle``; the standard ``lifecycle_msgs`` services ``~/change_state``,
+``~/get_state``...). ``configure`` checks the parameters and files and loads the CT and the model
+(a failure: back to unconfigured, the reason logged and on ``/diagnostics`` as
+``configure_failed``); ``activate`` starts registering and publishing; ``deactivate`` stops both
+(frames are ignored, counted in ``frames_ignored``) and keeps the registrar and the tracking
+state; ``cleanup`` frees the CT and the model; ``shutdown`` stops the worker threads, and the
+process ends (exit code 0). ``/diagnostics`` is published in every state (``lifecycle_state``).
+With ``autostart`` (the default) the node configures and activates itself at start-up and exits
+with code 2 and the reason when that fails, as a plain node would.
+
+On request. ``~/register_next`` (active node only) takes the next image that arrives within
+``request_timeout_s`` (also with ``process_stream: false``, when the stream is otherwise not
+registered), registers it like any other and answers once it is done: ``success`` = the pose was
+published; ``message`` = a JSON object with ``published``, ``status`` (the ``/diagnostics``
+status key: ``ok``, a gate's key or a refused frame's reason), ``message``, ``stamp``, ``init``
+and, only when published, ``parent``, ``child``, ``translation_m``, ``rotation_xyzw``,
+``covariance`` (the 36 values of ``~/pose``), ``normalised_cost``, ``position_std_mm``. A
+registration that did not converge or failed a gate publishes nothing and carries no pose.
 
 TF direction. The registrar estimates ``T_ct_from_carm`` (maps C-arm optical-frame points to CT
 points). A TF transform parent→child is the child's pose in the parent (it maps child points to
@@ -34,8 +54,12 @@ frame's level is unchanged).
 Initial pose (the policy of :class:`~sphere_reg_ros.core.trust.Tracker`): with ``tracking`` and a
 last published pose, that pose (a cold restart follows when the result fails a gate or its
 normalised cost exceeds ``tracking_cost_factor`` × the last published one; a rejected frame never
-becomes the next start); otherwise ``initial_pose_mm`` (translation in mm) when ``use_initial_pose``, else the registrar's
-own (regressor, or its default view). Input problems are logged (at most once per 5 s per reason)
+becomes the next start); otherwise (a cold start) the TF prior ``prior_parent_frame`` →
+``prior_child_frame`` (taken as ``T_ct_from_carm``) when it is on TF and fresh
+(``prior_max_age_s``; :mod:`.tf_prior`), else ``initial_pose_mm`` (translation in mm) when
+``use_initial_pose``, else the registrar's own (regressor, or its default view). ``last_init`` on
+``/diagnostics`` says which (``tracking``, ``tf_prior``, ``initial_pose_mm``,
+``registrar_default``) and ``tf_prior`` the prior's state (found and how old, stale, missing). Input problems are logged (at most once per 5 s per reason)
 and reported on ``/diagnostics`` (see :mod:`.frame_input` for the reasons and levels); the node
 keeps serving. Frames without a paired CameraInfo are also counted in
 ``frames_unmatched_camera_info``.
@@ -44,8 +68,8 @@ Checkpoint. ``model_path ''`` (the shipped checkpoint) that is missing or does n
 back to learning-free residuals: logged at WARN, status ``model_warning`` (WARN) on
 ``/diagnostics`` at start-up or after the reload (until the next frame's outcome), and the value
 ``model_warning`` holds the reason while that registrar serves. A ``model_path`` file that cannot
-be loaded is an error: at start-up the node exits (code 2) with the reason, at run time the
-parameter service refuses the change (``successful=False``, the reason naming the file) and the
+be loaded is an error: at configure the node stays unconfigured with the reason (with
+``autostart``: it exits, code 2), at run time the parameter service refuses the change (``successful=False``, the reason naming the file) and the
 old registrar serves on. Before answering, a changed ``ct_path`` or ``model_path`` is checked
 (bounded in time and memory: see :func:`.params.probe_volume_file` — header, 3-D shape, voxel
 data as long as the header says — and :func:`.params.probe_model_file` — the checkpoint loaded
@@ -69,6 +93,8 @@ from the next frame without a rebuild.
 from __future__ import annotations
 
 import collections
+import gc
+import json
 import sys
 import threading
 import time
@@ -81,9 +107,10 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
@@ -116,6 +143,7 @@ from .params import (
     validate,
 )
 from .registrar_factory import build_registrar
+from .tf_prior import TfPrior
 from .tf_publisher import TfPublisher
 
 __all__ = ["RegistrationNode", "main"]
@@ -126,11 +154,38 @@ _CAMERA_INFO_WAIT_S = 0.25
 _MM_PER_M = 1000.0
 
 
+class _Request:
+    """One ``~/register_next`` call: ``taken`` once a frame is assigned to it, ``done`` once answered."""
+
+    def __init__(self) -> None:
+        self.taken = threading.Event()
+        self.done = threading.Event()
+        self.answer: dict = {
+            "published": False,
+            "status": "internal_error",
+            "message": "no answer",
+        }
+
+    def finish(self, answer: dict) -> None:
+        self.answer = answer
+        self.taken.set()
+        self.done.set()
+
+
 @dataclass
 class _Frame:
     msg: Image
     received_mono: float
     age_s: float
+    requests: list = None  # the _Requests this frame answers
+
+
+def _refusal(status: str, message: str, stamp=None) -> dict:
+    """A ``~/register_next`` answer without a pose: ``status`` is the /diagnostics status key."""
+    answer = {"published": False, "status": status, "message": message}
+    if stamp is not None:
+        answer["stamp"] = f"{stamp.sec}.{stamp.nanosec:09d}"
+    return answer
 
 
 @dataclass(frozen=True)
@@ -141,12 +196,17 @@ class _Service:
     warning: str | None = None  # why the registrar is not what model_path asked for
 
 
-class RegistrationNode(Node):
-    """See the module docstring. ``parameter_overrides`` as for ``rclpy.node.Node``."""
+class RegistrationNode(LifecycleNode):
+    """See the module docstring. ``parameter_overrides`` as for ``rclpy.node.Node``.
+
+    Constructed unconfigured (parameters declared and their values checked; raises
+    ParameterError on a bad one); ``main`` then configures and activates it when ``autostart``.
+    """
 
     def __init__(self, node_name: str = "registration_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         self._stop = threading.Event()
+        self.finalized = threading.Event()  # set by the shutdown transition: main() then returns
         self._frame_cv = threading.Condition()
         self._load_cv = threading.Condition()
         self._worker: threading.Thread | None = None
@@ -157,7 +217,8 @@ class RegistrationNode(Node):
         for spec in PARAMS:
             self.declare_parameter(spec.name, spec.default, descriptor(spec))
         values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
-        self._settings: Settings = validate(values)  # raises ParameterError: main() exits
+        # the values only: configure checks the files (and main() exits on them with autostart)
+        self._settings: Settings = validate(values, changed=set())  # raises ParameterError
         if self._settings.threads > 0:
             torch.set_num_threads(int(self._settings.threads))
         self.stats = NodeStats()
@@ -172,20 +233,15 @@ class RegistrationNode(Node):
             maxlen=CAMERA_INFO_BUFFER
         )
         self._camera_info_note: str | None = None
-        self.stats.set_values(camera_info_note="")
-
-        t0 = time.monotonic()
-        self._service = self._build(self._settings)
-        self.get_logger().info(
-            f"registrar built in {time.monotonic() - t0:.1f} s: {self._service.source}"
-        )
-        self._report_model(self._service)
-
-        # background loader for registrar rebuilds (ct_path etc. changed at run time)
+        self.stats.set_values(camera_info_note="", tf_prior="off", lifecycle_state="unconfigured")
+        self._service: _Service | None = None  # the registrar: set by configure, freed by cleanup
+        self._active = False
+        self._state = "unconfigured"
+        self.configure_error: str | None = None  # why the last configure failed
+        self._prior: TfPrior | None = None  # created when prior frames are first set
+        self._requests: list[_Request] = []  # ~/register_next calls waiting for a frame
         self._load_request: Settings | None = None
-        self._loader = threading.Thread(
-            target=self._loader_loop, name="registrar_loader", daemon=True
-        )
+        self._pending: _Frame | None = None
 
         s = self._settings
         qos_in = QoSProfile(
@@ -197,13 +253,22 @@ class RegistrationNode(Node):
             durability=DurabilityPolicy.VOLATILE,
         )
         qos_out = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.tf = TfPublisher(self)  # one broadcaster per node, created once
-        self._pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", qos_out)
-        self._overlay_pub = self.create_publisher(Image, "~/overlay", qos_out)
+        self.tf = TfPublisher(self)  # one broadcaster per node, created once; used while active
+        self._pose_pub = self.create_lifecycle_publisher(
+            PoseWithCovarianceStamped, "~/pose", qos_out
+        )
+        self._overlay_pub = self.create_lifecycle_publisher(Image, "~/overlay", qos_out)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_out)
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_in)
         self.create_subscription(Image, "image", self._on_image, qos_in)
         self.create_service(Trigger, "~/reset", self._on_reset)
+        # its own group: the call waits for a frame that the image callback must still receive
+        self.create_service(
+            Trigger,
+            "~/register_next",
+            self._on_register_next,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
         # steady clock: the heartbeat goes on under use_sim_time without /clock
         self.create_timer(
             float(s.diagnostics_period_s),
@@ -212,16 +277,123 @@ class RegistrationNode(Node):
         )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._pending: _Frame | None = None
+        # background loader for registrar rebuilds (ct_path etc. changed at run time)
+        self._loader = threading.Thread(
+            target=self._loader_loop, name="registrar_loader", daemon=True
+        )
         self._worker = threading.Thread(
             target=self._worker_loop, name="registration_worker", daemon=True
         )
         self._loader.start()
         self._worker.start()
+        if not s.autostart:
+            self.get_logger().info(
+                "unconfigured: waiting for the lifecycle transitions (autostart false)"
+            )
+
+    # ------------------------------------------------------------------ lifecycle transitions
+    def _set_state(self, state: str) -> None:
+        self._state = state
+        self.stats.set_values(lifecycle_state=state)
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Check the parameters and files, load the CT and the model; on failure stay unconfigured."""
+        values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
+        t0 = time.monotonic()
+        try:
+            settings = validate(values)  # files too (bounded probes), before the long load
+            service = self._build(settings)
+        except Exception as exc:  # bad parameters, unreadable CT, unusable model, device
+            known = isinstance(exc, (ParameterError, ValueError, OSError))
+            self.configure_error = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            msg = f"configure failed: {self.configure_error}"
+            self.get_logger().error(msg)
+            self.stats.set_outcome(ERROR, msg, "configure_failed")
+            self._publish_diagnostics()
+            return TransitionCallbackReturn.FAILURE
+        self.configure_error = None
+        with self._lock:
+            self._settings = settings
+            self._service = service
+            self._tracker = Tracker()
+        self._update_prior(settings)
+        msg = f"configured in {time.monotonic() - t0:.1f} s: {service.source}"
+        self.get_logger().info(msg)
+        self._set_state("inactive")
+        if not self._report_model(service):
+            self.stats.set_outcome(OK, msg, "configured")
+        self._publish_diagnostics()
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = True
+        self._set_state("active")
+        s = self._settings
         self.get_logger().info(
             f"ready: {self._service.source}; TF via {self.tf.backend}; "
             f"{'publish_inverse ' if s.publish_inverse else ''}ct_frame={s.ct_frame}"
         )
+        self._publish_diagnostics()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing("deactivated")
+        self._set_state("inactive")
+        self.get_logger().info("deactivated: not registering or publishing; registrar kept")
+        self._publish_diagnostics()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._free()
+        self._set_state("unconfigured")
+        self.stats.set_outcome(OK, "cleaned up: CT and model freed", "unconfigured")
+        self.get_logger().info("cleaned up: CT and model freed")
+        self._publish_diagnostics()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing("shutting down")
+        self._free()
+        self._set_state("finalized")
+        self.get_logger().info("shut down")
+        self.finalized.set()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing("error")
+        self._free()
+        self._set_state("unconfigured")
+        self.get_logger().error(f"lifecycle error in {state.label}: back to unconfigured")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_processing(self, why: str) -> None:
+        """Stop registering: drop the pending frame and answer the waiting requests."""
+        self._active = False
+        with self._frame_cv:
+            pending, self._pending = self._pending, None
+            requests, self._requests = self._requests, []
+        for r in requests + (pending.requests if pending is not None else []):
+            r.finish(_refusal("not_active", f"node {why} before a frame was registered"))
+
+    def _free(self) -> None:
+        """Drop the registrar (CT, model) and the tracking state; cancel a background reload."""
+        self._active = False
+        with self._load_cv:
+            self._load_request = None
+        with self._lock:
+            self._service = None
+            self._tracker = Tracker()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _update_prior(self, settings: Settings) -> None:
+        """Create the TF prior's listener the first time prior frames are set."""
+        if self._prior is None and settings.prior_parent_frame:
+            self._prior = TfPrior(self)
+            self.get_logger().info(f"TF prior via {self._prior.backend}")
+        if not settings.prior_parent_frame:
+            self.stats.set_values(tf_prior="off")
 
     # ------------------------------------------------------------------ registrar life cycle
     def _build(self, settings: Settings) -> _Service:
@@ -266,6 +438,8 @@ class RegistrationNode(Node):
             if superseded:
                 continue
             with self._lock:
+                if self._service is None:  # cleaned up meanwhile: configure loads afresh
+                    continue
                 self._service = service
                 self._tracker = Tracker()
             msg = f"registrar swapped in after {time.monotonic() - t0:.1f} s: {service.source}"
@@ -276,6 +450,8 @@ class RegistrationNode(Node):
 
     def _reload_failed(self, request: Settings, exc: Exception) -> None:
         old = self._service
+        if old is None:  # cleaned up meanwhile
+            return
         msg = (
             f"CT/registrar reload failed ({type(exc).__name__}: {exc}); still serving {old.source}"
         )
@@ -303,7 +479,7 @@ class RegistrationNode(Node):
         # the CT in service, when the new model_path will serve with it: its fingerprint is checked too
         ct = (
             getattr(served.registrar, "ct", None)
-            if values["ct_path"] == dict(served.key)["ct_path"]
+            if served is not None and values["ct_path"] == dict(served.key)["ct_path"]
             else None
         )
         try:  # file checks (bounded: headers, data sizes, the checkpoint on the CPU) before answering
@@ -313,6 +489,12 @@ class RegistrationNode(Node):
             return SetParametersResult(successful=False, reason=str(exc))
         old_key = self._settings.registrar_key()
         self._settings = new
+        if self._prior is None and new.prior_parent_frame:
+            self._update_prior(new)
+        elif not new.prior_parent_frame:
+            self.stats.set_values(tf_prior="off")
+        if self._service is None:  # unconfigured: configure loads what the parameters say
+            return SetParametersResult(successful=True)
         if new.registrar_key() != old_key:
             with self._load_cv:
                 self._load_request = None if new.registrar_key() == self._service.key else new
@@ -331,14 +513,48 @@ class RegistrationNode(Node):
             self._info_cv.notify_all()
 
     def _on_image(self, msg: Image) -> None:
-        self.stats.mark_input()
+        """Store the frame for the worker when active and it is wanted (the stream is processed,
+        or a ``~/register_next`` call waits); otherwise count it in ``frames_ignored``."""
         age = (self.get_clock().now().nanoseconds - stamp_ns(msg.header.stamp)) * 1e-9
-        frame = _Frame(msg, time.monotonic(), age)
         with self._frame_cv:
+            requests, self._requests = self._requests, []
+            if not self._active or not (self._settings.process_stream or requests):
+                self._requests = requests
+                self.stats.count("frames_ignored")
+                return
+            self.stats.mark_input()
+            frame = _Frame(msg, time.monotonic(), age, requests)
             if self._pending is not None:
                 self.stats.count("frames_dropped")
+                frame.requests = self._pending.requests + requests  # the newer frame answers them
+            for r in requests:
+                r.taken.set()
             self._pending = frame
             self._frame_cv.notify()
+
+    def _on_register_next(
+        self, request: Trigger.Request, response: Trigger.Response
+    ) -> Trigger.Response:
+        """Register the next frame that arrives; answer with its outcome (module docstring)."""
+        req = _Request()
+        timeout = float(self._settings.request_timeout_s)
+        with self._frame_cv:
+            active = self._active
+            if active:
+                self._requests.append(req)
+        if not active:
+            req.finish(_refusal("not_active", f"node is {self._state}: activate it first"))
+        elif not req.taken.wait(timeout):
+            with self._frame_cv:
+                if req in self._requests:  # still no frame: withdraw the request
+                    self._requests.remove(req)
+                    req.finish(_refusal("no_frame", f"no image arrived within {timeout:g} s"))
+        while not req.done.wait(0.2):
+            if self._stop.is_set():
+                req.finish(_refusal("not_active", "node stopped"))
+        response.success = bool(req.answer["published"])
+        response.message = json.dumps(req.answer)
+        return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._lock:
@@ -355,24 +571,29 @@ class RegistrationNode(Node):
             frame = self._take(self._frame_cv, "_pending")
             if frame is None:
                 continue
+            stamp = frame.msg.header.stamp
+            answer = _refusal("internal_error", "internal error", stamp)
             try:
                 try:
-                    self._process(frame)
+                    answer = self._process(frame)
                 except FrameRejected as exc:
                     self.stats.count("frames_rejected")
                     if exc.reason == "unmatched_camera_info":
                         self.stats.count("frames_unmatched_camera_info")
-                    stamp = frame.msg.header.stamp
                     self.stats.set_values(last_stamp=f"{stamp.sec}.{stamp.nanosec:09d}")
                     self._report(exc.reason, str(exc))
+                    answer = _refusal(exc.reason, str(exc), stamp)
                 if self.context.ok():
                     self._publish_diagnostics()
             except Exception as exc:  # keep serving whatever happens to one frame
-                self.stats.set_outcome(
-                    ERROR, f"internal error: {type(exc).__name__}: {exc}", "internal_error"
-                )
+                text = f"internal error: {type(exc).__name__}: {exc}"
+                answer = _refusal("internal_error", text, stamp)
+                self.stats.set_outcome(ERROR, text, "internal_error")
                 if self.context.ok():
-                    self.get_logger().error(f"internal error: {type(exc).__name__}: {exc}")
+                    self.get_logger().error(text)
+            finally:
+                for r in frame.requests or ():
+                    r.finish(answer)
 
     def _report(self, reason: str, message: str) -> None:
         level = REASONS[reason]
@@ -389,7 +610,15 @@ class RegistrationNode(Node):
                 log.info(message)
 
     def _initial(self, s: Settings) -> tuple[np.ndarray | None, str]:
-        """The cold start: ``initial_pose_mm`` when ``use_initial_pose``, else the registrar's own."""
+        """The cold start: the TF prior when found and fresh, else ``initial_pose_mm`` when
+        ``use_initial_pose``, else the registrar's own."""
+        if s.prior_parent_frame and self._prior is not None:
+            prior = self._prior.lookup(
+                s.prior_parent_frame, s.prior_child_frame, float(s.prior_max_age_s)
+            )
+            self.stats.set_values(tf_prior=prior.note)
+            if prior.pose is not None:
+                return prior.pose, "tf_prior"
         if s.use_initial_pose:  # [x, y, z (mm), qx, qy, qz, qw]; the conversion takes metres
             p = np.asarray(s.initial_pose_mm, dtype=np.float64)
             return conv.pose_from_translation_quaternion(
@@ -453,8 +682,12 @@ class RegistrationNode(Node):
             return key, f"registration failed ({result.status.value}): {result.message}"
         return key, f"registration rejected by a quality gate: {result.message}"
 
-    def _process(self, frame: _Frame) -> None:
+    def _process(self, frame: _Frame) -> dict:
+        """Register ``frame`` and publish what may be published; the answer for ``~/register_next``.
+        Raises FrameRejected."""
         s, service = self._settings, self._service
+        if service is None or not self._active:
+            raise FrameRejected("not_active", f"node is {self._state}: frame not registered")
         t0 = time.monotonic()
         lat = {"queue": t0 - frame.received_mono}
         image, geometry = self._prepare(frame, s)
@@ -481,6 +714,8 @@ class RegistrationNode(Node):
         self.stats.count("frames_processed")
         gate = self._gate(result)
         stamp = header.stamp
+        if not self._active:  # deactivated while registering: publish nothing
+            raise FrameRejected("not_active", f"node is {self._state}: result not published")
         if gate is None:
             T_ct_from_carm = np.asarray(result.pose, dtype=np.float64)
             if s.publish_inverse:
@@ -492,16 +727,36 @@ class RegistrationNode(Node):
             cov = conv.covariance_to_ros(
                 T_ct_from_carm, result.covariance, inverse=s.publish_inverse
             )
-            self._pose_pub.publish(conv.pose_to_pose_with_covariance(T, cov, parent, stamp))
+            pose_msg = conv.pose_to_pose_with_covariance(T, cov, parent, stamp)
+            self._pose_pub.publish(pose_msg)
             self.stats.mark_output()
             text = (
                 f"registered: normalised cost {result.normalised_cost:.3g}, {result.iterations} it, "
                 f"std {result.position_std_mm:.2g} mm at the ROI, {lat['register']:.2f} s ({how})"
             )
             self._report("ok", text)
+            p = pose_msg.pose.pose
+            answer = {
+                **_refusal("ok", text, stamp),
+                "published": True,
+                "init": how,
+                "parent": parent,
+                "child": child,
+                "translation_m": [p.position.x, p.position.y, p.position.z],
+                "rotation_xyzw": [
+                    p.orientation.x,
+                    p.orientation.y,
+                    p.orientation.z,
+                    p.orientation.w,
+                ],
+                "covariance": [float(v) for v in pose_msg.pose.covariance],
+                "normalised_cost": float(result.normalised_cost),
+                "position_std_mm": float(result.position_std_mm),
+            }
         else:
             self.stats.count("registrations_failed")
             self._report(*gate)
+            answer = {**_refusal(gate[0], gate[1], stamp), "init": how}
         t3 = time.monotonic()
         lat["publish"] = t3 - t2
         lat["total"] = t3 - frame.received_mono
@@ -523,6 +778,7 @@ class RegistrationNode(Node):
             image_age_ms=f"{1000 * frame.age_s:.1f}",
             last_stamp=f"{header.stamp.sec}.{header.stamp.nanosec:09d}",
         )
+        return answer
 
     def _publish_overlay(self, service: _Service, result, image, geometry, header, gate) -> None:
         scale = max(1.0, max(geometry.height, geometry.width) / float(self._settings.resolution))
@@ -557,8 +813,11 @@ class RegistrationNode(Node):
         self.stats.set_values(
             tracking=str(bool(self._settings.tracking)).lower(), tracking_state=tracking_state
         )
+        service = self._service
         msg = self.stats.to_message(
-            self.get_clock().now().to_msg(), self.get_name(), self._service.source
+            self.get_clock().now().to_msg(),
+            self.get_name(),
+            service.source if service is not None else f"none ({self._state})",
         )
         try:
             self._diag_pub.publish(msg)
@@ -584,19 +843,31 @@ class RegistrationNode(Node):
 def main(argv: list[str] | None = None) -> int:
     """Entry point (``ros2 run sphere_reg_ros registration_node`` / ``python -m``).
 
-    Ctrl-C (SIGINT) is left to Python (``KeyboardInterrupt`` in the main thread, within one
-    diagnostics period) instead of rclpy's signal handler, which shuts the context down
-    asynchronously while the worker and loader threads may still use it (seen as a rare crash
-    at shutdown); the node then stops its threads before the context goes away.
+    With ``autostart`` the node configures and activates itself before spinning; a failed
+    configure exits with code 2 and the reason. The shutdown transition ends the process (0).
+    Ctrl-C (SIGINT) is left to Python (``KeyboardInterrupt`` in the main thread) instead of
+    rclpy's signal handler, which shuts the context down asynchronously while the worker and
+    loader threads may still use it (seen as a rare crash at shutdown); the node then stops its
+    threads before the context goes away.
     """
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
         node = RegistrationNode()
-        executor = SingleThreadedExecutor()
+        if node._settings.autostart:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise ParameterError(node.configure_error or "configure failed")
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                raise ParameterError("activate failed")
+        # threads: ~/register_next waits for a frame while the image callback must still run
+        executor = MultiThreadedExecutor(num_threads=3)
         executor.add_node(node)
         try:
-            executor.spin()
+            while not node.finalized.is_set():
+                executor.spin_once(timeout_sec=0.2)
+            grace = time.monotonic() + 0.5  # the change_state answer still goes out
+            while time.monotonic() < grace:
+                executor.spin_once(timeout_sec=0.1)
         finally:
             executor.shutdown()
     except (KeyboardInterrupt, ExternalShutdownException):

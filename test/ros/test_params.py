@@ -48,6 +48,14 @@ def test_defaults_validate_and_make_a_registrar_config():
     settings = P.validate(P.yaml_defaults())
     cfg = registrar_config(settings)
     assert (cfg.resolution, cfg.scales, cfg.damping) == (64, (0.5, 1.0), "marquardt")
+    assert cfg.polish is False
+    assert registrar_config(settings.replace(polish=True)).polish is True
+    assert (settings.autostart, settings.process_stream, settings.prior_parent_frame) == (
+        True,
+        True,
+        "",
+    )
+    assert "polish" in P.REGISTRAR_KEYS  # a change rebuilds the registrar
 
 
 @pytest.mark.parametrize(
@@ -67,6 +75,12 @@ def test_defaults_validate_and_make_a_registrar_config():
         ({"camera_info_tolerance_s": float("inf")}, "outside"),
         ({"ct_path": "/definitely/missing.nii.gz"}, "no such file"),
         ({"model_path": "/definitely/missing.pt"}, "no such readable file"),
+        ({"polish": "yes"}, "polish must be true or false"),
+        ({"process_stream": 1}, "process_stream must be true or false"),
+        ({"prior_parent_frame": "ct"}, "prior_child_frame must be a non-empty frame id"),
+        ({"prior_parent_frame": "/ct", "prior_child_frame": "c"}, "leading '/'"),
+        ({"prior_parent_frame": "ct", "prior_child_frame": "ct"}, "must differ"),
+        ({"request_timeout_s": 0.0}, "outside"),
     ],
 )
 def test_validation_rejects_with_a_reason(change, match):
