@@ -6,16 +6,25 @@
 Arguments: ``params_file`` (default: the package's config/register.yaml), ``namespace``
 (default: none), ``image`` and ``camera_info`` (topics the node's ``image`` / ``camera_info``
 subscriptions are remapped to), ``use_sim_time`` (false), ``launch_rviz`` (false; RViz opens
-config/register.rviz, which shows TF and ``/registration_node/overlay``), ``respawn`` (false;
-true restarts the node RESPAWN_DELAY_S (2) seconds after it exits or crashes; for production use).
+config/register.rviz, which shows TF, ``/registration_node/overlay`` and
+``/registration_node/pose``), ``respawn`` (false; true restarts the node RESPAWN_DELAY_S (2)
+seconds after it exits or crashes; for production use), ``lifecycle`` (who drives the node's
+lifecycle transitions: ``auto``, the default, the node itself (its ``autostart`` parameter);
+``launch``, this launch file: it starts the node with ``autostart: false``, emits ``configure``,
+and ``activate`` once the node is inactive; ``manual``, nobody here: the node waits unconfigured
+for a lifecycle manager or ``ros2 lifecycle set /registration_node configure``).
 """
 
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.conditions import IfCondition, LaunchConfigurationEquals
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+from lifecycle_msgs.msg import Transition
 
 from launch import LaunchDescription
 
@@ -60,14 +69,20 @@ def generate_launch_description() -> LaunchDescription:
             description=f"Restart the registration node {RESPAWN_DELAY_S:g} s after it exits "
             "or crashes (true for production use; it then loads the CT again)",
         ),
+        DeclareLaunchArgument(
+            "lifecycle",
+            default_value="auto",
+            choices=["auto", "launch", "manual"],
+            description="Who drives the node's lifecycle: auto (the node configures and activates "
+            "itself), launch (this launch file), manual (a lifecycle manager or ros2 lifecycle)",
+        ),
     ]
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
-    node = Node(
+    common = dict(
         package=PACKAGE,
         executable="registration_node",
         name="registration_node",
         namespace=LaunchConfiguration("namespace"),
-        parameters=[LaunchConfiguration("params_file"), {"use_sim_time": use_sim_time}],
         remappings=[
             ("image", LaunchConfiguration("image")),
             ("camera_info", LaunchConfiguration("camera_info")),
@@ -76,6 +91,50 @@ def generate_launch_description() -> LaunchDescription:
         emulate_tty=True,
         respawn=LaunchConfiguration("respawn"),  # a substitution, evaluated as a bool by launch
         respawn_delay=RESPAWN_DELAY_S,
+    )
+    params = [LaunchConfiguration("params_file"), {"use_sim_time": use_sim_time}]
+    managed = [*params, {"autostart": False}]
+    # lifecycle auto: the node configures and activates itself (autostart, its default)
+    node = Node(
+        parameters=params,
+        condition=LaunchConfigurationEquals("lifecycle", "auto"),
+        **common,
+    )
+    # lifecycle manual: the node waits unconfigured for a lifecycle manager
+    waiting = Node(
+        parameters=managed,
+        condition=LaunchConfigurationEquals("lifecycle", "manual"),
+        **common,
+    )
+    # lifecycle launch: configure at start, activate once inactive
+    driven = LifecycleNode(
+        parameters=managed,
+        condition=LaunchConfigurationEquals("lifecycle", "launch"),
+        **common,
+    )
+    is_launch = LaunchConfigurationEquals("lifecycle", "launch")
+    configure = EmitEvent(
+        event=ChangeState(
+            lifecycle_node_matcher=matches_action(driven),
+            transition_id=Transition.TRANSITION_CONFIGURE,
+        ),
+        condition=is_launch,
+    )
+    activate = RegisterEventHandler(
+        OnStateTransition(
+            target_lifecycle_node=driven,
+            start_state="configuring",  # not after a later deactivate
+            goal_state="inactive",
+            entities=[
+                EmitEvent(
+                    event=ChangeState(
+                        lifecycle_node_matcher=matches_action(driven),
+                        transition_id=Transition.TRANSITION_ACTIVATE,
+                    )
+                )
+            ],
+        ),
+        condition=is_launch,
     )
     rviz = Node(
         package="rviz2",
@@ -88,4 +147,4 @@ def generate_launch_description() -> LaunchDescription:
     )
     # rviz first: if rviz2 is missing, the launch fails before the node is started (else the node
     # can be left running when the launch exits on that error).
-    return LaunchDescription([*arguments, rviz, node])
+    return LaunchDescription([*arguments, rviz, node, waiting, driven, activate, configure])
