@@ -1,6 +1,6 @@
 """Synthetic 2D/3D registration benchmark: degraded X-rays, true and initial poses, landmarks.
 
-Protocol (DESIGN.md §6, issue 3 item 6):
+Protocol:
 
 * **Poses** ``T_ct_from_carm`` from :class:`~sphere_reg_ros.core.sampling.PoseDistribution`
   around the AP view aimed at the CT's grid centre, generator seeded with
