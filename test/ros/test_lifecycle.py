@@ -358,3 +358,21 @@ def test_a_fresh_tf_prior_starts_cold_registrations_and_a_stale_one_does_not(req
     assert response.success and answer["init"] == "tf_prior", answer
     values = c.diag_where(lambda v: v.get("last_stamp") == answer["stamp"])
     assert "(static)" in values["tf_prior"]
+
+
+def test_polish_is_a_registrar_parameter_checked_like_the_others(request_b, scene):
+    """``polish`` rebuilds the registrar (``ct_loaded``); a value of the wrong type is refused and
+    the old one kept; without a model it changes nothing (the answer has no polish)."""
+    c = request_b
+    start = c.mark()
+    (result,) = c.set_params(polish=True)
+    assert result.successful, result.reason
+    c.diag_since(start, "ct_loaded", timeout=120.0)
+    try:
+        (bad,) = c.set_params(polish="yes")
+        assert not bad.successful and c.get_param("polish") is True
+        response, answer = c.register_next(scene)
+        assert response.success, answer
+        assert "polished" not in answer["message"]
+    finally:
+        c.set_params(polish=False)
