@@ -33,6 +33,7 @@ from diffdrr.pose import RigidTransform
 from torchio import ScalarImage, Subject
 
 from .carm import CarmGeometry
+from .drr_sampling import SliceAtlas, box_runs
 
 #: Optical frame -> diffdrr camera frame (a rotation by π about z; its own inverse).
 OPTICAL_TO_DIFFDRR = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
@@ -149,9 +150,22 @@ class DrrRenderer(torch.nn.Module):
         self.register_buffer("_center", torch.as_tensor(center, dtype=torch.float32))
         self.radius = float(np.linalg.norm(corners[:, :3] - center, axis=1).max() + spacing.max())
         self.register_buffer("_flip", OPTICAL_TO_DIFFDRR.float())
+        # Box (voxel indices, (2, 3): low and high corner) outside which the trilinear
+        # interpolant of every channel is exactly zero, with one voxel to spare: the nonzero
+        # voxels' bounding box grown by two voxels (one for the interpolant's ramp to zero, one
+        # so that no kept sample is near a face where that ramp has its kink).
+        occupied = mu != 0
+        if channels is not None:
+            occupied = occupied | (channels != 0).any(dim=0)
+        lo, hi = [], []
+        for axis in range(3):
+            along = occupied.any(dim=tuple(a for a in range(3) if a != axis)).nonzero()
+            lo.append(float(along.min()) - 2.0 if len(along) else 0.0)
+            hi.append(float(along.max()) + 2.0 if len(along) else -1.0)
+        self.register_buffer("_support", torch.tensor([lo, hi], dtype=torch.float64))
 
     #: when a dict, the renderer adds the wall time (s) of its parts to it: ``drr.rays``,
-    #: ``drr.sample``, ``drr.jacobian`` (``sphere-reg benchmark-drr --profile``)
+    #: ``drr.sample``, ``drr.gradient`` (CPU), ``drr.jacobian`` (``benchmark-drr --profile``)
     timings: dict | None = None
 
     @contextlib.contextmanager
@@ -223,6 +237,13 @@ class DrrRenderer(torch.nn.Module):
         pose = _check_pose(pose).to(self.dtype)
         window = self.window(pose) if window is None else window
         n = self.n_samples(window)
+        if self.device.type == "cpu":
+            with torch.no_grad():
+                source, target = self.rays(pose)
+                image, _ = self._clipped(
+                    source, target, window, n, self._channels is not None, jacobian=False
+                )
+            return image
         volume = (
             self._channels if self._channels is not None else self._padded_density()[..., None]
         ).to(self.dtype)
@@ -282,6 +303,8 @@ class DrrRenderer(torch.nn.Module):
         H, W = self.geometry.height, self.geometry.width
         if channels and self._channels is None:
             raise RenderError("this renderer has no extra channels")
+        if self.device.type == "cpu":
+            return self._clipped(source, target, window, n, channels, jacobian=True)
         volume = self._channels.to(self.dtype) if channels else self._padded_density()
         C = volume.shape[-1] if channels else 1
         rows_per_chunk = rows_per_chunk or max(1, (1 << 19) // max(1, n * W * len(pose) * C))
@@ -300,6 +323,90 @@ class DrrRenderer(torch.nn.Module):
         # chunks are (B, P, C) and (B, P, C, 6): channel-major layout
         image = torch.cat(images, dim=1).permute(0, 2, 1).reshape(B, C, H, W)
         return image, torch.cat(jacobians, dim=1).permute(0, 2, 1, 3).reshape(B, C * H * W, 6)
+
+    def _atlas(self, channels: bool) -> SliceAtlas:
+        """The :class:`SliceAtlas` of ``mu`` (C = 1), or of ``mu`` and the extra channels
+        (cached per dtype and device)."""
+        src = self._channels if channels else self.drr.density
+        cache = self.__dict__.setdefault("_atlas_cache", {})
+        hit = cache.get(channels)
+        if hit is None or hit[0] is not src:
+            vol = src[2:-2, 2:-2, 2:-2].permute(3, 0, 1, 2) if channels else src[None]
+            cache[channels] = hit = (src, SliceAtlas(vol))
+        return hit[1]
+
+    def _clipped(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        window: tuple[float, float],
+        n: int,
+        channels: bool,
+        jacobian: bool,
+        rays_per_chunk: int = 1024,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images ``(B, C, H, W)`` and, with ``jacobian``, Jacobians ``(B, C·H·W, 6)`` (as
+        :meth:`render_with_jacobian`) from samples clipped to the CT's support (CPU).
+
+        The samples are the window's, ``alpha_k = alpha_min + k·Δalpha`` for ``k < n``; each ray
+        takes only the run of them inside the support box (:attr:`_support`: where the
+        interpolant can be nonzero, plus a voxel). The samples it drops have value and gradient
+        exactly zero, also for poses nearby, so the sums are the full window's: the DRR stays a
+        smooth function of the pose and the Jacobian exact. Values and gradients come from
+        :class:`~.drr_sampling.SliceAtlas` (the same trilinear interpolant); a chunk of rays is
+        sampled up to its longest run, the rest of the shorter runs reading zero.
+        """
+        B, P = target.shape[:2]
+        dtype, device = target.dtype, target.device
+        atlas = self._atlas(channels)
+        C = atlas.shape[0]
+        with self._stage("drr.rays"):
+            affine_inv = self.drr._affine_inverse[0].to(target)
+            lin, offset = affine_inv[:3, :3], affine_inv[:3, 3]
+            direction = (target - source).reshape(-1, 3)  # (R, 3), R = B·P rays
+            src = source.expand(B, P, 3).reshape(-1, 3)
+            s_vox = src @ lin.T + offset
+            d_vox = direction @ lin.T
+            step = (window[1] - window[0]) / (n - 1)
+            k_first, count = box_runs(s_vox, d_vox, self._support, window[0], step, n)
+            c = self.scale * step * direction.norm(dim=-1)  # (R,)
+            k_first = k_first.to(dtype)
+        R = B * P
+        values = torch.zeros(C, R, dtype=dtype, device=device)
+        grads = torch.zeros(C, R, 2, 3, dtype=dtype, device=device) if jacobian else None
+        for a in range(0, R, rays_per_chunk):
+            b = min(R, a + rays_per_chunk)
+            m = int(count[a:b].max())
+            if m == 0:
+                continue
+            with self._stage("drr.sample"):
+                # alpha_k from k alone (not from the ray's run): the same points, to the last
+                # bit, for every renderer that takes sample k
+                k = k_first[a:b, None] + torch.arange(m, dtype=dtype, device=device)
+                alpha = window[0] + k * step  # (r, m)
+                outside = k >= (k_first + count)[a:b, None]
+            value, grad = atlas.sample(
+                s_vox[a:b], d_vox[a:b], alpha, outside, jacobian, stage=self._stage
+            )
+            values[:, a:b] = value.sum(-1)
+            if jacobian:
+                with self._stage("drr.jacobian"):
+                    # Σ_k g_k and Σ_k alpha_k g_k per ray
+                    weights = torch.stack([torch.ones_like(alpha), alpha], dim=1)  # (r, 2, m)
+                    grads[:, a:b] = weights @ grad
+        image = (values * c).view(C, B, P).transpose(0, 1)
+        H, W = self.geometry.height, self.geometry.width
+        if not jacobian:
+            return image.reshape(B, C, H, W), None
+        with self._stage("drr.jacobian"):
+            sum_g = grads[:, :, 0] @ lin  # (C, R, 3) world gradients
+            sum_ag = grads[:, :, 1] @ lin
+            jw = torch.linalg.cross(src.expand_as(sum_g), sum_g, dim=-1) + torch.linalg.cross(
+                direction.expand_as(sum_ag), sum_ag, dim=-1
+            )
+            jac = c[:, None] * torch.cat([sum_g, jw], dim=-1)  # (C, R, 6)
+            jac = jac.view(C, B, P, 6).transpose(0, 1).reshape(B, C * P, 6)
+        return image.reshape(B, C, H, W), jac
 
     def _integrate(
         self,

