@@ -47,6 +47,15 @@ import numpy as np
 import torch
 
 from .carm import CarmGeometry
+from .fingerprint import (
+    _ct_check,
+    _is_legacy,
+    _legacy_sha256,
+    ct_differences,
+    ct_fingerprint,
+    describe_ct,
+    geometry_differences,
+)
 from .regressor import PoseRegressor, RegressorConfig
 from .sampling import PoseDistribution
 from .similarity import SimilarityConfig, SimilarityNet
@@ -72,7 +81,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "sphere_reg_ros.checkpoint"
 FORMAT_VERSION = 1
-_GEOMETRY_RTOL = 1e-3
 
 
 class CheckpointError(ValueError):
@@ -81,75 +89,6 @@ class CheckpointError(ValueError):
 
 class CheckpointWarning(UserWarning):
     """A checkpoint used despite a mismatch (``force=True``)."""
-
-
-def ct_fingerprint(ct: Volume) -> dict:
-    """Identity of a CT: ``{"shape", "spacing_mm", "affine", "sha256"}`` (plain JSON values).
-
-    ``shape``: the grid ``[i, j, k]`` (voxels); ``spacing_mm``: the voxel size (mm) along
-    ``i, j, k``; ``affine``: the 4×4 voxel → world RAS (mm) matrix as nested lists; ``sha256``:
-    hex digest of the voxel values (HU) as C-ordered float32, so it changes with any voxel and is
-    the same for every file format holding the same values. The hash does not cover the grid:
-    two CTs are the same when all four entries agree, which :func:`ct_differences` checks.
-    Checkpoints and benchmark files store this dictionary.
-    """
-    data = np.ascontiguousarray(ct.data, dtype=np.float32)
-    return {
-        "shape": list(ct.shape),
-        "spacing_mm": [float(s) for s in ct.spacing],
-        "affine": np.asarray(ct.affine).tolist(),
-        "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
-    }
-
-
-def _is_legacy(fingerprint: dict) -> bool:
-    """Whether ``fingerprint`` has the layout of checkpoints written before :func:`ct_fingerprint`
-    took its current form (keys ``sha256``, ``shape``, ``spacing``, ``origin``, ``description``)."""
-    return "affine" not in fingerprint and "spacing" in fingerprint
-
-
-def _legacy_sha256(ct: Volume) -> str:
-    """The ``sha256`` that checkpoints with a legacy fingerprint (:func:`_is_legacy`) hold for
-    ``ct``: grid shape, affine rounded to 1e-4 mm and a strided subsample of ~2¹⁸ HU values
-    rounded to 0.1 HU. Used only to check such checkpoints against a CT; new files store
-    :func:`ct_fingerprint`."""
-    data = np.ascontiguousarray(ct.data).reshape(-1)
-    stride = max(1, data.size // (1 << 18))
-    sample = np.round(data[::stride].astype(np.float64) * 10.0).astype(np.int64)
-    h = hashlib.sha256()
-    h.update(np.asarray(ct.shape, dtype=np.int64).tobytes())
-    h.update(np.round(ct.affine, 4).astype(np.float64).tobytes())
-    h.update(sample.tobytes())
-    return h.hexdigest()
-
-
-def _grid(fingerprint: dict) -> dict[str, Any]:
-    """Shape (voxels), spacing (mm), origin (mm) and, when known, the direction cosines ``(3, 3)``
-    of a fingerprint of either layout (absent entries are None)."""
-    affine = fingerprint.get("affine")
-    if affine is not None:
-        A = np.asarray(affine, dtype=np.float64)
-        spacing = np.asarray(fingerprint.get("spacing_mm"), dtype=np.float64)
-        return {
-            "shape": fingerprint.get("shape"),
-            "spacing": spacing,
-            "origin": A[:3, 3],
-            "direction": A[:3, :3] / np.where(spacing > 0, spacing, 1.0),
-        }
-    return {
-        "shape": fingerprint.get("shape"),
-        "spacing": fingerprint.get("spacing"),
-        "origin": fingerprint.get("origin"),
-        "direction": None,
-    }
-
-
-def describe_ct(fingerprint: dict) -> str:
-    """A CT fingerprint of either layout in words: ``"64x64x64 voxels of 2.00x2.00x2.00 mm"``."""
-    g = _grid(fingerprint)
-    shape = "x".join(str(int(n)) for n in g["shape"] or [])
-    spacing = "x".join(f"{float(v):.2f}" for v in ([] if g["spacing"] is None else g["spacing"]))
-    return f"{shape} voxels of {spacing} mm"
 
 
 def default_checkpoint_path() -> Path:
@@ -189,63 +128,6 @@ class Bundle:
     def working_spacing_mm(self) -> float | None:
         """CT spacing (mm) the DRRs were rendered from in training (None: the CT as given)."""
         return self.training.get("spacing_mm")
-
-
-# ----------------------------------------------------------------------------- comparison
-def geometry_differences(expected: CarmGeometry, actual: CarmGeometry) -> list[str]:
-    """Physical differences between two C-arm geometries (empty if they match; see module doc)."""
-
-    def phys(g: CarmGeometry) -> dict[str, float]:
-        return {
-            "sdd (mm)": g.sdd,
-            "detector width (mm)": g.width * g.delx,
-            "detector height (mm)": g.height * g.dely,
-            "x0 (mm)": g.x0,
-            "y0 (mm)": g.y0,
-        }
-
-    a, b = phys(expected), phys(actual)
-    scale = max(abs(a["detector width (mm)"]), abs(a["detector height (mm)"]), 1.0)
-    out = []
-    for k in a:
-        tol = _GEOMETRY_RTOL * (abs(a[k]) if k.startswith(("sdd", "detector")) else scale)
-        if abs(a[k] - b[k]) > tol:
-            out.append(f"{k} {b[k]:g} vs {a[k]:g} in the checkpoint")
-    return out
-
-
-def ct_differences(expected: dict, actual: dict) -> list[str]:
-    """What differs between two CT fingerprints (:func:`ct_fingerprint`); empty if they match.
-
-    The grid is compared first: shape, spacing and origin (1e-3 mm), orientation (direction
-    cosines, 1e-4); on the same grid, the voxel hash. A legacy fingerprint (:func:`_is_legacy`)
-    has no orientation, and its hash can be compared only with another legacy one: on the same
-    grid, a pair of different layouts is reported as such (check the CT volume itself with
-    :func:`load_checkpoint`, which computes the hash the stored fingerprint needs).
-    """
-    e, a = _grid(expected), _grid(actual)
-
-    def fmt(v) -> str:
-        return "x".join(f"{float(x):g}" for x in v)
-
-    out = []
-    if e["shape"] is not None and a["shape"] is not None and list(e["shape"]) != list(a["shape"]):
-        out.append(f"shape {fmt(a['shape'])} voxels vs {fmt(e['shape'])} voxels")
-    for key in ("spacing", "origin"):
-        ev, av = e[key], a[key]
-        if ev is not None and av is not None and not np.allclose(ev, av, atol=1e-3):
-            out.append(f"{key} {fmt(av)} mm vs {fmt(ev)} mm")
-    if e["direction"] is not None and a["direction"] is not None:
-        if not np.allclose(e["direction"], a["direction"], atol=1e-4):
-            out.append("orientation (direction cosines of the affine) differs")
-    if out or expected.get("sha256") == actual.get("sha256"):
-        return out
-    if _is_legacy(expected) != _is_legacy(actual):
-        return [
-            "same grid, but one CT fingerprint has the legacy layout, whose voxel hash cannot be "
-            "compared with the current one (check the CT volume itself, not its fingerprint)"
-        ]
-    return ["same grid but different voxel values"]
 
 
 # ----------------------------------------------------------------------------- save
@@ -365,18 +247,6 @@ def _refuse(path: Path, message: str, force: bool) -> None:
     warnings.warn(text, CheckpointWarning, stacklevel=3)
 
 
-def _ct_check(stored: dict, actual: dict, legacy_sha256: str | None) -> list[str]:
-    """:func:`ct_differences` of a stored fingerprint and the given CT's ``actual`` one. A legacy
-    stored fingerprint (:func:`_is_legacy`) is compared on its grid, then with ``legacy_sha256``
-    (the given CT's hash in that layout; None when only a fingerprint was given)."""
-    if not _is_legacy(stored) or legacy_sha256 is None:
-        return ct_differences(stored, actual)
-    grid = ct_differences(stored, {**actual, "sha256": stored.get("sha256")})
-    if grid or legacy_sha256 == stored.get("sha256"):
-        return grid
-    return ["same grid but different voxel values"]
-
-
 def load_checkpoint(
     path: str | Path,
     ct: Volume | dict | None = None,
@@ -398,6 +268,45 @@ def load_checkpoint(
             version; inconsistent contents; made for another CT or geometry (unless ``force``).
     """
     path = Path(path)
+    payload = _read(path)
+    sim_cfg, reg_cfg, geom, dist, center, fps, sim_sd, reg_sd = _contents(payload, path)
+    fp_source, fp_work = fps["source"], fps["working"]
+    if ct is not None:
+        actual = ct_fingerprint(ct) if isinstance(ct, Volume) else dict(ct)
+        legacy = (
+            _legacy_sha256(ct)
+            if isinstance(ct, Volume) and (_is_legacy(fp_source) or _is_legacy(fp_work))
+            else None
+        )
+        d_src, d_work = (_ct_check(fp, actual, legacy) for fp in (fp_source, fp_work))
+        if d_src and d_work:
+            best = d_src if len(d_src) <= len(d_work) else d_work
+            _refuse(
+                path, f"made for another CT ({describe_ct(fp_source)}): {'; '.join(best)}", force
+            )
+    if geometry is not None:
+        diffs = geometry_differences(geom, geometry)
+        if diffs:
+            _refuse(path, f"made for another C-arm geometry: {'; '.join(diffs)}", force)
+
+    similarity, regressor = _networks(path, sim_cfg, sim_sd, reg_cfg, reg_sd, center, dist)
+    similarity.to(map_location).eval()
+    regressor.to(map_location).eval()
+    return Bundle(
+        path=path,
+        similarity=similarity,
+        regressor=regressor,
+        geometry=geom,
+        pose_distribution=dist,
+        center_world=center,
+        ct_fingerprint=dict(fps),
+        training=dict(payload.get("training") or {}),
+        format_version=payload["format_version"],
+    )
+
+
+def _read(path: Path) -> dict:
+    """The payload of a checkpoint file (``weights_only=True``) of this format and version."""
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if not path.is_file():
@@ -430,6 +339,13 @@ def load_checkpoint(
             f"{path}: checkpoint format version {version!r}, but this version of "
             f"sphere_reg_ros reads version {FORMAT_VERSION}; retrain or convert it"
         )
+    return payload
+
+
+def _contents(payload: dict, path: Path) -> tuple:
+    """``(similarity config, regressor config, geometry, pose distribution, centre, CT
+    fingerprints, similarity state, regressor state)`` of a payload, the weights checked against
+    their digest."""
     sim_part = _require(payload, "similarity", dict, path)
     reg_part = _require(payload, "regressor", dict, path)
     sim_sd = _require(sim_part, "state_dict", dict, path, "similarity.")
@@ -448,33 +364,25 @@ def load_checkpoint(
         dist = PoseDistribution(**_require(payload, "pose_distribution", dict, path))
         center = np.asarray(_require(payload, "center_world", list, path), dtype=np.float64)
         fps = _require(payload, "ct", dict, path)
-        fp_source, fp_work = (
-            _require(fps, "source", dict, path, "ct."),
-            _require(fps, "working", dict, path, "ct."),
-        )
+        _require(fps, "source", dict, path, "ct.")
+        _require(fps, "working", dict, path, "ct.")
     except CheckpointError:
         raise
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid checkpoint contents ({exc})") from exc
+    return sim_cfg, reg_cfg, geom, dist, center, fps, sim_sd, reg_sd
 
-    if ct is not None:
-        actual = ct_fingerprint(ct) if isinstance(ct, Volume) else dict(ct)
-        legacy = (
-            _legacy_sha256(ct)
-            if isinstance(ct, Volume) and (_is_legacy(fp_source) or _is_legacy(fp_work))
-            else None
-        )
-        d_src, d_work = (_ct_check(fp, actual, legacy) for fp in (fp_source, fp_work))
-        if d_src and d_work:
-            best = d_src if len(d_src) <= len(d_work) else d_work
-            _refuse(
-                path, f"made for another CT ({describe_ct(fp_source)}): {'; '.join(best)}", force
-            )
-    if geometry is not None:
-        diffs = geometry_differences(geom, geometry)
-        if diffs:
-            _refuse(path, f"made for another C-arm geometry: {'; '.join(diffs)}", force)
 
+def _networks(
+    path: Path,
+    sim_cfg: SimilarityConfig,
+    sim_sd: dict,
+    reg_cfg: RegressorConfig,
+    reg_sd: dict,
+    center: np.ndarray,
+    dist: PoseDistribution,
+) -> tuple[SimilarityNet, PoseRegressor]:
+    """Both networks with the stored weights (on CPU)."""
     try:
         similarity = SimilarityNet(sim_cfg)
         similarity.load_state_dict(sim_sd)
@@ -484,16 +392,4 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path}: weights do not fit the stored architecture ({str(exc).splitlines()[0]})"
         ) from exc
-    similarity.to(map_location).eval()
-    regressor.to(map_location).eval()
-    return Bundle(
-        path=path,
-        similarity=similarity,
-        regressor=regressor,
-        geometry=geom,
-        pose_distribution=dist,
-        center_world=center,
-        ct_fingerprint=dict(fps),
-        training=dict(payload.get("training") or {}),
-        format_version=version,
-    )
+    return similarity, regressor
