@@ -39,6 +39,15 @@ from diffdrr.metrics import (
     MultiscaleNormalizedCrossCorrelation2d,
 )
 
+from .baselines_steps import (
+    ScaleState,
+    backtrack,
+    final_status,
+    record,
+    stop_converged,
+    track_best,
+    update,
+)
 from .drr import DrrRenderer
 from .geometry import se3_exp
 from .lm import LMResult
@@ -188,19 +197,10 @@ class GradientRegistration:
         fixed = fixed.to(dev, dtype)
         c = renderers[-1]._center if center is None else torch.as_tensor(center)
         P = increment_matrix(torch.as_tensor(c, dtype=torch.float64).cpu(), 1.0).to(dev)
-        status: list[Status | None] = [None] * B
-        message = [""] * B
-        ok_img = torch.isfinite(fixed).flatten(1).all(-1)
-        ok_pose = valid_poses(init_pose)
-        for i in range(B):
-            if not (bool(ok_img[i]) and bool(ok_pose[i])):
-                status[i] = Status.INVALID_INPUT
-                message[i] = (
-                    "image contains NaN or inf" if not bool(ok_img[i]) else "invalid initial pose"
-                )
-        fixed = torch.where(ok_img[:, None, None, None], fixed, torch.zeros_like(fixed))
+        status, message, ok = _refused_elements(fixed, init_pose)
+        fixed = torch.where(ok[0][:, None, None, None], fixed, torch.zeros_like(fixed))
         pose = torch.where(
-            ok_pose[:, None, None],
+            ok[1][:, None, None],
             init_pose.to(dev, torch.float64),
             torch.eye(4, dtype=torch.float64, device=dev),
         )
@@ -216,12 +216,9 @@ class GradientRegistration:
                     break
                 g_ = renderer.geometry
                 prepared = self.cost.prepare(resize_images(fixed[idx], g_.height, g_.width))
-                lo, hi = renderer.window(pose[idx].to(dtype))
-                m = 60.0 / g_.sdd
-                window = (max(lo - m, 0.0), min(hi + m, 1.0))
                 out = self._run_scale(
                     renderer,
-                    window,
+                    _window(renderer, pose[idx].to(dtype)),
                     pose[idx],
                     P,
                     prepared,
@@ -235,24 +232,9 @@ class GradientRegistration:
                 cost[idx] = out["cost"]
                 if si == 0:
                     initial_cost[idx] = out["initial_cost"]
-                for k, i in enumerate(idx.tolist()):
-                    if out["status"][k] is not None and not out["status"][k].usable:
-                        status[i], message[i] = out["status"][k], out["message"][k]
-                        live[i] = False
-                    elif si == len(renderers) - 1:
-                        status[i], message[i] = out["status"][k], out["message"][k]
+                _merge_outcome(out, idx, si == len(renderers) - 1, status, message, live)
         if len(renderers) > 1:  # report the initial cost at the finest scale, like the LM
-            idx = torch.tensor(
-                [i for i in range(B) if bool(ok_img[i]) and bool(ok_pose[i])], dtype=torch.long
-            )
-            if idx.numel():
-                fin = renderers[-1]
-                with torch.no_grad():
-                    prep = self.cost.prepare(
-                        resize_images(fixed[idx], fin.geometry.height, fin.geometry.width)
-                    )
-                    p0 = init_pose[idx].to(dev, dtype)
-                    initial_cost[idx] = self.cost(fin(p0), prep).to(torch.float64).cpu()
+            self._finest_initial_cost(renderers[-1], fixed, init_pose, ok, initial_cost)
         for i in range(B):
             if status[i] is None:
                 status[i], message[i] = Status.MAX_ITERATIONS, "iteration cap reached"
@@ -268,125 +250,100 @@ class GradientRegistration:
             time_s=time.perf_counter() - t_start,
         )
 
+    def _finest_initial_cost(self, fin, fixed, init_pose, ok, initial_cost) -> None:
+        """``initial_cost`` (in place) of the valid elements: the cost of the initial poses at the
+        finest scale ``fin``."""
+        ok_img, ok_pose = ok
+        B = init_pose.shape[0]
+        idx = torch.tensor(
+            [i for i in range(B) if bool(ok_img[i]) and bool(ok_pose[i])], dtype=torch.long
+        )
+        if idx.numel():
+            with torch.no_grad():
+                prep = self.cost.prepare(
+                    resize_images(fixed[idx], fin.geometry.height, fin.geometry.width)
+                )
+                p0 = init_pose[idx].to(fin.device, fin.dtype)
+                initial_cost[idx] = self.cost(fin(p0), prep).to(torch.float64).cpu()
+
     def _run_scale(
         self, renderer, window, pose0, P, prepared, hist, iterations, idx_global, t_start, first
     ) -> dict:
+        """One scale's iteration for the elements starting at ``pose0`` (n, 4, 4); ``hist`` their
+        histories, ``iterations`` the global counters (indexed by ``idx_global``). Returns the
+        best pose and cost of each, the initial cost, statuses and messages."""
         cfg = self.config
         n = pose0.shape[0]
         dev = pose0.device
-        s = torch.zeros(n, 6, dtype=torch.float64, device=dev)
-        lr = torch.tensor([cfg.lr_trans, cfg.lr_rot], dtype=torch.float64, device=dev).repeat(n, 1)
-        m1, m2 = torch.zeros_like(s), torch.zeros_like(s)
-        b1, b2 = cfg.betas
-        best_s, best_c = s.clone(), torch.full((n,), math.inf, dtype=torch.float64, device=dev)
-        ref_c = best_c.clone()
-        since, plateaus = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
-        g0 = None
-        s_acc, g_acc = s.clone(), torch.zeros_like(s)
-        c_acc = torch.full((n,), math.inf, dtype=torch.float64, device=dev)
-        live = torch.ones(n, dtype=torch.bool)
-        status: list[Status | None] = [None] * n
-        message = [""] * n
-        initial_cost = torch.full((n,), math.nan, dtype=torch.float64)
-        height = renderer.geometry.height
+        st = ScaleState.start(n, cfg, dev)
         step = 0
         t_prev = time.perf_counter()
         while step <= cfg.max_iterations:
-            a = live.nonzero()[:, 0]
+            a = st.live.nonzero()[:, 0]
             if not a.numel():
                 break
             t_it = time.perf_counter()
-            c, g = self._value_and_grad(renderer, window, s[a], pose0[a], P, prepared[a])
+            c, g = self._value_and_grad(renderer, window, st.s[a], pose0[a], P, prepared[a])
             c, g = c.cpu(), g.to(dev)
             if step == 0:
-                initial_cost[a] = c
+                st.initial_cost[a] = c
             if step > 0 or first:  # record the state after `iterations` updates
-                now = time.perf_counter() - t_start
-                cur = (se3_exp(s[a] @ P.T) @ pose0[a]).cpu().numpy()
-                for j, k in enumerate(a.tolist()):
-                    hist[k].append(
-                        {
-                            "iteration": int(iterations[int(idx_global[k])]),
-                            "scale": height,
-                            "cost": float(c[j]),
-                            "lambda": float(lr[k, 1]),
-                            "accepted": True,
-                            "time_s": time.perf_counter() - t_prev,
-                            "elapsed_s": now,
-                            "pose": cur[j],
-                        }
-                    )
+                cur = (se3_exp(st.s[a] @ P.T) @ pose0[a]).cpu().numpy()
+                record(hist, st, a, c, cur, iterations, idx_global, renderer, t_prev, t_start)
             bad = ~torch.isfinite(c) | ~torch.isfinite(g).all(-1).cpu()
-            better = (c < best_c[a].cpu()) & ~bad
-            ai = a[better.to(dev)]
-            best_c[ai], best_s[ai] = c[better].to(dev), s[ai]
-            improved = c < ref_c[a].cpu() - cfg.threshold * ref_c[a].cpu().abs()
-            ref_c[a[improved.to(dev)]] = c[improved].to(dev)
-            since[a] = torch.where(improved, torch.zeros_like(since[a]), since[a] + 1)
-            plateau = since[a] >= cfg.patience
-            lr[a[plateau.to(dev)]] *= cfg.lr_decay
-            plateaus[a] += plateau.long()
-            since[a[plateau]] = 0
+            track_best(st, cfg, a, c, bad, dev)
             if step == cfg.max_iterations:
                 break
             g = torch.where(bad.to(dev)[:, None], torch.zeros_like(g), g)
             if cfg.optimizer == "gd":  # backtracking: undo a step that did not lower the cost
-                worse = (
-                    (bad | ~(c < c_acc[a].cpu())).to(dev)
-                    if step
-                    else torch.zeros(len(a), dtype=torch.bool)
-                )
-                keep = a[~worse]
-                s_acc[keep], c_acc[keep], g_acc[keep] = s[keep], c[~worse.cpu()].to(dev), g[~worse]
-                lr[a] *= torch.where(worse, 0.5, 1.2 if step else 1.0)[:, None]
-                for j, k in enumerate(a.tolist()):
-                    if hist[k] and bool(worse[j]):
-                        hist[k][-1]["accepted"] = False
-                s[a], g = s_acc[a], g_acc[a]
-            if cfg.optimizer == "adam":
-                m1[a] = b1 * m1[a] + (1 - b1) * g
-                m2[a] = b2 * m2[a] + (1 - b2) * g * g
-                t = step + 1
-                upd = (m1[a] / (1 - b1**t)) / (torch.sqrt(m2[a] / (1 - b2**t)) + cfg.eps)
-            else:
-                if g0 is None:
-                    g0 = torch.stack([g[:, :3].norm(dim=-1), g[:, 3:].norm(dim=-1)], -1).clamp_min(
-                        1e-30
-                    )
-                    g0_full = torch.ones(n, 2, dtype=torch.float64, device=dev)
-                    g0_full[a] = g0
-                    g0 = g0_full
-                upd = torch.cat([g[:, :3] / g0[a, :1], g[:, 3:] / g0[a, 1:]], -1)
-            s[a] = s[a] - torch.cat([lr[a, :1].expand(-1, 3), lr[a, 1:].expand(-1, 3)], -1) * upd
+                g = backtrack(st, a, c, g, bad, step, hist, dev)
+            update(st, cfg, a, g, step, n, dev)
             iterations[idx_global[a].cpu()] += 1
             step += 1
             t_prev = t_it
-            for k in a.tolist():
-                if int(plateaus[k]) >= cfg.max_plateaus:
-                    status[k], message[k] = (
-                        Status.CONVERGED,
-                        f"{cfg.max_plateaus} plateaus of the cost",
-                    )
-                    live[k] = False
-                elif float(lr[k, 0]) < 1e-3 * cfg.lr_trans and float(lr[k, 1]) < 1e-3 * cfg.lr_rot:
-                    status[k], message[k] = (
-                        Status.CONVERGED,
-                        "step size below 1e-3 of the initial one",
-                    )
-                    live[k] = False
-        for k in range(n):
-            if status[k] is None:
-                status[k], message[k] = (
-                    Status.MAX_ITERATIONS,
-                    f"iteration cap ({cfg.max_iterations}) reached",
-                )
-            if not math.isfinite(float(best_c[k])):
-                status[k], message[k] = Status.DIVERGED, "the cost was never finite"
-        best_pose = se3_exp(best_s @ P.T) @ pose0
+            stop_converged(st, cfg, a)
+        final_status(st, cfg, n)
+        best_pose = se3_exp(st.best_s @ P.T) @ pose0
         return {
             "pose": best_pose,
-            "cost": best_c.cpu(),
-            "initial_cost": initial_cost,
-            "status": status,
-            "message": message,
+            "cost": st.best_c.cpu(),
+            "initial_cost": st.initial_cost,
+            "status": st.status,
+            "message": st.message,
         }
+
+
+def _window(renderer: DrrRenderer, pose: torch.Tensor) -> tuple[float, float]:
+    """The renderer's sampling window for ``pose``, widened by 60 mm on each side (the poses move
+    during the scale)."""
+    lo, hi = renderer.window(pose)
+    m = 60.0 / renderer.geometry.sdd
+    return (max(lo - m, 0.0), min(hi + m, 1.0))
+
+
+def _merge_outcome(out: dict, idx: torch.Tensor, last: bool, status, message, live) -> None:
+    """A scale's outcome for the elements ``idx`` (in place): a failure ends an element, the
+    ``last`` scale's outcome is the final one."""
+    for k, i in enumerate(idx.tolist()):
+        if out["status"][k] is not None and not out["status"][k].usable:
+            status[i], message[i] = out["status"][k], out["message"][k]
+            live[i] = False
+        elif last:
+            status[i], message[i] = out["status"][k], out["message"][k]
+
+
+def _refused_elements(fixed: torch.Tensor, init_pose: torch.Tensor) -> tuple:
+    """``(status, message, (ok_img, ok_pose))``: ``INVALID_INPUT`` with the reason for an element
+    with a non-finite image or an invalid initial pose, None for the others."""
+    B = init_pose.shape[0]
+    status: list[Status | None] = [None] * B
+    message = [""] * B
+    ok_img = torch.isfinite(fixed).flatten(1).all(-1)
+    ok_pose = valid_poses(init_pose)
+    for i in range(B):
+        if not (bool(ok_img[i]) and bool(ok_pose[i])):
+            status[i] = Status.INVALID_INPUT
+            message[i] = (
+                "image contains NaN or inf" if not bool(ok_img[i]) else "invalid initial pose"
+            )
+    return status, message, (ok_img, ok_pose)
