@@ -158,7 +158,7 @@ def sweep_poses(
 
 
 def landscape_for_benchmark(benchmark, extra: dict, path: str | Path, case: int = 0) -> list[Path]:
-    """Landscape of every similarity used in an evaluation (``extra`` from ``evaluate._build``)."""
+    """Landscape of every similarity used in an evaluation (``extra`` from ``evaluate_methods.build_runners``)."""
     registrars = list(extra["registrars"].values())
     reg = registrars[0]
     geometry = reg.registration_geometry(benchmark.render_geometry)
