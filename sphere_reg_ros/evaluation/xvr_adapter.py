@@ -26,14 +26,7 @@ Conventions (each checked by ``test/evaluation/test_xvr_adapter.py``):
   from the gimbal lock of the Euler angles.
 * **Parameters**: ``FixedPose`` takes Euler angles in degrees, convention ZXY, and ``xyz`` with
   ``P = [R | R·xyz]`` (diffdrr's ``convert``); the optimiser works on the same angles in radians.
-* **Intrinsics** from the DICOM: ``DistanceSourceToDetector``, ``ImagerPixelSpacing`` (row,
-  column) and ``DetectorActiveOrigin`` read as ``(y0, x0)`` principal-point offsets in mm, with
-  ``x0`` negated by xvr before it reaches diffdrr. With ``reverse_x_axis=True`` our ``(x0, y0)``
-  (:class:`~sphere_reg_ros.core.carm.CarmGeometry`) are therefore written as ``(y0, -x0)``.
-* **Pixels**: our images are line integrals (log domain, bone bright). They are written
-  linearly mapped onto 0..65535 (MONOCHROME2; ``RescaleSlope``/``Intercept`` give the values
-  back) and read with ``linearize=False``: xvr's ``linearize`` expects raw detector intensities.
-  xvr rescales every image to [0, 1] itself, so the mapping loses nothing but quantisation.
+* **Intrinsics and pixels**: the DICOM file xvr reads (:mod:`.xvr_dicom`).
 
 Scales: xvr's ``scales`` divide the DICOM's size (its default, 8, is meant for ~1000-px
 clinical images). Our benchmark images are ``2R`` and our methods finish at ``R``; by default
@@ -47,26 +40,31 @@ building its DRR, optimising), as ours times ``Registrar.register``; writing the
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import logging
 import math
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from sphere_reg_ros.core.carm import CarmGeometry
+from sphere_reg_ros.core.registrar_inputs import failed_result
 from sphere_reg_ros.core.result import RegistrationResult, Status
 from sphere_reg_ros.core.volume import Volume, resample
+from sphere_reg_ros.evaluation.xvr_config import (
+    DETECTOR_FROM_OPTICAL,
+    INSTALL_HINT,
+    MIN_SIDE,
+    REORIENT,
+    XvrConfig,
+    xvr_available,
+)
+from sphere_reg_ros.evaluation.xvr_dicom import read_dicom_values, write_xray_dicom
 
 __all__ = [
     "XvrConfig",
@@ -77,150 +75,10 @@ __all__ = [
     "INSTALL_HINT",
     "REORIENT",
     "DETECTOR_FROM_OPTICAL",
+    "MIN_SIDE",
 ]
 
 log = logging.getLogger(__name__)
-
-INSTALL_HINT = "pip install .[peers] (or make peers)"
-
-#: diffdrr's ``reorient`` matrices (``diffdrr.data.read``) by orientation.
-REORIENT = {
-    "AP": np.array([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]]),
-    "PA": np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]]),
-}
-
-#: diffdrr's detector frame from our optical frame, by ``reverse_x_axis``.
-DETECTOR_FROM_OPTICAL = {
-    True: np.diag([-1.0, -1.0, 1.0, 1.0]),
-    False: np.diag([1.0, -1.0, 1.0, 1.0]),
-}
-
-#: Smallest image side (px) of a default xvr scale.
-MIN_SIDE = 16
-
-# X-Ray Angiographic Image Storage
-_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.12.1"
-
-
-def xvr_available() -> bool:
-    """True when xvr (PyPI ``xvreg``) can be imported."""
-    return importlib.util.find_spec("xvr") is not None
-
-
-@dataclass(frozen=True)
-class XvrConfig:
-    """xvr's fixed-pose registration settings (defaults: xvr 0.1.0's ``Register`` defaults).
-
-    Attributes:
-        scales: xvr's downsampling divisors of the DICOM image, coarse to fine; None: ``(2f, f)``
-            with ``f`` = image side / registration resolution (our methods' final resolution).
-        n_itrs: Adam iterations per scale (a cap: xvr stops a scale after ``max_n_plateaus``
-            learning-rate reductions).
-        lr_rot, lr_xyz: learning rates (rad, mm) of the first scale; xvr divides them by 2, 8,
-            ... at finer scales.
-        patience, threshold, max_n_plateaus: xvr's ReduceLROnPlateau schedule.
-        metric: ``"gmncc"`` (gradient + multiscale NCC), ``"mncc"`` or ``"gncc"``.
-        orientation, reverse_x_axis: xvr's frame conventions (module docstring).
-        linearize: xvr's log transform of raw intensities (False: our images are line integrals).
-        device: torch device for xvr (the one our methods use).
-    """
-
-    scales: tuple[float, ...] | None = None
-    n_itrs: int = 500
-    lr_rot: float = 1e-2
-    lr_xyz: float = 1.0
-    patience: int = 5
-    threshold: float = 1e-4
-    max_n_plateaus: int = 2
-    metric: str = "gmncc"
-    orientation: str = "AP"
-    reverse_x_axis: bool = True
-    linearize: bool = False
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.orientation not in REORIENT:
-            raise ValueError(
-                f"orientation must be one of {sorted(REORIENT)}, got {self.orientation!r}"
-            )
-        sign = np.linalg.det(REORIENT[self.orientation][:3, :3]) * np.linalg.det(
-            DETECTOR_FROM_OPTICAL[bool(self.reverse_x_axis)][:3, :3]
-        )
-        if sign < 0:
-            raise ValueError(
-                f"orientation {self.orientation} with reverse_x_axis={self.reverse_x_axis} renders the "
-                "mirror image of a C-arm (improper camera); use AP with reverse_x_axis=True or PA "
-                "with reverse_x_axis=False"
-            )
-        if self.scales is not None and (not self.scales or any(not s >= 1 for s in self.scales)):
-            raise ValueError(f"scales must be divisors >= 1, got {self.scales}")
-        if self.n_itrs < 1:
-            raise ValueError(f"n_itrs must be >= 1, got {self.n_itrs}")
-
-
-def write_xray_dicom(
-    path: str | Path, image: np.ndarray, geometry: CarmGeometry, reverse_x_axis: bool = True
-) -> Path:
-    """Write a line-integral image ``(H, W)`` as the 16-bit DICOM xvr reads.
-
-    Pixels: ``round((p - min) / (max - min) · 65535)`` (MONOCHROME2), with ``RescaleSlope`` and
-    ``RescaleIntercept`` mapping them back. Tags: ``DistanceSourceToDetector`` (mm),
-    ``ImagerPixelSpacing`` ``[dely, delx]`` (mm), ``DetectorActiveOrigin`` ``[y0, ∓x0]`` (mm, the
-    sign of x0 as xvr needs it for ``reverse_x_axis``; module docstring).
-    """
-    img = np.asarray(image, dtype=np.float64)
-    if img.shape != (geometry.height, geometry.width):
-        raise ValueError(f"image is {img.shape}, geometry is {geometry.height}x{geometry.width}")
-    if not np.all(np.isfinite(img)):
-        raise ValueError("image contains NaN or inf")
-    lo, hi = float(img.min()), float(img.max())
-    slope = (hi - lo) / 65535.0 if hi > lo else 1.0
-    pixels = np.round((img - lo) / slope).clip(0, 65535).astype("<u2")
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = _SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = _SOP_CLASS
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "XA"
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.Rows, ds.Columns = int(geometry.height), int(geometry.width)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleSlope = _ds(slope)
-    ds.RescaleIntercept = _ds(lo)
-    ds.RescaleType = "US"
-    ds.DistanceSourceToDetector = _ds(geometry.sdd)
-    ds.ImagerPixelSpacing = [_ds(geometry.dely), _ds(geometry.delx)]
-    ds.DetectorActiveOrigin = [
-        _ds(geometry.y0),
-        _ds(-geometry.x0 if reverse_x_axis else geometry.x0),
-    ]
-    ds.PixelData = pixels.tobytes()
-    path = Path(path)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def _ds(value: float) -> str:
-    """A decimal string of at most 16 characters (DICOM DS)."""
-    for digits in range(12, 4, -1):
-        text = f"{float(value):.{digits}g}"
-        if len(text) <= 16:
-            return text
-    raise ValueError(f"cannot write {value} as a DICOM decimal string")
-
-
-def read_dicom_values(path: str | Path) -> np.ndarray:
-    """Pixel values ``(H, W)`` float64 of a file written by :func:`write_xray_dicom` (rescaled back)."""
-    ds = pydicom.dcmread(path)
-    return ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
 
 
 class XvrRegistration:
@@ -388,50 +246,29 @@ class XvrRegistration:
     ) -> RegistrationResult:
         """Register one image ``(H, W)`` (line integrals) from ``init_pose`` (4, 4) with xvr; never raises."""
         init = np.asarray(init_pose, dtype=np.float64)
-        nan6 = np.full((6, 6), math.nan)
         t0 = time.perf_counter()
         try:
             out, t_write, t_call, caught, scales = self._run(image, geometry, init)
         except Exception as exc:  # a bad case must not take the evaluation down
             log.warning("xvr failed: %s", exc)
             status = Status.INVALID_INPUT if isinstance(exc, ValueError) else Status.DIVERGED
-            return RegistrationResult(
-                pose=init,
-                covariance=nan6,
-                cost=math.nan,
-                initial_cost=math.nan,
-                iterations=0,
-                status=status,
-                message=f"xvr: {type(exc).__name__}: {exc}",
-                timings={"total": time.perf_counter() - t0},
+            return failed_result(
+                init,
+                status,
+                f"xvr: {type(exc).__name__}: {exc}",
+                {"total": time.perf_counter() - t0},
             )
         timings = {"total": t_call, "write_dicom": t_write}
         if out.log is None:  # xvr's guard: the initial DRR is blank
-            return RegistrationResult(
-                pose=init,
-                covariance=nan6,
-                cost=math.nan,
-                initial_cost=math.nan,
-                iterations=0,
-                status=Status.INVALID_INPUT,
-                message="xvr: " + "; ".join(caught or ["no log"]),
-                timings=timings,
+            return failed_result(
+                init, Status.INVALID_INPUT, "xvr: " + "; ".join(caught or ["no log"]), timings
             )
         history = self._history(out.log, init, geometry, t_call)
         timings["optimisation"] = float(sum(out.log.times))
         pose = self.from_xvr(out.final_pose.matrix[0].detach().cpu().double().numpy())
         n = len(out.log.losses)
-        n_last = sum(1 for s in out.log.scales if s == scales[-1])
         finite = bool(np.all(np.isfinite(pose))) and all(math.isfinite(v) for v in out.log.losses)
-        if not finite:
-            status, why = Status.DIVERGED, "non-finite pose or similarity"
-        elif n_last < self.config.n_itrs:
-            status, why = (
-                Status.CONVERGED,
-                f"stopped after {self.config.max_n_plateaus} learning-rate plateaus",
-            )
-        else:
-            status, why = Status.MAX_ITERATIONS, "iteration cap reached"
+        status, why = self._outcome(finite, out.log.scales, scales)
         px = [_side(geometry, s) for s in scales]
         msg = (
             f"xvr {self.config.metric} Adam, {n} iterations at {'/'.join(str(p) for p in px)} px: {why}"
@@ -439,7 +276,7 @@ class XvrRegistration:
         )
         return RegistrationResult(
             pose=pose if finite else init,
-            covariance=nan6,
+            covariance=np.full((6, 6), math.nan),
             cost=history[-1]["cost"],
             initial_cost=history[0]["cost"],
             iterations=n,
@@ -448,6 +285,19 @@ class XvrRegistration:
             timings=timings,
             history=history,
         )
+
+    def _outcome(self, finite: bool, log_scales, scales: list[float]) -> tuple[Status, str]:
+        """Status and reason of a run: diverged (non-finite), converged (stopped by the plateaus
+        before the iteration cap at the finest scale) or the iteration cap."""
+        n_last = sum(1 for s in log_scales if s == scales[-1])
+        if not finite:
+            return Status.DIVERGED, "non-finite pose or similarity"
+        if n_last < self.config.n_itrs:
+            return (
+                Status.CONVERGED,
+                f"stopped after {self.config.max_n_plateaus} learning-rate plateaus",
+            )
+        return Status.MAX_ITERATIONS, "iteration cap reached"
 
     def _history(self, xlog, init: np.ndarray, geometry: CarmGeometry, total: float) -> list[dict]:
         """Per-iteration records for evaluate's curves.
