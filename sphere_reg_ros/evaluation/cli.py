@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def add_make_benchmark_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``make-benchmark`` sub-command to ``subparsers``; returns its parser."""
+    """Add the ``make-benchmark`` sub-command to ``subparsers``; returns its parser.
+
+    Long because it is one flat list of option declarations, read top to bottom like ``--help``."""
     p = subparsers.add_parser(
         "make-benchmark",
         help="render a synthetic registration benchmark (degraded X-rays, poses, landmarks)",
@@ -128,14 +130,8 @@ def _size(n_bytes: int) -> str:
 
 def run_make_benchmark(args: argparse.Namespace) -> int:
     """Run ``make-benchmark``; prints a summary; returns 0, or 2 on bad input (one line on stderr)."""
-    from sphere_reg_ros.evaluation.benchmark import (
-        BenchmarkError,
-        benchmark_checksum,
-        make_benchmark,
-        save_benchmark,
-    )
-    from sphere_reg_ros.evaluation.cases import InitialErrorConfig
-    from sphere_reg_ros.evaluation.simulate import DEGRADATION_PRESETS, HARSH_INITIAL_MTRE_MM
+    from sphere_reg_ros.evaluation.benchmark import BenchmarkError, make_benchmark, save_benchmark
+    from sphere_reg_ros.evaluation.simulate import DEGRADATION_PRESETS
 
     start = time.perf_counter()
     if getattr(args, "threads", 0):
@@ -145,33 +141,8 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(int(args.threads))
     try:
-        if (
-            args.cases < 1
-            or args.resolution < 4
-            or (args.spacing is not None and not args.spacing > 0)
-        ):
-            raise BenchmarkError("--cases must be >= 1, --resolution >= 4 and --spacing > 0")
-        distribution = PoseDistribution(
-            rot_deg=args.rot_deg, inplane_mm=args.inplane_mm, depth_mm=args.depth_mm
-        )
-        if args.ct is None and args.labels is not None:
-            raise BenchmarkError("--labels needs --ct (the example CT brings its own label map)")
-        landmarks = load_landmarks(args.landmarks) if args.landmarks else None  # small files first
-        if args.ct is None:
-            ct, labels, structures = load_example_ct()
-        else:
-            labels = load_volume(args.labels, allow_constant=True) if args.labels else None
-            ct = load_volume(args.ct)
-            structures = None
+        distribution, ct, labels, structures, landmarks = _inputs(args)
         loaded = time.perf_counter()
-        init_mtre = (
-            args.init_mtre or HARSH_INITIAL_MTRE_MM
-            if args.degradation == "harsh"
-            else args.init_mtre
-        )
-        initial_error = (
-            InitialErrorConfig(mtre_mm=tuple(init_mtre)) if init_mtre else InitialErrorConfig()
-        )
         bm = make_benchmark(
             ct,
             labels,
@@ -184,7 +155,7 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
             spacing_mm=args.spacing,
             landmarks=landmarks,
             degradation=DEGRADATION_PRESETS[args.degradation],
-            initial_error=initial_error,
+            initial_error=_initial_error(args),
             progress=not args.no_progress,
         )
         out = save_benchmark(args.out, bm)
@@ -194,7 +165,52 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
             save_preview(args.preview, bm, n_cases=args.preview_cases)
     except (BenchmarkError, VolumeError, LandmarkError, ValueError, OSError) as exc:
         return refuse("make-benchmark", exc)
-    elapsed = time.perf_counter() - start
+    _print_summary(args, bm, out, time.perf_counter() - start, loaded - start)
+    return 0
+
+
+def _inputs(args: argparse.Namespace) -> tuple:
+    """``(pose distribution, CT, labels, structures, landmarks)`` of the command line: the
+    numbers checked, then the landmark and label files read before the CT (small files first).
+
+    Raises:
+        BenchmarkError, VolumeError, LandmarkError: bad input (the message names it).
+    """
+    from sphere_reg_ros.evaluation.benchmark import BenchmarkError
+
+    if args.cases < 1 or args.resolution < 4 or (args.spacing is not None and not args.spacing > 0):
+        raise BenchmarkError("--cases must be >= 1, --resolution >= 4 and --spacing > 0")
+    distribution = PoseDistribution(
+        rot_deg=args.rot_deg, inplane_mm=args.inplane_mm, depth_mm=args.depth_mm
+    )
+    if args.ct is None and args.labels is not None:
+        raise BenchmarkError("--labels needs --ct (the example CT brings its own label map)")
+    landmarks = load_landmarks(args.landmarks) if args.landmarks else None  # small files first
+    if args.ct is None:
+        ct, labels, structures = load_example_ct()
+    else:
+        labels = load_volume(args.labels, allow_constant=True) if args.labels else None
+        ct = load_volume(args.ct)
+        structures = None
+    return distribution, ct, labels, structures, landmarks
+
+
+def _initial_error(args: argparse.Namespace):
+    """The initial-error setting: ``--init-mtre``, else the harsh family's default, else the
+    standard one."""
+    from sphere_reg_ros.evaluation.cases import InitialErrorConfig
+    from sphere_reg_ros.evaluation.simulate import HARSH_INITIAL_MTRE_MM
+
+    init_mtre = (
+        args.init_mtre or HARSH_INITIAL_MTRE_MM if args.degradation == "harsh" else args.init_mtre
+    )
+    return InitialErrorConfig(mtre_mm=tuple(init_mtre)) if init_mtre else InitialErrorConfig()
+
+
+def _print_summary(args: argparse.Namespace, bm, out: Path, elapsed: float, loading: float) -> None:
+    """What was written: cases, sizes, initial errors, times, the file and the checksum."""
+    from sphere_reg_ros.evaluation.benchmark import benchmark_checksum
+
     init = bm.initial_mtre_mm
     print(
         f"benchmark: {bm.n_cases} cases ({bm.split}, seed {bm.seed}, degradation '{args.degradation}') "
@@ -207,8 +223,8 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
     print(
         f"  initial mTRE {init.min():.1f}-{init.max():.1f} mm (median {float(sorted(init)[len(init) // 2]):.1f})"
     )
-    per_case = (elapsed - (loaded - start)) / bm.n_cases
-    print(f"  time {elapsed:.1f} s (loading {loaded - start:.1f} s, {per_case:.2f} s/case)")
+    per_case = (elapsed - loading) / bm.n_cases
+    print(f"  time {elapsed:.1f} s (loading {loading:.1f} s, {per_case:.2f} s/case)")
     print(
         f"  wrote {out} ({_size(out.stat().st_size)})"
         + (f", preview {args.preview}" if args.preview else "")
@@ -216,4 +232,3 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
     print(
         f"  checksum {benchmark_checksum(bm)} (content; `sphere-reg evaluate` prints it with every table)"
     )
-    return 0

@@ -223,6 +223,13 @@ def draw_harsh(
     out["photons"] = math.exp(_u(g, (math.log(c.photons[0]), math.log(c.photons[1]))))
     out["electronic_noise"] = _u(g, c.electronic_noise)
     out["saturation_quantile"] = _u(g, c.saturation_quantile)
+    _draw_screws(c, g, pose, geometry, iso_depth, out)
+    _draw_lead(c, g, pose, geometry, iso_depth, out)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _draw_screws(c: HarshConfig, g, pose, geometry, iso_depth: float, out: dict) -> None:
+    """The screws' parameters into ``out`` (their number, then every one of ``MAX_SCREWS``)."""
     out["screws"] = min(MAX_SCREWS, int(_u(g, (0.0, MAX_SCREWS + 1))))
     ends, radii, mus = [], [], []
     for _ in range(MAX_SCREWS):
@@ -234,6 +241,10 @@ def draw_harsh(
     out["screw_endpoints_world"] = np.stack(ends)
     out["screw_radius_mm"] = np.array(radii)
     out["screw_mu"] = np.array(mus)
+
+
+def _draw_lead(c: HarshConfig, g, pose, geometry, iso_depth: float, out: dict) -> None:
+    """The lead wire's parameters into ``out``: whether, its path, radius and attenuation."""
     out["lead"] = _u(g, (0.0, 1.0)) < c.lead_probability
     # a smooth random walk: steps of 25-40 mm whose direction turns by a random small rotation
     start = _point_in_field(g, pose, geometry, iso_depth, 0.9, c.object_depth_mm)
@@ -248,7 +259,6 @@ def draw_harsh(
     out["lead_points_world"] = np.stack(points)
     out["lead_radius_mm"] = _u(g, c.lead_radius_mm)
     out["lead_mu"] = _u(g, c.lead_mu)
-    return {k: np.asarray(v) for k, v in out.items()}
 
 
 def _soft_inside(distance_mm: torch.Tensor, penumbra_mm: float) -> torch.Tensor:
@@ -286,7 +296,37 @@ def apply_harsh(
     float32 (log domain). ``geometry`` is the rendered detector, ``scale`` the attenuation of
     water per mm; noise draws come from ``generator`` (after the parameters)."""
     P = {k: float(v) if np.ndim(v) == 0 else v for k, v in params.items()}
-    p = p_mu.double() + P["bone_gain"] * p_mineral.double()
+    p = _with_metal(p_mu.double() + P["bone_gain"] * p_mineral.double(), P, geometry, pose, scale)
+    c = P["response"]
+    p = -torch.expm1(-c * p) / c
+    H, W = p.shape
+    ys = (torch.arange(H, dtype=torch.float64) - (H - 1) / 2)[:, None] * geometry.dely
+    xs = (torch.arange(W, dtype=torch.float64) - (W - 1) / 2)[None, :] * geometry.delx
+    half_h, half_w = H * geometry.dely / 2, W * geometry.delx / 2
+    r2 = (xs**2 + ys**2) / (half_h**2 + half_w**2)
+    along = (xs * math.cos(P["heel_angle_rad"]) + ys * math.sin(P["heel_angle_rad"])) / max(
+        half_h, half_w
+    )
+    n0 = P["photons"]
+    primary = n0 * (1.0 - P["vignetting"] * r2) * torch.exp(P["heel"] * along) * torch.exp(-p)
+    if P["collimator"] or P["iris"]:
+        inside = _collimated(P, xs, ys, half_h, half_w, primary)
+        tau = P["collimator_transmission"]
+        primary = primary * (tau + (1.0 - tau) * inside)
+    total = primary + P["scatter_fraction"] * _exponential_scatter(
+        primary, P["scatter_length_mm"], geometry
+    )
+    gf = P["glare_fraction"]
+    total = (1.0 - gf) * gaussian_blur_mm(
+        total, P["psf_sigma_mm"], geometry
+    ) + gf * gaussian_blur_mm(total, P["glare_sigma_mm"], geometry)
+    return _detected(total, P, n0, generator, noise)
+
+
+def _with_metal(
+    p: torch.Tensor, P: dict, geometry: CarmGeometry, pose, scale: float
+) -> torch.Tensor:
+    """``p`` plus the line integrals of the case's screws and lead wire."""
     for k in range(int(P["screws"])):
         p = p + metal_line_integral(
             geometry,
@@ -302,44 +342,36 @@ def apply_harsh(
             p = p + metal_line_integral(
                 geometry, pose, pts[k : k + 2], P["lead_radius_mm"], P["lead_mu"], scale
             )
-    c = P["response"]
-    p = -torch.expm1(-c * p) / c
-    H, W = p.shape
-    ys = (torch.arange(H, dtype=torch.float64) - (H - 1) / 2)[:, None] * geometry.dely
-    xs = (torch.arange(W, dtype=torch.float64) - (W - 1) / 2)[None, :] * geometry.delx
-    half_h, half_w = H * geometry.dely / 2, W * geometry.delx / 2
-    r2 = (xs**2 + ys**2) / (half_h**2 + half_w**2)
-    along = (xs * math.cos(P["heel_angle_rad"]) + ys * math.sin(P["heel_angle_rad"])) / max(
-        half_h, half_w
-    )
-    n0 = P["photons"]
-    primary = n0 * (1.0 - P["vignetting"] * r2) * torch.exp(P["heel"] * along) * torch.exp(-p)
-    if P["collimator"] or P["iris"]:
-        inside = torch.ones_like(primary)
-        if P["collimator"]:
-            a = P["collimator_angle_rad"]
-            u = xs * math.cos(a) + ys * math.sin(a)  # rotated detector axes, mm from the centre
-            v = -xs * math.sin(a) + ys * math.cos(a)
-            top, bottom, left, right = (float(f) for f in P["collimator_insets"])
-            for dist, inset, half in (
-                (v + half_h, top, half_h),
-                (half_h - v, bottom, half_h),
-                (u + half_w, left, half_w),
-                (half_w - u, right, half_w),
-            ):
-                inside = inside * _soft_inside(dist - 2 * half * inset, P["penumbra_mm"])
-        if P["iris"]:
-            radius = P["iris_radius"] * min(half_h, half_w)
-            inside = inside * _soft_inside(radius - torch.sqrt(xs**2 + ys**2), P["penumbra_mm"])
-        tau = P["collimator_transmission"]
-        primary = primary * (tau + (1.0 - tau) * inside)
-    total = primary + P["scatter_fraction"] * _exponential_scatter(
-        primary, P["scatter_length_mm"], geometry
-    )
-    gf = P["glare_fraction"]
-    total = (1.0 - gf) * gaussian_blur_mm(
-        total, P["psf_sigma_mm"], geometry
-    ) + gf * gaussian_blur_mm(total, P["glare_sigma_mm"], geometry)
+    return p
+
+
+def _collimated(P: dict, xs, ys, half_h: float, half_w: float, primary) -> torch.Tensor:
+    """The open field (1 inside, 0 behind the blades, soft edges) of the rotated collimator and
+    the iris (detector coordinates ``xs``, ``ys`` in mm from the centre)."""
+    inside = torch.ones_like(primary)
+    if P["collimator"]:
+        a = P["collimator_angle_rad"]
+        u = xs * math.cos(a) + ys * math.sin(a)  # rotated detector axes, mm from the centre
+        v = -xs * math.sin(a) + ys * math.cos(a)
+        top, bottom, left, right = (float(f) for f in P["collimator_insets"])
+        for dist, inset, half in (
+            (v + half_h, top, half_h),
+            (half_h - v, bottom, half_h),
+            (u + half_w, left, half_w),
+            (half_w - u, right, half_w),
+        ):
+            inside = inside * _soft_inside(dist - 2 * half * inset, P["penumbra_mm"])
+    if P["iris"]:
+        radius = P["iris_radius"] * min(half_h, half_w)
+        inside = inside * _soft_inside(radius - torch.sqrt(xs**2 + ys**2), P["penumbra_mm"])
+    return inside
+
+
+def _detected(
+    total: torch.Tensor, P: dict, n0: float, generator: torch.Generator, noise: bool
+) -> torch.Tensor:
+    """The detector's log-domain image of the intensity ``total``: gain variation, Poisson and
+    electronic noise (when ``noise``), then saturation at the case's quantile."""
     if noise:
         gain = 1.0 + P["gain_variation"] * torch.randn(
             total.shape, generator=generator, dtype=torch.float64
