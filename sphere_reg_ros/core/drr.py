@@ -218,10 +218,16 @@ class DrrRenderer(torch.nn.Module):
     ) -> torch.Tensor:
         """DRRs ``(B, 1, H, W)`` for poses ``(B, 4, 4)`` (diffdrr's trilinear renderer).
 
-        Differentiable by reverse-mode autograd with respect to ``pose``.
+        Differentiable by reverse-mode autograd with respect to ``pose``. On a CPU with autograd
+        off, the same samples by the clipped sampler of :meth:`render_channels` (no graph needed;
+        equal to diffdrr's to float rounding).
         """
         pose = _check_pose(pose).to(self.dtype)
         window = self.window(pose) if window is None else window
+        if self.device.type == "cpu" and not torch.is_grad_enabled():
+            source, target = self.rays(pose)
+            n = self.n_samples(window)
+            return self._clipped(source, target, window, n, False, jacobian=False)[0]
         extrinsic = RigidTransform(pose @ self._flip.to(pose))
         img = self.drr(
             extrinsic, n_points=self.n_samples(window), alphamin=window[0], alphamax=window[1]

