@@ -20,6 +20,7 @@ MODULE_TO_DEPENDENCY = {
     "diagnostic_msgs": "diagnostic_msgs",
     "builtin_interfaces": "builtin_interfaces",
     "rcl_interfaces": "rcl_interfaces",
+    "lifecycle_msgs": "lifecycle_msgs",
     "tf2_ros": "tf2_ros",
     "tf2_msgs": "tf2_msgs",
     "cv_bridge": "cv_bridge",
