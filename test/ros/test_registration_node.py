@@ -355,6 +355,15 @@ def _time(t: float):
     return Time(sec=us // 1_000_000, nanosec=(us % 1_000_000) * 1000)
 
 
+def _fill_camera_info_buffer(client, scene, stamp):
+    """Send as many CameraInfo stamped ``stamp`` as the node buffers (its older ones drop out)."""
+    from sphere_reg_ros.ros.frame_input import CAMERA_INFO_BUFFER
+
+    for _ in range(CAMERA_INFO_BUFFER):
+        client.info_pub.publish(client.info_msg(scene["geometry"], stamp=stamp))
+    time.sleep(0.3)
+
+
 def _no_output_for(client, stamp):
     key = (stamp.sec, stamp.nanosec)
     with client.cv:
@@ -409,10 +418,14 @@ def test_unmatched_camera_info_is_rejected_counted_and_the_next_matched_frame_re
     assert _no_output_for(client, image.header.stamp)
 
     # fall-back: no CameraInfo within camera_info_tolerance_s (0.05 s), but one 0.3 s older than
-    # the image, within camera_info_max_age_s (1 s): used
+    # the image, within camera_info_max_age_s (1 s): used. The node's buffer first gets only
+    # CameraInfo far too old to be used, so that none sent by earlier tests (stamped when they
+    # ran, possibly about 15 s ago) can be the newest before the image.
     now = time.time()
+    _fill_camera_info_buffer(client, scene, _time(now - 100.0))
     t, older = _time(now - 15.0), _time(now - 15.3)
     client.info_pub.publish(client.info_msg(scene["geometry"], stamp=older))
+    time.sleep(0.3)  # DDS does not order messages across topics: let the CameraInfo arrive first
     image = client.image_msg(scene["image"], stamp=t)
     client.image_pub.publish(image)
     client.tf_for(t)
