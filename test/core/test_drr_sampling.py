@@ -97,6 +97,10 @@ def test_clipped_render_equals_the_full_window_in_float64(scene, channels):
         ref_jac = ref_jac.reshape(B, H * W, C, 6).permute(0, 2, 1, 3).reshape(B, C * H * W, 6)
         torch.testing.assert_close(image, ref_img, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(jac, ref_jac, rtol=1e-9, atol=1e-10)
+        # in several chunks of rays: the same
+        chunked = r64._clipped(source, target, window, n, channels, True, samples_per_chunk=999)
+        torch.testing.assert_close(chunked[0], image, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(chunked[1], jac, rtol=1e-12, atol=1e-14)
         fast = r64.render_channels(pose, window=window)
         torch.testing.assert_close(fast[:, : image.shape[1]], image, rtol=1e-10, atol=1e-12)
     finally:
