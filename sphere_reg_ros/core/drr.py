@@ -16,6 +16,12 @@ where ``∇μ`` is the analytic gradient of the trilinear interpolant (piecewise
 from the same eight voxels as the value). Forward-mode AD does not work through diffdrr's
 ``grid_sampler_3d`` (docs/ARCHITECTURE.md, Environment facts); this route needs no AD at all.
 
+On a CPU, :meth:`DrrRenderer.render_with_jacobian`, :meth:`DrrRenderer.render_channels` and
+``forward`` without autograd take on each ray only the window's samples inside the CT's support
+box (the dropped ones are exactly zero, so the sums and the Jacobian are the full window's), and
+sample with :class:`~.drr_sampling.SliceAtlas` (2-D ``grid_sample`` on the tiled slices); on a
+GPU they use the eight-voxel gather below on every sample (docs/SPEED.md).
+
 Poses are ``T_ct_from_carm`` in the C-arm optical frame (``sphere_reg_ros.core``). diffdrr's
 camera frame has x and y flipped (with ``reverse_x_axis=True``): ``E = T · diag(-1, -1, 1, 1)``.
 """
