@@ -121,10 +121,9 @@ class Registrar(RegistrarViews, RegistrationPasses):
         self.similarity = similarity
         self._make_solvers(config)
         # the bone's own attenuation, rendered beside the whole DRR when the residuals weigh it
-        wanted = [similarity] + ([self._polisher.model] if self._polisher is not None else [])
         self._channels = (
             torch.as_tensor(bone_attenuation(render_ct.data))[None]
-            if any(getattr(m, "drr_channels", 1) > 1 for m in wanted)
+            if getattr(similarity, "drr_channels", 1) > 1
             else None
         )
         self.regressor = regressor.to(self.device).eval() if regressor is not None else None
@@ -146,15 +145,16 @@ class Registrar(RegistrarViews, RegistrationPasses):
 
     def _make_solvers(self, config: RegistrarConfig) -> None:
         """The LM solvers of ``self.similarity``: cold (``solver``), tracking, the consistency
-        check's, and the learning-free polisher and its check (``config.polish``)."""
+        check's; and the learning-free registrar that polishes a learned end (``config.polish``).
+        """
         similarity = self.similarity
-        #: the learning-free solver that polishes a learned end (``config.polish``), and its own
-        #: solver for the consistency check's second starts; None without
-        self._polisher = self._polish_check = None
-        if self.learned and config.polish:
-            free = _learning_free_residuals(config)
-            self._polisher = LevenbergMarquardt(free, config.lm_config(tracking=True))
-            self._polish_check = LevenbergMarquardt(free, config.lm_config(tracking=True))
+        #: with ``config.polish`` and a learned similarity: a learning-free registrar on the same CT
+        #: that registers again from each learned end (:meth:`_polished`); None otherwise
+        self._free = (
+            Registrar(self.ct, config=replace(config, polish=False), spacing_mm=self.spacing_mm)
+            if self.learned and config.polish
+            else None
+        )
         self.solver = LevenbergMarquardt(similarity, config.lm_config(learned=self.learned))
         # tracking registrations: own solver (narrower sampling window; its own render cache)
         self.tracking_solver = LevenbergMarquardt(
@@ -293,6 +293,8 @@ class Registrar(RegistrarViews, RegistrationPasses):
                 done = self._register_valid(
                     arrays, inits, geometry, t0, solver or default, fine_only
                 )
+                if self._free is not None and solver is None and not fine_only:
+                    done = self._polished(arrays, geometry, done)
             except Exception as exc:  # never let a bad case take the caller down
                 log.exception("registration failed")
                 status = Status.INVALID_INPUT if isinstance(exc, ValueError) else Status.DIVERGED
@@ -334,9 +336,6 @@ class Registrar(RegistrarViews, RegistrationPasses):
             self._restart_failures(out, renderers, fixed, poses, mask, messages)
         results = out.to_results()
         judge, check = self.solver, self._check_solver
-        if self._polisher is not None and not fine_only and solver is self.solver:
-            results = self._polish(results, renderers[-1], fixed, mask, messages)
-            judge, check = self._polisher, self._polish_check
         t_lm = time.perf_counter() - t2
         t3 = time.perf_counter()
         final = [

@@ -122,10 +122,12 @@ class RegistrarConfig:
             fails one is ``Status.REJECTED``. False: the results keep the solver's status (the
             features are still computed, for calibration).
         trust: :class:`~.trust.TrustConfig` (thresholds; the consistency check's offset).
-        polish: with a learned similarity, refine its end on the learning-free residuals of this
-            configuration (``residuals``, ``intensity_fit``, ``robust``) at the finest scale, and
-            judge the result (normalised cost, consistency, gates) on those residuals, which the
-            trust thresholds were calibrated on. No effect without a learned similarity.
+        polish: with a learned similarity, register each image again with the learning-free
+            LM of this configuration (``residuals``, ``intensity_fit``, ``robust``, masks, all
+            scales, restarts) starting from the learned end; the result is judged (normalised
+            cost, consistency, gates) on the learning-free residuals, which the trust thresholds
+            were calibrated on. Not for tracking (``fine_only``) registrations. No effect without
+            a learned similarity.
     """
 
     resolution: int = 64

@@ -1,12 +1,13 @@
 """What surrounds the LM in a registration (methods of :class:`~.registrar.Registrar`). Before it:
 the start poses (given, the regressor's, or the AP view) and the masks of what the CT cannot
 explain. After it: restarts of cold registrations that look failed (``RegistrarConfig.restarts``),
-the polish of a learned end on the learning-free residuals (``RegistrarConfig.polish``), and the
+the polish of a learned end by a learning-free registration from it (``RegistrarConfig.polish``),
+and the
 trust numbers of each result (normalised cost; consistency from a second start).
 
 :class:`RegistrationPasses` is a mixin: it uses the registrar's ``config``, ``trust``,
 ``center_world``, ``roi_world``, ``device``, ``mask_config``, ``regressor``, ``model_geometry``
-and its solvers (``solver``, ``_check_solver``, ``_polisher``)."""
+its solvers (``solver``, ``_check_solver``) and the polishing registrar ``_free``."""
 
 from __future__ import annotations
 
@@ -61,39 +62,42 @@ class RegistrationPasses:
             np.linalg.norm(point_error(end, np.asarray(pose, dtype=np.float64), self.roi_world))
         )
 
-    def _polish(
+    def _polished(
         self,
-        results: list[RegistrationResult],
-        renderer: DrrRenderer,
-        fixed: torch.Tensor,
-        mask: torch.Tensor | None,
-        messages: list[str],
+        arrays: list[np.ndarray],
+        geometry: CarmGeometry,
+        learned: list[RegistrationResult],
     ) -> list[RegistrationResult]:
-        """The learned ends ``results`` refined by the learning-free solver at the finest scale
-        (``config.polish``). An element keeps its learned result where the polish fails; a polish
-        that makes no progress confirms the learned end (it is already the minimum)."""
-        starts = torch.from_numpy(np.stack([r.pose for r in results]))
-        kw = {} if mask is None else {"mask": mask}
-        polished = self._polisher.solve(
-            [renderer], fixed, starts, center=self.center_world, **kw
-        ).to_results()
+        """``config.polish``: each checked image registered again by the learning-free registrar
+        (all scales, masks, restarts, its trust numbers and gates, which the thresholds were
+        calibrated on), starting from the learned end (from its default start where the learned
+        registration has no finite pose). The learned result stays where the polish fails."""
+        self._free.trust = self.trust
+        starts = [r.pose if np.isfinite(r.pose).all() else None for r in learned]
+        polished = self._free.register_batch(arrays, geometry, starts)
         out = []
-        for i, (learned, res) in enumerate(zip(results, polished)):
-            if res.status is Status.NO_PROGRESS and learned.status.usable:
-                res = replace(res, status=learned.status)
-            if not res.status.usable:
-                messages[i] = _joined(
-                    messages[i], f"polish failed ({res.message}); learned end kept"
+        for first, res in zip(learned, polished):
+            note = f"learned end ({first.status.value}, {first.iterations} iterations)"
+            if not res.status.usable and res.status is not Status.REJECTED:
+                out.append(
+                    replace(first, message=_joined(first.message, f"polish failed: {res.message}"))
                 )
-                out.append(learned)
                 continue
-            shift = float(np.linalg.norm(point_error(res.pose, learned.pose, self.roi_world)))
-            messages[i] = _joined(
-                messages[i],
-                f"learned end ({learned.status.value}, {learned.iterations} iterations) polished "
-                f"on the learning-free residuals: {res.iterations} iterations, {shift:.2f} mm",
+            shift = float(np.linalg.norm(point_error(res.pose, first.pose, self.roi_world)))
+            timings = {
+                k: first.timings.get(k, 0.0) + res.timings.get(k, 0.0)
+                for k in set(first.timings) | set(res.timings)
+            }
+            out.append(
+                replace(
+                    res,
+                    iterations=first.iterations + res.iterations,
+                    timings=timings,
+                    message=_joined(
+                        f"{note} polished by the learning-free LM ({shift:.2f} mm)", res.message
+                    ),
+                )
             )
-            out.append(replace(res, iterations=learned.iterations + res.iterations))
         return out
 
     def _looks_failed(self, out, i: int) -> bool:
