@@ -35,22 +35,20 @@ pose: position error (m) and rotation error (rad, about the fixed axes of ``head
 ``R ← exp(e_r) R``). :func:`covariance_to_ros` maps one to the other for either direction of the
 published pose (first-order, exact for the linearised errors); the order of the six entries is
 already ROS's, only units and frames change.
+
+Images are :mod:`.image_conversions`, intrinsics :mod:`.camera_info_conversions`, the errors
+:mod:`.conversion_errors`; all are re-exported here, the import path of every name above.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from typing import Any
 
 import numpy as np
 import torch
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
-from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Header
 
-from ..core.carm import CarmGeometry, CarmGeometryError
 from ..core.geometry import (
     hat,
     pose_to_translation_quaternion,
@@ -58,6 +56,18 @@ from ..core.geometry import (
     se3_inverse,
     translation_quaternion_to_pose,
 )
+from .camera_info_conversions import (
+    camera_info_note,
+    camera_info_to_geometry,
+    geometry_to_camera_info,
+)
+from .conversion_errors import (
+    CameraInfoConversionError,
+    ConversionError,
+    ImageConversionError,
+    PoseConversionError,
+)
+from .image_conversions import ENCODINGS, image_to_numpy, numpy_to_image
 
 __all__ = [
     "ENCODINGS",
@@ -80,321 +90,7 @@ __all__ = [
     "pose_from_translation_quaternion",
 ]
 
-log = logging.getLogger(__name__)
-
-#: encoding -> (numpy dtype, channels). ``mono16``/``16UC1`` are the same layout, as are
-#: ``mono8``/``8UC1``.
-ENCODINGS: dict[str, tuple[np.dtype, int]] = {
-    "mono8": (np.dtype(np.uint8), 1),
-    "8UC1": (np.dtype(np.uint8), 1),
-    "mono16": (np.dtype(np.uint16), 1),
-    "16UC1": (np.dtype(np.uint16), 1),
-    "32FC1": (np.dtype(np.float32), 1),
-    "64FC1": (np.dtype(np.float64), 1),
-    "bgr8": (np.dtype(np.uint8), 3),
-    "rgb8": (np.dtype(np.uint8), 3),
-}
-
 _MM_PER_M = 1000.0
-
-
-class ConversionError(ValueError):
-    """A message that cannot be converted; the message says what is wrong."""
-
-
-class ImageConversionError(ConversionError):
-    """Unsupported or malformed ``sensor_msgs/Image`` (or an array that cannot become one).
-
-    ``reason`` is a stable key: ``unsupported_encoding``, ``zero_size``, ``bad_step``,
-    ``bad_data_length``, ``non_finite`` or ``bad_array``.
-    """
-
-    def __init__(self, message: str, reason: str = "bad_array") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class CameraInfoConversionError(ConversionError):
-    """``CameraInfo`` without usable intrinsics (zero K and P, bad size, skew, ROI, ...)."""
-
-
-class PoseConversionError(ConversionError):
-    """A pose that is not a finite rigid ``(4, 4)`` matrix, a bad covariance or an empty frame."""
-
-
-# ----------------------------------------------------------------------------- cv_bridge
-_BRIDGE: Any = None
-_BRIDGE_BROKEN = False
-
-
-def _cv_bridge():
-    """A ``CvBridge`` when ROS's cv_bridge imports (a ROS 2 install), else None."""
-    global _BRIDGE, _BRIDGE_BROKEN
-    if _BRIDGE is None and not _BRIDGE_BROKEN:
-        try:
-            from cv_bridge import CvBridge  # ROS 2 install only; absent from PyPI
-
-            _BRIDGE = CvBridge()
-        except Exception as exc:  # ImportError, or its numpy-1 extension failing on numpy 2
-            log.debug(
-                "cv_bridge unavailable (%s: %s); using the own image conversion",
-                type(exc).__name__,
-                exc,
-            )
-            _BRIDGE_BROKEN = True
-    return None if _BRIDGE_BROKEN else _BRIDGE
-
-
-def _decode_with_bridge(msg: Image, expected: np.ndarray) -> np.ndarray | None:
-    """cv_bridge's decoding, used only when it matches the own one in shape and dtype."""
-    global _BRIDGE_BROKEN
-    bridge = _cv_bridge()
-    if bridge is None:
-        return None
-    try:
-        out = np.asarray(bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough"))
-    except Exception as exc:  # numpy 2 breaks its Python side; never let that lose a frame
-        log.warning(
-            "cv_bridge failed (%s: %s); using the own image conversion from now on",
-            type(exc).__name__,
-            exc,
-        )
-        _BRIDGE_BROKEN = True
-        return None
-    if out.shape != expected.shape or out.dtype.kind != expected.dtype.kind:
-        return None
-    return np.array(out, dtype=expected.dtype.newbyteorder("="), copy=True)
-
-
-# ----------------------------------------------------------------------------- images
-def _layout(encoding: str) -> tuple[np.dtype, int]:
-    if encoding not in ENCODINGS:
-        raise ImageConversionError(
-            f"unsupported image encoding {encoding!r} (supported: {', '.join(ENCODINGS)})",
-            "unsupported_encoding",
-        )
-    return ENCODINGS[encoding]
-
-
-def image_to_numpy(
-    msg: Image, *, check_finite: bool = True, use_cv_bridge: bool = True, copy: bool = True
-) -> np.ndarray:
-    """Pixels of ``msg`` as a native-byte-order array ``(H, W)`` (one channel) or ``(H, W, 3)``.
-
-    Channel order is the message's (``bgr8`` stays BGR, ``rgb8`` stays RGB). ``copy=False``: a
-    read-only view of ``msg.data`` where the layout allows (native byte order, rows unpadded;
-    cv_bridge is not used), else a copy; for callers that only read the pixels while ``msg`` lives
-    (the node, which saves a full-size copy of large frames so).
-
-    Raises:
-        ImageConversionError: unsupported encoding, zero height or width, ``step`` smaller
-            than a row, ``len(data) != step · height``, NaN/inf pixels (float encodings, when
-            ``check_finite``).
-    """
-    dtype, channels = _layout(msg.encoding)
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise ImageConversionError(
-            f"zero-size image ({h}x{w}, encoding {msg.encoding})", "zero_size"
-        )
-    row_bytes = w * channels * dtype.itemsize
-    if step < row_bytes:
-        raise ImageConversionError(
-            f"step {step} is smaller than width {w} x {channels * dtype.itemsize} bytes/pixel "
-            f"= {row_bytes} ({msg.encoding})",
-            "bad_step",
-        )
-    try:  # bytes / array.array('B') / memoryview: no copy
-        raw = np.frombuffer(msg.data, dtype=np.uint8)
-    except (TypeError, ValueError):
-        raw = np.asarray(msg.data, dtype=np.uint8).reshape(-1)
-    if raw.size != step * h:
-        raise ImageConversionError(
-            f"data holds {raw.size} bytes, expected step {step} x height {h} = {step * h}",
-            "bad_data_length",
-        )
-    rows = raw.reshape(h, step)[:, :row_bytes]
-    wire = dtype.newbyteorder(">" if msg.is_bigendian else "<")
-    pixels = (
-        np.ascontiguousarray(rows).view(wire).reshape((h, w, channels) if channels > 1 else (h, w))
-    )
-    if not copy and pixels.dtype.isnative:
-        out = pixels.view()
-        out.flags.writeable = False
-    else:
-        out = pixels.astype(dtype.newbyteorder("="), copy=True)
-    if use_cv_bridge and copy:
-        bridged = _decode_with_bridge(msg, out)
-        if bridged is not None:
-            out = bridged
-    if check_finite and out.dtype.kind == "f":
-        bad = int(out.size - np.count_nonzero(np.isfinite(out)))
-        if bad:
-            raise ImageConversionError(
-                f"{bad} of {out.size} pixels are NaN or infinite", "non_finite"
-            )
-    return out
-
-
-def numpy_to_image(
-    array: np.ndarray,
-    encoding: str,
-    header: Header | None = None,
-    *,
-    step: int | None = None,
-    is_bigendian: bool = False,
-    padding_byte: int = 0,
-) -> Image:
-    """``sensor_msgs/Image`` of ``array`` (``(H, W)`` or ``(H, W, 3)``) in ``encoding``.
-
-    ``step`` larger than a row adds ``step - row`` padding bytes (value ``padding_byte``) at the
-    end of each row; ``is_bigendian`` writes multi-byte pixels big-endian. Values are cast to the
-    encoding's dtype (integers must already lie in its range).
-
-    Raises:
-        ImageConversionError: unknown encoding, wrong shape, empty array, values out of range
-            for an integer encoding, ``step`` smaller than a row.
-    """
-    dtype, channels = _layout(encoding)
-    a = np.asarray(array)
-    want = 3 if channels > 1 else 2
-    if a.ndim != want or (channels > 1 and a.shape[2] != channels):
-        raise ImageConversionError(
-            f"{encoding} needs an array of shape {'(H, W, 3)' if channels > 1 else '(H, W)'}, "
-            f"got {a.shape}"
-        )
-    if a.size == 0:
-        raise ImageConversionError(f"zero-size array {a.shape}")
-    if dtype.kind == "u" and a.dtype.kind != "u":
-        info = np.iinfo(dtype)
-        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-            raise ImageConversionError(f"non-finite values cannot be encoded as {encoding}")
-        if a.min() < info.min or a.max() > info.max:
-            raise ImageConversionError(f"values outside [{info.min}, {info.max}] for {encoding}")
-    h, w = a.shape[:2]
-    row_bytes = w * channels * dtype.itemsize
-    step = row_bytes if step is None else int(step)
-    if step < row_bytes:
-        raise ImageConversionError(f"step {step} is smaller than a row ({row_bytes} bytes)")
-    rows = np.ascontiguousarray(a.astype(dtype.newbyteorder(">" if is_bigendian else "<")))
-    rows = rows.view(np.uint8).reshape(h, row_bytes)
-    if step > row_bytes:
-        pad = np.full((h, step - row_bytes), padding_byte, dtype=np.uint8)
-        rows = np.concatenate([rows, pad], axis=1)
-    msg = Image()
-    if header is not None:
-        msg.header = header
-    msg.height, msg.width = int(h), int(w)
-    msg.encoding = encoding
-    msg.is_bigendian = 1 if is_bigendian else 0
-    msg.step = step
-    msg.data = rows.tobytes()
-    return msg
-
-
-# ----------------------------------------------------------------------------- intrinsics
-def _intrinsic_matrix(msg: CameraInfo) -> tuple[np.ndarray, str | None]:
-    """The 3×3 intrinsic matrix of ``msg`` and a note when it is not ``K`` (see the module docstring).
-
-    Raises:
-        CameraInfoConversionError: non-finite K, a K with a negative focal length or one positive
-            and one non-positive (or zero focal lengths in a K that is not all zero), or an
-            all-zero K whose P has no positive focal lengths either.
-    """
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    if not np.all(np.isfinite(K)):
-        raise CameraInfoConversionError(
-            f"CameraInfo K has non-finite entries: {K.reshape(-1).tolist()}"
-        )
-    fx, fy = float(K[0, 0]), float(K[1, 1])
-    if fx > 0 and fy > 0:
-        return K, None
-    if fx < 0 or fy < 0:
-        raise CameraInfoConversionError(
-            f"CameraInfo K has a negative focal length (fx {fx:g}, fy {fy:g})"
-        )
-    if fx > 0 or fy > 0:
-        raise CameraInfoConversionError(
-            f"CameraInfo K has one positive and one zero focal length "
-            f"(fx {fx:g}, fy {fy:g}); both must be > 0"
-        )
-    if np.any(K != 0):
-        raise CameraInfoConversionError(
-            "CameraInfo K has zero focal lengths but is not all zero "
-            f"(an all-zero K means uncalibrated): {K.reshape(-1).tolist()}"
-        )
-    P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
-    if not (np.all(np.isfinite(P)) and P[0, 0] > 0 and P[1, 1] > 0):
-        raise CameraInfoConversionError(
-            "CameraInfo has neither K nor P with positive focal lengths "
-            "(K all zero: uncalibrated camera)"
-        )
-    return P[
-        :, :3
-    ].copy(), "CameraInfo K is all zero (uncalibrated camera); intrinsics taken from P"
-
-
-def camera_info_note(msg: CameraInfo) -> str | None:
-    """What :func:`camera_info_to_geometry` did that a user should know of, else None.
-
-    Today one case: an all-zero ``K`` (uncalibrated) whose intrinsics were taken from ``P``.
-
-    Raises:
-        CameraInfoConversionError: as :func:`camera_info_to_geometry` for K and P.
-    """
-    return _intrinsic_matrix(msg)[1]
-
-
-def camera_info_to_geometry(msg: CameraInfo, sdd_mm: float) -> CarmGeometry:
-    """C-arm geometry of the images that go with ``msg`` (``sdd_mm``: source-to-detector, mm).
-
-    Uses ``K`` when both its focal lengths are positive; an all-zero ``K`` (uncalibrated, per
-    sensor_msgs) falls back to the left 3×3 of ``P`` (:func:`camera_info_note` reports that).
-    With binning ``b_x, b_y > 1`` the geometry is that of the binned image,
-    ``width // b_x × height // b_y`` pixels over the same detector.
-
-    Raises:
-        CameraInfoConversionError: zero size; a K with a negative focal length, one positive and
-            one non-positive, or non-finite entries; an all-zero K without a usable P; skew;
-            a partial region of interest.
-    """
-    w, h = int(msg.width), int(msg.height)
-    if w <= 0 or h <= 0:
-        raise CameraInfoConversionError(f"CameraInfo has zero size ({h}x{w})")
-    K, _ = _intrinsic_matrix(msg)
-    roi = msg.roi
-    if (roi.width or roi.height) and (
-        roi.x_offset or roi.y_offset or roi.width != w or roi.height != h
-    ):
-        raise CameraInfoConversionError(
-            f"CameraInfo region of interest {roi.width}x{roi.height}+{roi.x_offset}+{roi.y_offset} "
-            "is not supported (publish full images)"
-        )
-    if not (math.isfinite(sdd_mm) and sdd_mm > 0):
-        raise CameraInfoConversionError(f"sdd_mm must be positive, got {sdd_mm}")
-    try:
-        geometry = CarmGeometry.from_intrinsics(K, h, w, sdd=float(sdd_mm))
-    except CarmGeometryError as exc:
-        raise CameraInfoConversionError(f"CameraInfo intrinsics unusable: {exc}") from exc
-    bx, by = max(1, int(msg.binning_x)), max(1, int(msg.binning_y))
-    if bx > 1 or by > 1:
-        geometry = geometry.resized(max(1, h // by), max(1, w // bx))
-    return geometry
-
-
-def geometry_to_camera_info(geometry: CarmGeometry, header: Header | None = None) -> CameraInfo:
-    """``CameraInfo`` of ``geometry``: ``K``, ``P = [K | 0]``, ``R = I``, no distortion."""
-    K = geometry.intrinsic_matrix()
-    msg = CameraInfo()
-    if header is not None:
-        msg.header = header
-    msg.height, msg.width = int(geometry.height), int(geometry.width)
-    msg.distortion_model = "plumb_bob"
-    msg.d = [0.0] * 5
-    msg.k = [float(v) for v in K.reshape(-1)]
-    msg.r = [float(v) for v in np.eye(3).reshape(-1)]
-    msg.p = [float(v) for v in np.hstack([K, np.zeros((3, 1))]).reshape(-1)]
-    return msg
 
 
 # ----------------------------------------------------------------------------- poses
