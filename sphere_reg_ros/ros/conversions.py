@@ -3,23 +3,12 @@
 Needs only the message packages (no node, no rclpy context); used by the registration node,
 the simulator and the tests.
 
-Images (``sensor_msgs/Image``): ``mono8``/``8UC1``, ``mono16``/``16UC1``, ``32FC1``, ``64FC1``,
-``bgr8``, ``rgb8``. Decoding honours ``step`` (row padding; the padding bytes are ignored) and
-``is_bigendian``; the array comes back in native byte order, ``(H, W)`` or ``(H, W, 3)``, as its
-own copy. cv_bridge is used where it imports and works; its Python side breaks on numpy 2, so
-every call to it is guarded and the own conversion (the same result) takes over. Every malformed
-message raises :class:`ImageConversionError` (a ``ValueError``) saying what is wrong: unknown
-encoding, zero size, ``step < width · bytes per pixel``, data length ``≠ step · height``, NaN or
-inf pixels.
+Images (``sensor_msgs/Image``, mono, 16-bit, float and colour encodings) ⇄ arrays, with every
+malformed message refused with the reason: :mod:`.image_conversions`.
 
-Intrinsics: ``CameraInfo`` ``K`` plus ``width``/``height`` ⇄
-:class:`~sphere_reg_ros.core.carm.CarmGeometry`. ``K`` fixes only ``sdd / pixel spacing``; the
-source-to-detector distance comes from a parameter (``sdd_mm``). An all-zero ``K`` means an
-uncalibrated camera (sensor_msgs/CameraInfo); then ``P``'s left 3×3 is used and
-:func:`camera_info_note` says so. Any other ``K`` without two positive focal lengths (a negative
-one, one positive and one zero, zero focal lengths in an otherwise filled ``K``, non-finite
-entries) is an error. Binning is honoured (the image is the binned one); a region of interest
-that is not the full image is rejected.
+Intrinsics: ``CameraInfo`` ⇄ :class:`~sphere_reg_ros.core.carm.CarmGeometry` (``K``, or ``P``
+for an uncalibrated camera; the source-to-detector distance is a parameter):
+:mod:`.camera_info_conversions`.
 
 Poses: a ``(4, 4)`` pose in millimetres ``T_parent_from_child`` ⇄ ``TransformStamped`` /
 ``PoseWithCovarianceStamped`` in metres and quaternions (REP-103). A ``TransformStamped`` with
@@ -36,8 +25,8 @@ pose: position error (m) and rotation error (rad, about the fixed axes of ``head
 published pose (first-order, exact for the linearised errors); the order of the six entries is
 already ROS's, only units and frames change.
 
-Images are :mod:`.image_conversions`, intrinsics :mod:`.camera_info_conversions`, the errors
-:mod:`.conversion_errors`; all are re-exported here, the import path of every name above.
+The errors are :mod:`.conversion_errors`. Every public name of these modules is re-exported
+here; callers import them from this module.
 """
 
 from __future__ import annotations
