@@ -88,119 +88,56 @@ standard deviation at the region of interest ``roi`` > ``max_position_std_mm``),
 ``rejected_masked`` (masked share > ``max_masked_fraction``), ``rejected_inconsistent`` (a second
 start ended > ``max_inconsistency_mm`` away; cold registrations only). The gate parameters apply
 from the next frame without a rebuild.
+
+Code: inputs in :mod:`.node_intake`, the worker in :mod:`.node_worker`, the registrar and
+parameter changes in :mod:`.node_reload`, the ``~/register_next`` answers in :mod:`.node_answers`;
+this module holds the lifecycle and ``main`` (its length over 400 lines is this docstring, the
+node's interface reference).
 """
 
 from __future__ import annotations
 
 import collections
 import gc
-import json
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
-from ..core.trust import Tracker, rejection_key
-from . import conversions as conv
-from .diagnostics import ERROR, OK, WARN, NodeStats
-from .frame_input import (
-    CAMERA_INFO_BUFFER,
-    REASONS,
-    FrameRejected,
-    check_stamp,
-    match_camera_info,
-    paired_camera_info,
-    prepare_frame,
-    stamp_ns,
-)
-from .overlay import make_overlay
-from .params import (
-    PARAMS,
-    SPECS,
-    ParameterError,
-    Settings,
-    check_renamed,
-    descriptor,
-    freeze,
-    trust_config,
-    validate,
-)
-from .registrar_factory import build_registrar
+from ..core.trust import Tracker
+from .diagnostics import ERROR, OK, NodeStats
+from .frame_input import CAMERA_INFO_BUFFER
+from .node_answers import Frame, Request
+from .node_intake import FrameIntake
+from .node_reload import RegistrarReloads, Service
+from .node_worker import FrameWorker
+from .params import PARAMS, ParameterError, Settings, check_renamed, descriptor, validate
 from .tf_prior import TfPrior
 from .tf_publisher import TfPublisher
 
 __all__ = ["RegistrationNode", "main"]
 
-_LOG_THROTTLE_S = 5.0
-#: How long after an image's arrival the worker waits for its CameraInfo (the topics race).
-_CAMERA_INFO_WAIT_S = 0.25
-_MM_PER_M = 1000.0
 
-
-class _Request:
-    """One ``~/register_next`` call: ``taken`` once a frame is assigned to it, ``done`` once answered."""
-
-    def __init__(self) -> None:
-        self.taken = threading.Event()
-        self.done = threading.Event()
-        self.answer: dict = {
-            "published": False,
-            "status": "internal_error",
-            "message": "no answer",
-        }
-
-    def finish(self, answer: dict) -> None:
-        self.answer = answer
-        self.taken.set()
-        self.done.set()
-
-
-@dataclass
-class _Frame:
-    msg: Image
-    received_mono: float
-    age_s: float
-    requests: list = None  # the _Requests this frame answers
-
-
-def _refusal(status: str, message: str, stamp=None) -> dict:
-    """A ``~/register_next`` answer without a pose: ``status`` is the /diagnostics status key."""
-    answer = {"published": False, "status": status, "message": message}
-    if stamp is not None:
-        answer["stamp"] = f"{stamp.sec}.{stamp.nanosec:09d}"
-    return answer
-
-
-@dataclass(frozen=True)
-class _Service:
-    registrar: Any
-    key: tuple
-    source: str
-    warning: str | None = None  # why the registrar is not what model_path asked for
-
-
-class RegistrationNode(LifecycleNode):
+class RegistrationNode(FrameIntake, FrameWorker, RegistrarReloads, LifecycleNode):
     """See the module docstring. ``parameter_overrides`` as for ``rclpy.node.Node``.
 
     Constructed unconfigured (parameters declared and their values checked; raises
     ParameterError on a bad one); ``main`` then configures and activates it when ``autostart``.
+    Its parts: :class:`.node_intake.FrameIntake` (inputs), :class:`.node_worker.FrameWorker`
+    (registering and publishing), :class:`.node_reload.RegistrarReloads` (the registrar and
+    parameter changes); this class holds their state and the lifecycle transitions.
     """
 
     def __init__(self, node_name: str = "registration_node", **kwargs) -> None:
@@ -211,16 +148,30 @@ class RegistrationNode(LifecycleNode):
         self._load_cv = threading.Condition()
         self._worker: threading.Thread | None = None
         self._loader: threading.Thread | None = None
+        self._settings: Settings = self._declare_parameters()  # raises ParameterError
+        if self._settings.threads > 0:
+            torch.set_num_threads(int(self._settings.threads))
+        self._init_state()
+        self._create_interfaces(self._settings)
+        self._start_threads()
+        if not self._settings.autostart:
+            self.get_logger().info(
+                "unconfigured: waiting for the lifecycle transitions (autostart false)"
+            )
+
+    def _declare_parameters(self) -> Settings:
+        """Declare every parameter of :data:`.params.PARAMS`; their values, checked (not the
+        files: configure checks those, and main() exits on them with autostart)."""
         check_renamed(
             getattr(self, "_parameter_overrides", {})
         )  # raises ParameterError: main() exits
         for spec in PARAMS:
             self.declare_parameter(spec.name, spec.default, descriptor(spec))
         values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
-        # the values only: configure checks the files (and main() exits on them with autostart)
-        self._settings: Settings = validate(values, changed=set())  # raises ParameterError
-        if self._settings.threads > 0:
-            torch.set_num_threads(int(self._settings.threads))
+        return validate(values, changed=set())  # raises ParameterError
+
+    def _init_state(self) -> None:
+        """Statistics, the tracking state, the CameraInfo buffer, the frame and request slots."""
         self.stats = NodeStats()
         self.stats.set_values(torch_threads=str(torch.get_num_threads()))
         self._log_times: dict[str, float] = {}
@@ -234,16 +185,17 @@ class RegistrationNode(LifecycleNode):
         )
         self._camera_info_note: str | None = None
         self.stats.set_values(camera_info_note="", tf_prior="off", lifecycle_state="unconfigured")
-        self._service: _Service | None = None  # the registrar: set by configure, freed by cleanup
+        self._service: Service | None = None  # the registrar: set by configure, freed by cleanup
         self._active = False
         self._state = "unconfigured"
         self.configure_error: str | None = None  # why the last configure failed
         self._prior: TfPrior | None = None  # created when prior frames are first set
-        self._requests: list[_Request] = []  # ~/register_next calls waiting for a frame
+        self._requests: list[Request] = []  # ~/register_next calls waiting for a frame
         self._load_request: Settings | None = None
-        self._pending: _Frame | None = None
+        self._pending: Frame | None = None
 
-        s = self._settings
+    def _create_interfaces(self, s: Settings) -> None:
+        """Publishers, subscriptions, services, the diagnostics timer, the parameter callback."""
         qos_in = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=int(s.qos_depth),
@@ -277,7 +229,8 @@ class RegistrationNode(LifecycleNode):
         )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        # background loader for registrar rebuilds (ct_path etc. changed at run time)
+    def _start_threads(self) -> None:
+        """The background loader (registrar rebuilds at run time) and the registration worker."""
         self._loader = threading.Thread(
             target=self._loader_loop, name="registrar_loader", daemon=True
         )
@@ -286,10 +239,6 @@ class RegistrationNode(LifecycleNode):
         )
         self._loader.start()
         self._worker.start()
-        if not s.autostart:
-            self.get_logger().info(
-                "unconfigured: waiting for the lifecycle transitions (autostart false)"
-            )
 
     # ------------------------------------------------------------------ lifecycle transitions
     def _set_state(self, state: str) -> None:
@@ -366,15 +315,6 @@ class RegistrationNode(LifecycleNode):
         self.get_logger().error(f"lifecycle error in {state.label}: back to unconfigured")
         return TransitionCallbackReturn.SUCCESS
 
-    def _stop_processing(self, why: str) -> None:
-        """Stop registering: drop the pending frame and answer the waiting requests."""
-        self._active = False
-        with self._frame_cv:
-            pending, self._pending = self._pending, None
-            requests, self._requests = self._requests, []
-        for r in requests + (pending.requests if pending is not None else []):
-            r.finish(_refusal("not_active", f"node {why} before a frame was registered"))
-
     def _free(self) -> None:
         """Drop the registrar (CT, model) and the tracking state; cancel a background reload."""
         self._active = False
@@ -387,175 +327,7 @@ class RegistrationNode(LifecycleNode):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _update_prior(self, settings: Settings) -> None:
-        """Create the TF prior's listener the first time prior frames are set."""
-        if self._prior is None and settings.prior_parent_frame:
-            self._prior = TfPrior(self)
-            self.get_logger().info(f"TF prior via {self._prior.backend}")
-        if not settings.prior_parent_frame:
-            self.stats.set_values(tf_prior="off")
-
-    # ------------------------------------------------------------------ registrar life cycle
-    def _build(self, settings: Settings) -> _Service:
-        built = build_registrar(settings)
-        return _Service(built.registrar, settings.registrar_key(), built.source, built.warning)
-
-    def _report_model(self, service: _Service) -> bool:
-        """Log and show on /diagnostics that ``service`` is not the model asked for; True if so."""
-        self.stats.set_values(model_warning=service.warning or "")
-        if service.warning is None:
-            return False
-        self.get_logger().warning(service.warning)
-        self.stats.set_outcome(WARN, service.warning, "model_warning")
-        return True
-
-    def _take(self, cv: threading.Condition, slot: str):
-        """Wait (until stopped) for ``self.<slot>`` to be set under ``cv``; take it and clear the slot.
-        None when the node stops first."""
-        with cv:
-            while getattr(self, slot) is None and not self._stop.is_set():
-                cv.wait(0.2)
-            value = getattr(self, slot)
-            setattr(self, slot, None)
-        return value
-
-    def _loader_loop(self) -> None:
-        while not self._stop.is_set():
-            request = self._take(self._load_cv, "_load_request")
-            if request is None:
-                continue
-            self.stats.set_values(ct_loading="true")
-            t0 = time.monotonic()
-            try:
-                service = self._build(request)
-            except Exception as exc:  # a CT/model that cannot be used: keep the old one
-                self._reload_failed(request, exc)
-                continue
-            finally:
-                self.stats.set_values(ct_loading="false")
-            with self._load_cv:
-                superseded = self._load_request is not None
-            if superseded:
-                continue
-            with self._lock:
-                if self._service is None:  # cleaned up meanwhile: configure loads afresh
-                    continue
-                self._service = service
-                self._tracker = Tracker()
-            msg = f"registrar swapped in after {time.monotonic() - t0:.1f} s: {service.source}"
-            self.get_logger().info(msg)
-            if not self._report_model(service):
-                self.stats.set_outcome(OK, msg, "ct_loaded")
-            self._publish_diagnostics()
-
-    def _reload_failed(self, request: Settings, exc: Exception) -> None:
-        old = self._service
-        if old is None:  # cleaned up meanwhile
-            return
-        msg = (
-            f"CT/registrar reload failed ({type(exc).__name__}: {exc}); still serving {old.source}"
-        )
-        self.get_logger().error(msg)
-        self.stats.set_outcome(ERROR, msg, "ct_load_failed")
-        with self._load_cv:
-            if self._load_request is not None:
-                return  # a newer request is queued: let it decide
-        served = dict(old.key)
-        revert = [
-            Parameter(k, value=list(v) if isinstance(v, tuple) else v)
-            for k, v in served.items()
-            if freeze(request.values[k]) != v
-        ]
-        if revert:
-            self.set_parameters(revert)
-        self._publish_diagnostics()
-
-    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        changes = {p.name: p.value for p in params if p.name in SPECS}
-        if not changes:
-            return SetParametersResult(successful=True)
-        values = {**self._settings.values, **changes}
-        served = self._service
-        # the CT in service, when the new model_path will serve with it: its fingerprint is checked too
-        ct = (
-            getattr(served.registrar, "ct", None)
-            if served is not None and values["ct_path"] == dict(served.key)["ct_path"]
-            else None
-        )
-        try:  # file checks (bounded: headers, data sizes, the checkpoint on the CPU) before answering
-            new = validate(values, changed=set(changes), ct=ct)
-        except ParameterError as exc:
-            self.get_logger().warning(f"parameter change rejected: {exc}")
-            return SetParametersResult(successful=False, reason=str(exc))
-        old_key = self._settings.registrar_key()
-        self._settings = new
-        if self._prior is None and new.prior_parent_frame:
-            self._update_prior(new)
-        elif not new.prior_parent_frame:
-            self.stats.set_values(tf_prior="off")
-        if self._service is None:  # unconfigured: configure loads what the parameters say
-            return SetParametersResult(successful=True)
-        if new.registrar_key() != old_key:
-            with self._load_cv:
-                self._load_request = None if new.registrar_key() == self._service.key else new
-                self._load_cv.notify_all()
-            if self._load_request is not None:
-                self.get_logger().info(
-                    f"rebuilding the registrar in the background ({sorted(changes)})"
-                )
-        return SetParametersResult(successful=True)
-
-    # ------------------------------------------------------------------ callbacks
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        """Buffer the CameraInfo (the last CAMERA_INFO_BUFFER); a worker waiting for it wakes up."""
-        with self._info_cv:
-            self._camera_infos.append(msg)
-            self._info_cv.notify_all()
-
-    def _on_image(self, msg: Image) -> None:
-        """Store the frame for the worker when active and it is wanted (the stream is processed,
-        or a ``~/register_next`` call waits); otherwise count it in ``frames_ignored``."""
-        age = (self.get_clock().now().nanoseconds - stamp_ns(msg.header.stamp)) * 1e-9
-        with self._frame_cv:
-            requests, self._requests = self._requests, []
-            if not self._active or not (self._settings.process_stream or requests):
-                self._requests = requests
-                self.stats.count("frames_ignored")
-                return
-            self.stats.mark_input()
-            frame = _Frame(msg, time.monotonic(), age, requests)
-            if self._pending is not None:
-                self.stats.count("frames_dropped")
-                frame.requests = self._pending.requests + requests  # the newer frame answers them
-            for r in requests:
-                r.taken.set()
-            self._pending = frame
-            self._frame_cv.notify()
-
-    def _on_register_next(
-        self, request: Trigger.Request, response: Trigger.Response
-    ) -> Trigger.Response:
-        """Register the next frame that arrives; answer with its outcome (module docstring)."""
-        req = _Request()
-        timeout = float(self._settings.request_timeout_s)
-        with self._frame_cv:
-            active = self._active
-            if active:
-                self._requests.append(req)
-        if not active:
-            req.finish(_refusal("not_active", f"node is {self._state}: activate it first"))
-        elif not req.taken.wait(timeout):
-            with self._frame_cv:
-                if req in self._requests:  # still no frame: withdraw the request
-                    self._requests.remove(req)
-                    req.finish(_refusal("no_frame", f"no image arrived within {timeout:g} s"))
-        while not req.done.wait(0.2):
-            if self._stop.is_set():
-                req.finish(_refusal("not_active", "node stopped"))
-        response.success = bool(req.answer["published"])
-        response.message = json.dumps(req.answer)
-        return response
-
+    # ------------------------------------------------------------------ services
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._lock:
             had, self._tracker = self._tracker.active, Tracker()
@@ -565,246 +337,7 @@ class RegistrationNode(LifecycleNode):
         self.get_logger().info(response.message)
         return response
 
-    # ------------------------------------------------------------------ worker
-    def _worker_loop(self) -> None:
-        while not self._stop.is_set():
-            frame = self._take(self._frame_cv, "_pending")
-            if frame is None:
-                continue
-            stamp = frame.msg.header.stamp
-            answer = _refusal("internal_error", "internal error", stamp)
-            try:
-                try:
-                    answer = self._process(frame)
-                except FrameRejected as exc:
-                    self.stats.count("frames_rejected")
-                    if exc.reason == "unmatched_camera_info":
-                        self.stats.count("frames_unmatched_camera_info")
-                    self.stats.set_values(last_stamp=f"{stamp.sec}.{stamp.nanosec:09d}")
-                    self._report(exc.reason, str(exc))
-                    answer = _refusal(exc.reason, str(exc), stamp)
-                if self.context.ok():
-                    self._publish_diagnostics()
-            except Exception as exc:  # keep serving whatever happens to one frame
-                text = f"internal error: {type(exc).__name__}: {exc}"
-                answer = _refusal("internal_error", text, stamp)
-                self.stats.set_outcome(ERROR, text, "internal_error")
-                if self.context.ok():
-                    self.get_logger().error(text)
-            finally:
-                for r in frame.requests or ():
-                    r.finish(answer)
-
-    def _report(self, reason: str, message: str) -> None:
-        level = REASONS[reason]
-        self.stats.set_outcome(level, message, reason)
-        now = time.monotonic()
-        if now - self._log_times.get(reason, -1e9) >= _LOG_THROTTLE_S:
-            self._log_times[reason] = now
-            log = self.get_logger()  # rclpy: one severity per call site, hence three calls
-            if level == ERROR:
-                log.error(message)
-            elif level == WARN:
-                log.warning(message)
-            else:
-                log.info(message)
-
-    def _initial(self, s: Settings) -> tuple[np.ndarray | None, str]:
-        """The cold start: the TF prior when found and fresh, else ``initial_pose_mm`` when
-        ``use_initial_pose``, else the registrar's own."""
-        if s.prior_parent_frame and self._prior is not None:
-            prior = self._prior.lookup(
-                s.prior_parent_frame, s.prior_child_frame, float(s.prior_max_age_s)
-            )
-            self.stats.set_values(tf_prior=prior.note)
-            if prior.pose is not None:
-                return prior.pose, "tf_prior"
-        if s.use_initial_pose:  # [x, y, z (mm), qx, qy, qz, qw]; the conversion takes metres
-            p = np.asarray(s.initial_pose_mm, dtype=np.float64)
-            return conv.pose_from_translation_quaternion(
-                p[:3] / _MM_PER_M, p[3:]
-            ), "initial_pose_mm"
-        return None, "registrar_default"
-
-    def _camera_info_for(self, frame: _Frame, s: Settings) -> CameraInfo | None:
-        """The CameraInfo paired with ``frame`` (None: use the intrinsics parameters).
-
-        Waits until ``_CAMERA_INFO_WAIT_S`` after the image's arrival for one within
-        ``camera_info_tolerance_s`` unless a CameraInfo stamped later than that has already come
-        (then the image's own will not). Raises FrameRejected (``unmatched_camera_info``).
-        """
-        if not s.use_camera_info:
-            return None
-        image_ns = stamp_ns(frame.msg.header.stamp)
-        tolerance_ns = s.camera_info_tolerance_s * 1e9
-        deadline = frame.received_mono + _CAMERA_INFO_WAIT_S
-        with self._info_cv:
-            while True:
-                infos = tuple(self._camera_infos)
-                left = deadline - time.monotonic()
-                if (
-                    left <= 0
-                    or self._stop.is_set()
-                    or paired_camera_info(infos, image_ns, s.camera_info_tolerance_s) is not None
-                    or any(stamp_ns(i.header.stamp) > image_ns + tolerance_ns for i in infos)
-                ):
-                    break
-                self._info_cv.wait(left)
-        info = match_camera_info(
-            infos, image_ns, s.camera_info_tolerance_s, s.camera_info_max_age_s
-        )
-        if info is not None:
-            self.stats.set_values(
-                camera_info_offset_ms=f"{(image_ns - stamp_ns(info.header.stamp)) * 1e-6:.1f}"
-            )
-        return info
-
-    def _prepare(self, frame: _Frame, s: Settings) -> tuple[np.ndarray, Any]:
-        """Stamp checks, CameraInfo pairing, then :func:`prepare_frame`: (image, geometry)."""
-        check_stamp(frame.age_s, s)  # before waiting for a CameraInfo the frame does not need
-        info = self._camera_info_for(frame, s)
-        image, geometry = prepare_frame(frame.msg, info, s, frame.age_s)
-        note = None if info is None else conv.camera_info_note(info)
-        if note != self._camera_info_note:
-            self._camera_info_note = note
-            self.stats.set_values(camera_info_note=note or "")
-            if note is not None:
-                self.get_logger().warning(note)  # once, until a CameraInfo without it is used
-        return image, geometry
-
-    @staticmethod
-    def _gate(result) -> tuple[str, str] | None:
-        """``(diagnostic key, message)`` of a result that may not be published, else None."""
-        key = rejection_key(result)
-        if not key:
-            return None
-        if key == "registration_failed":
-            return key, f"registration failed ({result.status.value}): {result.message}"
-        return key, f"registration rejected by a quality gate: {result.message}"
-
-    def _process(self, frame: _Frame) -> dict:
-        """Register ``frame`` and publish what may be published; the answer for ``~/register_next``.
-        Raises FrameRejected."""
-        s, service = self._settings, self._service
-        if service is None or not self._active:
-            raise FrameRejected("not_active", f"node is {self._state}: frame not registered")
-        t0 = time.monotonic()
-        lat = {"queue": t0 - frame.received_mono}
-        image, geometry = self._prepare(frame, s)
-        header = frame.msg.header
-        carm_frame = header.frame_id.lstrip("/") or s.default_carm_frame
-        if carm_frame == s.ct_frame:
-            raise FrameRejected("frame_conflict", f"image frame_id {carm_frame!r} equals ct_frame")
-        t1 = time.monotonic()
-        lat["convert"] = t1 - t0
-
-        init, how = self._initial(s)
-        registrar = service.registrar
-        registrar.trust = trust_config(s)  # gate parameters apply from this frame on
-        with self._lock:
-            tracker = self._tracker if s.tracking and service is self._service else None
-        if tracker is not None:
-            tracker.cost_factor = float(s.tracking_cost_factor)
-            result, how = tracker.register(registrar, image, geometry, init, how)
-        else:
-            result = registrar.register(image, geometry, init)
-        t2 = time.monotonic()
-        lat["register"] = t2 - t1
-        lat.update({f"registrar_{k}": v for k, v in result.timings.items() if k != "total"})
-        self.stats.count("frames_processed")
-        gate = self._gate(result)
-        stamp = header.stamp
-        if not self._active:  # deactivated while registering: publish nothing
-            raise FrameRejected("not_active", f"node is {self._state}: result not published")
-        if gate is None:
-            T_ct_from_carm = np.asarray(result.pose, dtype=np.float64)
-            if s.publish_inverse:
-                parent, child, T = s.ct_frame, carm_frame, T_ct_from_carm
-            else:
-                parent, child, T = carm_frame, s.ct_frame, conv.invert_pose(T_ct_from_carm)
-            if s.publish_tf:
-                self.tf.send(conv.pose_to_transform_stamped(T, parent, child, stamp))
-            cov = conv.covariance_to_ros(
-                T_ct_from_carm, result.covariance, inverse=s.publish_inverse
-            )
-            pose_msg = conv.pose_to_pose_with_covariance(T, cov, parent, stamp)
-            self._pose_pub.publish(pose_msg)
-            self.stats.mark_output()
-            text = (
-                f"registered: normalised cost {result.normalised_cost:.3g}, {result.iterations} it, "
-                f"std {result.position_std_mm:.2g} mm at the ROI, {lat['register']:.2f} s ({how})"
-            )
-            self._report("ok", text)
-            p = pose_msg.pose.pose
-            answer = {
-                **_refusal("ok", text, stamp),
-                "published": True,
-                "init": how,
-                "parent": parent,
-                "child": child,
-                "translation_m": [p.position.x, p.position.y, p.position.z],
-                "rotation_xyzw": [
-                    p.orientation.x,
-                    p.orientation.y,
-                    p.orientation.z,
-                    p.orientation.w,
-                ],
-                "covariance": [float(v) for v in pose_msg.pose.covariance],
-                "normalised_cost": float(result.normalised_cost),
-                "position_std_mm": float(result.position_std_mm),
-            }
-        else:
-            self.stats.count("registrations_failed")
-            self._report(*gate)
-            answer = {**_refusal(gate[0], gate[1], stamp), "init": how}
-        t3 = time.monotonic()
-        lat["publish"] = t3 - t2
-        lat["total"] = t3 - frame.received_mono
-        if self._overlay_pub.get_subscription_count() > 0:
-            self._publish_overlay(service, result, image, geometry, header, gate)
-        self.stats.set_latencies(lat)
-        with self._lock:
-            tracking_state = "tracking" if self._tracker.active else "cold"
-        self.stats.set_values(
-            last_cost=f"{result.cost:.6g}",
-            last_iterations=result.iterations,
-            last_normalised_cost=f"{result.normalised_cost:.4g}",
-            last_consistency_mm=f"{result.consistency_mm:.4g}",
-            last_masked_fraction=f"{result.masked_fraction:.3f}",
-            last_position_std_mm=f"{result.position_std_mm:.4g}",
-            last_init=how,
-            last_registration_status=result.status.value,
-            tracking_state=tracking_state,
-            image_age_ms=f"{1000 * frame.age_s:.1f}",
-            last_stamp=f"{header.stamp.sec}.{header.stamp.nanosec:09d}",
-        )
-        return answer
-
-    def _publish_overlay(self, service: _Service, result, image, geometry, header, gate) -> None:
-        scale = max(1.0, max(geometry.height, geometry.width) / float(self._settings.resolution))
-        small = geometry.resized(
-            max(1, round(geometry.height / scale)), max(1, round(geometry.width / scale))
-        )
-        pose = np.asarray(result.pose, dtype=np.float64)
-        drr = None
-        if np.all(np.isfinite(pose)):  # a failed registration may carry no pose at all
-            drr = np.asarray(service.registrar.render(pose, small), dtype=np.float32)
-            drr = drr.reshape(small.height, small.width)
-        status = (
-            f"OK norm. cost {result.normalised_cost:.2g} std {result.position_std_mm:.2g} mm"
-            if gate is None
-            else f"{gate[0]}: {result.message}"
-        )
-        valid = getattr(result, "valid_mask", None)
-        bgr = make_overlay(
-            image,
-            drr,
-            status,
-            ok=gate is None,
-            valid=valid if valid is not None and valid.shape == np.shape(image) else None,
-        )
-        self._overlay_pub.publish(conv.numpy_to_image(bgr, "bgr8", header))
-
+    # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
         if not self.context.ok():
             return
