@@ -16,8 +16,6 @@ The exit code is 0 only when the summary meets :data:`EXPECTATION` (the README s
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import platform
 import subprocess
@@ -35,6 +33,8 @@ from tf2_msgs.msg import TFMessage
 
 from ..core.volume import load_example_ct, load_volume
 from .conversions import image_to_numpy, transform_stamped_to_pose
+from .demo_summary import plot_summary as plot_summary  # re-exported
+from .demo_summary import summarize, write_outputs
 from .tf_publisher import TF_QOS
 
 #: What the demo must reach to exit 0 (README): median mTRE below this over at least
@@ -143,57 +143,6 @@ def _landmarks(ct_path: str | None) -> np.ndarray:
     return default_landmarks(*load_example_ct())[1]
 
 
-def summarize(frames: list[Frame]) -> dict:
-    """SMSR over frames with a truth, median mTRE over registered frames, median latency."""
-    last = max((f.index for f in frames if f.estimate is not None), default=-1)
-    with_truth = [
-        f for f in frames if f.truth is not None and f.index <= last
-    ]  # later ones: still queued
-    registered = [f for f in with_truth if f.estimate is not None]
-    mtres = np.array([f.mtre_mm for f in registered])
-    return {
-        "frames_published": len(with_truth),
-        "frames_registered": len(registered),
-        "frames_dropped": len(with_truth) - len(registered),
-        "smsr": float(np.mean([f.mtre_mm < 1.0 for f in registered])) if registered else 0.0,
-        "median_mtre_mm": float(np.median(mtres)) if len(mtres) else float("inf"),
-        "p95_mtre_mm": float(np.percentile(mtres, 95)) if len(mtres) else float("inf"),
-        "median_latency_s": float(np.median([f.latency_s for f in registered]))
-        if registered
-        else float("inf"),
-    }
-
-
-def plot_summary(frames: list[Frame], summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    idx = [f.index for f in frames if f.estimate is not None]
-    axes[0].semilogy(idx, [max(f.mtre_mm, 1e-3) for f in frames if f.estimate is not None], "o-")
-    axes[0].axhline(1.0, color="r", ls="--", lw=1, label="1 mm")
-    missing = [f.index for f in frames if f.truth is not None and f.estimate is None]
-    if missing:
-        axes[0].plot(missing, [1e-3] * len(missing), "kx", label="dropped (node busy)")
-    axes[0].set(
-        xlabel="frame",
-        ylabel="mTRE (mm)",
-        title=f"median {summary['median_mtre_mm']:.3f} mm, SMSR {100 * summary['smsr']:.0f}%",
-    )
-    axes[0].legend()
-    axes[1].plot(idx, [f.latency_s for f in frames if f.estimate is not None], "o-")
-    axes[1].set(
-        xlabel="frame",
-        ylabel="latency image → TF (s)",
-        title=f"median {summary['median_latency_s']:.2f} s",
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _launch(module: str, params: dict, log_path: Path, env: dict) -> subprocess.Popen:
     cmd = [sys.executable, "-m", module, "--ros-args"]
     root = Path(__file__).resolve().parents[2]
@@ -246,17 +195,7 @@ def _finish(
             "expectation": dict(EXPECTATION, min_frames=min_frames),
         }
     )
-    with open(out / "frames.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["frame", "stamp_ns", "mtre_mm", "latency_s", "status"])
-        for f in frames:
-            if f.truth is not None:
-                writer.writerow(
-                    [f.index, f.stamp_ns, f"{f.mtre_mm:.4f}", f"{f.latency_s:.3f}", f.status]
-                )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if frames:
-        plot_summary(frames, summary, out / "summary.png")
+    write_outputs(frames, summary, out)
     met = (
         summary["frames_registered"] >= min_frames
         and summary["median_mtre_mm"] < EXPECTATION["median_mtre_mm"]
@@ -282,18 +221,8 @@ def _prepare_out(out: Path) -> Path:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    out = _prepare_out(Path(args.out))
-    env = _ros_env()
-    print(
-        f"demo: collecting {args.frames} registered frames from a C-arm simulated at {args.rate} Hz; "
-        f"output in {out}/ (ROS_DOMAIN_ID {env['ROS_DOMAIN_ID']})"
-    )
-    landmarks = _landmarks(args.ct)
-
-    rclpy.init()
-    node = rclpy.create_node("demo_evaluator")
-    evaluator = DemoEvaluator(node, landmarks, out)
+def _node_params(args: argparse.Namespace) -> dict:
+    """The registration node's parameters for the demo (tracking, the simulator's frames)."""
     node_params = {
         "ct_path": args.ct or "",
         "tracking": "true",
@@ -308,8 +237,53 @@ def run(args: argparse.Namespace) -> int:
         node_params["ct_spacing_mm"] = args.ct_spacing_mm
     if getattr(args, "threads", 0):
         node_params["threads"] = int(args.threads)
+    return node_params
+
+
+def _sim_params(args: argparse.Namespace) -> dict:
+    """The simulator's parameters: an endless stream at ``--rate`` once a subscriber is there."""
+    sim_params = {
+        "frames": 0,
+        "rate_hz": args.rate,
+        "ct_path": args.ct or "",
+        "degradation": args.degradation,
+        "resolution": args.resolution,
+        "frame_id": SIM_FRAME,
+        "ct_frame": CT_FRAME,
+        "truth_frame": TRUTH_FRAME,
+        "seed": args.seed,
+        "wait_for_subscribers": 1,
+    }
+    if args.ct_spacing_mm:
+        sim_params["ct_spacing_mm"] = args.ct_spacing_mm
+    return sim_params
+
+
+def _terminate(procs) -> None:
+    """Stop the processes still running (SIGTERM, then SIGKILL after 10 s)."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run(args: argparse.Namespace) -> int:
+    out = _prepare_out(Path(args.out))
+    env = _ros_env()
+    print(
+        f"demo: collecting {args.frames} registered frames from a C-arm simulated at {args.rate} Hz; "
+        f"output in {out}/ (ROS_DOMAIN_ID {env['ROS_DOMAIN_ID']})"
+    )
+    landmarks = _landmarks(args.ct)
+
+    rclpy.init()
+    node = rclpy.create_node("demo_evaluator")
+    evaluator = DemoEvaluator(node, landmarks, out)
     registration = _launch(
-        f"sphere_reg_ros.ros.{NODE_NAME}", node_params, out / "registration_node.log", env
+        f"sphere_reg_ros.ros.{NODE_NAME}", _node_params(args), out / "registration_node.log", env
     )
     simulator = None
 
@@ -325,20 +299,7 @@ def run(args: argparse.Namespace) -> int:
         # starts once the node subscribes (after loading the CT and models); the node registers
         # the newest frame and drops older waiting ones. The demo stops once ``--frames`` frames
         # are registered (or at ``--timeout``); drops are reported.
-        sim_params = {
-            "frames": 0,
-            "rate_hz": args.rate,
-            "ct_path": args.ct or "",
-            "degradation": args.degradation,
-            "resolution": args.resolution,
-            "frame_id": SIM_FRAME,
-            "ct_frame": CT_FRAME,
-            "truth_frame": TRUTH_FRAME,
-            "seed": args.seed,
-            "wait_for_subscribers": 1,
-        }
-        if args.ct_spacing_mm:
-            sim_params["ct_spacing_mm"] = args.ct_spacing_mm
+        sim_params = _sim_params(args)
         ready_by = time.monotonic() + args.startup_timeout
         while time.monotonic() < ready_by and node.count_publishers(f"/{NODE_NAME}/overlay") == 0:
             check()
@@ -348,13 +309,7 @@ def run(args: argparse.Namespace) -> int:
         )
         _collect(node, evaluator, args.frames, args.timeout, check)
     finally:
-        for proc in (simulator, registration):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        _terminate((simulator, registration))
         node.destroy_node()
         rclpy.try_shutdown()
     return _finish(evaluator, out, args.min_frames)

@@ -44,7 +44,6 @@ class RegistrarReloads:
         if not settings.prior_parent_frame:
             self.stats.set_values(tf_prior="off")
 
-    # ------------------------------------------------------------------ registrar life cycle
     def _build(self, settings: Settings) -> Service:
         built = build_registrar(settings)
         return Service(built.registrar, settings.registrar_key(), built.source, built.warning)
