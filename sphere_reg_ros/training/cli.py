@@ -1,4 +1,5 @@
-"""``sphere-reg train`` and ``sphere-reg benchmark-train`` (wired into :mod:`sphere_reg_ros.cli`).
+"""``sphere-reg train`` and ``sphere-reg benchmark-train`` (wired into :mod:`sphere_reg_ros.cli`;
+the latter lives in :mod:`.benchmark_cli` and is re-exported here).
 
 Also runnable alone: ``python -m sphere_reg_ros.training.cli train --out model.pt ...``.
 
@@ -9,7 +10,6 @@ the file and the problem; checkpoint and benchmark files are checked before the 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -18,6 +18,11 @@ from pathlib import Path
 from sphere_reg_ros.cli_errors import EXIT_CODES, one_line, refuse
 from sphere_reg_ros.core.similarity import EMBEDDINGS
 from sphere_reg_ros.core.volume import VolumeError, load_example_ct, load_volume
+from sphere_reg_ros.training.benchmark_cli import (  # benchmark-train; re-exported
+    _on_benchmark_file,  # noqa: F401 (its tests call it here)
+    add_benchmark_parser,
+    run_benchmark,
+)
 
 __all__ = ["add_train_parser", "run_train", "add_benchmark_parser", "run_benchmark", "main"]
 
@@ -44,7 +49,7 @@ def _check_resume(out: str) -> None:
     import torch
 
     from sphere_reg_ros.core.checkpoint import load_checkpoint
-    from sphere_reg_ros.training.train import _state_path
+    from sphere_reg_ros.training.train_save import state_path as _state_path
 
     load_checkpoint(out, map_location="cpu")
     state_path = _state_path(Path(out))
@@ -68,7 +73,9 @@ def _check_resume(out: str) -> None:
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``train`` sub-command to an ``argparse`` sub-parser collection."""
+    """Add the ``train`` sub-command to an ``argparse`` sub-parser collection.
+
+    Long because it is one flat list of option declarations, read top to bottom like ``--help``."""
     p = subparsers.add_parser(
         "train",
         help="patient-specific training of the regressor and the similarity network",
@@ -180,8 +187,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> int:
     """Run ``sphere-reg train``; prints where the checkpoint went and the validation figures."""
     from sphere_reg_ros.core.checkpoint import CheckpointError
-    from sphere_reg_ros.core.similarity import SimilarityConfig
-    from sphere_reg_ros.training.train import TrainConfig, train
+    from sphere_reg_ros.training.train import train
 
     if args.threads < 0:
         return refuse("train", "--threads must be >= 0")
@@ -197,42 +203,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise ValueError(f"--resume: {args.out} does not exist")
         if args.resume:
             _check_resume(args.out)
-        from sphere_reg_ros.core.registrar import resolve_device
-
-        cuda = resolve_device(args.device).type == "cuda"
-        scale = args.channel_scale if args.channel_scale is not None else (1.0 if cuda else 0.5)
-        schedule = dict(render_per_step=4, sim_render_every=1, sim_every=1) if cuda else {}
-        if (
-            args.train == "similarity"
-        ):  # a similarity step every step, same renders per step as 'both'
-            schedule = dict(
-                schedule, train_regressor=False, sim_every=1, sim_render_every=1 if cuda else 2
-            )
-        elif args.train == "regressor":
-            schedule = dict(schedule, train_similarity=False)
-        config = TrainConfig(
-            resolution=args.resolution,
-            seed=args.seed,
-            spacing_mm=args.spacing_mm or None,
-            backbone=args.backbone,
-            channel_scale=scale,
-            similarity=SimilarityConfig(embedding=args.embedding),
-            regressor_loss=args.regressor_loss,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            sim_lr=args.lr,
-            val_every_s=args.val_every_s,
-            max_steps=args.max_steps,
-            physics=not args.no_physics,
-            **(
-                dict(p_collimation=0.0, p_metal=0.0, physics_metal=0.0, physics_collimation=0.0)
-                if args.no_content
-                else {}
-            ),
-            budget_s=None if budget is None else 60.0 * budget,
-            device=args.device,
-            **schedule,
-        )
+        config = _train_config(args, budget)
         ct, labels, structures, desc = _load_ct(args.ct, args.labels)
         t0 = time.perf_counter()
         result = train(
@@ -247,12 +218,60 @@ def run_train(args: argparse.Namespace) -> int:
         )
     except (CheckpointError, VolumeError, ValueError, OSError) as exc:
         return refuse("train", exc)
+    _print_training(args, config, result, desc, time.perf_counter() - t0)
+    return 0
+
+
+def _train_config(args: argparse.Namespace, budget: float | None):
+    """The :class:`~.train.TrainConfig` of the command line: the device's schedule (more renders
+    and similarity steps per step on CUDA, a narrower regressor on the CPU), the networks
+    trained, content and physics, the budget (minutes) or step count."""
+    from sphere_reg_ros.core.registrar import resolve_device
+    from sphere_reg_ros.core.similarity import SimilarityConfig
+    from sphere_reg_ros.training.train import TrainConfig
+
+    cuda = resolve_device(args.device).type == "cuda"
+    scale = args.channel_scale if args.channel_scale is not None else (1.0 if cuda else 0.5)
+    schedule = dict(render_per_step=4, sim_render_every=1, sim_every=1) if cuda else {}
+    if args.train == "similarity":  # a similarity step every step, same renders per step as 'both'
+        schedule = dict(
+            schedule, train_regressor=False, sim_every=1, sim_render_every=1 if cuda else 2
+        )
+    elif args.train == "regressor":
+        schedule = dict(schedule, train_similarity=False)
+    return TrainConfig(
+        resolution=args.resolution,
+        seed=args.seed,
+        spacing_mm=args.spacing_mm or None,
+        backbone=args.backbone,
+        channel_scale=scale,
+        similarity=SimilarityConfig(embedding=args.embedding),
+        regressor_loss=args.regressor_loss,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        sim_lr=args.lr,
+        val_every_s=args.val_every_s,
+        max_steps=args.max_steps,
+        physics=not args.no_physics,
+        **(
+            dict(p_collimation=0.0, p_metal=0.0, physics_metal=0.0, physics_collimation=0.0)
+            if args.no_content
+            else {}
+        ),
+        budget_s=None if budget is None else 60.0 * budget,
+        device=args.device,
+        **schedule,
+    )
+
+
+def _print_training(args: argparse.Namespace, config, result, desc: str, seconds: float) -> None:
+    """Where the checkpoint went, the validation figures at the start and the end, throughput."""
     first, final = result.initial, result.final
     print(
         f"checkpoint written to {result.checkpoint} ({Path(result.checkpoint).stat().st_size / 2**20:.1f} MB)"
     )
     print(
-        f"CT: {desc}; {result.steps} steps in {time.perf_counter() - t0:.0f} s "
+        f"CT: {desc}; {result.steps} steps in {seconds:.0f} s "
         f"(total wall time {result.wall_time_s:.0f} s)"
     )
     untrained = f" (not trained in this run: --train {args.train})"
@@ -271,151 +290,6 @@ def run_train(args: argparse.Namespace) -> int:
     print(
         f"throughput: {tp['drrs_per_s']} DRRs/s rendered, {tp['samples_per_s']} training samples/s"
     )
-    return 0
-
-
-def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``benchmark-train`` sub-command (regressor-only mTRE and training throughput)."""
-    p = subparsers.add_parser(
-        "benchmark-train",
-        help="regressor-only accuracy on held-out test poses and training throughput",
-        description="Regressor-only mTRE (median, 75th, 95th percentile) on synthetic X-rays of "
-        "held-out test poses, and DRR / training throughput on this machine.",
-        epilog=EXIT_CODES,
-    )
-    p.add_argument(
-        "--checkpoint", default=None, help="checkpoint (default: the shipped example-CT model)"
-    )
-    p.add_argument(
-        "--ct", help="CT the checkpoint was trained on (default: the embedded example CT)"
-    )
-    p.add_argument("--labels", help="label map for landmarks (default: none / the example's)")
-    p.add_argument(
-        "--benchmark",
-        help="also evaluate on the cases of a `sphere-reg make-benchmark` file "
-        "(its true poses and landmarks)",
-    )
-    p.add_argument("--cases", type=int, default=50, help="test poses (default 50)")
-    p.add_argument("--seed", type=int, default=0, help="test-split seed (default 0)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument(
-        "--force", action="store_true", help="accept a checkpoint made for another CT / geometry"
-    )
-    p.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for PyTorch (default 0: PyTorch's choice)",
-    )
-    p.add_argument("--json", help="also write the results to this JSON file")
-    p.set_defaults(func=run_benchmark)
-    return p
-
-
-def run_benchmark(args: argparse.Namespace) -> int:
-    """Run ``sphere-reg benchmark-train``; prints a Table-1 style row and the throughput."""
-    from sphere_reg_ros.core.checkpoint import (
-        CheckpointError,
-        default_checkpoint_path,
-        load_checkpoint,
-    )
-    from sphere_reg_ros.core.metrics import Summary, format_table
-    from sphere_reg_ros.core.registrar import resolve_device
-    from sphere_reg_ros.evaluation.benchmark import load_benchmark
-    from sphere_reg_ros.training.benchmark import run_regressor_benchmark
-
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    try:
-        if args.cases < 1:
-            raise ValueError("--cases must be >= 1")
-        device = resolve_device(args.device)
-        path = args.checkpoint or default_checkpoint_path()
-        load_checkpoint(
-            path, map_location="cpu"
-        )  # unusable files are refused before the CT is loaded
-        bench = load_benchmark(args.benchmark) if args.benchmark else None
-        ct, labels, structures, desc = _load_ct(args.ct, args.labels)
-        bundle = load_checkpoint(path, ct=ct, force=args.force, map_location=device)
-        if bench is not None:
-            _check_benchmark_geometry(bundle, bench, args.benchmark, args.force)
-        res = run_regressor_benchmark(
-            bundle,
-            ct,
-            labels,
-            structures,
-            n=args.cases,
-            seed=args.seed,
-            device=device,
-            throughput=not args.no_throughput,
-        )
-        if bench is not None:
-            res["benchmark_file"] = _on_benchmark_file(
-                bundle, bench, device, args.force, args.benchmark
-            )
-    except (CheckpointError, VolumeError, ValueError, OSError) as exc:
-        return refuse("benchmark-train", exc)
-    h, w = bundle.resolution
-    name = f"Regressor only ({bundle.regressor.config.backbone}, {h}x{w})"
-    print(
-        format_table(
-            {name: Summary(**res["summary"])},
-            title=f"{args.cases} held-out test poses of {desc} (synthetic X-rays of "
-            f"training.benchmark); checkpoint {path}",
-        )
-    )
-    print(
-        f"(the reference pose alone: median mTRE {res['initial_mtre_median_mm']:.1f} mm; "
-        f"{res['landmarks']} landmarks)"
-    )
-    if args.benchmark:
-        fb = res["benchmark_file"]
-        print()
-        print(
-            format_table(
-                {name: Summary(**fb["summary"])}, title=f"{fb['cases']} cases of {args.benchmark}"
-            )
-        )
-        print(f"(the reference pose alone: median mTRE {fb['initial_mtre_median_mm']:.1f} mm)")
-    if "throughput" in res:
-        tp = res["throughput"]
-        print(
-            f"throughput on {tp['device']}: {tp['drrs_per_s']} DRRs/s ({h}x{w}), {tp['pool_drrs_per_s']} "
-            f"pool DRRs/s (with jitter margin), {tp['regressor_samples_per_s']} regressor training samples/s"
-        )
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
-    return 0
-
-
-def _check_benchmark_geometry(bundle, bench, path: str, force: bool) -> None:
-    """Refuse a benchmark made for another C-arm geometry than the checkpoint (unless ``force``)."""
-    from sphere_reg_ros.core.checkpoint import geometry_differences
-
-    diffs = geometry_differences(bundle.geometry, bench.geometry)
-    if diffs and not force:
-        raise ValueError(
-            f"{path}: made for another C-arm geometry than the checkpoint: {'; '.join(diffs)}"
-        )
-
-
-def _on_benchmark_file(bundle, bench, device, force: bool = False, path: str | None = None) -> dict:
-    """Regressor-only figures on a ``make-benchmark`` file, given loaded or as its path (its geometry
-    must match the model's)."""
-    from sphere_reg_ros.evaluation.benchmark import load_benchmark
-    from sphere_reg_ros.training.benchmark import regressor_on_cases
-
-    if isinstance(bench, (str, Path)):
-        path, bench = str(bench), load_benchmark(bench)
-    _check_benchmark_geometry(bundle, bench, path or "the benchmark", force)
-    out = regressor_on_cases(
-        bundle, bench.registration_images(), bench.true_poses(), bench.landmarks, device
-    )
-    out["cases"] = bench.n_cases
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
