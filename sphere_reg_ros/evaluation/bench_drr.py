@@ -154,6 +154,38 @@ PARTS = (
 )
 
 
+def _time_parts(renderer, model, lin, pose, trial, window, emb, weights, has_channels, device):
+    """Wall time (s) of each part of one LM iteration at ``pose`` (trial step to ``trial``)."""
+    from ..core.lm_steps import normal_equations, residual_jacobian, robust_cost, robust_spread
+
+    times = renderer.timings = {}
+    start = time.perf_counter()
+    img, jac = renderer.render_with_jacobian(pose, window=window, channels=has_channels)
+    _sync(device)
+    times["render"] = time.perf_counter() - start
+    renderer.timings = None
+    start = time.perf_counter()
+    r, J = residual_jacobian(model, img, emb, jac)
+    _sync(device)
+    times["residuals"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scale = None
+    if lin.config.robust != "none":
+        scale = lin.config.robust_scale * robust_spread(r, weights)
+    _, w_irls = robust_cost(r, weights, lin.config.robust, scale)
+    normal_equations(J, r, w_irls)
+    times["normal"] = time.perf_counter() - start
+    start = time.perf_counter()
+    img2, _ = lin.render(renderer, window, trial, jacobian=False)
+    _sync(device)
+    times["trial.drr"] = time.perf_counter() - start
+    start = time.perf_counter()
+    lin.cost(img2, emb, weights)
+    _sync(device)
+    times["trial.cost"] = time.perf_counter() - start
+    return times
+
+
 def profile(
     ct_path: str | None, spacing_mm: float, resolutions: list[int], repeats: int, device: str
 ) -> list[dict]:
@@ -161,7 +193,6 @@ def profile(
     resolution, with the registrar's default residual model and the LM's sampling window."""
     from ..core.lm_config import LMConfig
     from ..core.lm_linearize import Linearizer
-    from ..core.lm_steps import normal_equations, residual_jacobian, robust_cost, robust_spread
     from ..core.registrar import RegistrarConfig, _learning_free_residuals
 
     hu, affine, center = _ct(ct_path, spacing_mm)
@@ -184,32 +215,9 @@ def profile(
         has_channels = channels is not None
 
         def parts() -> dict:
-            times = renderer.timings = {}
-            start = time.perf_counter()
-            img, jac = renderer.render_with_jacobian(pose, window=window, channels=has_channels)
-            _sync(device)
-            times["render"] = time.perf_counter() - start
-            renderer.timings = None
-            start = time.perf_counter()
-            r, J = residual_jacobian(model, img, emb, jac)
-            _sync(device)
-            times["residuals"] = time.perf_counter() - start
-            start = time.perf_counter()
-            scale = None
-            if lin.config.robust != "none":
-                scale = lin.config.robust_scale * robust_spread(r, weights)
-            _, w_irls = robust_cost(r, weights, lin.config.robust, scale)
-            normal_equations(J, r, w_irls)
-            times["normal"] = time.perf_counter() - start
-            start = time.perf_counter()
-            img2, _ = lin.render(renderer, window, trial, jacobian=False)
-            _sync(device)
-            times["trial.drr"] = time.perf_counter() - start
-            start = time.perf_counter()
-            lin.cost(img2, emb, weights)
-            _sync(device)
-            times["trial.cost"] = time.perf_counter() - start
-            return times
+            return _time_parts(
+                renderer, model, lin, pose, trial, window, emb, weights, has_channels, device
+            )
 
         with torch.no_grad():
             parts()
