@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from sphere_reg_ros.core import fingerprint as fingerprint_module
 from sphere_reg_ros.core.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -181,13 +182,34 @@ def test_another_geometry_is_refused_naming_the_difference_unless_forced(saved):
         load_checkpoint(saved, geometry=other, force=True)
 
 
-def test_a_checkpoint_with_the_legacy_ct_fingerprint_still_checks_its_ct(example_ct):
-    """The shipped checkpoint stores the legacy layout (``spacing``, ``origin``, ``description``
-    and a hash of a voxel subsample): its CT is still recognised, another one still refused."""
+#: The CT fingerprint of the example CT in the legacy layout, as the first shipped checkpoint
+#: stored it (``spacing``, ``origin``, ``description`` and a hash of a voxel subsample).
+LEGACY_EXAMPLE_CT = {
+    "sha256": "0217bee2601e4b506936917d3e357cef9315e7bb362756a213b445b6e8b9d413",
+    "shape": [512, 512, 133],
+    "spacing": [0.7031, 0.7031, 2.5],
+    "origin": [166.0, -187.5969, -340.0],
+    "description": "cxr.nii.gz: 512x512x133 voxels of 0.70x0.70x2.50 mm",
+}
+LEGACY_EXAMPLE_CT_WORKING = {
+    "sha256": "ef37cd2e6622ee888368b8ff10aeb249d6c3e366454befaa5989f836772b9946",
+    "shape": [180, 180, 166],
+    "spacing": [2.0, 2.0, 2.0],
+    "origin": [165.3516, -186.9484, -340.0],
+    "description": "cxr.nii.gz resampled to 2x2x2 mm: 180x180x166 voxels of 2.00x2.00x2.00 mm",
+}
+
+
+def test_a_checkpoint_with_the_legacy_ct_fingerprint_still_checks_its_ct(example_ct, tmp_path):
+    """A checkpoint that stores the legacy layout (the shipped checkpoint's, with its CT
+    fingerprint written as the first shipped checkpoint had it): its CT is still recognised,
+    another one still refused."""
     ct = example_ct[0]
-    path = default_checkpoint_path()
-    stored = torch.load(path, weights_only=True)["ct"]["source"]
-    assert "affine" not in stored and "spacing" in stored  # the layout this test is about
+    data = torch.load(default_checkpoint_path(), weights_only=True)
+    data["ct"] = {"source": dict(LEGACY_EXAMPLE_CT), "working": dict(LEGACY_EXAMPLE_CT_WORKING)}
+    path = tmp_path / "legacy.pt"
+    torch.save(data, path)
+    assert fingerprint_module._legacy_sha256(ct) == LEGACY_EXAMPLE_CT["sha256"]
     assert load_checkpoint(path, ct=ct).regressor is not None
     brighter = Volume(ct.data + 1.0, ct.affine, "brighter.nii.gz")
     with pytest.raises(CheckpointError, match="512x512x133 voxels.*same grid but different voxel"):
