@@ -42,16 +42,20 @@ def _u(generator: torch.Generator, n: int, lo: float, hi: float) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
 
 
-def _blur(images: Tensor, sigma_px: Tensor) -> Tensor:
-    """Per-image separable Gaussian blur of ``(B, 1, H, W)``, ``sigma_px (B,)``, replicate edges."""
+def _blur(images: Tensor, sigma_px: Tensor, mode: str = "replicate") -> Tensor:
+    """Per-image separable Gaussian blur of ``(B, 1, H, W)``, ``sigma_px (B,)`` > 0 (at least
+    1e-3 px), padded by ``F.pad``'s ``mode``: ``"replicate"`` or ``"reflect"`` (the kernel then
+    cut to fit the image); either way a constant image stays constant."""
     b, _, h, w = images.shape
     radius = int(math.ceil(3 * float(sigma_px.max())))
+    if mode == "reflect":
+        radius = max(1, min(radius, h - 1, w - 1))
     t = torch.arange(-radius, radius + 1, dtype=torch.float64, device=images.device)
-    k = torch.exp(-0.5 * (t[None] / sigma_px.to(images.device)[:, None]) ** 2)
+    k = torch.exp(-0.5 * (t[None] / sigma_px.to(images.device)[:, None].clamp_min(1e-3)) ** 2)
     k = (k / k.sum(1, keepdim=True)).to(images.dtype)  # (B, 2r+1)
     x = images.reshape(1, b, h, w)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k[:, None, None, :], groups=b)
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k[:, None, :, None], groups=b)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode=mode), k[:, None, None, :], groups=b)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode=mode), k[:, None, :, None], groups=b)
     return x.reshape(b, 1, h, w)
 
 

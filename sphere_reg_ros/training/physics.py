@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .content import _blur, _u
+
 __all__ = [
     "PhysicsConfig",
     "PhysicsRandomization",
@@ -68,11 +70,6 @@ __all__ = [
     "mix_tissues",
     "truncate",
 ]
-
-
-def _u(g: torch.Generator, n: int, lo: float, hi: float) -> Tensor:
-    """``n`` draws U[lo, hi] float64 (CPU)."""
-    return lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
 
 
 def _coin(g: torch.Generator, n: int, p: float) -> Tensor:
@@ -102,26 +99,12 @@ def _check(images: Tensor, channels: int = 1) -> None:
         raise ValueError("images must be finite")
 
 
-def _gaussian_blur(x: Tensor, sigma_px: Tensor) -> Tensor:
-    """Per-image separable Gaussian blur of ``x (B, 1, H, W)`` float64, ``sigma_px (B,)`` > 0;
-    reflect padding (clamped to the image size), so a constant image stays constant."""
-    b, _, h, w = x.shape
-    radius = max(1, min(int(math.ceil(3 * float(sigma_px.max()))), h - 1, w - 1))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64, device=x.device)
-    k = torch.exp(-0.5 * (t[None] / sigma_px.to(x.device)[:, None].clamp_min(1e-3)) ** 2)
-    k = k / k.sum(1, keepdim=True)
-    y = x.reshape(1, b, h, w)
-    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k[:, None, None, :], groups=b)
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k[:, None, :, None], groups=b)
-    return y.reshape(b, 1, h, w)
-
-
 def _low_pass(x: Tensor, sigma_frac: Tensor) -> Tensor:
     """A wide Gaussian blur (σ = ``sigma_frac`` of the width) computed on a 4× smaller copy."""
     b, _, h, w = x.shape
     f = 4 if min(h, w) >= 32 else 1
     small = F.avg_pool2d(x, f) if f > 1 else x
-    out = _gaussian_blur(small, sigma_frac * small.shape[-1])
+    out = _blur(small, sigma_frac * small.shape[-1], mode="reflect")
     if f > 1:
         out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
     return out
@@ -279,8 +262,8 @@ def detector_response(
     b = intensity.shape[0]
     s_core, frac, s_tail = _u(g, b, *core), _u(g, b, *glare), _u(g, b, *tail)
     x = intensity.to(torch.float64)
-    sharp = _gaussian_blur(x, s_core)
-    wide = _gaussian_blur(x, s_tail)
+    sharp = _blur(x, s_core, mode="reflect")
+    wide = _blur(x, s_tail, mode="reflect")
     return (1 - _e(frac, x)) * sharp + _e(frac, x) * wide, {"core_px": s_core, "glare": frac}
 
 

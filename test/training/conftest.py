@@ -15,3 +15,17 @@ def tiny_scene(small_ct) -> TrainingScene:
     return TrainingScene.build(
         ct, default_geometry(16), labels=labels, structures=structures, spacing_mm=8.0
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_bone_scene(small_ct) -> TrainingScene:
+    """``tiny_scene`` with a bone channel (two-channel DRRs, for the physics randomisation)."""
+    ct, labels, structures = small_ct
+    return TrainingScene.build(
+        ct,
+        default_geometry(16),
+        labels=labels,
+        structures=structures,
+        spacing_mm=8.0,
+        bone_channel=True,
+    )

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from sphere_reg_ros.training.dataset import DrrPool, SimilarityPool
 from sphere_reg_ros.training.physics import (
     PhysicsConfig,
     PhysicsRandomization,
@@ -206,38 +207,19 @@ def test_physics_config_rejects_non_probabilities():
 
 
 # ----------------------------------------------------------------------------- in the pools
-@pytest.fixture(scope="module")
-def bone_scene(small_ct):
-    """The tiny training scene (16², 8 mm CT) with a bone channel."""
-    from sphere_reg_ros.core.views import default_geometry
-    from sphere_reg_ros.training.dataset import TrainingScene
-
-    ct, labels, structures = small_ct
-    return TrainingScene.build(
-        ct,
-        default_geometry(16),
-        labels=labels,
-        structures=structures,
-        spacing_mm=8.0,
-        bone_channel=True,
-    )
-
-
-def test_pools_simulate_xrays_from_the_two_channels(bone_scene, tiny_scene):
-    from sphere_reg_ros.training.dataset import DrrPool, SimilarityPool
-
+def test_pools_simulate_xrays_from_the_two_channels(tiny_bone_scene, tiny_scene):
     g = torch.Generator().manual_seed(3)
-    poses = bone_scene.sample_poses(2, g)
-    two = bone_scene.render(poses, channels=True)
+    poses = tiny_bone_scene.sample_poses(2, g)
+    two = tiny_bone_scene.render(poses, channels=True)
     assert two.shape == (2, 2, 16, 16)
     # channel 0 is the plain DRR, channel 1 the bone part: less, and not nothing
-    torch.testing.assert_close(two[:, :1], bone_scene.render(poses), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(two[:, :1], tiny_bone_scene.render(poses), rtol=1e-4, atol=1e-5)
     assert (two[:, 1] <= two[:, 0] + 1e-6).all() and two[:, 1].amax() > 0
 
     draws = {}
     for physics in (None, PhysicsRandomization()):
         g = torch.Generator().manual_seed(5)
-        pool = DrrPool(bone_scene, capacity=4, physics=physics)
+        pool = DrrPool(tiny_bone_scene, capacity=4, physics=physics)
         pool.add(4, g)
         state = g.get_state()
         draws[physics is None] = (pool.draw(3, g), pool.draw(3, g.set_state(state), augment=False))
@@ -247,7 +229,7 @@ def test_pools_simulate_xrays_from_the_two_channels(bone_scene, tiny_scene):
     torch.testing.assert_close(clean, draws[True][1][0], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(xray, clean, atol=1e-2)
 
-    sim = SimilarityPool(bone_scene, capacity=2, physics=PhysicsRandomization())
+    sim = SimilarityPool(tiny_bone_scene, capacity=2, physics=PhysicsRandomization())
     sim.add(2, g)
     fixed, _, moving, _, _ = sim.draw(2, g)
     assert fixed.shape == moving.shape == (2, 1, 16, 16)
