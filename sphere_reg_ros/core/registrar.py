@@ -335,7 +335,6 @@ class Registrar(RegistrarViews, RegistrationPasses):
         if self.config.restarts and not fine_only and solver is self.solver:
             self._restart_failures(out, renderers, fixed, poses, mask, messages)
         results = out.to_results()
-        judge, check = self.solver, self._check_solver
         t_lm = time.perf_counter() - t2
         t3 = time.perf_counter()
         final = [
@@ -350,8 +349,6 @@ class Registrar(RegistrarViews, RegistrationPasses):
                 renderers[-1],
                 fixed[i : i + 1],
                 None if mask is None else mask[i : i + 1],
-                judge,
-                check,
                 fine_only,
             )
             for i, res in enumerate(results)

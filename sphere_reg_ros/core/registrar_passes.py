@@ -38,12 +38,10 @@ class RegistrationPasses:
         fixed: torch.Tensor,
         pose: np.ndarray,
         mask: torch.Tensor | None,
-        solver=None,
     ) -> float:
         """Distance (mm, at the region of interest) between ``pose`` and where a second start ends:
         ``pose`` moved by ``trust.consistency_offset_mm`` along the C-arm's x axis and rotated by
-        ``offset / 100`` rad about its y axis through the CT's centre (finest scale only), with
-        ``solver`` (default the consistency solver of the registrar's own similarity)."""
+        ``offset / 100`` rad about its y axis through the CT's centre (finest scale only)."""
         d = self.trust.consistency_offset_mm
         T = torch.as_tensor(pose, dtype=torch.float64)
         c = torch.as_tensor(self.center_world, dtype=torch.float64)
@@ -52,7 +50,7 @@ class RegistrationPasses:
             make_pose(R, c - R @ c) @ make_pose(torch.eye(3, dtype=torch.float64), d * T[:3, 0]) @ T
         )
         kw = {} if mask is None else {"mask": mask}
-        out = (solver or self._check_solver).solve(
+        out = self._check_solver.solve(
             [renderer], fixed, start[None], center=self.center_world, **kw
         )
         if not out.status[0].usable:
@@ -173,12 +171,10 @@ class RegistrationPasses:
         renderer: DrrRenderer,
         fixed: torch.Tensor,
         mask: torch.Tensor | None,
-        judge,
-        check,
         fine_only: bool,
     ) -> RegistrationResult:
-        """One result with its trust numbers: the normalised cost on ``judge`` (usable results),
-        the consistency from a second start with ``check`` (converged cold ones), ``message``
+        """One result with its trust numbers: the normalised cost (usable results), the
+        consistency from a second start (converged cold ones), ``message``
         appended; a warm start that made no progress counts as converged."""
         status, msg = res.status, res.message
         if fine_only and status is Status.NO_PROGRESS:
@@ -191,7 +187,7 @@ class RegistrationPasses:
         if status.usable:
             res = replace(
                 res,
-                normalised_cost=judge.normalised_cost(
+                normalised_cost=self.solver.normalised_cost(
                     renderer,
                     fixed,
                     torch.from_numpy(res.pose),
@@ -203,7 +199,7 @@ class RegistrationPasses:
             # the consistency check for cold starts only: a warm start begins at a checked pose
             if status is Status.CONVERGED and self.trust.consistency and not fine_only:
                 res = replace(
-                    res, consistency_mm=self._consistency(renderer, fixed, res.pose, mask, check)
+                    res, consistency_mm=self._consistency(renderer, fixed, res.pose, mask)
                 )
         return replace(res, message=_joined(msg, message))
 
