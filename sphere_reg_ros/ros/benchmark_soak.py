@@ -276,6 +276,11 @@ def _soak_report(results: list[dict], opts) -> None:
         print(
             f"  processed + dropped + rejected = {c['frames_processed'] + c['frames_dropped'] + c['frames_rejected']}"
             f" (received {c['frames_received']}); received {c['frames_received']} of {r['sent']} sent"
+            + (
+                " (the rest were replaced in the node's keep-last image queue before it took them)"
+                if c["frames_received"] < r["sent"]
+                else ""
+            )
         )
         if lat["p50_s"] is not None:
             print(

