@@ -36,3 +36,24 @@ def default_geometry(
     """Square detector of ``detector_mm`` side sampled with ``resolution²`` pixels."""
     spacing = detector_mm / resolution
     return CarmGeometry(sdd=sdd, height=resolution, width=resolution, delx=spacing, dely=spacing)
+
+
+def orbit_offset(angle_deg: float, sod_mm: float = DEFAULT_SOD_MM) -> np.ndarray:
+    """``T_carm0_from_carm1`` ``(4, 4)`` of a second C-arm view turned by ``angle_deg`` about the
+    first view's image-row axis (optical ``y``; the patient's long axis in an AP view, i.e. a
+    LAO/RAO turn) through the isocentre ``(0, 0, sod_mm)`` of the first view's optical frame.
+
+    The second view's pose is ``T_ct_from_carm1 = T_ct_from_carm0 @ orbit_offset(angle)``; its
+    source moves on the circle of radius ``sod_mm`` about the isocentre, which stays on both beams.
+    """
+    if not (np.isfinite(angle_deg) and np.isfinite(sod_mm) and sod_mm > 0):
+        raise ValueError(
+            f"orbit_offset: need a finite angle and sod_mm > 0, got {angle_deg}, {sod_mm}"
+        )
+    a = np.radians(float(angle_deg))
+    R = np.array([[np.cos(a), 0.0, np.sin(a)], [0.0, 1.0, 0.0], [-np.sin(a), 0.0, np.cos(a)]])
+    iso = np.array([0.0, 0.0, float(sod_mm)])
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = iso - R @ iso
+    return T
