@@ -32,6 +32,9 @@ class ParamSpec:
     range: tuple[float, float] | None = None
     choices: tuple[str, ...] | None = None
     kind: str = "runtime"  # registrar | runtime | startup
+    #: Element type ("string" or "double") of a list parameter whose default is empty: rclpy
+    #: cannot infer it from ``[]``, and a YAML or command-line ``[]`` leaves it unset.
+    item: str | None = None
 
 
 PARAMS: tuple[ParamSpec, ...] = (
@@ -366,6 +369,56 @@ PARAMS: tuple[ParamSpec, ...] = (
         10.0,
         "~/register_next answers 'no frame' when no image arrives this long after the request (s).",
         (0.1, 3600.0),
+    ),
+    # --- several C-arm views (biplane) -----------------------------------------------------------
+    ParamSpec(
+        "views",
+        [],
+        "Namespaces of the C-arm views registered together, e.g. [view_a, view_b]: the node then "
+        "subscribes <ns>/image and <ns>/camera_info per view (relative names, remappable) instead "
+        "of image and camera_info, pairs the frames of all views by stamp "
+        "(view_pair_tolerance_s) and registers each set as one patient pose in the first view's "
+        "C-arm frame; overlays on ~/overlay (first view) and ~/<ns>/overlay (the others). "
+        "[] = one view (image, camera_info).",
+        kind="startup",
+        item="string",
+    ),
+    ParamSpec(
+        "view_pair_tolerance_s",
+        0.05,
+        "Frames of the views form a set when their stamps lie within this span (s).",
+        (0.0, 10.0),
+    ),
+    ParamSpec(
+        "unpaired",
+        "drop",
+        "A frame whose partners do not come (every other view sent a later frame, or 0.5 s "
+        "passed): drop (counted in frames_unpaired) or mono (also counted, and registered alone; "
+        "its pose is still published for the first view's C-arm frame, through the view offset).",
+        choices=("drop", "mono"),
+    ),
+    ParamSpec(
+        "view_frames",
+        [],
+        "C-arm optical frame of each view, in the order of views (overrides the images' "
+        "header.frame_id); [] = each image's header.frame_id (default_carm_frame when empty).",
+        item="string",
+    ),
+    ParamSpec(
+        "view_offsets_mm",
+        [],
+        "Relative C-arm poses T_carm0_from_carmk of the views after the first, 7 numbers each: "
+        "x, y, z (mm), qx, qy, qz, qw of view k's optical frame in the first view's. When set they "
+        "are used and TF is not asked; [] = from TF, the transform first view's frame -> view k's "
+        "frame (a set whose offset is not on TF is refused: view_offset_missing).",
+        item="double",
+    ),
+    ParamSpec(
+        "view_offset_max_age_s",
+        0.0,
+        "A view offset from TF is used when its stamp is at most this old (s, node clock; "
+        "/tf_static always); 0 = any age.",
+        (0.0, 1e6),
     ),
     # --- start-up only --------------------------------------------------------------------------
     ParamSpec(

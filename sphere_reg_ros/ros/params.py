@@ -64,6 +64,9 @@ __all__ = [
     "probe_model_file",
     "freeze",
     "check_renamed",
+    "check_views",
+    "declared_default",
+    "parameter_values",
 ]
 
 
@@ -216,6 +219,7 @@ def validate(
         check_frame_id("prior_child_frame", prior[1])
         if prior[0] == prior[1]:
             raise ParameterError("prior_parent_frame and prior_child_frame must differ")
+    check_views(values)
     pose = _numbers(values["initial_pose_mm"], "initial_pose_mm")
     if pose.shape != (7,) or not np.all(np.isfinite(pose)):
         raise ParameterError(
@@ -235,6 +239,84 @@ def validate(
         if not cuda_available:
             raise ParameterError("device 'cuda' requested but no CUDA device is available")
     return Settings(dict(values))
+
+
+def _view_name_ok(ns: str) -> bool:
+    """A relative ROS name: tokens of letters, digits and '_' separated by single '/',
+    not starting with a digit."""
+    tokens = ns.split("/")
+    return (
+        all(
+            t and (t[0].isalpha() or t[0] == "_") and all(c.isalnum() or c == "_" for c in t)
+            for t in tokens
+        )
+        and ns.isascii()
+    )
+
+
+def check_views(values: dict) -> None:
+    """The several-view parameters (``views``, ``view_frames``, ``view_offsets_mm``): names,
+    counts, finite offsets with non-zero quaternions. Raises ParameterError."""
+    views = list(values["views"])
+    for ns in views:
+        if not isinstance(ns, str) or not _view_name_ok(ns):
+            raise ParameterError(
+                f"views: {ns!r} is not a relative ROS namespace (letters, digits, '_', '/'; "
+                "no leading '/')"
+            )
+    if len(set(views)) != len(views):
+        raise ParameterError(f"views {views} name a namespace twice")
+    frames = list(values["view_frames"])
+    if frames and len(frames) != len(views):
+        raise ParameterError(
+            f"view_frames has {len(frames)} frame ids for {len(views)} views: give one per view, "
+            "or [] for the images' frame ids"
+        )
+    for k, frame in enumerate(frames):
+        check_frame_id(f"view_frames[{k}]", frame)
+    offsets = _numbers(values["view_offsets_mm"], "view_offsets_mm")
+    if offsets.size == 0:
+        return
+    if not views:
+        raise ParameterError(
+            "view_offsets_mm is set but views is empty (one view needs no offsets)"
+        )
+    want = 7 * (len(views) - 1)
+    if offsets.shape != (want,) or not np.all(np.isfinite(offsets)):
+        raise ParameterError(
+            f"view_offsets_mm must be {want} finite numbers for {len(views)} views "
+            "(x, y, z (mm), qx, qy, qz, qw per view after the first), got "
+            f"{offsets.size}"
+        )
+    for k, q in enumerate(offsets.reshape(-1, 7)[:, 3:], start=1):
+        if np.linalg.norm(q) < 1e-6:
+            raise ParameterError(
+                f"view_offsets_mm: the quaternion of view {k} ({views[k]}) is zero"
+            )
+
+
+def declared_default(spec: ParamSpec):
+    """What the node declares ``spec`` with: its default, or for a list parameter with an empty
+    default its type (``rclpy.Parameter.Type``; the value then stays unset until given)."""
+    if spec.item is None or list(spec.default):
+        return spec.default
+    from rclpy.parameter import Parameter
+
+    return {"string": Parameter.Type.STRING_ARRAY, "double": Parameter.Type.DOUBLE_ARRAY}[spec.item]
+
+
+def parameter_values(node) -> dict:
+    """``{name: value}`` of every parameter of ``node``; an unset one (an empty list parameter
+    given no value) is its default."""
+    from rclpy.exceptions import ParameterUninitializedException
+
+    values = {}
+    for spec in PARAMS:
+        try:
+            values[spec.name] = node.get_parameter(spec.name).value
+        except ParameterUninitializedException:
+            values[spec.name] = spec.default
+    return values
 
 
 def yaml_defaults() -> dict:

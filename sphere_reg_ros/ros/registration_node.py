@@ -123,7 +123,16 @@ from .node_answers import Frame, Request
 from .node_intake import FrameIntake
 from .node_reload import RegistrarReloads, Service
 from .node_worker import FrameWorker
-from .params import PARAMS, ParameterError, Settings, check_renamed, descriptor, validate
+from .params import (
+    PARAMS,
+    ParameterError,
+    Settings,
+    check_renamed,
+    declared_default,
+    descriptor,
+    parameter_values,
+    validate,
+)
 from .tf_prior import TfPrior
 from .tf_publisher import TfPublisher
 
@@ -166,8 +175,8 @@ class RegistrationNode(FrameIntake, FrameWorker, RegistrarReloads, LifecycleNode
             getattr(self, "_parameter_overrides", {})
         )  # raises ParameterError: main() exits
         for spec in PARAMS:
-            self.declare_parameter(spec.name, spec.default, descriptor(spec))
-        values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
+            self.declare_parameter(spec.name, declared_default(spec), descriptor(spec))
+        values = parameter_values(self)
         return validate(values, changed=set())  # raises ParameterError
 
     def _init_state(self) -> None:
@@ -247,7 +256,7 @@ class RegistrationNode(FrameIntake, FrameWorker, RegistrarReloads, LifecycleNode
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Check the parameters and files, load the CT and the model; on failure stay unconfigured."""
-        values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
+        values = parameter_values(self)
         t0 = time.monotonic()
         try:
             settings = validate(values)  # files too (bounded probes), before the long load

@@ -81,11 +81,33 @@ def test_defaults_validate_and_make_a_registrar_config():
         ({"prior_parent_frame": "/ct", "prior_child_frame": "c"}, "leading '/'"),
         ({"prior_parent_frame": "ct", "prior_child_frame": "ct"}, "must differ"),
         ({"request_timeout_s": 0.0}, "outside"),
+        ({"views": ["/view_a"]}, "not a relative ROS namespace"),
+        ({"views": ["view a"]}, "not a relative ROS namespace"),
+        ({"views": ["a", "a"]}, "twice"),
+        ({"views": ["a", "b"], "view_frames": ["fa"]}, "1 frame ids for 2 views"),
+        ({"views": ["a", "b"], "view_frames": ["fa", "/fb"]}, r"view_frames\[1\].*leading '/'"),
+        ({"view_offsets_mm": [0.0] * 6 + [1.0]}, "views is empty"),
+        ({"views": ["a", "b"], "view_offsets_mm": [0.0] * 6}, "must be 7 finite numbers"),
+        ({"views": ["a", "b"], "view_offsets_mm": [0.0] * 7}, r"quaternion of view 1 \(b\)"),
+        ({"unpaired": "keep"}, "not one of"),
+        ({"view_pair_tolerance_s": -0.1}, "outside"),
     ],
 )
 def test_validation_rejects_with_a_reason(change, match):
     with pytest.raises(P.ParameterError, match=match):
         P.validate({**P.yaml_defaults(), **change}, changed=set(change))
+
+
+def test_view_parameters_accept_a_biplane_set_up():
+    views = {
+        "views": ["view_a", "carm/view_b"],
+        "view_frames": ["carm_a", "carm_b"],
+        "view_offsets_mm": [0.0, 0.0, 650.0, 0.0, 0.7071, 0.0, 0.7071],
+        "unpaired": "mono",
+    }
+    settings = P.validate({**P.yaml_defaults(), **views}, changed=set(views))
+    assert settings.views == ["view_a", "carm/view_b"] and settings.unpaired == "mono"
+    assert P.SPECS["views"].kind == "startup"  # its subscriptions are made once
 
 
 def test_units_are_in_the_names():
