@@ -1,4 +1,4 @@
-"""Registration metrics: mTRE, pose errors, SMSR and the seed paper's Table 1 layout.
+"""Registration metrics: mTRE, mPD, mRPD, pose errors, SMSR and the seed paper's Table 1 layout.
 
 Poses are ``T_ct_from_carm`` tensors (B, 4, 4) in mm (see :mod:`sphere_reg_ros.core`). mTRE is a
 3D distance in mm between landmarks; it is never multiplied by a detector pixel spacing (the
@@ -20,6 +20,8 @@ from sphere_reg_ros.core.geometry import se3_inverse, so3_log
 
 __all__ = [
     "mtre",
+    "mpd",
+    "mrpd",
     "rotation_error_deg",
     "translation_error_mm",
     "smsr",
@@ -31,8 +33,19 @@ __all__ = [
     "TABLE_COLUMNS",
 ]
 
-TABLE_COLUMNS = ("Method", "SMSR", "Median (mm)", "75%", "95%", "Run time")
-CSV_FIELDS = ("method", "n", "smsr", "median_mm", "p75_mm", "p95_mm", "run_time_s", "threshold_mm")
+TABLE_COLUMNS = ("Method", "SMSR", "Median (mm)", "75%", "95%", "mPD (mm)", "mRPD (mm)", "Run time")
+CSV_FIELDS = (
+    "method",
+    "n",
+    "smsr",
+    "median_mm",
+    "p75_mm",
+    "p95_mm",
+    "mpd_median_mm",
+    "mrpd_median_mm",
+    "run_time_s",
+    "threshold_mm",
+)
 
 
 def _poses(T_est: torch.Tensor, T_true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,12 +59,11 @@ def _poses(T_est: torch.Tensor, T_true: torch.Tensor) -> tuple[torch.Tensor, tor
     return T_est, T_true.to(dtype=T_est.dtype, device=T_est.device)
 
 
-def mtre(T_est: torch.Tensor, T_true: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
-    """Mean target registration error (B,) in mm.
-
-    ``mean_k |T_est^-1 p_k - T_true^-1 p_k|``: landmarks ``p_k`` (K, 3) or (B, K, 3), mm in the
-    CT world frame, mapped into the C-arm frame by each pose (B, 4, 4) ``T_ct_from_carm``.
-    """
+def _in_carm_frames(
+    T_est: torch.Tensor, T_true: torch.Tensor, landmarks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Landmarks ``(K, 3)`` or ``(B, K, 3)`` (mm, CT world) in the estimated and in the true C-arm
+    frame: two ``(B, K, 3)`` tensors ``T_est^-1 p`` and ``T_true^-1 p``."""
     T_est, T_true = _poses(T_est, T_true)
     p = torch.as_tensor(landmarks)
     if p.dim() not in (2, 3) or p.shape[-1] != 3:
@@ -69,7 +81,51 @@ def mtre(T_est: torch.Tensor, T_true: torch.Tensor, landmarks: torch.Tensor) -> 
         Ti = se3_inverse(T)
         return p @ Ti[:, :3, :3].transpose(-1, -2) + Ti[:, None, :3, 3]
 
-    return torch.linalg.vector_norm(to_carm(T_est) - to_carm(T_true), dim=-1).mean(-1)
+    return to_carm(T_est), to_carm(T_true)
+
+
+def mtre(T_est: torch.Tensor, T_true: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    """Mean target registration error (B,) in mm.
+
+    ``mean_k |T_est^-1 p_k - T_true^-1 p_k|``: landmarks ``p_k`` (K, 3) or (B, K, 3), mm in the
+    CT world frame, mapped into the C-arm frame by each pose (B, 4, 4) ``T_ct_from_carm``.
+    """
+    p_est, p_true = _in_carm_frames(T_est, T_true, landmarks)
+    return torch.linalg.vector_norm(p_est - p_true, dim=-1).mean(-1)
+
+
+def mpd(
+    T_est: torch.Tensor, T_true: torch.Tensor, landmarks: torch.Tensor, sdd_mm: float
+) -> torch.Tensor:
+    """Mean projection distance (B,) in mm on the detector (docs/METRICS.md).
+
+    Each landmark is projected onto the detector (``sdd_mm`` from the source) with the true and
+    with the estimated pose; the mean distance between the two projections, in mm on the detector
+    plane. It equals the distance in pixels times the pixel spacing, whatever the spacing and the
+    principal point, so only the source-to-detector distance enters. A landmark at or behind the
+    source in either pose has no projection: that case's mPD is +inf.
+    """
+    if not (math.isfinite(sdd_mm) and sdd_mm > 0):
+        raise ValueError(f"sdd_mm must be finite and > 0, got {sdd_mm}")
+    p_est, p_true = _in_carm_frames(T_est, T_true, landmarks)
+    front = (p_est[..., 2] > 0) & (p_true[..., 2] > 0)
+    d = sdd_mm * (p_est[..., :2] / p_est[..., 2:] - p_true[..., :2] / p_true[..., 2:])
+    dist = torch.where(front, torch.linalg.vector_norm(d, dim=-1), math.inf)
+    return dist.mean(-1)
+
+
+def mrpd(T_est: torch.Tensor, T_true: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    """Mean reprojection distance (B,) in mm (docs/METRICS.md).
+
+    Each landmark's true projection (with the true pose) is cast back into the CT as the ray of
+    the estimated pose from its source through that detector point; the mean distance between
+    the landmark and that ray (the whole line). In the estimated C-arm frame the ray runs along
+    ``T_true^-1 p`` from the origin, so the distance is ``|T_est^-1 p x unit(T_true^-1 p)|``:
+    independent of the intrinsics, zero at the true pose.
+    """
+    p_est, p_true = _in_carm_frames(T_est, T_true, landmarks)
+    ray = p_true / torch.linalg.vector_norm(p_true, dim=-1, keepdim=True)
+    return torch.linalg.vector_norm(torch.linalg.cross(p_est, ray, dim=-1), dim=-1).mean(-1)
 
 
 def rotation_error_deg(T_est: torch.Tensor, T_true: torch.Tensor) -> torch.Tensor:
@@ -126,7 +182,9 @@ def _percentile(sorted_a: np.ndarray, q: float) -> float:
 @dataclass(frozen=True)
 class Summary:
     """One row of Table 1: ``n`` cases, ``smsr`` in [0, 1], mTRE percentiles in mm (+inf when
-    failures reach them), mean run time per case in s (NaN if not measured)."""
+    failures reach them), mean run time per case in s (NaN if not measured), and the medians of
+    the mean projection distance on the detector and of the mean reprojection distance in mm
+    (:func:`mpd`, :func:`mrpd`; NaN when not measured, +inf when failures reach them)."""
 
     n: int
     smsr: float
@@ -135,16 +193,31 @@ class Summary:
     p95_mm: float
     run_time_s: float
     threshold_mm: float = 1.0
+    mpd_median_mm: float = math.nan
+    mrpd_median_mm: float = math.nan
+
+
+def _median_of(values, n: int, name: str) -> float:
+    """Median of per-case values (N,) with non-finite ones ranked +inf; NaN when None."""
+    if values is None:
+        return math.nan
+    a = _values(values, name)
+    if a.size != n:
+        raise ValueError(f"{a.size} {name} for {n} mTREs")
+    return _percentile(np.sort(np.where(np.isfinite(a), a, np.inf)), 50)
 
 
 def summarize(
     mtres: torch.Tensor | np.ndarray | Sequence[float],
     run_times_s: torch.Tensor | np.ndarray | Sequence[float] | None,
     threshold_mm: float = 1.0,
+    mpd_mm: torch.Tensor | np.ndarray | Sequence[float] | None = None,
+    mrpd_mm: torch.Tensor | np.ndarray | Sequence[float] | None = None,
 ) -> Summary:
-    """Summary of per-case mTREs (N,) in mm and run times (N,) in s (or None).
+    """Summary of per-case mTREs (N,) in mm and run times (N,) in s (or None), and optionally the
+    per-case mPD and mRPD (N,) in mm (:func:`mpd`, :func:`mrpd`).
 
-    Non-finite mTREs are failures and rank as +inf in the percentiles (numpy 'linear' method).
+    Non-finite errors are failures and rank as +inf in the percentiles (numpy 'linear' method).
     """
     _check_threshold(threshold_mm)
     a = _values(mtres, "mtres")
@@ -166,6 +239,8 @@ def summarize(
         p95_mm=_percentile(s, 95),
         run_time_s=rt,
         threshold_mm=float(threshold_mm),
+        mpd_median_mm=_median_of(mpd_mm, a.size, "mpd_mm"),
+        mrpd_median_mm=_median_of(mrpd_mm, a.size, "mrpd_mm"),
     )
 
 
@@ -187,8 +262,9 @@ def _fmt_time(x: float) -> str:
 def format_table(rows: dict[str, Summary], title: str | None = None) -> str:
     """Aligned text table (Markdown-compatible) in the layout of the seed paper's Table 1.
 
-    Columns: Method | SMSR | Median (mm) | 75% | 95% | Run time (percentiles of mTRE in mm,
-    SMSR in %, mean run time per case). ``title`` (optional) goes above the table.
+    Columns: Method | SMSR | Median (mm) | 75% | 95% | mPD (mm) | mRPD (mm) | Run time
+    (percentiles of mTRE in mm, SMSR in %, medians of mPD and mRPD in mm ("-" when not
+    measured), mean run time per case). ``title`` (optional) goes above the table.
     """
     if not rows:
         raise ValueError("rows must not be empty")
@@ -203,10 +279,14 @@ def format_table(rows: dict[str, Summary], title: str | None = None) -> str:
                 _fmt_mm(s.median_mm),
                 _fmt_mm(s.p75_mm),
                 _fmt_mm(s.p95_mm),
+                _fmt_mm(s.mpd_median_mm),
+                _fmt_mm(s.mrpd_median_mm),
                 _fmt_time(s.run_time_s),
             ]
         )
-    widths = [max(len(r[i]) for r in [list(TABLE_COLUMNS), *body]) for i in range(6)]
+    widths = [
+        max(len(r[i]) for r in [list(TABLE_COLUMNS), *body]) for i in range(len(TABLE_COLUMNS))
+    ]
 
     def line(cells: Sequence[str]) -> str:
         out = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
@@ -236,6 +316,8 @@ def to_csv_rows(rows: dict[str, Summary]) -> list[dict[str, str | int | float]]:
                 "median_mm": s.median_mm,
                 "p75_mm": s.p75_mm,
                 "p95_mm": s.p95_mm,
+                "mpd_median_mm": s.mpd_median_mm,
+                "mrpd_median_mm": s.mrpd_median_mm,
                 "run_time_s": s.run_time_s,
                 "threshold_mm": s.threshold_mm,
             }

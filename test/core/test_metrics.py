@@ -1,4 +1,4 @@
-"""Tests of sphere_reg_ros.core.metrics (mTRE, pose errors, SMSR, Table 1 layout)."""
+"""Tests of sphere_reg_ros.core.metrics (mTRE, mPD, mRPD, pose errors, SMSR, Table 1 layout)."""
 
 import csv
 import dataclasses
@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from sphere_reg_ros.core.geometry import make_pose, random_poses, se3_exp, so3_exp
+from sphere_reg_ros.core.carm import CarmGeometry
+from sphere_reg_ros.core.geometry import make_pose, random_poses, se3_exp, se3_inverse, so3_exp
 from sphere_reg_ros.core.metrics import (
     CSV_FIELDS,
     TABLE_COLUMNS,
     Summary,
     format_table,
+    mpd,
+    mrpd,
     mtre,
     rotation_error_deg,
     smsr,
@@ -22,6 +25,7 @@ from sphere_reg_ros.core.metrics import (
     to_csv_rows,
     translation_error_mm,
 )
+from sphere_reg_ros.core.views import ap_pose
 
 
 @pytest.fixture
@@ -188,7 +192,7 @@ class TestTable:
             assert sum(line.startswith(f"| {name} ") for line in table) == 1
         ours = next(line for line in table if "Ours" in line)
         cells = [c.strip() for c in ours.strip("|").split("|")]
-        assert cells[1:] == ["86.1%", "0.51", "0.85", "1.42", "6.2 s"]
+        assert cells[1:] == ["86.1%", "0.51", "0.85", "1.42", "-", "-", "6.2 s"]
         posenet = next(line for line in table if "PoseNet" in line)
         assert "16.6" in posenet and "inf" in posenet and "<0.1 s" in posenet
         assert format_table(rows).splitlines()[0].startswith("| Method")
@@ -205,3 +209,97 @@ class TestTable:
         writer.writerows(out)
         back = list(csv.DictReader(io.StringIO(buf.getvalue())))
         assert float(back[1]["smsr"]) == pytest.approx(0.861) and back[2]["p95_mm"] == "inf"
+
+
+class TestProjectionDistances:
+    """mPD and mRPD on hand-built cases (docs/METRICS.md)."""
+
+    SDD, SOD = 1020.0, 650.0
+
+    @pytest.fixture
+    def scene(self, gen):
+        """The AP view of a point ``c`` and landmarks in the plane through ``c`` parallel to the
+        detector (depth SOD from the source), within 40 mm of the central ray."""
+        c = torch.tensor([5.0, -20.0, 30.0], dtype=torch.float64)
+        T = ap_pose(c.numpy(), self.SOD)
+        xy = (torch.rand(10, 2, generator=gen, dtype=torch.float64) - 0.5) * 56
+        p_carm = torch.cat([xy, torch.full((10, 1), self.SOD, dtype=torch.float64)], 1)
+        p = p_carm @ T[0, :3, :3].T + T[0, :3, 3]
+        return T, p
+
+    @staticmethod
+    def _shift(v) -> torch.Tensor:
+        """The C-arm moved by ``v`` (mm, in its own frame): right-multiplied onto a pose."""
+        return make_pose(torch.eye(3, dtype=torch.float64)[None], torch.tensor([v]).double())
+
+    def test_zero_at_the_true_pose(self, scene):
+        T, p = scene
+        torch.testing.assert_close(mpd(T, T, p, self.SDD), torch.zeros(1, dtype=torch.float64))
+        torch.testing.assert_close(mrpd(T, T, p), torch.zeros(1, dtype=torch.float64))
+
+    def test_in_plane_shift_is_magnified_on_the_detector(self, scene):
+        T, p = scene
+        T_est = T @ self._shift([3.0, -4.0, 0.0])  # 5 mm parallel to the detector
+        assert mtre(T_est, T, p).item() == pytest.approx(5.0)
+        # every landmark sits at the isocentre's depth: magnification SDD / SOD
+        assert mpd(T_est, T, p, self.SDD).item() == pytest.approx(5.0 * self.SDD / self.SOD)
+        # the true projection's ray of the shifted C-arm passes 5 mm * cos(ray angle) away
+        assert mrpd(T_est, T, p).item() == pytest.approx(5.0, rel=2e-3)
+
+    def test_depth_shift_barely_moves_the_projections(self, scene):
+        T, p = scene
+        T_est = T @ self._shift([0.0, 0.0, 10.0])  # 10 mm along the central ray
+        assert mtre(T_est, T, p).item() == pytest.approx(10.0)
+        in_plane = mpd(T @ self._shift([10.0, 0.0, 0.0]), T, p, self.SDD).item()
+        assert 0 < mpd(T_est, T, p, self.SDD).item() < 0.05 * in_plane
+        # a landmark on the central ray stays on its ray: the mRPD is small too
+        assert 0 < mrpd(T_est, T, p).item() < 0.6
+
+    def test_mpd_is_the_pixel_distance_times_the_spacing(self, gen, landmarks):
+        g = CarmGeometry(sdd=self.SDD, height=200, width=300, delx=0.7, dely=1.3, x0=9.0)
+        T = ap_pose([10.0, -30.0, 80.0], self.SOD)
+        T_est = random_poses(1, 3.0, 8.0, gen, dtype=torch.float64) @ T
+        p = landmarks.double()
+        uv = [
+            g.project((p @ se3_inverse(X)[0, :3, :3].T + se3_inverse(X)[0, :3, 3]).numpy())
+            for X in (T, T_est)
+        ]
+        expected = np.linalg.norm((uv[1] - uv[0]) * [g.delx, g.dely], axis=1).mean()
+        assert mpd(T_est, T, p, g.sdd).item() == pytest.approx(expected)
+
+    def test_mrpd_is_the_distance_to_the_back_projected_ray(self, gen, landmarks):
+        """The ray built explicitly: the true projection (pixels) placed on the estimated C-arm's
+        detector, joined to the estimated source, in the CT world."""
+        g = CarmGeometry(sdd=self.SDD, height=64, width=80, delx=2.0, dely=1.5, y0=-7.0)
+        T = ap_pose([10.0, -30.0, 80.0], self.SOD)
+        T_est = random_poses(1, 5.0, 10.0, gen, dtype=torch.float64) @ T
+        p = landmarks.double().numpy()
+        Ti = se3_inverse(T)[0].numpy()
+        uv = g.project(p @ Ti[:3, :3].T + Ti[:3, 3])
+        on_det = np.stack(
+            [(uv[:, 0] - g.cx) * g.delx, (uv[:, 1] - g.cy) * g.dely, np.full(len(uv), g.sdd)], 1
+        )
+        E = T_est[0].numpy()
+        src, det = E[:3, 3], on_det @ E[:3, :3].T + E[:3, 3]
+        d = (det - src) / np.linalg.norm(det - src, axis=1, keepdims=True)
+        v = p - src
+        expected = np.linalg.norm(v - (v * d).sum(1, keepdims=True) * d, axis=1).mean()
+        assert mrpd(T_est, T, torch.as_tensor(p)).item() == pytest.approx(expected)
+
+    def test_behind_the_source_is_inf_and_bad_sdd_refused(self, scene):
+        T, p = scene
+        flipped = T @ self._shift([0.0, 0.0, 2 * self.SOD])  # the landmarks now behind the source
+        assert math.isinf(mpd(flipped, T, p, self.SDD).item())
+        with pytest.raises(ValueError, match="sdd_mm"):
+            mpd(T, T, p, 0.0)
+
+    def test_summary_medians_in_table_and_csv(self):
+        s = summarize(
+            [0.5, 0.7, math.inf], None, mpd_mm=[1.0, 2.0, 3.0], mrpd_mm=[0.4, math.nan, 0.1]
+        )
+        assert s.mpd_median_mm == 2.0 and s.mrpd_median_mm == 0.4  # NaN ranks as a failure (inf)
+        row = format_table({"m": s}).splitlines()[2]
+        assert [c.strip() for c in row.strip("|").split("|")][5:7] == ["2.00", "0.40"]
+        assert to_csv_rows({"m": s})[0]["mpd_median_mm"] == 2.0
+        with pytest.raises(ValueError, match="mpd_mm"):
+            summarize([0.5], None, mpd_mm=[1.0, 2.0])
