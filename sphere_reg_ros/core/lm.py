@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -61,7 +61,7 @@ from .drr import DrrRenderer
 from .lm_config import LMConfig, LMResult
 from .lm_damping import damped_solve, gain_ratio, update_lambda
 from .lm_linearize import RECENT_RENDERS, Linearizer
-from .lm_scale import ScaleRun
+from .lm_scale import ScaleRun, ScaleView
 from .lm_steps import (
     ResidualModel,
     increment_matrix,
@@ -82,6 +82,7 @@ __all__ = [
     "LMConfig",
     "LMResult",
     "LevenbergMarquardt",
+    "SolverView",
     "damped_solve",
     "gain_ratio",
     "update_lambda",
@@ -91,6 +92,50 @@ __all__ = [
     "robust_cost",
     "robust_spread",
 ]
+
+
+@dataclass
+class SolverView:
+    """A further C-arm view of every element of a solve (biplane, multi-view): the solve's own
+    ``renderers``/``fixed``/``mask`` are the first view. Its pose is ``T_ct_from_carm0 @ offset``
+    (the first view's pose times ``T_carm0_from_carmk``); see :mod:`.lm_scale` for how the views'
+    terms add up.
+
+    Attributes:
+        renderers: coarse → fine, as many as the first view's (same CT; its own detector).
+        fixed: (B, 1, H, W) this view's images.
+        offset: (B, 4, 4) or (4, 4) ``T_carm0_from_carmk`` (mm).
+        mask: (B, 1, H, W) bool valid pixels, or None.
+    """
+
+    renderers: Sequence[DrrRenderer]
+    fixed: torch.Tensor
+    offset: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    def checked(self, n_scales: int, B: int, device, dtype) -> "SolverView":
+        """This view on ``device`` with its offset as (B, 4, 4) float64; ValueError (naming what)
+        for inconsistent shapes."""
+        if len(self.renderers) != n_scales:
+            raise ValueError(
+                f"a view needs {n_scales} renderers like the first view, got {len(self.renderers)}"
+            )
+        fx = self.fixed
+        if not (isinstance(fx, torch.Tensor) and fx.ndim == 4 and fx.shape[:2] == (B, 1)):
+            raise ValueError(f"a view's fixed must be (B={B}, 1, H, W), got {tuple(fx.shape)}")
+        if self.mask is not None and tuple(self.mask.shape) != tuple(fx.shape):
+            raise ValueError(f"a view's mask must be shaped like its fixed {tuple(fx.shape)}")
+        off = torch.as_tensor(self.offset, dtype=torch.float64)
+        if off.shape == (4, 4):
+            off = off.expand(B, 4, 4)
+        if off.shape != (B, 4, 4) or not bool(valid_poses(off).all()):
+            raise ValueError(f"a view's offset must be rigid (4, 4) or (B={B}, 4, 4) transforms")
+        return SolverView(
+            self.renderers,
+            fx.to(device, dtype),
+            off.to(device).contiguous(),
+            None if self.mask is None else self.mask.to(device).bool(),
+        )
 
 
 @dataclass
@@ -215,6 +260,7 @@ class LevenbergMarquardt:
         init_pose: torch.Tensor,
         center: torch.Tensor | np.ndarray | None = None,
         mask: torch.Tensor | None = None,
+        views: Sequence[SolverView] = (),
     ) -> LMResult:
         """Refine ``init_pose`` (B, 4, 4) against ``fixed`` (B, 1, H, W), coarse to fine.
 
@@ -225,6 +271,10 @@ class LevenbergMarquardt:
         get zero weight at every scale and take no part in the model's normalisation. Elements with a
         non-finite image or an invalid pose get ``Status.INVALID_INPUT``; nothing is raised
         for them. Raises ValueError only for inconsistent shapes of the whole call.
+
+        ``views``: further C-arm views of each element (:class:`SolverView`); ``init_pose`` and
+        the result are the first view's ``T_ct_from_carm0``; the covariance is that of the shared
+        pose. No views: the single-view solve.
         """
         cfg = self.config
         t_start = time.perf_counter()
@@ -252,29 +302,29 @@ class LevenbergMarquardt:
             )
         finest = renderers[-1]
         dtype, device = finest.dtype, finest.device
+        views = [v.checked(len(renderers), B, device, dtype) for v in views]
         grad_ctx = torch.enable_grad() if cfg.unrolled else torch.no_grad()
         with grad_ctx:
             mask = None if mask is None else mask.to(device).bool()
-            return self._solve(
-                renderers, fixed.to(device, dtype), init_pose.to(device), center, t_start, mask
-            )
+            first = SolverView(renderers, fixed.to(device, dtype), None, mask)
+            return self._solve([first, *views], init_pose.to(device), center, t_start)
 
-    def _solve(self, renderers, fixed, init_pose, center, t_start, mask=None) -> LMResult:
-        device = fixed.device
+    def _solve(self, views: list[SolverView], init_pose, center, t_start) -> LMResult:
+        """The solve of :meth:`solve` over checked views (the first view's offset is None)."""
+        renderers = views[0].renderers
+        device = views[0].fixed.device
         c = renderers[-1]._center if center is None else torch.as_tensor(center)
         c = torch.as_tensor(c, dtype=torch.float64, device=device).reshape(3)
         P = increment_matrix(c.cpu(), self.config.rotation_scale_mm).to(device)
-        b, fixed = self._screen(fixed, init_pose)
+        b, views = self._screen(views, init_pose)
         if len(renderers) > 1:
-            self._finest_initial_cost(b, renderers[-1], fixed, mask)
-        for si, renderer in enumerate(renderers):
+            self._finest_initial_cost(b, views)
+        for si in range(len(renderers)):
             idx = b.live_idx()
             if not idx.numel():
                 break
             fin = si == len(renderers) - 1
-            self._run_scale(
-                b, renderer, fixed, mask, idx, P, c, (si == 0, fin, len(renderers)), t_start
-            )
+            self._run_scale(b, views, si, idx, P, c, (si == 0, fin, len(renderers)), t_start)
         return LMResult(
             pose=b.pose,
             covariance=self._finish(b, P),
@@ -288,14 +338,24 @@ class LevenbergMarquardt:
         )
 
     @staticmethod
-    def _screen(fixed: torch.Tensor, init_pose: torch.Tensor) -> tuple[_Batch, torch.Tensor]:
-        """The batch state with INVALID_INPUT for non-finite images and invalid poses, and the
-        fixed images (B, 1, H, W) with those images zeroed."""
-        device = fixed.device
-        img_ok = torch.isfinite(fixed).flatten(1).all(-1)
+    def _screen(
+        views: list[SolverView], init_pose: torch.Tensor
+    ) -> tuple[_Batch, list[SolverView]]:
+        """The batch state with INVALID_INPUT for non-finite images (in any view) and invalid
+        poses, and the views with those elements' images zeroed."""
+        device = init_pose.device
+        img_ok = views[0].fixed.new_ones(init_pose.shape[0], dtype=torch.bool)
+        for v in views:
+            img_ok = img_ok & torch.isfinite(v.fixed).flatten(1).all(-1)
         pose_ok = valid_poses(init_pose)
         outcomes = [input_status(bool(img_ok[i]), bool(pose_ok[i])) for i in range(len(img_ok))]
-        fixed = torch.where(img_ok[:, None, None, None], fixed, torch.zeros_like(fixed))
+        views = [
+            replace(
+                v,
+                fixed=torch.where(img_ok[:, None, None, None], v.fixed, torch.zeros_like(v.fixed)),
+            )
+            for v in views
+        ]
         pose0 = torch.where(
             pose_ok[:, None, None],
             init_pose.to(torch.float64),
@@ -307,34 +367,43 @@ class LevenbergMarquardt:
             status=[None if o is None else o[0] for o in outcomes],
             message=["" if o is None else o[1] for o in outcomes],
         )
-        return b, fixed
+        return b, views
 
-    def _finest_initial_cost(
-        self, b: _Batch, fin: DrrRenderer, fixed: torch.Tensor, mask: torch.Tensor | None
-    ) -> None:
+    def _finest_initial_cost(self, b: _Batch, views: list[SolverView]) -> None:
         """The cost of the initial poses at the finest scale (what the final cost compares
-        with) when the solve starts on a coarser one."""
+        with) when the solve starts on a coarser one (the views' costs summed)."""
         idx = b.live_idx()
         if not idx.numel():
             return
-        lin = self.linearizer
-        ef, wf, mf = lin.fixed_embedding(fin, fixed[idx], None if mask is None else mask[idx])
-        img, _ = lin.render(fin, lin.window(fin, b.pose[idx]), b.pose[idx], jacobian=False)
-        c0, _ = lin.cost(img, ef, wf, mask=mf)
+        lin, costs = self.linearizer, []
+        for v in self.scale_views(views, -1, idx):
+            ef, wf, mf = v.fixed
+            pose = v.at(b.pose[idx])
+            img, _ = lin.render(v.renderer, lin.window(v.renderer, pose), pose, jacobian=False)
+            costs.append(lin.cost(img, ef, wf, mask=mf)[0])
+        c0 = costs[0] if len(costs) == 1 else torch.stack(costs).sum(0)
         b.initial_cost = put(b.initial_cost, idx, c0.detach())
 
-    def _run_scale(self, b, renderer, fixed, mask, idx, P, c, which, t_start) -> None:
-        """Run one scale for the live elements ``idx`` and fold its outcome into ``b``;
+    def scale_views(self, views: list[SolverView], si: int, idx: torch.Tensor) -> list[ScaleView]:
+        """The :class:`ScaleView` of each view at scale ``si`` for the elements ``idx``."""
+        out = []
+        for v in views:
+            renderer = v.renderers[si]
+            fx = self.linearizer.fixed_embedding(
+                renderer, v.fixed[idx], None if v.mask is None else v.mask[idx]
+            )
+            out.append(ScaleView(renderer, fx, None if v.offset is None else v.offset[idx]))
+        return out
+
+    def _run_scale(self, b, views, si, idx, P, c, which, t_start) -> None:
+        """Run scale ``si`` for the live elements ``idx`` and fold its outcome into ``b``;
         ``which`` = (first, final, number of scales)."""
         first, final, n_scales = which
-        fx = self.linearizer.fixed_embedding(
-            renderer, fixed[idx], None if mask is None else mask[idx]
-        )
+        renderer = views[0].renderers[si]
         hist = [b.history[i] for i in idx.tolist()]
         run = ScaleRun(
             self.linearizer,
-            renderer,
-            fx,
+            self.scale_views(views, si, idx),
             b.pose0[idx],
             P,
             c,

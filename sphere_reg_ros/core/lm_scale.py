@@ -1,5 +1,13 @@
-"""One scale of the LM solver (:mod:`.lm`): the iteration on one renderer for a batch of
-elements, from the start pose until each element meets a stopping rule.
+"""One scale of the LM solver (:mod:`.lm`): the iteration on one renderer per view for a batch
+of elements, from the start pose until each element meets a stopping rule.
+
+Views. An element may be seen by several C-arm views at known relative poses (biplane): view
+``k`` is rendered at ``T_ct_from_carm0 @ offset_k`` (:class:`ScaleView`; the first view's offset
+is the identity). The solver's left world increment ``T <- se3_exp(δ) @ T`` moves every view's
+pose alike (``se3_exp(δ) T₀ Oₖ = se3_exp(δ) Tₖ``), so each view's Jacobian is its own renderer's,
+and the views' costs, ``JᵀWJ`` and ``JᵀWR`` add up; each view keeps its own fixed embedding,
+weights, mask, sampling window and robust kernel scale. One view is the plain single-view solve
+(the sums are that view's terms).
 
 An iteration, for the elements still live: the damped solve (:func:`~.lm_damping.damped_solve`)
 scaled by the step scale ``κ``; steps below the tolerance stop before their trial is rendered
@@ -43,6 +51,45 @@ MAX_REWINDOWS = 3
 
 def _sub(x: torch.Tensor | None, i: torch.Tensor) -> torch.Tensor | None:
     return None if x is None else x[i]
+
+
+def _total(terms: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of the views' terms (the term itself for one view: bit-identical to one view)."""
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
+
+
+@dataclass
+class ScaleView:
+    """One C-arm view of a scale: its renderer, the fixed images' ``(emb_fixed, w, mask)`` at its
+    size (:meth:`Linearizer.fixed_embedding`, rows = the scale's elements) and ``offset`` (n, 4, 4)
+    ``T_carm0_from_carmk`` (None: the identity, the first view). ``window``, ``rs`` (robust kernel
+    scales (n,)) and ``M`` (residuals that count, (n,)) are set by the run."""
+
+    renderer: DrrRenderer
+    fixed: tuple
+    offset: torch.Tensor | None = None
+    window: tuple | None = None
+    rs: torch.Tensor | None = None
+    M: torch.Tensor | None = None
+
+    def at(self, pose: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """This view's poses ``T_ct_from_carmk`` of the first view's ``pose`` (t, 4, 4) of the
+        elements ``rows`` (all elements when None)."""
+        if self.offset is None:
+            return pose
+        off = self.offset if rows is None else self.offset[rows]
+        return pose @ off.to(pose)
+
+    def linearize(self, lin: Linearizer, img, jd, P, idx: torch.Tensor | None, scale=True):
+        """:meth:`Linearizer.linearize` of renders of elements ``idx`` (all when None)."""
+        emb_f, w, m = self.fixed
+        if idx is not None:
+            emb_f, w, m = emb_f[idx], _sub(w, idx), _sub(m, idx)
+        rs = (self.rs if idx is None else _sub(self.rs, idx)) if scale else None
+        return lin.linearize(img, jd, emb_f, P, w, rs, m)
 
 
 @dataclass
@@ -113,14 +160,12 @@ class _Trials:
 
 
 class ScaleRun:
-    """The LM iteration on one renderer (see the module).
+    """The LM iteration on one renderer per view (see the module).
 
     Args:
         lin: the linearisation (renders, with the recent-render cache).
-        renderer: this scale's renderer.
-        fixed: ``(emb_fixed, w, mask)`` of the fixed images at this size (:meth:`Linearizer.
-            fixed_embedding`): embeddings (n, ...), diagonal of ``W`` (n, M) or None, valid masks
-            (n, 1, H, W) or None.
+        views: this scale's :class:`ScaleView` per C-arm view (one for a single view); the
+            first view's pose is the iterate.
         pose0: (n, 4, 4) the solve's initial poses (for the divergence test).
         P: (6, 6) scaled increments → world increments; ``c`` (3,) the rotation centre (mm).
         final: the finest scale (full tolerances; its iteration cap is a status).
@@ -133,8 +178,7 @@ class ScaleRun:
     def __init__(
         self,
         lin: Linearizer,
-        renderer: DrrRenderer,
-        fixed: tuple,
+        views: list[ScaleView],
         pose0: torch.Tensor,
         P: torch.Tensor,
         c: torch.Tensor,
@@ -144,13 +188,12 @@ class ScaleRun:
         idx_global: torch.Tensor,
         t_start: float,
     ) -> None:
-        self.lin, self.renderer, self.cfg = lin, renderer, lin.config
-        self.emb_f, self.w, self.m = fixed
+        self.lin, self.views, self.cfg = lin, views, lin.config
         self.pose0, self.P, self.c, self.final = pose0, P, c, final
         self.hist, self.iterations, self.idx_global = hist, iterations, idx_global
         self.t_start = t_start
         self.tol = Tolerances.for_scale(self.cfg, final)
-        self.height = renderer.geometry.height
+        self.height = views[0].renderer.geometry.height
         self.rewindows = 0
 
     # ------------------------------------------------------------------ start and end
@@ -175,15 +218,22 @@ class ScaleRun:
     def _start(self, pose: torch.Tensor, kappa: torch.Tensor, first: bool) -> ScaleState:
         """Linearise at the start poses, set the start statuses and the damping."""
         cfg, n, dev = self.cfg, pose.shape[0], pose.device
-        self.window, img, jd = self.lin.start_render(self.renderer, pose)
-        cost, r0, J, H, g = self.lin.linearize(img, jd, self.emb_f, self.P, self.w, mask=self.m)
-        self.rs = cfg.robust_scale * robust_spread(r0, self.w) if cfg.robust != "none" else None
-        # residuals that count (non-zero weight before the robust kernel), per element
-        self.M = (
-            (self.w > 0).sum(-1).to(torch.float64)
-            if self.w is not None
-            else torch.full((n,), float(J.shape[1]), dtype=torch.float64, device=dev)
-        )
+        parts = []
+        for v in self.views:
+            v.window, img, jd = self.lin.start_render(v.renderer, v.at(pose))
+            part = v.linearize(self.lin, img, jd, self.P, None, scale=False)
+            r0, J, w = part[1], part[2], v.fixed[1]
+            v.rs = cfg.robust_scale * robust_spread(r0, w) if cfg.robust != "none" else None
+            # residuals that count (non-zero weight before the robust kernel), per element
+            v.M = (
+                (w > 0).sum(-1).to(torch.float64)
+                if w is not None
+                else torch.full((n,), float(J.shape[1]), dtype=torch.float64, device=dev)
+            )
+            parts.append(part)
+        self.sizes = [p[1].shape[1] for p in parts]
+        cost, r0, _, H, g = self._summed(parts)
+        self.M = _total([v.M for v in self.views])
         self.initial_cost = cost
         bad = ~torch.isfinite(cost) | ~torch.isfinite(H).flatten(1).all(-1)
         eye = torch.eye(6, dtype=H.dtype, device=H.device)
@@ -218,7 +268,11 @@ class ScaleRun:
         for k in range(len(st.status)):
             if st.status[k] is None and self.final:
                 st.status[k], st.message[k] = cap_status(cfg.max_iterations)
-        W = robust_cost(st.R, self.w, cfg.robust, self.rs)[1] if cfg.robust != "none" else self.w
+        inflation = []
+        for v, R in zip(self.views, torch.split(st.R, self.sizes, dim=-1)):
+            w = v.fixed[1]
+            W = robust_cost(R, w, cfg.robust, v.rs)[1] if cfg.robust != "none" else w
+            inflation.append(correlation_inflation(R, W))
         return {
             "pose": st.pose,
             "cost": st.cost,
@@ -227,7 +281,12 @@ class ScaleRun:
             "message": st.message,
             "H": st.H,
             "M": self.M,
-            "inflation": correlation_inflation(st.R, W),
+            # the views' inflations weighted by their residual counts
+            "inflation": (
+                inflation[0]
+                if len(inflation) == 1
+                else _total([v.M * f for v, f in zip(self.views, inflation)]) / self.M
+            ),
             "kappa": st.kappa,
         }
 
@@ -268,15 +327,13 @@ class ScaleRun:
         a = tr.a
         trial = se3_exp(tr.s @ self.P.T.to(tr.s)) @ st.pose[a]
         ok_idx = tr.ok.nonzero()[:, 0]
-        if self.rewindows < MAX_REWINDOWS and not self.lin.covers(
-            self.window, self.renderer, trial[ok_idx]
-        ):
-            self._rewindow(st, a, trial[ok_idx])
+        if self.rewindows < MAX_REWINDOWS and not self._covered(trial[ok_idx], a[ok_idx]):
+            self._rewindow(st, a, trial[ok_idx], a[ok_idx])
             return 0
-        cost_t, img_t, jd_t = self._trial_costs(a, trial[ok_idx], ok_idx)
+        cost_t, renders = self._trial_costs(a, trial[ok_idx], ok_idx)
         self._judge(st, tr, trial, cost_t)
         if bool(tr.acc.any()):
-            self._accept(st, a, tr.acc, ok_idx, trial, img_t, jd_t)
+            self._accept(st, a, tr.acc, ok_idx, trial, renders)
         self._adapt(st, a, tr.rho, tr.acc)
         self.iterations[self.idx_global[a].cpu()] += 1
         self._record(st, tr, time.perf_counter() - t_it)
@@ -337,35 +394,60 @@ class ScaleRun:
         step_rad = s[:, 3:].detach().norm(dim=-1) / self.cfg.rotation_scale_mm
         return _Trials(a, s, ok, step_mm, step_rad)
 
-    def _linearize(
-        self, img: torch.Tensor, jd: torch.Tensor, idx: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        """:meth:`Linearizer.linearize` of renders of elements ``idx``."""
-        w, rs, m = _sub(self.w, idx), _sub(self.rs, idx), _sub(self.m, idx)
-        return self.lin.linearize(img, jd, self.emb_f[idx], self.P, w, rs, m)
+    @staticmethod
+    def _summed(parts: list[tuple]) -> tuple[torch.Tensor, ...]:
+        """The views' linearisations ``(cost, R, J, H, g)`` as one: costs, ``H`` and ``g`` summed,
+        residuals concatenated (``J`` is not kept for several views: None)."""
+        if len(parts) == 1:
+            return parts[0]
+        cost, H, g = (_total([p[k] for p in parts]) for k in (0, 3, 4))
+        return cost, torch.cat([p[1] for p in parts], dim=-1), None, H, g
 
-    def _rewindow(self, st: ScaleState, a: torch.Tensor, trials: torch.Tensor) -> None:
-        """Widen the sampling window over the current poses of ``a`` and their ``trials`` and
-        re-linearise the current poses in it (the cost must stay one smooth function)."""
-        self.window = self.lin.window(self.renderer, torch.cat([st.pose[a], trials]))
-        img, jd = self.lin.render(self.renderer, self.window, st.pose[a], True)
-        c_a, r_a, _, H_a, g_a = self._linearize(img, jd, a)
+    def _linearize(self, renders: list[tuple], idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:meth:`Linearizer.linearize` of each view's renders ``(img, jd)`` of elements ``idx``,
+        summed (:meth:`_summed`)."""
+        return self._summed(
+            [
+                v.linearize(self.lin, img, jd, self.P, idx)
+                for v, (img, jd) in zip(self.views, renders)
+            ]
+        )
+
+    def _covered(self, trials: torch.Tensor, rows: torch.Tensor) -> bool:
+        """Whether every view's sampling window covers the ``trials`` of elements ``rows``."""
+        return all(self.lin.covers(v.window, v.renderer, v.at(trials, rows)) for v in self.views)
+
+    def _rewindow(
+        self, st: ScaleState, a: torch.Tensor, trials: torch.Tensor, rows: torch.Tensor
+    ) -> None:
+        """Widen each view's sampling window over the current poses of ``a`` and their ``trials``
+        (of elements ``rows``) and re-linearise the current poses in it (the cost must stay one
+        smooth function)."""
+        renders = []
+        for v in self.views:
+            poses = v.at(st.pose[a], a)
+            v.window = self.lin.window(v.renderer, torch.cat([poses, v.at(trials, rows)]))
+            renders.append(self.lin.render(v.renderer, v.window, poses, True))
+        c_a, r_a, _, H_a, g_a = self._linearize(renders, a)
         st.put(a, cost=c_a, H=H_a, g=g_a, R=r_a.detach())
         self.rewindows += 1
 
     def _trial_costs(
         self, a: torch.Tensor, trials: torch.Tensor, ok_idx: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Costs (t,) of the ``trials`` (rows ``ok_idx`` of ``a``; NaN elsewhere), with their
-        renders and image Jacobians (None when there is no trial)."""
+    ) -> tuple[torch.Tensor, list[tuple] | None]:
+        """Costs (t,) of the ``trials`` (rows ``ok_idx`` of ``a``; NaN elsewhere), with each
+        view's renders and image Jacobians ``(img, jd)`` (None when there is no trial)."""
         cost_t = torch.full((len(a),), math.nan, dtype=torch.float64, device=a.device)
         if not ok_idx.numel():
-            return cost_t, None, None
-        img_t, jd_t = self.lin.render(self.renderer, self.window, trials, True)
-        gi = a[ok_idx]
-        w, rs, m = _sub(self.w, gi), _sub(self.rs, gi), _sub(self.m, gi)
-        ct, _ = self.lin.cost(img_t, self.emb_f[gi], w, rs, m)
-        return put(cost_t, ok_idx, ct.detach()), img_t, jd_t
+            return cost_t, None
+        gi, costs, renders = a[ok_idx], [], []
+        for v in self.views:
+            img_t, jd_t = self.lin.render(v.renderer, v.window, v.at(trials, gi), True)
+            emb_f, w, m = v.fixed
+            ct, _ = self.lin.cost(img_t, emb_f[gi], _sub(w, gi), _sub(v.rs, gi), _sub(m, gi))
+            costs.append(ct)
+            renders.append((img_t, jd_t))
+        return put(cost_t, ok_idx, _total(costs).detach()), renders
 
     def _accept(
         self,
@@ -374,17 +456,18 @@ class ScaleRun:
         acc: torch.Tensor,
         ok_idx: torch.Tensor,
         trial: torch.Tensor,
-        img_t: torch.Tensor,
-        jd_t: torch.Tensor,
+        renders: list[tuple],
     ) -> None:
         """Move the accepted elements to their trials and linearise there from the trials'
-        renders (``img_t``, ``jd_t`` rows follow ``ok_idx``); Marquardt's ``D`` keeps its running
-        maximum (Moré)."""
+        renders (each view's ``(img, jd)``, rows follow ``ok_idx``); Marquardt's ``D`` keeps its
+        running maximum (Moré)."""
         ai = acc.nonzero()[:, 0]
         row = torch.full((len(a),), -1, dtype=torch.long, device=a.device)
         row[ok_idx] = torch.arange(len(ok_idx), device=a.device)
         gi = a[ai]
-        c_n, r_n, _, H_n, g_n = self._linearize(img_t[row[ai]], jd_t[row[ai]], gi)
+        c_n, r_n, _, H_n, g_n = self._linearize(
+            [(img[row[ai]], jd[row[ai]]) for img, jd in renders], gi
+        )
         st.put(gi, pose=trial[ai], cost=c_n, H=H_n, g=g_n, R=r_n.detach())
         if self.cfg.damping == "marquardt":
             diag = torch.diagonal(H_n, dim1=-2, dim2=-1).detach()
