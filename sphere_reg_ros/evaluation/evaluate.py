@@ -3,7 +3,8 @@
 Each method registers every case of a benchmark file from the same initial pose (the
 benchmark's ``poses_init``; the regressor rows start from the regressor instead), one case at
 a time so that the run time is per case. Scores: mTRE (mm, 3-D, on the benchmark's landmarks),
-SMSR (mTRE < 1 mm), percentiles and mean run time in the seed's Table 1 layout
+SMSR (mTRE < 1 mm), percentiles, the medians of mPD and mRPD (mm; docs/METRICS.md) and mean run
+time in the seed's Table 1 layout
 (:func:`~sphere_reg_ros.core.metrics.format_table`). A failed case (diverged, singular, invalid
 input, or a non-finite pose) counts with mTRE = inf and is never dropped; a registration a quality
 gate rejected is scored by its pose (the accuracy table measures the method's estimate). The trust
@@ -44,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from sphere_reg_ros.core.baselines import GradientConfig
-from sphere_reg_ros.core.metrics import Summary, format_table, mtre, summarize
+from sphere_reg_ros.core.metrics import Summary, format_table, mpd, mrpd, mtre, summarize
 from sphere_reg_ros.core.registrar import RegistrarConfig
 from sphere_reg_ros.core.result import RegistrationResult
 from sphere_reg_ros.core.volume import Volume
@@ -124,6 +125,8 @@ class MethodRun:
     summary: Summary
     iterations_to_final: np.ndarray  # (N,)
     time_to_final_s: np.ndarray  # (N,)
+    mpd_mm: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (N,), inf for failures
+    mrpd_mm: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (N,), inf for failures
 
 
 @dataclass
@@ -167,11 +170,17 @@ def convergence_point(
     return float(iterations[k]), float(elapsed[k])
 
 
-def _score(result: RegistrationResult, true: np.ndarray, landmarks: torch.Tensor) -> float:
+def _score(
+    result: RegistrationResult, true: np.ndarray, landmarks: torch.Tensor, sdd_mm: float
+) -> tuple[float, float, float]:
+    """``(mTRE, mPD, mRPD)`` in mm of one case (docs/METRICS.md); inf for a failed case."""
     if not _scored(result):
-        return math.inf
-    return float(
-        mtre(torch.as_tensor(result.pose)[None], torch.as_tensor(true)[None], landmarks)[0]
+        return math.inf, math.inf, math.inf
+    T_est, T_true = torch.as_tensor(result.pose)[None], torch.as_tensor(true)[None]
+    return (
+        float(mtre(T_est, T_true, landmarks)[0]),
+        float(mpd(T_est, T_true, landmarks, sdd_mm)[0]),
+        float(mrpd(T_est, T_true, landmarks)[0]),
     )
 
 
@@ -246,18 +255,20 @@ def _run_method(
     if config.warmup:  # one untimed registration: one-time costs (vmap/AD set-up, caches) excluded
         bar.set_postfix_str(f"{name} warm-up")
         run(benchmark.images[0], geometry, starts[0])
-    results, m, t, curves = [], [], [], []
+    results, m, t, curves, projected = [], [], [], [], []
     for i in range(n):
         bar.set_postfix_str(f"{name} case {i}")
         res = run(benchmark.images[i], geometry, starts[i])
-        e = _score(res, benchmark.poses_true[i], landmarks)
+        e, *pd_rpd = _score(res, benchmark.poses_true[i], landmarks, geometry.sdd)
         results.append(res)
         m.append(e)
+        projected.append(pd_rpd)
         t.append(float(res.timings.get("total", math.nan)))
         curves.append(_curve(res, benchmark.poses_true[i], landmarks, e))
         bar.update(1)
     t_arr = np.nan_to_num(np.asarray(t), nan=0.0)
     conv = [convergence_point(c["mtre_mm"], c["elapsed_s"], c["iteration"]) for c in curves]
+    pd_mm, rpd_mm = np.asarray(projected, dtype=float).reshape(n, 2).T
     return MethodRun(
         name=name,
         description=METHODS[name],
@@ -265,9 +276,11 @@ def _run_method(
         mtre_mm=np.asarray(m),
         run_time_s=t_arr,
         curves=curves,
-        summary=summarize(np.asarray(m), t_arr, config.threshold_mm),
+        summary=summarize(np.asarray(m), t_arr, config.threshold_mm, pd_mm, rpd_mm),
         iterations_to_final=np.array([c[0] for c in conv]),
         time_to_final_s=np.array([c[1] for c in conv]),
+        mpd_mm=pd_mm,
+        mrpd_mm=rpd_mm,
     )
 
 

@@ -214,7 +214,8 @@ def _write_summary(report: EvaluationReport, summary_path: Path) -> None:
 
 
 def _write_cases(report: EvaluationReport, cases_path: Path, initial_mtre: np.ndarray) -> None:
-    """One row per method and case: errors, run time, status, trust numbers and message."""
+    """One row per method and case: errors (mTRE, mPD, mRPD in mm; docs/METRICS.md), run time,
+    status, trust numbers and message."""
     with open(cases_path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(
@@ -223,6 +224,8 @@ def _write_cases(report: EvaluationReport, cases_path: Path, initial_mtre: np.nd
                 "case",
                 "initial_mtre_mm",
                 "mtre_mm",
+                "mpd_mm",
+                "mrpd_mm",
                 "run_time_s",
                 "iterations",
                 "status",
@@ -247,6 +250,8 @@ def _write_cases(report: EvaluationReport, cases_path: Path, initial_mtre: np.nd
                         i,
                         float(initial_mtre[i]),
                         r.mtre_mm[i],
+                        r.mpd_mm[i] if i < len(r.mpd_mm) else math.nan,
+                        r.mrpd_mm[i] if i < len(r.mrpd_mm) else math.nan,
                         r.run_time_s[i],
                         res.iterations,
                         res.status.value,

@@ -11,6 +11,7 @@ import torch
 
 from sphere_reg_ros.core import checkpoint, models
 from sphere_reg_ros.core.baselines import GradientConfig
+from sphere_reg_ros.core.metrics import mpd, mrpd
 from sphere_reg_ros.core.registrar import RegistrarConfig
 from sphere_reg_ros.core.volume import load_volume, resample
 from sphere_reg_ros.evaluation.benchmark import make_benchmark, save_benchmark
@@ -97,7 +98,20 @@ def test_evaluate_prints_every_row_and_writes_csv_and_plots(tiny, tmp_path):
         "rejected_by",
         "roi_error_mm",
         "mahalanobis2",
+        "mpd_mm",
+        "mrpd_mm",
     } <= set(row)
+    # mPD and mRPD of every case: those of its pose (docs/METRICS.md), their medians in the table
+    lm_run = report.runs["lm-intensity"]
+    T_est = torch.as_tensor(np.stack([r.pose for r in lm_run.results]))
+    T_true = torch.as_tensor(bm.poses_true[:3])
+    lms = torch.as_tensor(bm.landmarks, dtype=torch.float64)
+    np.testing.assert_allclose(
+        lm_run.mpd_mm, mpd(T_est, T_true, lms, bm.render_geometry.sdd).numpy(), rtol=1e-9
+    )
+    np.testing.assert_allclose(lm_run.mrpd_mm, mrpd(T_est, T_true, lms).numpy(), rtol=1e-9)
+    assert lm_run.summary.mpd_median_mm == pytest.approx(float(np.median(lm_run.mpd_mm)))
+    assert "mPD (mm)" in report.table and "mRPD (mm)" in report.table
     for p in report.files:
         assert p.stat().st_size > 0
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
@@ -105,6 +119,8 @@ def test_evaluate_prints_every_row_and_writes_csv_and_plots(tiny, tmp_path):
         m for m in ["ours", "xvr", "no-such-method"] if m not in ran
     ]
     assert rows[-1]["note"].startswith("unavailable")
+    assert float(rows[0]["mpd_median_mm"]) == pytest.approx(lm_run.summary.mpd_median_mm)
+    assert float(rows[0]["mrpd_median_mm"]) == pytest.approx(lm_run.summary.mrpd_median_mm)
     assert len(list(csv.DictReader(open(tmp_path / "cases.csv")))) == 3 * len(ran)
     curves = json.loads((tmp_path / "curves.json").read_text())
     assert set(curves) == set(ran) and all(len(c["mtre_mm"]) > 1 for c in curves[ran[-1]])
@@ -122,6 +138,8 @@ def test_failed_cases_count_as_failed(tiny, tmp_path):
     assert (
         run.summary.n == 3
         and np.isinf(run.mtre_mm[1])
+        and np.isinf(run.mpd_mm[1])
+        and np.isinf(run.mrpd_mm[1])
         and run.results[1].status.value == "invalid_input"
     )
 
