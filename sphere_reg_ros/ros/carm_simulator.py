@@ -7,28 +7,41 @@ branch of the tree, so it never conflicts with the registration node's ``carm ->
 with the image's stamp. See :mod:`sphere_reg_ros.evaluation.simulate` for the trajectory and
 degradations.
 
-Run: ``python -m sphere_reg_ros.ros.carm_simulator --ros-args -p rate_hz:=0.5``.
+Several views (a biplane C-arm): with ``views`` = ``[ns_0, ns_1, ...]`` every view ``ns_k``
+publishes ``ns_k/image`` and ``ns_k/camera_info``, all views of a frame with the same stamp,
+images in the frame ``<frame_id>_<ns_k>`` and the truth ``T_ct_from_carm_k`` on TF as
+``<ct_frame> -> <truth_frame>_<ns_k>``. View ``k`` is turned by ``k * view_angle_deg`` about the
+first view's isocentre, ``T_ct_from_carm_k = T_ct_from_carm_0 @ orbit_offset(k * angle)``
+(:func:`sphere_reg_ros.core.views.orbit_offset`), and that relative pose is on ``/tf_static`` as
+``<frame_id>_<ns_0> -> <frame_id>_<ns_k>``. Each view's degradations are drawn independently.
+
+Run: ``python -m sphere_reg_ros.ros.carm_simulator --ros-args -p rate_hz:=0.5`` (biplane: add
+``-p "views:=[view_a, view_b]"``).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import rclpy
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from ..core.views import default_geometry
+from ..core.views import default_geometry, orbit_offset
 from ..core.volume import VolumeError, load_example_ct, load_volume, resample
 from ..evaluation.simulate import DEGRADATION_PRESETS, Trajectory, XraySimulator
 from .conversions import geometry_to_camera_info, numpy_to_image, pose_to_transform_stamped
-from .params import ParamSpec, check_frame_id, check_values, descriptor
-from .tf_publisher import TfPublisher
+from .params import ParameterError, ParamSpec, check_frame_id, check_values, descriptor
+from .tf_publisher import StaticTfPublisher, TfPublisher
 
 #: The simulator's parameters (read-only: fixed when it starts), in the table format of
 #: :mod:`.params`, which declares them with their ranges and checks them.
@@ -109,8 +122,82 @@ PARAMS: tuple[ParamSpec, ...] = (
         "Frame of the true C-arm pose published on TF (child of ct_frame).",
         kind="startup",
     ),
+    ParamSpec(
+        "views",
+        [],
+        "View namespaces of a multi-view (biplane) C-arm, e.g. [view_a, view_b]: view ns "
+        "publishes ns/image and ns/camera_info (the same stamp for every view), images in frame "
+        "<frame_id>_ns, its truth as <ct_frame> -> <truth_frame>_ns; [] = one view on image "
+        "and camera_info.",
+        kind="startup",
+    ),
+    ParamSpec(
+        "view_angle_deg",
+        90.0,
+        "With views: view k is turned by k times this about the first view's image-row axis "
+        "through its isocentre (core.views.orbit_offset); the relative poses go on /tf_static.",
+        (-180.0, 180.0),
+        kind="startup",
+    ),
 )
 _FRAMES = ("frame_id", "ct_frame", "truth_frame")
+_VIEW_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class View:
+    """One simulated view: ``name`` (its namespace, '' for the single view), the frame of its
+    images, the child frame of its truth and ``offset`` = ``T_carm0_from_carmk`` (4, 4) mm."""
+
+    name: str
+    frame_id: str
+    truth_frame: str
+    offset: np.ndarray
+
+    def topic(self, base: str) -> str:
+        return f"{self.name}/{base}" if self.name else base
+
+
+def simulated_views(params: dict) -> list[View]:
+    """The views of the simulator's parameters (``views``, ``view_angle_deg``, ``frame_id``,
+    ``truth_frame``): one unnamed view when ``views`` is empty.
+
+    Raises:
+        ParameterError: a view name that is no plain ROS name, or a repeated one.
+    """
+    names = list(params["views"])
+    if not names:
+        return [View("", params["frame_id"], params["truth_frame"], np.eye(4))]
+    for name in names:
+        if not isinstance(name, str) or not _VIEW_NAME.fullmatch(name):
+            raise ParameterError(
+                f"views: {name!r} is not a plain ROS name (a letter, then letters, digits, _)"
+            )
+    if len(set(names)) != len(names):
+        raise ParameterError(f"views {names} name a view twice")
+    angle = float(params["view_angle_deg"])
+    return [
+        View(
+            name,
+            f"{params['frame_id']}_{name}",
+            f"{params['truth_frame']}_{name}",
+            orbit_offset(k * angle),
+        )
+        for k, name in enumerate(names)
+    ]
+
+
+def _declare(node: Node, spec: ParamSpec):
+    """Declare ``spec`` on ``node`` and return its value. A list parameter is a string array: rclpy
+    would type an empty default ``[]`` as a byte array and then refuse a list of names."""
+    if not isinstance(spec.default, list):
+        return node.declare_parameter(spec.name, spec.default, descriptor(spec)).value
+    try:
+        node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, descriptor(spec))
+    except InvalidParameterTypeException as exc:
+        raise ParameterError(f"{spec.name} must be a list of names: {exc}") from exc
+    default = Parameter(spec.name, Parameter.Type.STRING_ARRAY, list(spec.default))
+    return list(node.get_parameter_or(spec.name, default).value)
 
 
 class CarmSimulatorNode(Node):
@@ -118,13 +205,12 @@ class CarmSimulatorNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("carm_simulator", **kwargs)
-        for spec in PARAMS:
-            self.declare_parameter(spec.name, spec.default, descriptor(spec))
-        p = {spec.name: self.get_parameter(spec.name).value for spec in PARAMS}
+        p = {spec.name: _declare(self, spec) for spec in PARAMS}
         check_values(p, PARAMS)  # ParameterError (a ValueError) naming the parameter
         for name in _FRAMES:
             check_frame_id(name, p[name])
         self.params = p
+        self.views = simulated_views(p)
         ct = load_example_ct()[0] if not p["ct_path"] else load_volume(p["ct_path"])
         self.ct = resample(ct, p["ct_spacing_mm"])
         self.geometry = default_geometry(p["resolution"], p["detector_mm"], p["sdd_mm"])
@@ -136,20 +222,37 @@ class CarmSimulatorNode(Node):
             motion_mm=(m * 0.6, m * 0.3, m),
         )
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-        self.image_pub = self.create_publisher(Image, "image", qos)
-        self.info_pub = self.create_publisher(CameraInfo, "camera_info", qos)
+        self.image_pubs = [self.create_publisher(Image, v.topic("image"), qos) for v in self.views]
+        self.info_pubs = [
+            self.create_publisher(CameraInfo, v.topic("camera_info"), qos) for v in self.views
+        ]
+        self.image_pub, self.info_pub = self.image_pubs[0], self.info_pubs[0]
         self.tf = TfPublisher(self)
+        self.static_tf = None
+        if len(self.views) > 1:
+            self.static_tf = StaticTfPublisher(self)
+            stamp = self.get_clock().now().to_msg()
+            first = self.views[0].frame_id
+            self.static_tf.send(
+                [
+                    pose_to_transform_stamped(v.offset, first, v.frame_id, stamp)
+                    for v in self.views[1:]
+                ]
+            )
         self.frame = 0
         self.done = False
         self.timer = self.create_timer(1.0 / p["rate_hz"], self._publish)
+        truths = ", ".join(f"{p['ct_frame']} -> {v.truth_frame}" for v in self.views)
+        views = "" if not p["views"] else f"{len(self.views)} views {p['views']}, "
         self.get_logger().info(
             f"simulating {self.ct.source} ({self.ct.shape}) at {p['resolution']} px, {p['rate_hz']} Hz, "
-            f"degradation '{p['degradation']}', truth on TF {p['ct_frame']} -> {p['truth_frame']}"
+            f"{views}degradation '{p['degradation']}', truth on TF {truths}"
         )
 
-    def pose_at(self, frame: int) -> np.ndarray:
-        """True ``T_ct_from_carm`` (4, 4) mm of frame number ``frame``."""
-        return self.trajectory.pose(frame * self.params["time_step_s"], self.ct.center_world)
+    def pose_at(self, frame: int, view: int = 0) -> np.ndarray:
+        """True ``T_ct_from_carm`` (4, 4) mm of frame number ``frame`` (of view ``view``)."""
+        pose = self.trajectory.pose(frame * self.params["time_step_s"], self.ct.center_world)
+        return pose @ self.views[view].offset
 
     def _publish(self) -> None:
         frames = self.params["frames"]
@@ -159,28 +262,33 @@ class CarmSimulatorNode(Node):
                 self.done = True
                 self.create_timer(2.0, lambda: rclpy.try_shutdown(context=self.context))
             return
-        if (
-            self.frame == 0
-            and self.image_pub.get_subscription_count() < self.params["wait_for_subscribers"]
-        ):
+        waiting = self.params["wait_for_subscribers"]
+        if self.frame == 0 and any(p.get_subscription_count() < waiting for p in self.image_pubs):
+            topics = ", ".join(p.topic_name for p in self.image_pubs)
             self.get_logger().info(
-                f"waiting for {self.params['wait_for_subscribers']} subscriber(s) of "
-                f"{self.image_pub.topic_name} before the first frame",
+                f"waiting for {waiting} subscriber(s) of {topics} before the first frame",
                 once=True,
             )
             return
         start = time.perf_counter()
-        pose = self.pose_at(self.frame)
-        image = self.simulator.render(pose, self.frame)
-        header = Header(frame_id=self.params["frame_id"])
-        header.stamp = self.get_clock().now().to_msg()
+        n = len(self.views)
+        poses = [self.pose_at(self.frame, k) for k in range(n)]
+        # view k of frame f draws its degradations as frame f * n + k: independent per view, and
+        # the single view (n = 1) draws exactly as before
+        images = [self.simulator.render(pose, self.frame * n + k) for k, pose in enumerate(poses)]
+        stamp = self.get_clock().now().to_msg()
         self.tf.send(
-            pose_to_transform_stamped(
-                pose, self.params["ct_frame"], self.params["truth_frame"], header.stamp
-            )
+            [
+                pose_to_transform_stamped(pose, self.params["ct_frame"], view.truth_frame, stamp)
+                for pose, view in zip(poses, self.views)
+            ]
         )
-        self.info_pub.publish(geometry_to_camera_info(self.geometry, header))
-        self.image_pub.publish(numpy_to_image(image, "32FC1", header))
+        for k, view in enumerate(self.views):
+            header = Header(frame_id=view.frame_id, stamp=stamp)
+            self.info_pubs[k].publish(geometry_to_camera_info(self.geometry, header))
+        for k, view in enumerate(self.views):
+            header = Header(frame_id=view.frame_id, stamp=stamp)
+            self.image_pubs[k].publish(numpy_to_image(images[k], "32FC1", header))
         self.get_logger().debug(
             f"frame {self.frame} rendered in {time.perf_counter() - start:.2f} s"
         )

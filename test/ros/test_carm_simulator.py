@@ -138,6 +138,8 @@ def test_simulator_node_publishes_image_info_and_truth(ct_file, spawn_ros_proces
     [
         ("degradation:=heavy", "degradation 'heavy' is not one of"),
         ("truth_frame:=/carm_truth", "truth_frame '/carm_truth': frame ids have no leading '/'"),
+        ("views:=[1, 2]", "views must be a list of names"),
+        ("views:=[view_a, view_a]", "name a view twice"),
     ],
 )
 def test_simulator_node_refuses_a_bad_parameter_naming_it(spawn_ros_process, param, reason):
@@ -158,3 +160,134 @@ def test_simulator_parameters_are_read_only_with_ranges_and_valid_defaults():
         assert d.read_only and d.description, spec.name
         if isinstance(spec.default, (int, float)):
             assert d.floating_point_range or d.integer_range, spec.name
+
+
+def test_simulated_views_name_frames_and_turn_about_the_isocentre():
+    from sphere_reg_ros.core.views import orbit_offset
+    from sphere_reg_ros.ros.carm_simulator import PARAMS, simulated_views
+    from sphere_reg_ros.ros.params import ParameterError
+
+    params = {spec.name: spec.default for spec in PARAMS}
+    (single,) = simulated_views(params)
+    assert (single.name, single.frame_id, single.truth_frame) == ("", "carm_optical", "carm_truth")
+    assert single.topic("image") == "image"
+    np.testing.assert_array_equal(single.offset, np.eye(4))
+    a, b, c = simulated_views(dict(params, views=["a", "b", "c"], view_angle_deg=30.0))
+    assert (b.frame_id, b.truth_frame, b.topic("camera_info")) == (
+        "carm_optical_b",
+        "carm_truth_b",
+        "b/camera_info",
+    )
+    np.testing.assert_array_equal(a.offset, orbit_offset(0.0))
+    np.testing.assert_allclose(c.offset, orbit_offset(60.0), atol=1e-12)
+    for bad, reason in (
+        ([" a"], "plain ROS name"),
+        (["a/b"], "plain ROS name"),
+        (["a", "a"], "twice"),
+    ):
+        with pytest.raises(ParameterError, match=reason):
+            simulated_views(dict(params, views=bad))
+
+
+def _key(msg) -> tuple[int, int]:
+    return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+
+def _collect_views(node_context, names, enough, timeout=90.0):
+    """Spin a probe node subscribed to ``<name>/image`` and ``<name>/camera_info`` of each view,
+    /tf and /tf_static until ``enough(got)``; ``got``: ``{"image": {name: [...]}, "info": {name:
+    [...]}, "tf": [...], "static": [...]}``."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+    from tf2_msgs.msg import TFMessage
+
+    from sphere_reg_ros.ros.tf_prior import TF_STATIC_QOS
+    from sphere_reg_ros.ros.tf_publisher import TF_QOS
+
+    node = Node("simulator_views_probe", context=node_context)
+    got = {"image": {n: [] for n in names}, "info": {n: [] for n in names}, "tf": [], "static": []}
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    for n in names:
+        node.create_subscription(Image, f"{n}/image", got["image"][n].append, qos)
+        node.create_subscription(CameraInfo, f"{n}/camera_info", got["info"][n].append, qos)
+    node.create_subscription(TFMessage, "/tf", lambda m: got["tf"].extend(m.transforms), TF_QOS)
+    node.create_subscription(
+        TFMessage, "/tf_static", lambda m: got["static"].extend(m.transforms), TF_STATIC_QOS
+    )
+    executor = SingleThreadedExecutor(context=node_context)
+    executor.add_node(node)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not enough(got):
+        executor.spin_once(timeout_sec=0.2)
+    executor.remove_node(node)
+    node.destroy_node()
+    return got
+
+
+def test_simulator_node_publishes_two_views_with_one_stamp(
+    ct_file, spawn_ros_process, rclpy_context
+):
+    """``views:=[sv_a, sv_b]``: per view an image and CameraInfo under its namespace, both views of a
+    frame with the same stamp; the truths on /tf differ by orbit_offset(view_angle_deg), which is
+    also on /tf_static between the views' frames; each image is its view's rendering."""
+    from sphere_reg_ros.core.views import orbit_offset
+    from sphere_reg_ros.ros.conversions import (
+        camera_info_to_geometry,
+        image_to_numpy,
+        transform_stamped_to_pose,
+    )
+
+    names = ["sv_a", "sv_b"]
+    proc = spawn_ros_process(
+        "-m",
+        "sphere_reg_ros.ros.carm_simulator",
+        "--ros-args",
+        *("-p", f"ct_path:={ct_file}", "-p", "ct_spacing_mm:=8.0", "-p", "resolution:=32"),
+        *("-p", "rate_hz:=2.0", "-p", "degradation:=none", "-p", "frame_id:=sv_carm"),
+        *("-p", "truth_frame:=sv_truth", "-p", "ct_frame:=sv_ct", "-p", "view_angle_deg:=75.0"),
+        *("-p", f"views:=[{', '.join(names)}]"),
+    )
+
+    def complete(got):
+        """Stamps of which every view's image and CameraInfo and every truth arrived."""
+        sets = [{_key(m) for m in got[k][n]} for k in ("image", "info") for n in names]
+        sets += [{_key(t) for t in got["tf"] if t.child_frame_id == f"sv_truth_{n}"} for n in names]
+        return sorted(set.intersection(*sets))
+
+    got = _collect_views(rclpy_context, names, lambda g: len(complete(g)) >= 2 and g["static"])
+    common = complete(got)
+    assert len(common) >= 2, proc.output()
+    first, last = common[0], common[-1]
+    between = [{_key(m) for m in got["image"][n] if first <= _key(m) <= last} for n in names]
+    assert between[0] == between[1], "every frame has one stamp for both views"
+    static = {(t.header.frame_id, t.child_frame_id): t for t in got["static"]}
+    assert list(static) == [("sv_carm_sv_a", "sv_carm_sv_b")], static
+    offset = transform_stamped_to_pose(static[("sv_carm_sv_a", "sv_carm_sv_b")])
+    np.testing.assert_allclose(offset, orbit_offset(75.0), atol=1e-6)
+
+    ct = load_volume(ct_file)
+    stamp = common[-1]
+    truths = {}
+    for n in names:
+        image = next(m for m in got["image"][n] if _key(m) == stamp)
+        info = next(m for m in got["info"][n] if _key(m) == stamp)
+        assert image.header.frame_id == info.header.frame_id == f"sv_carm_{n}"
+        truth = next(
+            t for t in got["tf"] if _key(t) == stamp and t.child_frame_id == f"sv_truth_{n}"
+        )
+        assert truth.header.frame_id == "sv_ct"
+        truths[n] = transform_stamped_to_pose(truth)
+        geometry = camera_info_to_geometry(info, sdd_mm=1020.0)
+        array = image_to_numpy(image)
+        assert array.shape == (32, 32) == (geometry.height, geometry.width)
+        rendered = XraySimulator(ct, geometry, "none").render(truths[n], 0)
+        np.testing.assert_allclose(array, rendered, atol=1e-3)
+    np.testing.assert_allclose(truths["sv_b"], truths["sv_a"] @ orbit_offset(75.0), atol=1e-3)
+    # the first view's truth is a pose of the single-view trajectory
+    trajectory = Trajectory(motion_mm=(1.8, 0.9, 3.0))
+    errors = [
+        np.abs(truths["sv_a"] - trajectory.pose(float(k), ct.center_world)).max() for k in range(60)
+    ]
+    assert min(errors) < 1e-3, errors
