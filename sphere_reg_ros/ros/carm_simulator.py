@@ -21,17 +21,15 @@ Run: ``python -m sphere_reg_ros.ros.carm_simulator --ros-args -p rate_hz:=0.5`` 
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import rclpy
-from rclpy.exceptions import InvalidParameterTypeException
+from rclpy.exceptions import InvalidParameterTypeException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -40,7 +38,15 @@ from ..core.views import default_geometry, orbit_offset
 from ..core.volume import VolumeError, load_example_ct, load_volume, resample
 from ..evaluation.simulate import DEGRADATION_PRESETS, Trajectory, XraySimulator
 from .conversions import geometry_to_camera_info, numpy_to_image, pose_to_transform_stamped
-from .params import ParameterError, ParamSpec, check_frame_id, check_values, descriptor
+from .params import (
+    ParameterError,
+    ParamSpec,
+    check_frame_id,
+    check_values,
+    check_views,
+    declared_default,
+    descriptor,
+)
 from .tf_publisher import StaticTfPublisher, TfPublisher
 
 #: The simulator's parameters (read-only: fixed when it starts), in the table format of
@@ -127,9 +133,10 @@ PARAMS: tuple[ParamSpec, ...] = (
         [],
         "View namespaces of a multi-view (biplane) C-arm, e.g. [view_a, view_b]: view ns "
         "publishes ns/image and ns/camera_info (the same stamp for every view), images in frame "
-        "<frame_id>_ns, its truth as <ct_frame> -> <truth_frame>_ns; [] = one view on image "
+        "<frame_id>_ns ('/' in ns as '_'), its truth as <ct_frame> -> <truth_frame>_ns, and the first view's frame -> view k's on /tf_static; [] = one view on image "
         "and camera_info.",
         kind="startup",
+        item="string",
     ),
     ParamSpec(
         "view_angle_deg",
@@ -141,7 +148,6 @@ PARAMS: tuple[ParamSpec, ...] = (
     ),
 )
 _FRAMES = ("frame_id", "ct_frame", "truth_frame")
-_VIEW_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -162,25 +168,21 @@ def simulated_views(params: dict) -> list[View]:
     """The views of the simulator's parameters (``views``, ``view_angle_deg``, ``frame_id``,
     ``truth_frame``): one unnamed view when ``views`` is empty.
 
+    A namespace ``a/b`` gives the frames ``<frame_id>_a_b`` and ``<truth_frame>_a_b``.
+
     Raises:
-        ParameterError: a view name that is no plain ROS name, or a repeated one.
+        ParameterError: a view name that is no relative ROS namespace, or a repeated one.
     """
     names = list(params["views"])
     if not names:
         return [View("", params["frame_id"], params["truth_frame"], np.eye(4))]
-    for name in names:
-        if not isinstance(name, str) or not _VIEW_NAME.fullmatch(name):
-            raise ParameterError(
-                f"views: {name!r} is not a plain ROS name (a letter, then letters, digits, _)"
-            )
-    if len(set(names)) != len(names):
-        raise ParameterError(f"views {names} name a view twice")
+    check_views({"views": names, "view_frames": [], "view_offsets_mm": []})  # as the node does
     angle = float(params["view_angle_deg"])
     return [
         View(
             name,
-            f"{params['frame_id']}_{name}",
-            f"{params['truth_frame']}_{name}",
+            f"{params['frame_id']}_{name.replace('/', '_')}",
+            f"{params['truth_frame']}_{name.replace('/', '_')}",
             orbit_offset(k * angle),
         )
         for k, name in enumerate(names)
@@ -188,16 +190,14 @@ def simulated_views(params: dict) -> list[View]:
 
 
 def _declare(node: Node, spec: ParamSpec):
-    """Declare ``spec`` on ``node`` and return its value. A list parameter is a string array: rclpy
-    would type an empty default ``[]`` as a byte array and then refuse a list of names."""
-    if not isinstance(spec.default, list):
-        return node.declare_parameter(spec.name, spec.default, descriptor(spec)).value
+    """Declare ``spec`` on ``node`` and return its value (an unset empty list: its default)."""
     try:
-        node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, descriptor(spec))
+        node.declare_parameter(spec.name, declared_default(spec), descriptor(spec))
+        return node.get_parameter(spec.name).value
     except InvalidParameterTypeException as exc:
-        raise ParameterError(f"{spec.name} must be a list of names: {exc}") from exc
-    default = Parameter(spec.name, Parameter.Type.STRING_ARRAY, list(spec.default))
-    return list(node.get_parameter_or(spec.name, default).value)
+        raise ParameterError(f"{spec.name}: {exc}") from exc
+    except ParameterUninitializedException:
+        return list(spec.default)
 
 
 class CarmSimulatorNode(Node):

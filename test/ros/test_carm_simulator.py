@@ -138,8 +138,8 @@ def test_simulator_node_publishes_image_info_and_truth(ct_file, spawn_ros_proces
     [
         ("degradation:=heavy", "degradation 'heavy' is not one of"),
         ("truth_frame:=/carm_truth", "truth_frame '/carm_truth': frame ids have no leading '/'"),
-        ("views:=[1, 2]", "views must be a list of names"),
-        ("views:=[view_a, view_a]", "name a view twice"),
+        ("views:=[1, 2]", "views: Trying to set parameter"),
+        ("views:=[view_a, view_a]", "name a namespace twice"),
     ],
 )
 def test_simulator_node_refuses_a_bad_parameter_naming_it(spawn_ros_process, param, reason):
@@ -180,9 +180,10 @@ def test_simulated_views_name_frames_and_turn_about_the_isocentre():
     )
     np.testing.assert_array_equal(a.offset, orbit_offset(0.0))
     np.testing.assert_allclose(c.offset, orbit_offset(60.0), atol=1e-12)
+    assert simulated_views(dict(params, views=["x/y", "z"]))[0].frame_id == "carm_optical_x_y"
     for bad, reason in (
-        ([" a"], "plain ROS name"),
-        (["a/b"], "plain ROS name"),
+        ([" a"], "not a relative ROS namespace"),
+        (["/a"], "not a relative ROS namespace"),
         (["a", "a"], "twice"),
     ):
         with pytest.raises(ParameterError, match=reason):
