@@ -19,6 +19,9 @@ Protocol:
   structures, else a 3×3×3 grid over the body (HU > −300) keeping points inside it.
 * Each case draws its degradations and noise from its own generator
   (``case_seeds[i]`` from ``SeedSequence([split_seed, 1, i])``), so a case is reproducible alone.
+* **Further views** (``views > 1``, biplane): each case's view ``k`` at ``T_true @
+  orbit_offset(k · view_angle_deg)``, rendered alike and degraded independently from streams of
+  their own (:mod:`.benchmark_views`); the first view is the 1-view benchmark's image.
 
 Files: :func:`save_benchmark` / :func:`load_benchmark` (:mod:`.benchmark_file`, re-exported here).
 """
@@ -53,24 +56,19 @@ from sphere_reg_ros.evaluation.benchmark_file import (
     load_benchmark,
     save_benchmark,
 )
+from sphere_reg_ros.evaluation.benchmark_views import (
+    render_extra_views,
+    render_view,
+    view_offsets,
+)
 from sphere_reg_ros.evaluation.cases import (
     InitialErrorConfig,
     ct_fingerprint,
     default_landmarks,
     perturb_poses,
 )
-from sphere_reg_ros.evaluation.degrade import (
-    ChannelRenderer,
-    DegradationConfig,
-    apply_degradations,
-    draw_degradations,
-)
-from sphere_reg_ros.evaluation.degrade_harsh import (
-    HarshConfig,
-    apply_harsh,
-    draw_harsh,
-    mineral_fraction,
-)
+from sphere_reg_ros.evaluation.degrade import ChannelRenderer, DegradationConfig
+from sphere_reg_ros.evaluation.degrade_harsh import HarshConfig, mineral_fraction
 
 __all__ = [
     "Benchmark",
@@ -119,6 +117,8 @@ def make_benchmark(
     degradation: DegradationConfig | HarshConfig = DegradationConfig(),
     initial_error: InitialErrorConfig = InitialErrorConfig(),
     progress: bool = False,
+    views: int = 1,
+    view_angle_deg: float = 90.0,
 ) -> Benchmark:
     """Generate a synthetic benchmark of ``n_cases`` degraded X-rays of ``ct`` (HU).
 
@@ -133,12 +133,15 @@ def make_benchmark(
         landmarks: ``(names, (K, 3) world mm)`` to use instead of :func:`default_landmarks`.
         landmark_ids: label ids for the landmarks (default every structure of >= 2 mL).
         progress: show a tqdm progress bar.
+        views, view_angle_deg: C-arm views per case; views ``k >= 1`` are turned by ``k ·
+            view_angle_deg`` about the first (:mod:`.benchmark_views`; 1: today's benchmark).
 
     Longer than most functions for its settings and the :class:`Benchmark` it fills; the steps
     (checks, landmarks, renderer, rendering the cases) are the helpers below, in the order of
     their random draws, which must not change (a pinned checksum).
     """
     _check_counts(ct, n_cases, resolution)
+    offsets = _offsets(views, view_angle_deg, distribution)
     root = split_seed(split, seed)
     geometry = _checked_geometry(ct, resolution, geometry)
     render_geometry = geometry.resized(2 * int(resolution))
@@ -157,6 +160,9 @@ def make_benchmark(
     images, degradations = _render_cases(
         renderer, poses, seeds, degradation, render_geometry, center, resolution, progress
     )
+    extra = None
+    if offsets is not None:  # after the first view's draws, from streams of their own
+        extra = render_extra_views(renderer, poses, offsets, root, degradation, center, progress)
     config = {
         "pose_distribution": asdict(distribution),
         "isocenter_world": [float(x) for x in center],
@@ -165,6 +171,8 @@ def make_benchmark(
         "render": _render_config(spacing_mm, render_ct, renderer),
         "split_seed": root,
     }
+    if extra is not None:
+        config["views"] = {"count": int(views), "angle_deg": float(view_angle_deg)}
     log.info(
         "benchmark: %d cases of %s, %dx%d rendered, %d landmarks",
         n_cases,
@@ -190,6 +198,7 @@ def make_benchmark(
         case_seeds=seeds,
         degradations=degradations,
         config=config,
+        views=extra,
     )
 
 
@@ -203,6 +212,18 @@ def _check_counts(ct: Volume, n_cases: int, resolution: int) -> None:
         or resolution < 4
     ):
         raise BenchmarkError(f"{ct.source}: resolution must be an integer >= 4, got {resolution!r}")
+
+
+def _offsets(views: int, angle_deg: float, distribution: PoseDistribution) -> np.ndarray | None:
+    """The further views' offsets (None for one view); BenchmarkError for a bad count or angle."""
+    if isinstance(views, bool) or not isinstance(views, (int, np.integer)) or views < 1:
+        raise BenchmarkError(f"views must be a positive integer, got {views!r}")
+    if views == 1:
+        return None
+    try:
+        return view_offsets(int(views), angle_deg, distribution.sod_mm)
+    except ValueError as exc:
+        raise BenchmarkError(str(exc)) from exc
 
 
 def _checked_geometry(ct: Volume, resolution: int, geometry: CarmGeometry | None) -> CarmGeometry:
@@ -263,19 +284,14 @@ def _render_cases(
     """The degraded images ``(N, 2R, 2R)`` float32 at ``poses`` (N, 4, 4) and the drawn
     degradation parameters ``{name: (N, ...)}``; case ``i`` draws from its own generator
     seeded with ``seeds[i]``."""
-    harsh = isinstance(degradation, HarshConfig)
-    draw, apply = (draw_harsh, apply_harsh) if harsh else (draw_degradations, apply_degradations)
     n_cases = len(seeds)
     images = np.empty((int(n_cases), 2 * resolution, 2 * resolution), dtype=np.float32)
     drawn: list[dict[str, np.ndarray]] = []
     for i in tqdm(range(int(n_cases)), desc="make-benchmark", unit="case", disable=not progress):
         gen = torch.Generator().manual_seed(int(seeds[i]))
-        pose = poses[i].numpy()
-        params = draw(degradation, gen, pose, render_geometry, center)
-        p_a, p_b = renderer(poses[i : i + 1])
-        images[i] = apply(
-            p_a, p_b, params, render_geometry, pose, gen, renderer.scale, noise=degradation.noise
-        ).numpy()
+        images[i], params = render_view(
+            renderer, poses[i : i + 1], gen, degradation, render_geometry, center
+        )
         drawn.append(params)
     degradations = {k: np.stack([d[k] for d in drawn]) for k in drawn[0]}
     return images, degradations

@@ -17,6 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from sphere_reg_ros.core.carm import CarmGeometry, CarmGeometryError
+from sphere_reg_ros.evaluation.benchmark_views import (
+    ExtraViews,
+    all_rigid,
+    checked_views,
+    view_arrays,
+)
 from sphere_reg_ros.evaluation.degrade import PARAM_NAMES
 from sphere_reg_ros.evaluation.degrade_harsh import HARSH_PARAM_NAMES
 
@@ -57,6 +63,8 @@ class Benchmark:
         degradations: per-case parameters ``{name: (N, ...)}`` (see ``degrade.PARAM_NAMES``).
         config: everything else needed to regenerate (pose distribution, initial error,
             degradation ranges, rendering settings), JSON-ready.
+        views: the further C-arm views of each case (:mod:`.benchmark_views`), or None (one
+            view: ``images``).
     """
 
     images: np.ndarray
@@ -75,10 +83,26 @@ class Benchmark:
     case_seeds: np.ndarray
     degradations: dict[str, np.ndarray] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    views: ExtraViews | None = None
 
     @property
     def n_cases(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def n_views(self) -> int:
+        """C-arm views per case: 1 + the further views."""
+        return 1 + (0 if self.views is None else int(self.views.images.shape[1]))
+
+    def view_offsets(self) -> list[np.ndarray]:
+        """``T_carm0_from_carmk`` ``(4, 4)`` of each view, the identity first."""
+        rest = [] if self.views is None else list(self.views.offsets)
+        return [np.eye(4)] + [np.asarray(T, dtype=np.float64) for T in rest]
+
+    def case_views(self, i: int) -> list[np.ndarray]:
+        """The ``(2R, 2R)`` images of case ``i``, one per view (view 0 is ``images[i]``)."""
+        rest = [] if self.views is None else list(self.views.images[i])
+        return [self.images[i]] + rest
 
     def registration_images(self) -> torch.Tensor:
         """``(N, 1, R, R)`` float32: the images 2×2 average-pooled onto ``geometry``."""
@@ -111,6 +135,9 @@ def benchmark_checksum(bm: Benchmark) -> str:
     add("case_seeds", np.asarray(bm.case_seeds, dtype=np.int64))
     for name in sorted(bm.degradations):
         add(f"degradation.{name}", bm.degradations[name])
+    if bm.views is not None:  # absent from a 1-view benchmark, whose checksum stays as it was
+        for key, values in sorted(view_arrays(bm.views).items()):
+            add(key, values)
     meta = {
         "resolution": int(bm.resolution),
         "seed": int(bm.seed),
@@ -131,7 +158,8 @@ def benchmark_checksum(bm: Benchmark) -> str:
 #   resolution, seed (int), split (str), poses_true / poses_init (N, 4, 4) float64,
 #   initial_mtre_mm (N,), landmarks (K, 3) float64, landmark_names (K,) str, case_seeds (N,) int64,
 #   geometry_json / render_geometry_json (CarmGeometry.to_dict), ct_source (str),
-#   ct_fingerprint_json, config_json, and one "degradation.<name>" (N, ...) per PARAM_NAMES entry.
+#   ct_fingerprint_json, config_json, and one "degradation.<name>" (N, ...) per PARAM_NAMES entry;
+#   with several views also the entries of benchmark_views (images_views, view_offsets, ...).
 _ARRAY_KEYS = (
     "images",
     "poses_true",
@@ -179,6 +207,8 @@ def save_benchmark(path: str | Path, bm: Benchmark) -> Path:
     }
     for name, values in bm.degradations.items():
         arrays[f"degradation.{name}"] = np.asarray(values)
+    if bm.views is not None:
+        arrays.update(view_arrays(bm.views))
     tmp = path.with_name(path.name + ".partial")
     try:
         with open(tmp, "wb") as fh:
@@ -270,6 +300,7 @@ def _from_arrays(data: dict[str, np.ndarray], path: Path) -> Benchmark:
     if not isinstance(fingerprint, dict) or not isinstance(config, dict):
         raise e.fail("ct_fingerprint_json and config_json must hold JSON objects")
     degradations = _checked_degradations(e, config, n)
+    views = checked_views(data, n, 2 * resolution, _param_names(e, config), e.fail)
     return Benchmark(
         images=images,
         resolution=resolution,
@@ -287,6 +318,7 @@ def _from_arrays(data: dict[str, np.ndarray], path: Path) -> Benchmark:
         case_seeds=data["case_seeds"],
         degradations=degradations,
         config=config,
+        views=views,
     )
 
 
@@ -332,12 +364,7 @@ def _check_poses(e: _Entries, n: int) -> None:
         T = data[key]
         if T.shape != (n, 4, 4) or T.dtype != np.float64 or not np.isfinite(T).all():
             raise fail(f"{key} must be finite ({n}, 4, 4) float64, got {T.shape} {T.dtype}")
-        R = T[:, :3, :3]
-        if (
-            np.abs(R.transpose(0, 2, 1) @ R - np.eye(3)).max() > 1e-6
-            or np.abs(np.linalg.det(R) - 1.0).max() > 1e-6
-            or np.abs(T[:, 3] - [0.0, 0.0, 0.0, 1.0]).max() > 0
-        ):
+        if not all_rigid(T):
             raise fail(f"{key} are not rigid transforms")
     if data["initial_mtre_mm"].shape != (n,) or not np.isfinite(data["initial_mtre_mm"]).all():
         raise fail(f"initial_mtre_mm must be finite with shape ({n},)")
@@ -381,10 +408,7 @@ def _checked_geometries(e: _Entries, resolution: int) -> tuple[CarmGeometry, Car
 def _checked_degradations(e: _Entries, config: dict, n: int) -> dict[str, np.ndarray]:
     """The per-case degradation parameters of the config's family, ``(n, ...)`` each."""
     data, fail = e.data, e.fail
-    family = (config.get("degradation") or {}).get("family", "benchmark")
-    if family not in ("benchmark", "harsh"):
-        raise fail(f"unknown degradation family {family!r}")
-    param_names = HARSH_PARAM_NAMES if family == "harsh" else PARAM_NAMES
+    param_names = _param_names(e, config)
     missing = [f"degradation.{n}" for n in param_names if f"degradation.{n}" not in data]
     if missing:
         raise fail(f"missing entries {missing}")
@@ -395,3 +419,11 @@ def _checked_degradations(e: _Entries, config: dict, n: int) -> dict[str, np.nda
             raise fail(f"degradation.{name} must have shape {(n, *tail)}, got {values.shape}")
         degradations[name] = values
     return degradations
+
+
+def _param_names(e: _Entries, config: dict) -> dict[str, tuple[int, ...]]:
+    """The degradation parameters (and trailing shapes) of the config's family."""
+    family = (config.get("degradation") or {}).get("family", "benchmark")
+    if family not in ("benchmark", "harsh"):
+        raise e.fail(f"unknown degradation family {family!r}")
+    return HARSH_PARAM_NAMES if family == "harsh" else PARAM_NAMES

@@ -108,6 +108,21 @@ def add_make_benchmark_parser(subparsers: argparse._SubParsersAction) -> argpars
         help="initial mTRE range, mm (uniform; default 5 25, 10 35 for 'harsh')",
     )
     p.add_argument(
+        "--views",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="C-arm views per case (default 1); 2: a second view turned by --view-angle about the "
+        "first's isocentre, rendered alike and degraded independently (biplane)",
+    )
+    p.add_argument(
+        "--view-angle",
+        type=float,
+        default=90.0,
+        metavar="DEG",
+        help="angle between the views, degrees, in (0, 180) (default 90)",
+    )
+    p.add_argument(
         "--preview",
         type=Path,
         default=None,
@@ -141,6 +156,7 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(int(args.threads))
     try:
+        views = _views(args)  # checked before the CT is read
         distribution, ct, labels, structures, landmarks = _inputs(args)
         loaded = time.perf_counter()
         bm = make_benchmark(
@@ -157,6 +173,7 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
             degradation=DEGRADATION_PRESETS[args.degradation],
             initial_error=_initial_error(args),
             progress=not args.no_progress,
+            **views,
         )
         out = save_benchmark(args.out, bm)
         if args.preview is not None:
@@ -195,6 +212,22 @@ def _inputs(args: argparse.Namespace) -> tuple:
     return distribution, ct, labels, structures, landmarks
 
 
+def _views(args: argparse.Namespace) -> dict:
+    """``make_benchmark``'s view settings: none for one view (today's benchmark).
+
+    Raises:
+        BenchmarkError: a view angle outside (0, 180) degrees.
+    """
+    from sphere_reg_ros.evaluation.benchmark import BenchmarkError
+
+    views = getattr(args, "views", 1)
+    if views == 1:
+        return {}
+    if not 0.0 < args.view_angle < 180.0:
+        raise BenchmarkError(f"--view-angle must be in (0, 180) degrees, got {args.view_angle}")
+    return {"views": views, "view_angle_deg": args.view_angle}
+
+
 def _initial_error(args: argparse.Namespace):
     """The initial-error setting: ``--init-mtre``, else the harsh family's default, else the
     standard one."""
@@ -220,6 +253,8 @@ def _print_summary(args: argparse.Namespace, bm, out: Path, elapsed: float, load
         f"  registration resolution {bm.resolution}x{bm.resolution}, images rendered at "
         f"{bm.images.shape[1]}x{bm.images.shape[2]}; {len(bm.landmarks)} landmarks"
     )
+    if bm.n_views > 1:
+        print(f"  {bm.n_views} views, turned by {bm.config['views']['angle_deg']:g} degrees")
     print(
         f"  initial mTRE {init.min():.1f}-{init.max():.1f} mm (median {float(sorted(init)[len(init) // 2]):.1f})"
     )
