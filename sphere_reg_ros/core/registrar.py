@@ -53,6 +53,7 @@ from .registrar_inputs import (
     _refused_batch,
     failed_result,
 )
+from .registrar_multiview import ExtraViews, RegistrarMultiView
 from .registrar_passes import RegistrationPasses
 from .registrar_views import RegistrarViews
 from .result import RegistrationResult, Status
@@ -79,7 +80,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Registrar(RegistrarViews, RegistrationPasses):
+class Registrar(RegistrarViews, RegistrationPasses, RegistrarMultiView):
     """Register X-ray images of one CT: regressor (optional) then coarse-to-fine LM.
 
     Args:
@@ -288,24 +289,39 @@ class Registrar(RegistrarViews, RegistrationPasses):
             return refused
         results, valid, arrays, inits = _checked_batch(images, geometry, init_poses, t0)
         if valid:
-            try:
-                default = self.tracking_solver if fine_only else self.solver
-                done = self._register_valid(
-                    arrays, inits, geometry, t0, solver or default, fine_only
-                )
-                if self._free is not None and solver is None and not fine_only:
-                    done = self._polished(arrays, geometry, done)
-            except Exception as exc:  # never let a bad case take the caller down
-                log.exception("registration failed")
-                status = Status.INVALID_INPUT if isinstance(exc, ValueError) else Status.DIVERGED
-                total = (time.perf_counter() - t0) / len(valid)
-                done = [
-                    failed_result(status, f"{type(exc).__name__}: {exc}", init, {"total": total})
-                    for init in inits
-                ]
+            done = self._register_guarded(arrays, geometry, inits, t0, solver, fine_only)
             for i, res in zip(valid, done):
                 results[i] = res
         return results  # type: ignore[return-value]
+
+    def _register_guarded(
+        self,
+        arrays: list[np.ndarray],
+        geometry: CarmGeometry,
+        inits: list[np.ndarray | None],
+        t0: float,
+        solver,
+        fine_only: bool,
+        extra: ExtraViews | None = None,
+    ) -> list[RegistrationResult]:
+        """Checked images (and their ``extra`` views) registered, then polished where configured;
+        an exception becomes a failed result for each image (never raised)."""
+        try:
+            default = self.tracking_solver if fine_only else self.solver
+            done = self._register_valid(
+                arrays, inits, geometry, t0, solver or default, fine_only, extra
+            )
+            if self._free is not None and solver is None and not fine_only:
+                done = self._polished(arrays, geometry, done, extra)
+        except Exception as exc:  # never let a bad case take the caller down
+            log.exception("registration failed")
+            status = Status.INVALID_INPUT if isinstance(exc, ValueError) else Status.DIVERGED
+            total = (time.perf_counter() - t0) / len(arrays)
+            done = [
+                failed_result(status, f"{type(exc).__name__}: {exc}", init, {"total": total})
+                for init in inits
+            ]
+        return done
 
     def _register_valid(
         self,
@@ -315,9 +331,11 @@ class Registrar(RegistrarViews, RegistrationPasses):
         t0: float,
         solver,
         fine_only: bool = False,
+        extra: ExtraViews | None = None,
     ) -> list[RegistrationResult]:
         """Checked images registered: start poses, masks, the solver over the scales (then the
-        restarts and the polish where configured), the trust numbers, timings and gates."""
+        restarts and the polish where configured), the trust numbers, timings and gates;
+        ``extra``: further views of each image (:mod:`.registrar_multiview`)."""
         n = len(arrays)
         reg_geometry = self.registration_geometry(geometry)
         full = torch.from_numpy(np.stack(arrays))[:, None].to(self.device)
@@ -329,11 +347,16 @@ class Registrar(RegistrarViews, RegistrationPasses):
         t2 = time.perf_counter()
         mask, fractions, valid_masks = self._masks(arrays, reg_geometry, solver, messages)
         kwargs = {} if mask is None else {"mask": mask}
+        views = self._solver_views(extra, len(renderers), fine_only, solver, messages)
+        if views:
+            first = (renderers[-1], fixed, mask)
+            self._fused_starts(poses, inits, views, extra, first, messages)
+            kwargs["views"] = views
         out = solver.solve(
             renderers, fixed, torch.from_numpy(poses), center=self.center_world, **kwargs
         )
         if self.config.restarts and not fine_only and solver is self.solver:
-            self._restart_failures(out, renderers, fixed, poses, mask, messages)
+            self._restart_failures(out, renderers, fixed, poses, mask, messages, views)
         results = out.to_results()
         t_lm = time.perf_counter() - t2
         t3 = time.perf_counter()
@@ -350,6 +373,7 @@ class Registrar(RegistrarViews, RegistrationPasses):
                 fixed[i : i + 1],
                 None if mask is None else mask[i : i + 1],
                 fine_only,
+                self._element_views(views, i, finest=True),
             )
             for i, res in enumerate(results)
         ]

@@ -38,10 +38,12 @@ class RegistrationPasses:
         fixed: torch.Tensor,
         pose: np.ndarray,
         mask: torch.Tensor | None,
+        views=(),
     ) -> float:
         """Distance (mm, at the region of interest) between ``pose`` and where a second start ends:
         ``pose`` moved by ``trust.consistency_offset_mm`` along the C-arm's x axis and rotated by
-        ``offset / 100`` rad about its y axis through the CT's centre (finest scale only)."""
+        ``offset / 100`` rad about its y axis through the CT's centre (finest scale only; with the
+        further ``views`` of the element, :class:`~.lm.SolverView`)."""
         d = self.trust.consistency_offset_mm
         T = torch.as_tensor(pose, dtype=torch.float64)
         c = torch.as_tensor(self.center_world, dtype=torch.float64)
@@ -50,6 +52,8 @@ class RegistrationPasses:
             make_pose(R, c - R @ c) @ make_pose(torch.eye(3, dtype=torch.float64), d * T[:3, 0]) @ T
         )
         kw = {} if mask is None else {"mask": mask}
+        if views:
+            kw["views"] = views
         out = self._check_solver.solve(
             [renderer], fixed, start[None], center=self.center_world, **kw
         )
@@ -65,14 +69,27 @@ class RegistrationPasses:
         arrays: list[np.ndarray],
         geometry: CarmGeometry,
         learned: list[RegistrationResult],
+        extra=None,
     ) -> list[RegistrationResult]:
         """``config.polish``: each checked image registered again by the learning-free registrar
         (all scales, masks, restarts, its trust numbers and gates, which the thresholds were
         calibrated on), starting from the learned end (from its default start where the learned
-        registration has no finite pose). The learned result stays where the polish fails."""
+        registration has no finite pose). The learned result stays where the polish fails.
+        ``extra``: the further views of each image (registered together again)."""
         self._free.trust = self.trust
         starts = [r.pose if np.isfinite(r.pose).all() else None for r in learned]
-        polished = self._free.register_batch(arrays, geometry, starts)
+        if extra:
+            polished = [
+                self._free.register_views(
+                    [arrays[i], *(a[i] for a in extra.arrays)],
+                    [geometry, *extra.geometries],
+                    [np.eye(4), *(o[i] for o in extra.offsets)],
+                    starts[i],
+                )
+                for i in range(len(arrays))
+            ]
+        else:
+            polished = self._free.register_batch(arrays, geometry, starts)
         out = []
         for first, res in zip(learned, polished):
             note = f"learned end ({first.status.value}, {first.iterations} iterations)"
@@ -120,8 +137,9 @@ class RegistrationPasses:
         R = so3_exp(torch.stack([pose[:3, axis] * sign * a for axis, sign in order]))
         return (make_pose(R, c - R @ c) @ pose).numpy()
 
-    def _restart_failures(self, out, renderers, fixed, poses, mask, messages) -> None:
-        """Multi-start for the elements of ``out`` that look failed (in place, see ``restarts``)."""
+    def _restart_failures(self, out, renderers, fixed, poses, mask, messages, views=()) -> None:
+        """Multi-start for the elements of ``out`` that look failed (in place, see ``restarts``);
+        ``views``: the further views of the batch (:class:`~.lm.SolverView`)."""
         t0 = time.perf_counter()
         for i in range(len(poses)):
             if (
@@ -139,6 +157,8 @@ class RegistrationPasses:
                 batch = starts[k : k + 2]
                 n = len(batch)
                 kw = {} if mk is None else {"mask": mk.expand(n, -1, -1, -1)}
+                if views:
+                    kw["views"] = self._element_views(views, i, n)
                 res = self.solver.solve(
                     renderers,
                     fx.expand(n, -1, -1, -1),
@@ -149,7 +169,7 @@ class RegistrationPasses:
                 ends += [(res, j) for j in range(n) if res.status[j].usable]
                 tried += n
             end_poses = torch.stack([r.pose[j].detach().to(torch.float64).cpu() for r, j in ends])
-            costs, _ = self.solver.score(renderers[-1], fx, end_poses, mk)
+            costs = self._view_scores(renderers[-1], fx, end_poses, mk, views, i)
             best = int(torch.argmin(torch.nan_to_num(costs, nan=math.inf)))
             note = f"restarted from {tried} hypotheses ({time.perf_counter() - t0:.1f} s)"
             if best > 0:
@@ -172,10 +192,12 @@ class RegistrationPasses:
         fixed: torch.Tensor,
         mask: torch.Tensor | None,
         fine_only: bool,
+        views=(),
     ) -> RegistrationResult:
-        """One result with its trust numbers: the normalised cost (usable results), the
-        consistency from a second start (converged cold ones), ``message``
-        appended; a warm start that made no progress counts as converged."""
+        """One result with its trust numbers: the normalised cost (usable results; with further
+        ``views`` of the element, the mean of the views'), the consistency from a second start
+        (converged cold ones), ``message`` appended; a warm start that made no progress counts
+        as converged."""
         status, msg = res.status, res.message
         if fine_only and status is Status.NO_PROGRESS:
             # the warm start is a previous registration's end (real progress was made there)
@@ -185,21 +207,21 @@ class RegistrationPasses:
             )
         res = replace(res, status=status)
         if status.usable:
-            res = replace(
-                res,
-                normalised_cost=self.solver.normalised_cost(
-                    renderer,
-                    fixed,
-                    torch.from_numpy(res.pose),
-                    mask,
-                    offset_mm=self.config.reference_offset_mm,
-                    center=self.center_world,
-                ),
-            )
+            pose = torch.from_numpy(res.pose)
+            ratios = [
+                self.solver.normalised_cost(
+                    r, fx, p, m, offset_mm=self.config.reference_offset_mm, center=self.center_world
+                )
+                for r, fx, p, m in [
+                    (renderer, fixed, pose, mask),
+                    *((v.renderers[-1], v.fixed, pose @ v.offset[0].cpu(), v.mask) for v in views),
+                ]
+            ]
+            res = replace(res, normalised_cost=ratios[0] if not views else float(np.mean(ratios)))
             # the consistency check for cold starts only: a warm start begins at a checked pose
             if status is Status.CONVERGED and self.trust.consistency and not fine_only:
                 res = replace(
-                    res, consistency_mm=self._consistency(renderer, fixed, res.pose, mask)
+                    res, consistency_mm=self._consistency(renderer, fixed, res.pose, mask, views)
                 )
         return replace(res, message=_joined(msg, message))
 
