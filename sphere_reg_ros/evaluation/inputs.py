@@ -78,9 +78,12 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _read_dicom(path: Path, domain: str, hints: dict) -> np.ndarray:
-    """Pixels of a single-image DICOM file (MONOCHROME1 inverted for ``domain="auto"``); fills
-    ``hints`` with the source-to-detector distance and pixel spacing it records."""
+    """Pixels of a single-image DICOM file: the modality LUT (Rescale Slope / Intercept) applied
+    where the header has one, MONOCHROME1 inverted for ``domain="auto"``; ``hints["dicom"]`` is
+    the header (without the pixel data), for the geometry and view of
+    :func:`~sphere_reg_ros.core.dicom_xray.read_xray_view`."""
     import pydicom
+    from pydicom.pixels import apply_modality_lut
 
     try:
         ds = pydicom.dcmread(str(path))
@@ -93,25 +96,20 @@ def _read_dicom(path: Path, domain: str, hints: dict) -> np.ndarray:
         raise ValueError(f"{path}: DICOM file without pixel data (not an image, or truncated)")
     try:
         img = ds.pixel_array
+        if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+            img = apply_modality_lut(img, ds)
     except Exception as exc:  # truncated pixel data, unsupported transfer syntax (no codec) ...
         raise _decoder_error(path, "DICOM", exc) from exc
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1" and domain == "auto":
         img = img.max() - img
-    try:
-        if "DistanceSourceToDetector" in ds:
-            hints["sdd"] = float(ds.DistanceSourceToDetector)
-        for tag in ("ImagerPixelSpacing", "PixelSpacing"):
-            if tag in ds:
-                row, col = (float(v) for v in ds.data_element(tag).value)
-                hints["dely"], hints["delx"] = row, col
-                break
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: malformed DICOM geometry tags ({exc})") from exc
+    del ds.PixelData
+    hints["dicom"] = ds
     return img
 
 
 def read_image(path: Path, domain: str = "auto") -> tuple[np.ndarray, dict]:
-    """Image ``(H, W)`` float32 (line-integral domain) and geometry hints from its file.
+    """Image ``(H, W)`` float32 (line-integral domain) and hints from its file (``"dicom"``: a
+    DICOM file's header).
 
     PNG / TIFF / JPEG (matplotlib, through Pillow), DICOM (pydicom; also files without a suffix)
     and NumPy ``.npy`` (never unpickled). RGB(A) images are averaged to grey; a single-frame stack

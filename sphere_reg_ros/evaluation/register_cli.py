@@ -48,7 +48,8 @@ def add_register_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         type=Path,
         default=None,
         help="initial pose: JSON (a 4x4 list, or an object with 'T_ct_from_carm_mm' / 'matrix') "
-        "or .npy (4, 4), T_ct_from_carm in mm (default: the regressor, else the AP view)",
+        "or .npy (4, 4), T_ct_from_carm in mm (default: a DICOM's positioner angles, else the "
+        "regressor, else the AP view; docs/DICOM_XRAY.md)",
     )
     p.add_argument("--out", type=Path, default=Path("registration"), help="output folder")
     _image_options(p)
@@ -81,13 +82,17 @@ def _image_options(p: argparse.ArgumentParser) -> None:
         help="JSON with the C-arm intrinsics (sdd, height, width, delx, dely, x0, y0; mm)",
     )
     p.add_argument(
-        "--sdd", type=float, default=None, help="source-to-detector distance, mm (default 1020)"
+        "--sdd",
+        type=float,
+        default=None,
+        help="source-to-detector distance, mm (default: the DICOM header's; other formats 1020)",
     )
     p.add_argument(
         "--pixel-spacing",
         type=float,
         default=None,
-        help="detector pixel spacing, mm (default: DICOM tags, else 384 mm / largest side)",
+        help="detector pixel spacing, mm (default: the DICOM header's; other formats 384 mm / "
+        "largest side)",
     )
     p.add_argument(
         "--domain",
@@ -228,22 +233,44 @@ def _point(p) -> str:
     return "(the CT origin)" if p is None else "(" + ", ".join(f"{v:.1f}" for v in p) + " mm)"
 
 
+def _dicom_view(args: argparse.Namespace, hints: dict, geometry):
+    """The :class:`~sphere_reg_ros.core.dicom_xray.XrayView` of a DICOM image's header (None for
+    other formats): ``--sdd`` and ``--pixel-spacing`` replace the header's values, and a
+    ``--geometry`` file makes the header's intrinsics optional."""
+    from sphere_reg_ros.core.dicom_xray import read_xray_view
+
+    if "dicom" not in hints:
+        return None
+    sdd = args.sdd if geometry is None else geometry.sdd
+    spacing = args.pixel_spacing if geometry is None else geometry.delx
+    view = read_xray_view(hints["dicom"], sdd, spacing, name=str(args.image))
+    if args.init is None and view.has_angles:
+        view.pose(
+            np.zeros(3)
+        )  # a missing source-to-isocentre distance is named before the CT loads
+    return view
+
+
 def _register_inputs(args: argparse.Namespace) -> tuple:
-    """``(image, geometry, init pose or None, registrar)`` of ``register``'s options; the image,
-    geometry, initial pose and checkpoint files are read before the CT is loaded."""
+    """``(image, geometry, init pose or None, registrar, start)`` of ``register``'s options; the
+    image, geometry, initial pose and checkpoint files are read before the CT is loaded. A DICOM
+    image's header gives the intrinsics and, without ``--init``, the start pose from its
+    positioner angles (docs/DICOM_XRAY.md); ``start`` says where the registration starts."""
     from sphere_reg_ros.core.carm import CarmGeometry
     from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig
 
     image, hints = read_image(args.image, args.domain)
+    geometry = read_geometry(args.geometry) if args.geometry is not None else None
+    view = _dicom_view(args, hints, geometry)
+    if view is not None:
+        image = view.orient(image)
     H, W = image.shape
-    if args.geometry is not None:
-        geometry = read_geometry(args.geometry)
-    else:
-        spacing = args.pixel_spacing
-        delx = spacing or hints.get("delx") or 384.0 / max(H, W)
-        dely = spacing or hints.get("dely") or 384.0 / max(H, W)
+    if geometry is None and view is not None:
+        geometry = view.geometry
+    elif geometry is None:
+        spacing = args.pixel_spacing or 384.0 / max(H, W)
         geometry = CarmGeometry(
-            sdd=args.sdd or hints.get("sdd", 1020.0), height=H, width=W, delx=delx, dely=dely
+            sdd=args.sdd or 1020.0, height=H, width=W, delx=spacing, dely=spacing
         )
     init = read_pose(args.init) if args.init is not None else None
     if args.model is not None:
@@ -262,15 +289,31 @@ def _register_inputs(args: argparse.Namespace) -> tuple:
         spacing_mm=args.spacing,
         force=args.force,
     )
-    return image, geometry, init, registrar
+    start = f"--init {args.init}" if init is not None else "the registrar's (regressor or AP view)"
+    if init is None and view is not None and view.has_angles:
+        init = view.pose(registrar.center_world)
+        start = (
+            f"DICOM positioner angles (primary {view.primary_deg:g}, secondary "
+            f"{view.secondary_deg:g} deg, source-isocentre {view.sod_mm:g} mm) about the CT centre"
+        )
+    if view is not None and (view.flip_columns or view.flip_rows):
+        start += (
+            "; image mirrored to the source's view ("
+            + ", ".join(
+                axis for axis, f in (("columns", view.flip_columns), ("rows", view.flip_rows)) if f
+            )
+            + ")"
+        )
+    return image, geometry, init, registrar, start
 
 
-def _report_lines(args: argparse.Namespace, registrar, geometry, result) -> list[str]:
+def _report_lines(args: argparse.Namespace, registrar, geometry, result, start) -> list[str]:
     """The lines of report.txt (also printed)."""
     lines = [
         f"sphere-reg register: {args.image}",
         f"CT / model: {registrar.source}",
         f"geometry: {geometry.to_dict()}",
+        f"start: {start}",
         f"status: {result.status.value} ({result.message})",
         f"cost: {result.initial_cost:.4g} -> {result.cost:.4g} in {result.iterations} iterations",
         "verdict: "
@@ -300,7 +343,7 @@ def run_register(args: argparse.Namespace) -> int:
     from sphere_reg_ros.core.volume import VolumeError
 
     try:
-        image, geometry, init, registrar = _register_inputs(args)
+        image, geometry, init, registrar, start = _register_inputs(args)
     except (ValueError, VolumeError, CarmGeometryError, OSError) as exc:
         return refuse("register", exc)
     result = registrar.register(image, geometry, init)
@@ -313,7 +356,7 @@ def run_register(args: argparse.Namespace) -> int:
         drr = registrar.render(result.pose, geometry)
         mpimg.imsave(out / "overlay.png", overlay_image(image, drr, result.valid_mask))
         files.append(out / "overlay.png")
-    lines = _report_lines(args, registrar, geometry, result)
+    lines = _report_lines(args, registrar, geometry, result, start)
     (out / "report.txt").write_text("\n".join(lines) + "\n")
     files.append(out / "report.txt")
     print("\n".join(lines))
