@@ -1,12 +1,16 @@
-"""File checks behind the ``ct_path`` and ``model_path`` parameters, bounded in time and memory.
+"""File checks behind the ``ct_path``, ``model_path`` and ``dicom_geometry_path`` parameters,
+bounded in time and memory.
 
 :func:`probe_volume_file` reads a volume's header and measures its voxel data without loading it;
 :func:`probe_model_file` loads a checkpoint on the CPU. Both raise :class:`.ParameterError` with
 the reason; :func:`.params.validate` runs them before a changed file is accepted.
+:func:`dicom_geometry` reads a DICOM X-ray's header (not its pixels) into its intrinsics, cached
+per file version, for the frames without a paired CameraInfo.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import numpy as np
 
 from .param_table import ParameterError
 
-__all__ = ["probe_volume_file", "probe_model_file"]
+__all__ = ["probe_volume_file", "probe_model_file", "dicom_geometry"]
 
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm", ".ima", ".dicom")
 
@@ -160,3 +164,24 @@ def probe_model_file(path: str, ct=None) -> None:
         load_checkpoint(p, ct=ct, map_location="cpu")
     except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
         raise ParameterError(str(exc)) from exc  # CheckpointError names the file
+
+
+@functools.lru_cache(maxsize=4)
+def _dicom_geometry(path: str, mtime_ns: int, size: int):
+    from ..core.dicom_xray import DicomGeometryError, read_xray_view
+
+    try:
+        return read_xray_view(path).geometry  # header only; intrinsics as stored
+    except DicomGeometryError as exc:
+        raise ParameterError(f"dicom_geometry_path: {exc}") from exc
+
+
+def dicom_geometry(path: str):
+    """The :class:`~sphere_reg_ros.core.carm.CarmGeometry` of the DICOM X-ray header at ``path``
+    (core.dicom_xray; the image as stored, no positioner view), read once per file version.
+    Raises ParameterError naming the file and the missing or malformed tag."""
+    p = Path(path).expanduser()
+    if not p.is_file() or not os.access(p, os.R_OK):
+        raise ParameterError(f"dicom_geometry_path {path!r}: no such readable file")
+    st = p.stat()
+    return _dicom_geometry(str(p), st.st_mtime_ns, st.st_size)

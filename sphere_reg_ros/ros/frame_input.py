@@ -43,7 +43,8 @@ stamp, over the last :data:`CAMERA_INFO_BUFFER` CameraInfo messages received):
 
 Publish CameraInfo with its image's stamp (as ``image_transport``'s camera publishers do) and
 rule 1 pairs them exactly. Before any CameraInfo has arrived the ``fx``/``fy``/``cx``/``cy``/
-``width``/``height`` parameters are used; with ``use_camera_info: false`` always.
+``width``/``height`` parameters are used (or, when ``dicom_geometry_path`` names a DICOM X-ray,
+its header's intrinsics); with ``use_camera_info: false`` always.
 
 Intensity domain: ``line_integral`` takes pixel values as they are (−log attenuation line
 integrals, bone bright; our simulator and benchmark publish 32FC1 so); ``intensity`` takes raw
@@ -281,11 +282,36 @@ def reduced_line_integrals(
     return out
 
 
+def _dicom_fallback(path: str, height: int, width: int) -> tuple[CarmGeometry, str]:
+    """The intrinsics of the DICOM header ``dicom_geometry_path`` for a ``height × width`` image
+    (the same detector binned by a whole factor is resized) and its name for messages."""
+    from .file_probes import dicom_geometry
+    from .param_table import ParameterError
+
+    try:
+        g = dicom_geometry(path)
+    except ParameterError as exc:
+        raise FrameRejected("no_intrinsics", str(exc)) from exc
+    f = g.height // height if height and width else 0
+    if (
+        (g.height, g.width) != (height, width)
+        and f > 1
+        and (height * f, width * f)
+        == (
+            g.height,
+            g.width,
+        )
+    ):
+        g = g.resized(height, width)
+    return g, f"the DICOM header {path}"
+
+
 def frame_geometry(info: CameraInfo | None, s, height: int, width: int) -> CarmGeometry:
-    """Geometry of a ``height × width`` image: CameraInfo when used and given, else parameters.
+    """Geometry of a ``height × width`` image: CameraInfo when used and given, else the DICOM
+    header ``dicom_geometry_path`` when set, else the intrinsics parameters.
 
     ``s``: the node's settings (``use_camera_info``, ``sdd_mm``, ``fx``, ``fy``, ``cx``, ``cy``,
-    ``width``, ``height``).
+    ``width``, ``height``, ``dicom_geometry_path``).
     """
     if s.use_camera_info and info is not None:
         try:
@@ -293,6 +319,8 @@ def frame_geometry(info: CameraInfo | None, s, height: int, width: int) -> CarmG
         except conv.CameraInfoConversionError as exc:
             raise FrameRejected("bad_camera_info", str(exc)) from exc
         source = "CameraInfo"
+    elif getattr(s, "dicom_geometry_path", ""):
+        g, source = _dicom_fallback(s.dicom_geometry_path, height, width)
     else:
         if not (s.fx > 0 and s.fy > 0 and s.width > 0 and s.height > 0):
             raise FrameRejected(

@@ -237,6 +237,15 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("cy", -1.0, "Fallback principal point row (pixels); -1 = image centre.", (-1.0, 1e5)),
     ParamSpec("width", 0, "Fallback image width (pixels); 0 = not set.", (0, 100000)),
     ParamSpec("height", 0, "Fallback image height (pixels); 0 = not set.", (0, 100000)),
+    ParamSpec(
+        "dicom_geometry_path",
+        "",
+        "A DICOM X-ray file whose header gives the intrinsics of frames no camera_info is paired "
+        "with (source-to-detector distance, pixel spacing, detector size, principal point; "
+        "docs/DICOM_XRAY.md), in place of the fx/fy/cx/cy/width/height parameters and sdd_mm; "
+        "images binned by a whole factor are accepted. '' = off. A file without those tags is "
+        "refused with the tag named.",
+    ),
     # --- initialisation and tracking ------------------------------------------------------------
     ParamSpec(
         "use_initial_pose",

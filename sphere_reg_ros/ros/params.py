@@ -4,7 +4,7 @@ Every parameter is declared from :data:`PARAMS` with a description, its range (n
 ``FloatingPointRange``/``IntegerRange``, enforced by rclpy) and whether it is read-only.
 ``config/register.yaml`` mirrors the table (a test checks names, types and defaults).
 :func:`validate` adds the checks a range cannot express (choices, frame names, files, the
-initial pose, CUDA) and is what the node's on-set-parameters callback runs, so a bad value is
+initial pose, the DICOM geometry file, CUDA) and is what the node's on-set-parameters callback runs, so a bad value is
 rejected with the reason and the old value stays.
 
 Units are in the names: times end in ``_s``, lengths in ``_mm`` (``initial_pose_mm`` too, whose
@@ -36,7 +36,7 @@ import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from ..core.trust import TrustConfig
-from .file_probes import probe_model_file, probe_volume_file
+from .file_probes import dicom_geometry, probe_model_file, probe_volume_file
 from .param_table import (
     _GATES,
     PARAMS,
@@ -231,6 +231,8 @@ def validate(
         probe_volume_file(values["ct_path"])
     if "model_path" in changed and values["model_path"] and values["model_path"] != "none":
         probe_model_file(values["model_path"], ct=ct)
+    if "dicom_geometry_path" in changed and values["dicom_geometry_path"]:
+        dicom_geometry(values["dicom_geometry_path"])
     if values["device"] == "cuda" and ("device" in changed):
         if cuda_available is None:
             import torch

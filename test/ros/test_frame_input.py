@@ -245,3 +245,30 @@ def test_frames_over_max_image_pixels_are_refused_before_decoding():
         0.0,
     )
     assert image.shape == (24, 32)
+
+
+def test_a_dicom_header_gives_the_intrinsics_without_camera_info(tmp_path):
+    """dicom_geometry_path: the header's intrinsics for frames without a paired CameraInfo (a
+    whole-factor binned image resized), validated when set, a missing tag named."""
+    import pydicom
+
+    from sphere_reg_ros.evaluation.xvr_dicom import write_xray_dicom
+
+    g = CarmGeometry(sdd=1100.0, height=48, width=64, delx=0.6, dely=0.5, x0=3.0, y0=-2.0)
+    path = str(write_xray_dicom(tmp_path / "c.dcm", np.ones((48, 64)), g))
+    s = _settings(dicom_geometry_path=path)
+    P.validate(s.values)  # a usable file is accepted
+    assert frame_geometry(None, s, 48, 64).to_dict() == pytest.approx(g.to_dict())
+    assert frame_geometry(None, s, 24, 32).to_dict() == pytest.approx(g.resized(24, 32).to_dict())
+    with pytest.raises(FrameRejected, match="DICOM header") as exc:
+        frame_geometry(None, s, 40, 64)
+    assert exc.value.reason == "size_mismatch"
+    info = conv.geometry_to_camera_info(GEOMETRY)  # a paired CameraInfo still wins
+    assert frame_geometry(info, s, 24, 32).fx == pytest.approx(GEOMETRY.fx)
+    ds = pydicom.dcmread(path)
+    del ds.DistanceSourceToDetector
+    ds.save_as(tmp_path / "no_sdd.dcm")
+    with pytest.raises(P.ParameterError, match=r"DistanceSourceToDetector \(0018,1110\)"):
+        P.validate({**s.values, "dicom_geometry_path": str(tmp_path / "no_sdd.dcm")})
+    with pytest.raises(P.ParameterError, match="no such readable file"):
+        P.validate({**s.values, "dicom_geometry_path": str(tmp_path / "none.dcm")})
