@@ -22,6 +22,7 @@ __all__ = [
     "mtre",
     "mpd",
     "mrpd",
+    "depth_error",
     "rotation_error_deg",
     "translation_error_mm",
     "smsr",
@@ -33,7 +34,18 @@ __all__ = [
     "TABLE_COLUMNS",
 ]
 
-TABLE_COLUMNS = ("Method", "SMSR", "Median (mm)", "75%", "95%", "mPD (mm)", "mRPD (mm)", "Run time")
+TABLE_COLUMNS = (
+    "Method",
+    "SMSR",
+    "Median (mm)",
+    "75%",
+    "95%",
+    "mPD (mm)",
+    "mRPD (mm)",
+    "Depth (mm)",
+    "In-plane (mm)",
+    "Run time",
+)
 CSV_FIELDS = (
     "method",
     "n",
@@ -43,6 +55,8 @@ CSV_FIELDS = (
     "p95_mm",
     "mpd_median_mm",
     "mrpd_median_mm",
+    "depth_median_mm",
+    "inplane_median_mm",
     "run_time_s",
     "threshold_mm",
 )
@@ -128,6 +142,20 @@ def mrpd(T_est: torch.Tensor, T_true: torch.Tensor, landmarks: torch.Tensor) -> 
     return torch.linalg.vector_norm(torch.linalg.cross(p_est, ray, dim=-1), dim=-1).mean(-1)
 
 
+def depth_error(T_est: torch.Tensor, T_true: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    """Mean depth error (B,) in mm: the error along the beam (docs/METRICS.md).
+
+    Each landmark's error ``T_est^-1 p - T_true^-1 p`` (as in :func:`mtre`) is split along the
+    beam through its true position (the ray from the source through ``T_true^-1 p``): the mean
+    length of the part along the ray. The part across the ray, the in-plane error, is the
+    landmark's distance to that ray, i.e. :func:`mrpd`; per landmark ``depth² + in-plane² =
+    TRE²``.
+    """
+    p_est, p_true = _in_carm_frames(T_est, T_true, landmarks)
+    ray = p_true / torch.linalg.vector_norm(p_true, dim=-1, keepdim=True)
+    return ((p_est - p_true) * ray).sum(-1).abs().mean(-1)
+
+
 def rotation_error_deg(T_est: torch.Tensor, T_true: torch.Tensor) -> torch.Tensor:
     """Angle (B,) in degrees of the relative rotation ``R_est^T R_true`` (in [0, 180])."""
     T_est, T_true = _poses(T_est, T_true)
@@ -183,8 +211,9 @@ def _percentile(sorted_a: np.ndarray, q: float) -> float:
 class Summary:
     """One row of Table 1: ``n`` cases, ``smsr`` in [0, 1], mTRE percentiles in mm (+inf when
     failures reach them), mean run time per case in s (NaN if not measured), and the medians of
-    the mean projection distance on the detector and of the mean reprojection distance in mm
-    (:func:`mpd`, :func:`mrpd`; NaN when not measured, +inf when failures reach them)."""
+    the mean projection distance on the detector, of the mean reprojection distance and of the
+    depth and in-plane errors in mm (:func:`mpd`, :func:`mrpd`, :func:`depth_error`; NaN when not
+    measured, +inf when failures reach them)."""
 
     n: int
     smsr: float
@@ -195,6 +224,8 @@ class Summary:
     threshold_mm: float = 1.0
     mpd_median_mm: float = math.nan
     mrpd_median_mm: float = math.nan
+    depth_median_mm: float = math.nan
+    inplane_median_mm: float = math.nan
 
 
 def _median_of(values, n: int, name: str) -> float:
@@ -213,9 +244,12 @@ def summarize(
     threshold_mm: float = 1.0,
     mpd_mm: torch.Tensor | np.ndarray | Sequence[float] | None = None,
     mrpd_mm: torch.Tensor | np.ndarray | Sequence[float] | None = None,
+    depth_mm: torch.Tensor | np.ndarray | Sequence[float] | None = None,
+    inplane_mm: torch.Tensor | np.ndarray | Sequence[float] | None = None,
 ) -> Summary:
     """Summary of per-case mTREs (N,) in mm and run times (N,) in s (or None), and optionally the
-    per-case mPD and mRPD (N,) in mm (:func:`mpd`, :func:`mrpd`).
+    per-case mPD, mRPD, depth and in-plane errors (N,) in mm (:func:`mpd`, :func:`mrpd`,
+    :func:`depth_error`).
 
     Non-finite errors are failures and rank as +inf in the percentiles (numpy 'linear' method).
     """
@@ -241,6 +275,8 @@ def summarize(
         threshold_mm=float(threshold_mm),
         mpd_median_mm=_median_of(mpd_mm, a.size, "mpd_mm"),
         mrpd_median_mm=_median_of(mrpd_mm, a.size, "mrpd_mm"),
+        depth_median_mm=_median_of(depth_mm, a.size, "depth_mm"),
+        inplane_median_mm=_median_of(inplane_mm, a.size, "inplane_mm"),
     )
 
 
@@ -262,9 +298,9 @@ def _fmt_time(x: float) -> str:
 def format_table(rows: dict[str, Summary], title: str | None = None) -> str:
     """Aligned text table (Markdown-compatible) in the layout of the seed paper's Table 1.
 
-    Columns: Method | SMSR | Median (mm) | 75% | 95% | mPD (mm) | mRPD (mm) | Run time
-    (percentiles of mTRE in mm, SMSR in %, medians of mPD and mRPD in mm ("-" when not
-    measured), mean run time per case). ``title`` (optional) goes above the table.
+    Columns: Method | SMSR | Median (mm) | 75% | 95% | mPD (mm) | mRPD (mm) | Depth (mm) |
+    In-plane (mm) | Run time (percentiles of mTRE in mm, SMSR in %, medians of mPD, mRPD and the
+    depth and in-plane errors in mm ("-" when not measured), mean run time per case). ``title`` (optional) goes above the table.
     """
     if not rows:
         raise ValueError("rows must not be empty")
@@ -281,6 +317,8 @@ def format_table(rows: dict[str, Summary], title: str | None = None) -> str:
                 _fmt_mm(s.p95_mm),
                 _fmt_mm(s.mpd_median_mm),
                 _fmt_mm(s.mrpd_median_mm),
+                _fmt_mm(s.depth_median_mm),
+                _fmt_mm(s.inplane_median_mm),
                 _fmt_time(s.run_time_s),
             ]
         )
@@ -318,6 +356,8 @@ def to_csv_rows(rows: dict[str, Summary]) -> list[dict[str, str | int | float]]:
                 "p95_mm": s.p95_mm,
                 "mpd_median_mm": s.mpd_median_mm,
                 "mrpd_median_mm": s.mrpd_median_mm,
+                "depth_median_mm": s.depth_median_mm,
+                "inplane_median_mm": s.inplane_median_mm,
                 "run_time_s": s.run_time_s,
                 "threshold_mm": s.threshold_mm,
             }

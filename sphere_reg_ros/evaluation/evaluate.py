@@ -23,6 +23,11 @@ Methods (:data:`METHODS`):
 * ``adam`` / ``gd``: Adam / gradient descent with DiffPose's learning rates on the same
   similarity as ``ours`` (the learning-free residuals when no model is given);
 * ``ncc-adam``: Adam on DiffPose's multiscale NCC (learning-free);
+* ``lm-intensity-biplane``, ``ours-biplane``, ``ours-regressor-biplane``: on a benchmark with
+  several C-arm views (``make-benchmark --views 2``), the same on every view of a case at once
+  (``Registrar.register_views``); the other rows register the first view alone, so the table
+  has mono and biplane rows on the same cases. Every row also reports the depth error (along
+  the first view's beam) and the in-plane error (across it; docs/METRICS.md);
 * ``xvr``: the peer tool xvr's fixed-pose registration from the same initial poses
   (:mod:`.xvr_adapter`; its defaults, working up to the same resolution); listed unavailable with
   the install hint when its package (``pip install .[peers]``) is missing.
@@ -45,11 +50,25 @@ import torch
 from tqdm import tqdm
 
 from sphere_reg_ros.core.baselines import GradientConfig
-from sphere_reg_ros.core.metrics import Summary, format_table, mpd, mrpd, mtre, summarize
+from sphere_reg_ros.core.metrics import (
+    Summary,
+    depth_error,
+    format_table,
+    mpd,
+    mrpd,
+    mtre,
+    summarize,
+)
 from sphere_reg_ros.core.registrar import RegistrarConfig
 from sphere_reg_ros.core.result import RegistrationResult
 from sphere_reg_ros.core.volume import Volume
-from sphere_reg_ros.evaluation.evaluate_methods import METHODS, build_runners, shipped_model
+from sphere_reg_ros.evaluation.evaluate_methods import (
+    METHODS,
+    build_runners,
+    case_input,
+    shipped_model,
+    views_only_on_views,
+)
 from sphere_reg_ros.evaluation.evaluate_report import (
     _extra_table,
     _scored,
@@ -127,6 +146,12 @@ class MethodRun:
     time_to_final_s: np.ndarray  # (N,)
     mpd_mm: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (N,), inf for failures
     mrpd_mm: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (N,), inf for failures
+    depth_mm: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (N,), inf for failures
+
+    @property
+    def inplane_mm(self) -> np.ndarray:
+        """(N,) in-plane error: the error across the beam, which is the mRPD (docs/METRICS.md)."""
+        return self.mrpd_mm
 
 
 @dataclass
@@ -172,15 +197,17 @@ def convergence_point(
 
 def _score(
     result: RegistrationResult, true: np.ndarray, landmarks: torch.Tensor, sdd_mm: float
-) -> tuple[float, float, float]:
-    """``(mTRE, mPD, mRPD)`` in mm of one case (docs/METRICS.md); inf for a failed case."""
+) -> tuple[float, float, float, float]:
+    """``(mTRE, mPD, mRPD, depth error)`` in mm of one case (docs/METRICS.md; the in-plane error
+    is the mRPD); inf for a failed case."""
     if not _scored(result):
-        return math.inf, math.inf, math.inf
+        return math.inf, math.inf, math.inf, math.inf
     T_est, T_true = torch.as_tensor(result.pose)[None], torch.as_tensor(true)[None]
     return (
         float(mtre(T_est, T_true, landmarks)[0]),
         float(mpd(T_est, T_true, landmarks, sdd_mm)[0]),
         float(mrpd(T_est, T_true, landmarks)[0]),
+        float(depth_error(T_est, T_true, landmarks)[0]),
     )
 
 
@@ -220,6 +247,7 @@ def evaluate(
     runners, unavailable, extra = build_runners(
         list(methods), ct, model, dict(models or {}), config, benchmark.resolution
     )
+    views_only_on_views(runners, unavailable, benchmark.n_views)
     runs: dict[str, MethodRun] = {}
     bar = tqdm(total=n * len(runners), desc="evaluate", unit="case", disable=not progress)
     for name, run in runners.items():
@@ -254,11 +282,11 @@ def _run_method(
     geometry = benchmark.render_geometry
     if config.warmup:  # one untimed registration: one-time costs (vmap/AD set-up, caches) excluded
         bar.set_postfix_str(f"{name} warm-up")
-        run(benchmark.images[0], geometry, starts[0])
+        run(case_input(benchmark, run, 0), geometry, starts[0])
     results, m, t, curves, projected = [], [], [], [], []
     for i in range(n):
         bar.set_postfix_str(f"{name} case {i}")
-        res = run(benchmark.images[i], geometry, starts[i])
+        res = run(case_input(benchmark, run, i), geometry, starts[i])
         e, *pd_rpd = _score(res, benchmark.poses_true[i], landmarks, geometry.sdd)
         results.append(res)
         m.append(e)
@@ -268,7 +296,7 @@ def _run_method(
         bar.update(1)
     t_arr = np.nan_to_num(np.asarray(t), nan=0.0)
     conv = [convergence_point(c["mtre_mm"], c["elapsed_s"], c["iteration"]) for c in curves]
-    pd_mm, rpd_mm = np.asarray(projected, dtype=float).reshape(n, 2).T
+    pd_mm, rpd_mm, depth_mm = np.asarray(projected, dtype=float).reshape(n, 3).T
     return MethodRun(
         name=name,
         description=METHODS[name],
@@ -276,11 +304,14 @@ def _run_method(
         mtre_mm=np.asarray(m),
         run_time_s=t_arr,
         curves=curves,
-        summary=summarize(np.asarray(m), t_arr, config.threshold_mm, pd_mm, rpd_mm),
+        summary=summarize(
+            np.asarray(m), t_arr, config.threshold_mm, pd_mm, rpd_mm, depth_mm, rpd_mm
+        ),
         iterations_to_final=np.array([c[0] for c in conv]),
         time_to_final_s=np.array([c[1] for c in conv]),
         mpd_mm=pd_mm,
         mrpd_mm=rpd_mm,
+        depth_mm=depth_mm,
     )
 
 
@@ -294,6 +325,11 @@ def _title(benchmark, n: int, config: EvaluationConfig) -> str:
         f"Benchmark {benchmark.ct_source} ({benchmark.split}, seed {benchmark.seed}"
         f"{', family ' + family if family else ''}, checksum {benchmark_checksum(benchmark)}): {n} cases, "
         f"{benchmark.resolution}x{benchmark.resolution} px, "
+        + (
+            f"{benchmark.n_views} views (-biplane rows: all; the others: the first), "
+            if benchmark.n_views > 1
+            else ""
+        )
         + (
             "every method started AT THE TRUE POSE (mTRE = drift from the truth)"
             if config.start == "truth"
@@ -312,6 +348,7 @@ def _write_outputs(
 
     report.files += plots.convergence(report.runs, out / "convergence.png")
     report.files += plots.reliability(report.trust, out / "reliability.png")
+    report.files += plots.depth_inplane(report.runs, out / "depth_inplane.png")
     if config.landscape and extra["registrars"]:
         try:
             report.files += plots.landscape_for_benchmark(benchmark, extra, out / "landscape.png")

@@ -1,7 +1,9 @@
 """The methods of ``sphere-reg evaluate`` (:data:`METHODS`) and the runners that register one
 case with each: the learned LM from a checkpoint (with or without the regressor and the polish),
 the checkpoint ablations, the learning-free LM and its ablations, the first-order baselines on the
-same similarities and the xvr peer. Re-exported by :mod:`.evaluate`."""
+same similarities and the xvr peer; on a benchmark with several C-arm views (``make-benchmark --views
+2``) the ``-biplane`` rows register every view of a case at once (``Registrar.register_views``),
+while the other rows see the first view alone. Re-exported by :mod:`.evaluate`."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from sphere_reg_ros.evaluation.xvr_adapter import (
 if TYPE_CHECKING:
     from sphere_reg_ros.evaluation.evaluate import EvaluationConfig
 
-__all__ = ["METHODS", "build_runners", "shipped_model"]
+__all__ = ["METHODS", "build_runners", "shipped_model", "case_input", "views_only_on_views"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,12 @@ METHODS: dict[str, str] = {
     "gd": "gradient descent (first step = DiffPose lr) on the same similarity as 'ours'",
     "ncc-adam": "Adam (DiffPose lr) on DiffPose's multiscale NCC (learning-free)",
     "xvr": "xvr (peer tool) fixed-pose registration, its defaults: Adam on gradient-multiscale NCC",
+    "lm-intensity-biplane": "lm-intensity on all views of a case at once (a benchmark with --views 2)",
+    "ours-biplane": "ours on all views of a case at once (a benchmark with --views 2)",
+    "ours-regressor-biplane": "ours-regressor on all views: the regressor's best view's start, "
+    "then LM on all views (a benchmark with --views 2)",
 }
+_VIEWS_SUFFIX = "-biplane"
 _CHECKPOINT_METHODS = ("ours-se3", "ours-so4", "euclidean", "hyperbolic")
 _MODEL_METHODS = (
     "ours",
@@ -154,6 +161,38 @@ def build_runners(
     return b.runners, b.unavailable, {"similarities": b.sims, "registrars": b.cache}
 
 
+class _Views:
+    """A runner on every view of a case: ``(CaseViews, geometry, init) -> RegistrationResult``
+    with ``Registrar.register_views`` (the regressor's start instead of ``init`` when asked)."""
+
+    views = True
+
+    def __init__(self, registrar: Registrar, from_regressor: bool) -> None:
+        self.registrar, self.from_regressor = registrar, from_regressor
+
+    def __call__(self, case: tuple[list, list], geometry, init) -> RegistrationResult:
+        images, offsets = case
+        start = None if self.from_regressor else init
+        return self.registrar.register_views(images, [geometry] * len(images), offsets, start)
+
+
+def case_input(benchmark, run: Callable, i: int):
+    """What ``run`` registers of case ``i``: the first view's image, or for a ``-biplane`` runner
+    ``(images, offsets)`` of every view."""
+    if getattr(run, "views", False):
+        return benchmark.case_views(i), benchmark.view_offsets()
+    return benchmark.images[i]
+
+
+def views_only_on_views(runners: dict, unavailable: dict[str, str], n_views: int) -> None:
+    """Move the ``-biplane`` runners to ``unavailable`` when the benchmark has one view."""
+    if n_views > 1:
+        return
+    for name in [k for k, run in runners.items() if getattr(run, "views", False)]:
+        del runners[name]
+        unavailable[name] = "needs a benchmark with several views (make-benchmark --views 2)"
+
+
 def _with_solver(reg: Registrar, solver) -> Callable:
     """``reg.register`` with another solver."""
     return lambda img, g, init: reg.register(img, g, init, solver=solver)
@@ -198,7 +237,9 @@ class _Builder:
 
     def add(self, name: str, model: str | None, models: dict[str, str]) -> None:
         """The runner of the known method ``name`` (or its reason in ``unavailable``)."""
-        if name in _MODEL_METHODS or name in _CHECKPOINT_METHODS:
+        if name.endswith(_VIEWS_SUFFIX):
+            self._add_views(name, model)
+        elif name in _MODEL_METHODS or name in _CHECKPOINT_METHODS:
             self._add_learned(name, model, models)
         elif name == "lm-intensity":
             reg = self.learning_free()
@@ -251,6 +292,18 @@ class _Builder:
         else:
             self.runners[name] = reg.register
             self.sims[name] = reg.similarity
+
+    def _add_views(self, name: str, model: str | None) -> None:
+        """``lm-intensity``, ``ours`` or ``ours-regressor`` on every view of a case."""
+        base = name[: -len(_VIEWS_SUFFIX)]
+        if base == "lm-intensity":
+            self.runners[name] = _Views(self.learning_free(), from_regressor=False)
+            return
+        if not model:
+            self.unavailable[name] = "needs --model (a checkpoint)"
+            return
+        reg = self.learned(base, model)  # every checkpoint holds a regressor
+        self.runners[name] = _Views(reg, from_regressor=base == "ours-regressor")
 
     def _add_xvr(self, name: str) -> None:
         if not xvr_available():

@@ -172,14 +172,27 @@ def _extra_table(runs: dict[str, MethodRun]) -> str:
 
 
 def write_csvs(report: EvaluationReport, out: Path, initial_mtre: np.ndarray) -> list[Path]:
-    """``summary.csv`` (one row per method, unavailable ones with their reason), ``cases.csv`` and
-    ``curves.json`` (per method, per case: iteration, elapsed_s, cost, mtre_mm, scale (px); null = inf)."""
+    """``summary.csv`` (one row per method, unavailable ones with their reason), ``cases.csv``,
+    ``curves.json`` (per method, per case: iteration, elapsed_s, cost, mtre_mm, scale (px); null = inf)
+    and ``summary.json`` (per method, the columns of summary.csv's first part; null = inf or NaN)."""
     summary_path, cases_path = out / "summary.csv", out / "cases.csv"
     _write_summary(report, summary_path)
     _write_cases(report, cases_path, initial_mtre)
     curves_path = out / "curves.json"
     _write_curves(report, curves_path)
-    return [summary_path, cases_path, curves_path]
+    json_path = out / "summary.json"
+    rows = to_csv_rows({k: v.summary for k, v in report.runs.items()})
+    json_path.write_text(json.dumps({r["method"]: _finite(r) for r in rows}, indent=1))
+    return [summary_path, cases_path, curves_path, json_path]
+
+
+def _finite(row: dict) -> dict:
+    """A summary row for JSON: non-finite numbers as null."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v
+        for k, v in row.items()
+        if k != "method"
+    }
 
 
 def _write_summary(report: EvaluationReport, summary_path: Path) -> None:
@@ -214,8 +227,8 @@ def _write_summary(report: EvaluationReport, summary_path: Path) -> None:
 
 
 def _write_cases(report: EvaluationReport, cases_path: Path, initial_mtre: np.ndarray) -> None:
-    """One row per method and case: errors (mTRE, mPD, mRPD in mm; docs/METRICS.md), run time,
-    status, trust numbers and message."""
+    """One row per method and case: errors (mTRE, mPD, mRPD, depth and in-plane in mm;
+    docs/METRICS.md), run time, status, trust numbers and message."""
     with open(cases_path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(
@@ -226,6 +239,8 @@ def _write_cases(report: EvaluationReport, cases_path: Path, initial_mtre: np.nd
                 "mtre_mm",
                 "mpd_mm",
                 "mrpd_mm",
+                "depth_mm",
+                "inplane_mm",
                 "run_time_s",
                 "iterations",
                 "status",
@@ -252,6 +267,8 @@ def _write_cases(report: EvaluationReport, cases_path: Path, initial_mtre: np.nd
                         r.mtre_mm[i],
                         r.mpd_mm[i] if i < len(r.mpd_mm) else math.nan,
                         r.mrpd_mm[i] if i < len(r.mrpd_mm) else math.nan,
+                        r.depth_mm[i] if i < len(r.depth_mm) else math.nan,
+                        r.inplane_mm[i] if i < len(r.inplane_mm) else math.nan,
                         r.run_time_s[i],
                         res.iterations,
                         res.status.value,

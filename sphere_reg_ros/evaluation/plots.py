@@ -9,6 +9,8 @@ the similarity landscape around the true pose (the seed's Fig. 3).
   the CT centre ±``trans_mm`` mm along the CT world axes, rotations about it ±``rot_deg``°), one
   line per similarity, each normalised to [0, 1] over the whole sweep -- a sharper, single
   minimum at 0 is better.
+* :func:`depth_inplane`: per method, box plots of the depth error (along the first view's beam)
+  and the in-plane error (across it).
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ import torch  # noqa: E402
 from sphere_reg_ros.core.geometry import se3_exp  # noqa: E402
 from sphere_reg_ros.core.lm import increment_matrix, resize_images  # noqa: E402
 
-__all__ = ["convergence", "landscape", "landscape_for_benchmark", "PARAMETER_NAMES"]
+__all__ = [
+    "convergence",
+    "landscape",
+    "landscape_for_benchmark",
+    "depth_inplane",
+    "PARAMETER_NAMES",
+]
 
 PARAMETER_NAMES = ("x (mm)", "y (mm)", "z (mm)", "rx (deg)", "ry (deg)", "rz (deg)")
 
@@ -256,6 +264,43 @@ def reliability(points: Mapping[str, Mapping[str, np.ndarray]], path: str | Path
         "(points above the diagonal lie outside the predicted 95 % radius)",
         fontsize=10,
     )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def depth_inplane(runs: Mapping[str, object], path: str | Path) -> list[Path]:
+    """Box plot of each method's per-case depth error (along the first view's beam) beside its
+    in-plane error (across it), in mm on a log axis; failed cases (inf) drawn at the top. ``runs``:
+    :class:`~.evaluate.MethodRun` with ``depth_mm`` and ``inplane_mm``."""
+    path = Path(path)
+    names = [n for n, r in runs.items() if len(getattr(r, "depth_mm", ()))]
+    if not names:
+        return []
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(names) + 1.5), 4.2))
+    top = 1e3
+    for j, name in enumerate(names):
+        r = runs[name]
+        for dx, values, color in (
+            (-0.18, r.depth_mm, "tab:blue"),
+            (0.18, r.inplane_mm, "tab:orange"),
+        ):
+            v = np.clip(np.nan_to_num(np.asarray(values, float), nan=top, posinf=top), 1e-3, top)
+            box = ax.boxplot(v, positions=[j + dx], widths=0.3, patch_artist=True, showfliers=True)
+            for patch in box["boxes"]:
+                patch.set(facecolor=color, alpha=0.6)
+    ax.plot([], [], "s", color="tab:blue", label="depth (along the first view's beam)")
+    ax.plot([], [], "s", color="tab:orange", label="in-plane (across it)")
+    ax.set(
+        yscale="log",
+        xticks=range(len(names)),
+        ylabel="error at the landmarks, mean per case (mm)",
+        title="Depth vs in-plane error per method (failures at the top)",
+    )
+    ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

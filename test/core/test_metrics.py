@@ -15,6 +15,7 @@ from sphere_reg_ros.core.metrics import (
     CSV_FIELDS,
     TABLE_COLUMNS,
     Summary,
+    depth_error,
     format_table,
     mpd,
     mrpd,
@@ -192,7 +193,7 @@ class TestTable:
             assert sum(line.startswith(f"| {name} ") for line in table) == 1
         ours = next(line for line in table if "Ours" in line)
         cells = [c.strip() for c in ours.strip("|").split("|")]
-        assert cells[1:] == ["86.1%", "0.51", "0.85", "1.42", "-", "-", "6.2 s"]
+        assert cells[1:] == ["86.1%", "0.51", "0.85", "1.42", "-", "-", "-", "-", "6.2 s"]
         posenet = next(line for line in table if "PoseNet" in line)
         assert "16.6" in posenet and "inf" in posenet and "<0.1 s" in posenet
         assert format_table(rows).splitlines()[0].startswith("| Method")
@@ -303,3 +304,62 @@ class TestProjectionDistances:
         assert to_csv_rows({"m": s})[0]["mpd_median_mm"] == 2.0
         with pytest.raises(ValueError, match="mpd_mm"):
             summarize([0.5], None, mpd_mm=[1.0, 2.0])
+
+
+class TestDepthError:
+    """The error split along the beam (depth) and across it (in-plane = mRPD) on hand-built poses."""
+
+    SOD = 650.0
+
+    @staticmethod
+    def _shift(v) -> torch.Tensor:
+        """The C-arm moved by ``v`` (mm, in its own frame): right-multiplied onto a pose."""
+        return make_pose(torch.eye(3, dtype=torch.float64)[None], torch.as_tensor([v]).double())
+
+    def test_pure_depth_shift_on_the_central_ray(self):
+        T = ap_pose([5.0, -20.0, 30.0], self.SOD)
+        p = (T[0, :3, :3] @ torch.tensor([0.0, 0.0, self.SOD]).double() + T[0, :3, 3])[None]
+        for s in (0.5, 4.0, -7.0):
+            T_est = T @ self._shift([0.0, 0.0, s])
+            assert depth_error(T_est, T, p).item() == pytest.approx(abs(s), abs=1e-6)
+            assert mrpd(T_est, T, p).item() == pytest.approx(0.0, abs=1e-6)  # in-plane
+
+    def test_shift_along_an_oblique_ray_is_all_depth_and_across_it_all_in_plane(self, gen):
+        T = ap_pose([5.0, -20.0, 30.0], self.SOD)
+        for _ in range(5):
+            q = torch.cat(
+                [
+                    (torch.rand(2, generator=gen).double() - 0.5) * 200,
+                    torch.tensor([600.0]).double(),
+                ]
+            )
+            p = (T[0, :3, :3] @ q + T[0, :3, 3])[None]
+            ray = q / q.norm()
+            across = torch.linalg.cross(ray, torch.tensor([1.0, 0.0, 0.0]).double())
+            across = across / across.norm()
+            along = T @ self._shift((3.0 * ray).tolist())
+            assert depth_error(along, T, p).item() == pytest.approx(3.0, abs=1e-6)
+            assert mrpd(along, T, p).item() == pytest.approx(0.0, abs=1e-6)
+            sideways = T @ self._shift((2.0 * across).tolist())
+            assert depth_error(sideways, T, p).item() == pytest.approx(0.0, abs=1e-6)
+            assert mrpd(sideways, T, p).item() == pytest.approx(2.0, abs=1e-6)
+
+    def test_depth_and_in_plane_make_up_the_error_of_each_landmark(self, gen, landmarks):
+        T = ap_pose([10.0, -30.0, 80.0], self.SOD)
+        T_est = random_poses(1, 5.0, 10.0, gen, dtype=torch.float64) @ T
+        for p in landmarks.double()[:5]:
+            d, i = depth_error(T_est, T, p[None]).item(), mrpd(T_est, T, p[None]).item()
+            assert math.hypot(d, i) == pytest.approx(mtre(T_est, T, p[None]).item())
+            assert d > 0 and i > 0
+
+    def test_summary_medians_in_table_and_csv(self):
+        s = summarize([0.5, 0.7, 0.9], None, depth_mm=[0.4, 0.1, 0.3], inplane_mm=[0.2, 0.6, 0.5])
+        assert (s.depth_median_mm, s.inplane_median_mm) == (0.3, 0.5)
+        cells = [c.strip() for c in format_table({"m": s}).splitlines()[2].strip("|").split("|")]
+        assert cells[TABLE_COLUMNS.index("Depth (mm)")] == "0.30"
+        assert cells[TABLE_COLUMNS.index("In-plane (mm)")] == "0.50"
+        row = to_csv_rows({"m": s})[0]
+        assert (row["depth_median_mm"], row["inplane_median_mm"]) == (0.3, 0.5)
+        assert math.isnan(summarize([0.5], None).depth_median_mm)
+        with pytest.raises(ValueError, match="depth_mm"):
+            summarize([0.5], None, depth_mm=[1.0, 2.0])
