@@ -20,6 +20,8 @@ few ``frames``), ``launch_rviz`` (false).
 The launch's exit code is the verdict: 0 when the evaluator exits 0 (expectation met); non-zero
 when the evaluator exits non-zero or the simulator or the registration node dies before the
 evaluator is done (then the launch shuts down at once instead of waiting for ``timeout_s``).
+
+``demo_biplane.launch.py`` builds the same demo with two C-arm views (:func:`demo_description`).
 """
 
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
@@ -38,8 +40,20 @@ SIM_FRAME, CT_FRAME, TRUTH_FRAME = "carm_optical", "ct", "carm_truth"  # as sphe
 
 
 def generate_launch_description() -> LaunchDescription:
+    return demo_description()
+
+
+def demo_description(
+    views: tuple[str, ...] = (), extra_arguments=(), simulator_extra=None
+) -> LaunchDescription:
+    """The demo; with ``views`` (namespaces) the simulator, the node and the evaluator run with
+    these views (their ``views`` parameters); ``extra_arguments``: more launch arguments,
+    ``simulator_extra``: more simulator parameters."""
     share = FindPackageShare(PACKAGE)
     arg = LaunchConfiguration
+    # the first view's C-arm frame, as sphere_reg_ros.ros.carm_simulator names it
+    carm_frame = f"{SIM_FRAME}_{views[0].replace('/', '_')}" if views else SIM_FRAME
+    several = {"views": list(views)} if views else {}
     arguments = [
         DeclareLaunchArgument(
             "frames", default_value="24", description="registered frames to collect"
@@ -74,6 +88,7 @@ def generate_launch_description() -> LaunchDescription:
             description="registered frames the expectation needs (exit code 0)",
         ),
         DeclareLaunchArgument("launch_rviz", default_value="false", description="also start RViz"),
+        *extra_arguments,
     ]
     ct_path = ParameterValue(arg("ct_path"), value_type=str)
     simulator = Node(
@@ -92,6 +107,8 @@ def generate_launch_description() -> LaunchDescription:
                 "frame_id": SIM_FRAME,
                 "ct_frame": CT_FRAME,
                 "truth_frame": TRUTH_FRAME,
+                **several,
+                **(simulator_extra or {}),
             }
         ],
     )
@@ -106,10 +123,11 @@ def generate_launch_description() -> LaunchDescription:
                 "ct_path": ct_path,
                 "model_path": ParameterValue(arg("model_path"), value_type=str),
                 "tracking": True,
-                "default_carm_frame": SIM_FRAME,
+                "default_carm_frame": carm_frame,
                 "ct_frame": CT_FRAME,
                 "max_image_age_s": 10.0,
                 "image_domain": "line_integral",
+                **several,
             },
         ],
     )
@@ -125,6 +143,7 @@ def generate_launch_description() -> LaunchDescription:
                 "min_frames": ParameterValue(arg("min_frames"), value_type=int),
                 "out": ParameterValue(arg("out"), value_type=str),
                 "ct_path": ct_path,
+                **several,
             }
         ],
     )

@@ -164,6 +164,20 @@ class View:
         return f"{self.name}/{base}" if self.name else base
 
 
+def view_names(n: int) -> list[str]:
+    """Namespaces of ``n`` views as the demo and the node benchmark name them: ``[]`` for one
+    view, else ``view_a``, ``view_b``, ... (at most 26)."""
+    if not 1 <= n <= 26:
+        raise ValueError(f"the number of views must be 1 to 26, got {n}")
+    return [] if n == 1 else [f"view_{chr(ord('a') + k)}" for k in range(n)]
+
+
+def view_offsets(n: int, angle_deg: float) -> list[np.ndarray]:
+    """``T_carm0_from_carmk`` (4, 4) mm of ``n`` views: view ``k`` turned by ``k * angle_deg``
+    about the first view's isocentre (:func:`sphere_reg_ros.core.views.orbit_offset`)."""
+    return [orbit_offset(k * float(angle_deg)) for k in range(n)]
+
+
 def simulated_views(params: dict) -> list[View]:
     """The views of the simulator's parameters (``views``, ``view_angle_deg``, ``frame_id``,
     ``truth_frame``): one unnamed view when ``views`` is empty.
@@ -177,15 +191,15 @@ def simulated_views(params: dict) -> list[View]:
     if not names:
         return [View("", params["frame_id"], params["truth_frame"], np.eye(4))]
     check_views({"views": names, "view_frames": [], "view_offsets_mm": []})  # as the node does
-    angle = float(params["view_angle_deg"])
+    offsets = view_offsets(len(names), params["view_angle_deg"])
     return [
         View(
             name,
             f"{params['frame_id']}_{name.replace('/', '_')}",
             f"{params['truth_frame']}_{name.replace('/', '_')}",
-            orbit_offset(k * angle),
+            offset,
         )
-        for k, name in enumerate(names)
+        for name, offset in zip(names, offsets)
     ]
 
 

@@ -10,6 +10,11 @@ runs an evaluator node here that compares the published TF with the simulator's 
   structures), latency (image stamp → TF received, s) and status;
 * summary: SMSR, median mTRE, median latency; overlays and a summary plot in ``--out``.
 
+``--views 2`` (biplane): the simulator publishes two views (``view_a``, ``view_b``, the second
+turned by ``--view-angle`` about the isocentre, the relative pose on ``/tf_static``), the node
+registers each pair as one pose (its ``views`` parameter) and the evaluator compares the TF of
+the first view's frame with that view's truth; overlays of both views are saved.
+
 The exit code is 0 only when the summary meets :data:`EXPECTATION` (the README states it).
 """
 
@@ -27,11 +32,13 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from tf2_msgs.msg import TFMessage
 
 from ..core.volume import load_example_ct, load_volume
+from .carm_simulator import simulated_views, view_names
 from .conversions import image_to_numpy, transform_stamped_to_pose
 from .demo_summary import plot_summary as plot_summary  # re-exported
 from .demo_summary import summarize, write_outputs
@@ -43,6 +50,16 @@ EXPECTATION = {"median_mtre_mm": 1.0, "min_frames": 20}
 
 SIM_FRAME, CT_FRAME, TRUTH_FRAME = "carm_optical", "ct", "carm_truth"
 NODE_NAME = "registration_node"
+
+
+def demo_frames(views: list[str]) -> tuple[str, str, dict[str, str]]:
+    """(the first view's C-arm frame, its truth frame, ``{overlay topic: file suffix}``) of the
+    simulator's views (``carm_simulator.simulated_views``) and the node's overlay topics."""
+    params = {"views": views, "view_angle_deg": 0.0, "frame_id": SIM_FRAME}
+    first = simulated_views(dict(params, truth_frame=TRUTH_FRAME))[0]
+    overlays = {f"/{NODE_NAME}/overlay": ""}
+    overlays.update({f"/{NODE_NAME}/{ns}/overlay": f"_{ns.replace('/', '_')}" for ns in views[1:]})
+    return first.frame_id, first.truth_frame, overlays
 
 
 @dataclass
@@ -70,19 +87,22 @@ class DemoEvaluator:
     node: Node
     landmarks: np.ndarray
     out: Path
+    views: list[str] = field(default_factory=list)  # [] = one view, else the view namespaces
     frames: dict[int, Frame] = field(default_factory=dict)
     order: list[int] = field(default_factory=list)
     overlays_saved: int = 0
     printed: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        self.carm_frame, self.truth_frame, overlays = demo_frames(self.views)
         self.node.create_subscription(TFMessage, "/tf", self._on_tf, TF_QOS)
-        self.node.create_subscription(
-            Image,
-            f"/{NODE_NAME}/overlay",
-            self._on_overlay,
-            QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE),
-        )
+        for topic, suffix in overlays.items():
+            self.node.create_subscription(
+                Image,
+                topic,
+                lambda msg, suffix=suffix: self._on_overlay(msg, suffix),
+                QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE),
+            )
 
     def _frame(self, stamp) -> Frame:
         key = stamp.sec * 1_000_000_000 + stamp.nanosec
@@ -94,9 +114,9 @@ class DemoEvaluator:
     def _on_tf(self, msg: TFMessage) -> None:
         now_ns = time.time_ns()
         for t in msg.transforms:
-            if t.header.frame_id == CT_FRAME and t.child_frame_id == TRUTH_FRAME:
+            if t.header.frame_id == CT_FRAME and t.child_frame_id == self.truth_frame:
                 self._frame(t.header.stamp).truth = transform_stamped_to_pose(t)
-            elif t.header.frame_id == SIM_FRAME and t.child_frame_id == CT_FRAME:
+            elif t.header.frame_id == self.carm_frame and t.child_frame_id == CT_FRAME:
                 frame = self._frame(t.header.stamp)
                 frame.estimate = np.linalg.inv(transform_stamped_to_pose(t))  # -> T_ct_from_carm
                 frame.latency_s = (now_ns - frame.stamp_ns) / 1e9
@@ -111,12 +131,12 @@ class DemoEvaluator:
                     flush=True,
                 )
 
-    def _on_overlay(self, msg: Image) -> None:
+    def _on_overlay(self, msg: Image, suffix: str = "") -> None:
         import cv2
 
         image = image_to_numpy(msg)
         frame = self._frame(msg.header.stamp)
-        cv2.imwrite(str(self.out / f"overlay_{frame.index:03d}.png"), image)
+        cv2.imwrite(str(self.out / f"overlay_{frame.index:03d}{suffix}.png"), image)
         self.overlays_saved += 1
 
 
@@ -221,12 +241,18 @@ def _prepare_out(out: Path) -> Path:
     return out
 
 
+def _views_param(views: list[str]) -> str:
+    return "[" + ", ".join(views) + "]"
+
+
 def _node_params(args: argparse.Namespace) -> dict:
-    """The registration node's parameters for the demo (tracking, the simulator's frames)."""
+    """The registration node's parameters for the demo (tracking, the simulator's frames; with
+    several views their namespaces: the relative poses come from the simulator's /tf_static)."""
+    views = view_names(getattr(args, "views", 1))
     node_params = {
         "ct_path": args.ct or "",
         "tracking": "true",
-        "default_carm_frame": SIM_FRAME,
+        "default_carm_frame": demo_frames(views)[0],
         "max_image_age_s": 10.0,
         "ct_frame": CT_FRAME,
         "image_domain": "line_integral",
@@ -237,6 +263,8 @@ def _node_params(args: argparse.Namespace) -> dict:
         node_params["ct_spacing_mm"] = args.ct_spacing_mm
     if getattr(args, "threads", 0):
         node_params["threads"] = int(args.threads)
+    if views:
+        node_params["views"] = _views_param(views)
     return node_params
 
 
@@ -256,6 +284,10 @@ def _sim_params(args: argparse.Namespace) -> dict:
     }
     if args.ct_spacing_mm:
         sim_params["ct_spacing_mm"] = args.ct_spacing_mm
+    views = view_names(getattr(args, "views", 1))
+    if views:
+        sim_params["views"] = _views_param(views)
+        sim_params["view_angle_deg"] = float(getattr(args, "view_angle", 90.0))
     return sim_params
 
 
@@ -273,15 +305,21 @@ def _terminate(procs) -> None:
 def run(args: argparse.Namespace) -> int:
     out = _prepare_out(Path(args.out))
     env = _ros_env()
+    views = view_names(getattr(args, "views", 1))
+    carm = (
+        "a C-arm"
+        if not views
+        else f"a {len(views)}-view C-arm ({getattr(args, 'view_angle', 90.0):g} deg apart)"
+    )
     print(
-        f"demo: collecting {args.frames} registered frames from a C-arm simulated at {args.rate} Hz; "
+        f"demo: collecting {args.frames} registered frames from {carm} simulated at {args.rate} Hz; "
         f"output in {out}/ (ROS_DOMAIN_ID {env['ROS_DOMAIN_ID']})"
     )
     landmarks = _landmarks(args.ct)
 
     rclpy.init()
     node = rclpy.create_node("demo_evaluator")
-    evaluator = DemoEvaluator(node, landmarks, out)
+    evaluator = DemoEvaluator(node, landmarks, out, views)
     registration = _launch(
         f"sphere_reg_ros.ros.{NODE_NAME}", _node_params(args), out / "registration_node.log", env
     )
@@ -318,8 +356,9 @@ def run(args: argparse.Namespace) -> int:
 def evaluator_main(argv: list[str] | None = None) -> int:
     """``demo_evaluator``: the evaluator alone, as a ROS node (``launch/demo.launch.py`` starts it
     beside the simulator and the registration node). Parameters: ``frames`` (24), ``timeout_s``
-    (600), ``out`` (``demo_output``), ``ct_path`` ('' = the example CT). Exits 0 when the summary
-    meets :data:`EXPECTATION`."""
+    (600), ``out`` (``demo_output``), ``ct_path`` ('' = the example CT), ``views`` ([] = one
+    view; else the simulator's and the node's view namespaces). Exits 0 when the summary meets
+    :data:`EXPECTATION`."""
     from rclpy.executors import ExternalShutdownException
 
     rclpy.init(args=argv if argv is not None else sys.argv)
@@ -329,8 +368,10 @@ def evaluator_main(argv: list[str] | None = None) -> int:
     out = _prepare_out(Path(str(node.declare_parameter("out", "demo_output").value)))
     min_frames = int(node.declare_parameter("min_frames", EXPECTATION["min_frames"]).value)
     ct_path = str(node.declare_parameter("ct_path", "").value) or None
+    views = node.declare_parameter("views", Parameter.Type.STRING_ARRAY)
+    views = [] if views.type_ == Parameter.Type.NOT_SET else list(views.value)
     try:
-        evaluator = DemoEvaluator(node, _landmarks(ct_path), out)
+        evaluator = DemoEvaluator(node, _landmarks(ct_path), out, views)
     except KeyboardInterrupt:  # Ctrl-C (or a launch shutting down) while the CT is still loading
         print("demo: interrupted before the first frame", flush=True)
         node.destroy_node()

@@ -227,6 +227,7 @@ def _collect_views(node_context, names, enough, timeout=90.0):
     return got
 
 
+@pytest.mark.ros
 def test_simulator_node_publishes_two_views_with_one_stamp(
     ct_file, spawn_ros_process, rclpy_context
 ):

@@ -137,3 +137,55 @@ def test_demo_evaluator_node_beside_simulator_and_node(ct_6mm, tmp_path, ros_env
     )
     assert "expectation (median mTRE < 1.0 mm over >= 2 frames): met" in result.stdout
     assert json.loads((out / "summary.json").read_text())["frames_registered"] >= 2
+
+
+def test_demo_frames_of_one_and_two_views():
+    """The evaluator's frames and overlay topics follow the simulator's view naming."""
+    from sphere_reg_ros.ros.demo import demo_frames
+
+    assert demo_frames([]) == ("carm_optical", "carm_truth", {"/registration_node/overlay": ""})
+    assert demo_frames(["view_a", "view_b"]) == (
+        "carm_optical_view_a",
+        "carm_truth_view_a",
+        {"/registration_node/overlay": "", "/registration_node/view_b/overlay": "_view_b"},
+    )
+
+
+def test_demo_parameters_of_two_views():
+    """``--views 2``: the simulator and the node get the same view namespaces, the node the first
+    view's frame; the relative poses are left to TF (the simulator's /tf_static)."""
+    from sphere_reg_ros.cli import build_parser
+    from sphere_reg_ros.ros.demo import _node_params, _sim_params
+
+    args = build_parser().parse_args(["demo", "--views", "2", "--view-angle", "60"])
+    sim, node = _sim_params(args), _node_params(args)
+    assert sim["views"] == node["views"] == "[view_a, view_b]"
+    assert sim["view_angle_deg"] == 60.0 and node["default_carm_frame"] == "carm_optical_view_a"
+    assert "view_offsets_mm" not in node
+    mono = build_parser().parse_args(["demo"])
+    assert "views" not in _sim_params(mono) and "views" not in _node_params(mono)
+    assert _node_params(mono)["default_carm_frame"] == "carm_optical"
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_biplane_demo_registers_pairs_of_views(ct_6mm, tmp_path, ros_env):
+    """``sphere-reg demo --views 2``: two views 90 deg apart, one pose per pair, the same summary
+    as one view; overlays of both views."""
+    out = tmp_path / "biplane"
+    cmd = [sys.executable, "-m", "sphere_reg_ros.cli", "demo", "--views", "2"]
+    cmd += ["--ct", str(ct_6mm), "--ct-spacing-mm", "6", "--resolution", "64"]
+    cmd += ["--degradation", "none", "--rate", "1.0", "--frames", "2", "--min-frames", "2"]
+    cmd += ["--timeout", "240", "--out", str(out)]
+    env = dict(ros_env, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:] + (out / "registration_node.log").read_text()[-3000:]
+    assert "from a 2-view C-arm (90 deg apart)" in proc.stdout
+    frame_lines = [line for line in proc.stdout.splitlines() if line.startswith("frame ")]
+    assert len(frame_lines) >= 2 and all(line.rstrip().endswith("ok") for line in frame_lines), text
+    assert "expectation (median mTRE < 1.0 mm over >= 2 frames): met" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames_registered"] >= 2 and summary["median_mtre_mm"] < 1.0
+    assert list(out.glob("overlay_*_view_b.png")), "the second view's overlay"
+    assert [p for p in out.glob("overlay_*.png") if "view_b" not in p.name], "the first view's"
