@@ -94,6 +94,20 @@ def _add_demo_parser(subparsers) -> None:
     parser.add_argument("--model", default=None, help="checkpoint (default: the node's default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated degradations")
     parser.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        choices=(1, 2, 3, 4),
+        help="C-arm views registered together (default 1; 2: biplane, the simulator's and the "
+        "node's views view_a, view_b)",
+    )
+    parser.add_argument(
+        "--view-angle",
+        type=float,
+        default=90.0,
+        help="with --views: angle between consecutive views, deg (default 90)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -143,6 +157,20 @@ def _add_benchmark_node_parser(subparsers) -> None:
         default=0,
         help="after the timed frames, one N x N mono16 frame: how much it raises the node's peak "
         "resident memory, against its size (default 0: skip)",
+    )
+    parser.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        choices=(1, 2, 3, 4),
+        help="C-arm views registered together; > 1 also runs one view and prints the ratio "
+        "(default 1)",
+    )
+    parser.add_argument(
+        "--view-angle",
+        type=float,
+        default=90.0,
+        help="with --views: angle between consecutive views, deg (default 90)",
     )
     parser.set_defaults(func=_run_ros_command("sphere_reg_ros.ros.benchmark_latency"))
 

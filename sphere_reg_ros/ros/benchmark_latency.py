@@ -20,6 +20,9 @@ read after start-up, after the warm-up frame and after ``--memory-frames`` furth
 frames. The issue's targets are printed beside the numbers: CPU ≤ 3 s per cold frame, tracking
 ≥ 2× faster than cold; GPU ≤ 0.3 s cold, ≥ 10 Hz tracking; memory flat.
 
+Several views (``--views N --view-angle DEG``): the same modes with one view and then with N views
+registered together, and their ratio (:mod:`.benchmark_biplane`).
+
 Soak mode (``--soak-minutes M --rate-hz R``, instead of the modes above): ``tracking:=true``, one
 warm-up frame, then frames of a slow tracking trajectory (rendered ahead of time: the tracking
 mode's poses, one ``--step-mm``/``--step-deg`` step a second, back and forth; each image is sent
@@ -46,6 +49,13 @@ import torch
 
 from ..core.geometry import se3_exp
 from . import conversions as conv
+from .benchmark_biplane import (
+    add_view_arguments,
+    bench_mono_and_views,
+    check_view_options,
+    render_views,
+    report_ratios,
+)
 from .benchmark_node import _large_frame, _ready_line, _rss_mb, _running_node, _scene
 from .benchmark_soak import _soak_device, _soak_paths, _soak_plot, _soak_report
 
@@ -71,6 +81,8 @@ _DEFAULTS = dict(
     soak_window_s=10.0,
     out=None,
     large_frame_px=0,
+    views=1,
+    view_angle=90.0,
 )
 
 
@@ -122,6 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d["seed"], help="seed of the cold poses")
     add_soak_arguments(parser)
     add_large_frame_argument(parser)
+    add_view_arguments(parser, d["views"], d["view_angle"])
 
 
 def add_large_frame_argument(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +186,13 @@ def _frames(opts, device: str):
         ]
         cold.append((se3_exp(torch.as_tensor(xi)) @ ap)[0])
     track = trajectory(max(2, min(opts.frames, 20)))
-    return geometry, cold, render(cold), track, render(track)
+    return (
+        geometry,
+        cold,
+        render_views(render, cold, opts),
+        track,
+        render_views(render, track, opts),
+    )
 
 
 def _stats(latencies: list[float | None]) -> dict:
@@ -234,6 +253,7 @@ def _bench_device(opts, device: str) -> dict:
         ready = _ready_line(node)
         out = {
             "device": device,
+            "views": opts.views,
             "registrar": ready,
             "startup_s": startup_s,
             "warmup_s": warm,
@@ -276,7 +296,8 @@ def _report(results: list[dict], opts) -> None:
     for r in results:
         gpu = r["device"] != "cpu"
         c, t = r["cold"], r["tracking"]
-        print(f"\n[{r['device']}] {r['registrar']}")
+        views = f", {r['views']} views" if r.get("views", 1) > 1 else ""
+        print(f"\n[{r['device']}{views}] {r['registrar']}")
         print(
             f"  start-up {r['startup_s']:.1f} s, warm-up frame "
             f"{r['warmup_s'] if r['warmup_s'] is None else round(r['warmup_s'], 2)} s"
@@ -312,6 +333,7 @@ def _report(results: list[dict], opts) -> None:
         print("  resident memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))
         if r.get("large_frame"):
             _report_large_frame(r["large_frame"])
+    report_ratios(results)
 
 
 def _report_large_frame(big: dict) -> None:
@@ -336,6 +358,7 @@ def _report_large_frame(big: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark with ``args`` (missing attributes take the defaults)."""
     opts = argparse.Namespace(**{k: getattr(args, k, v) for k, v in _DEFAULTS.items()})
+    check_view_options(opts)
     devices = (
         [d.strip() for d in opts.devices.split(",") if d.strip()]
         if opts.devices
@@ -354,7 +377,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         json_path = opts.json
         for device in devices:
-            results.append(_bench_device(opts, device))
+            if opts.views > 1:
+                results += bench_mono_and_views(opts, device, _bench_device)
+            else:
+                results.append(_bench_device(opts, device))
         _report(results, opts)
     if json_path:
         with open(json_path, "w") as fh:

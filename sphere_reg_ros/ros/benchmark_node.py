@@ -1,6 +1,11 @@
 """The harness of the node benchmarks (:mod:`.benchmark_latency`, :mod:`.benchmark_soak`): the
 registration node in a subprocess on a private ``ROS_DOMAIN_ID``, this process's player that
 publishes frames and collects TF and ``/diagnostics``, the rendered scene, and the node's memory.
+
+With ``opts.views`` > 1 the node registers several C-arm views together (its ``views`` parameter,
+``carm_simulator.view_names``; the relative poses ``carm_simulator.view_offsets``, given as
+``view_offsets_mm``) and the
+player publishes every view of a frame with one stamp on ``/<ns>/image`` and ``/<ns>/camera_info``.
 """
 
 from __future__ import annotations
@@ -20,11 +25,22 @@ import torch
 
 from ..core.drr import DrrRenderer
 from ..core.geometry import se3_exp
+from ..core.pose_formats import pose_to_translation_quaternion
 from ..core.views import ap_pose, default_geometry
 from ..core.volume import hu_to_attenuation, load_example_ct, load_volume, resample
 from . import conversions as conv
+from .carm_simulator import view_names, view_offsets
 
 _NODE = "benchmark_registration_node"
+
+
+def _offsets_param(offsets: list[np.ndarray]) -> str:
+    """The node's ``view_offsets_mm`` of the views after the first (7 numbers each)."""
+    numbers = []
+    for T in offsets[1:]:
+        t, q = pose_to_translation_quaternion(torch.as_tensor(T), unit="mm")
+        numbers += [*t.tolist(), *q.tolist()]
+    return "[" + ",".join(repr(float(v)) for v in numbers) + "]"
 
 
 def _rss_mb(pid: int, key: str = "VmRSS") -> float:
@@ -145,7 +161,7 @@ class _NodeProcess:
 class _Player:
     """This process's side: publishes frames, collects TF and diagnostics."""
 
-    def __init__(self, domain_id: int) -> None:
+    def __init__(self, domain_id: int, views: list[str] | None = None) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.context import Context
@@ -164,8 +180,13 @@ class _Player:
         qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(TFMessage, "/tf", self._on_tf, TF_QOS)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, qos)
-        self.image_pub = self.node.create_publisher(Image, "/image", qos)
-        self.info_pub = self.node.create_publisher(CameraInfo, "/camera_info", qos)
+        prefixes = [f"/{ns}" for ns in views] if views else [""]
+        self.image_pubs = [self.node.create_publisher(Image, f"{p}/image", qos) for p in prefixes]
+        self.info_pubs = [
+            self.node.create_publisher(CameraInfo, f"{p}/camera_info", qos) for p in prefixes
+        ]
+        self.frame_ids = [f"carm_{ns}" for ns in views] if views else ["carm"]
+        self.image_pub, self.info_pub = self.image_pubs[0], self.info_pubs[0]
         self.params = AsyncParameterClient(self.node, _NODE)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -208,19 +229,27 @@ class _Player:
         ):
             raise RuntimeError(f"could not set {values} on the node")
 
-    def frame(self, image: np.ndarray, info, timeout: float) -> tuple[float | None, dict, object]:
-        """Publish one frame; (latency s or None when no TF came, node diagnostics, TF)."""
+    def frame(self, image, info, timeout: float) -> tuple[float | None, dict, object]:
+        """Publish one frame (``image``: an array, or one per view, all sent with one stamp);
+        (latency s or None when no TF came, node diagnostics, TF)."""
         from builtin_interfaces.msg import Time
         from std_msgs.msg import Header
 
+        images = [image] if isinstance(image, np.ndarray) else list(image)
         t = time.time()
         stamp = Time(sec=int(t), nanosec=int((t - int(t)) * 1e9))
-        msg = conv.numpy_to_image(image, "32FC1", Header(frame_id="carm", stamp=stamp))
+        msgs = [
+            conv.numpy_to_image(a, "32FC1", Header(frame_id=f, stamp=stamp))
+            for a, f in zip(images, self.frame_ids, strict=True)
+        ]
         key, dkey = (stamp.sec, stamp.nanosec), f"{stamp.sec}.{stamp.nanosec:09d}"
-        info.header.stamp = stamp  # the node pairs CameraInfo with its image by stamp
-        self.info_pub.publish(info)
+        for pub, f in zip(self.info_pubs, self.frame_ids):
+            info.header.stamp = stamp  # the node pairs CameraInfo with its image by stamp
+            info.header.frame_id = f
+            pub.publish(info)
         t0 = time.monotonic()
-        self.image_pub.publish(msg)
+        for pub, msg in zip(self.image_pubs, msgs):
+            pub.publish(msg)
         self.wait(lambda: key in self.inbox.tf or dkey in self.inbox.diag, timeout)
         if dkey in self.inbox.diag and self.inbox.diag[dkey].get("status") == "ok":
             self.wait(lambda: key in self.inbox.tf, 5.0)
@@ -306,6 +335,11 @@ def _node_setup(opts, device: str, tracking: bool) -> tuple[int, dict, list[str]
     ]
     if opts.ct:
         args += ["-p", f"ct_path:={opts.ct}"]
+    views = view_names(getattr(opts, "views", 1))
+    if views:
+        offsets = view_offsets(len(views), opts.view_angle)
+        args += ["-p", f"views:=[{', '.join(views)}]"]
+        args += ["-p", f"view_offsets_mm:={_offsets_param(offsets)}"]
     return domain, env, args
 
 
@@ -321,9 +355,12 @@ def _running_node(opts, device: str, tracking: bool):
         if not node.ready.wait(opts.timeout):
             raise RuntimeError("the node did not start:\n" + "".join(node.lines[-30:]))
         startup_s = time.monotonic() - t0
-        player = _Player(domain)
-        if not player.wait(lambda: player.image_pub.get_subscription_count() > 0, 60.0):
-            raise RuntimeError("the node never subscribed to /image")
+        player = _Player(domain, view_names(getattr(opts, "views", 1)))
+        if not player.wait(
+            lambda: all(p.get_subscription_count() > 0 for p in player.image_pubs), 60.0
+        ):
+            topics = ", ".join(p.topic_name for p in player.image_pubs)
+            raise RuntimeError(f"the node never subscribed to {topics}")
         yield node, player, startup_s
     finally:
         if player is not None:
