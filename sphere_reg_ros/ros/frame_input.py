@@ -31,6 +31,10 @@ reason                     level  when
 ``bad_intensity``          WARN   ``image_domain: intensity`` with no positive pixel
 =========================  =====  ==============================================================
 
+With several views (``views``) each view's frame is checked so, the message naming the view; a
+set is also refused for ``view_offset_missing`` (ERROR: a view's relative pose is neither in
+``view_offsets_mm`` nor on TF; :mod:`.view_offsets`).
+
 Pairing an image with its CameraInfo (:func:`match_camera_info`; ``Δ`` = image stamp − CameraInfo
 stamp, over the last :data:`CAMERA_INFO_BUFFER` CameraInfo messages received):
 
@@ -120,6 +124,7 @@ REASONS = {
     "no_intrinsics": ERROR,
     "bad_camera_info": ERROR,
     "frame_conflict": ERROR,
+    "view_offset_missing": ERROR,
     "registration_failed": ERROR,
     "rejected_cost": ERROR,
     "rejected_covariance": ERROR,

@@ -1,8 +1,8 @@
 """What the registration node's ``~/register_next`` calls wait for and are answered with.
 
 :class:`Request` (one call), :class:`Frame` (an image waiting for the worker, with the calls it
-answers), :func:`refusal` (an answer without a pose) and :func:`published_answer` (the answer
-with the published pose); the answer's keys are described in :mod:`.registration_node`.
+answers), :class:`FrameSet` (frames of several views waiting together), :func:`refusal` (an
+answer without a pose) and :func:`published_answer` (the answer with the published pose); the answer's keys are described in :mod:`.registration_node`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sensor_msgs.msg import Image
 
-__all__ = ["Request", "Frame", "refusal", "published_answer"]
+__all__ = ["Request", "Frame", "FrameSet", "refusal", "published_answer"]
 
 
 class Request:
@@ -39,6 +39,30 @@ class Frame:
     received_mono: float
     age_s: float
     requests: list = None  # the _Requests this frame answers
+
+
+@dataclass
+class FrameSet:
+    """Frames of several views registered together (:mod:`.node_views`): ``frames[i]`` is of
+    view ``views[i]`` (all views in order, or one view registered alone); ``msg``, ``age_s``
+    and ``received_mono`` are those of the first frame (the set's stamp is the first frame's),
+    ``received_mono`` the arrival of the frame that completed it."""
+
+    frames: list
+    views: list
+    requests: list = None
+
+    @property
+    def msg(self) -> Image:
+        return self.frames[0].msg
+
+    @property
+    def age_s(self) -> float:
+        return self.frames[0].age_s
+
+    @property
+    def received_mono(self) -> float:
+        return max(f.received_mono for f in self.frames)
 
 
 def refusal(status: str, message: str, stamp=None) -> dict:

@@ -98,8 +98,9 @@ class FrameIntake:
             setattr(self, slot, None)
         return value
 
-    def _camera_info_for(self, frame: Frame, s: Settings) -> CameraInfo | None:
-        """The CameraInfo paired with ``frame`` (None: use the intrinsics parameters).
+    def _camera_info_for(self, frame: Frame, s: Settings, infos=None) -> CameraInfo | None:
+        """The CameraInfo paired with ``frame`` (None: use the intrinsics parameters), from the
+        buffer ``infos`` (a view's; None: the node's ``camera_info`` buffer).
 
         Waits until ``CAMERA_INFO_WAIT_S`` after the image's arrival for one within
         ``camera_info_tolerance_s`` unless a CameraInfo stamped later than that has already come
@@ -110,9 +111,10 @@ class FrameIntake:
         image_ns = stamp_ns(frame.msg.header.stamp)
         tolerance_ns = s.camera_info_tolerance_s * 1e9
         deadline = frame.received_mono + CAMERA_INFO_WAIT_S
+        buffer = self._camera_infos if infos is None else infos
         with self._info_cv:
             while True:
-                infos = tuple(self._camera_infos)
+                infos = tuple(buffer)
                 left = deadline - time.monotonic()
                 if (
                     left <= 0

@@ -19,7 +19,7 @@ from ..core.trust import rejection_key
 from . import conversions as conv
 from .diagnostics import ERROR, WARN
 from .frame_input import REASONS, FrameRejected, check_stamp, prepare_frame
-from .node_answers import Frame, published_answer, refusal
+from .node_answers import Frame, FrameSet, published_answer, refusal
 from .node_reload import Service
 from .overlay import make_overlay
 from .params import Settings, trust_config
@@ -38,6 +38,15 @@ def gate_of(result) -> tuple[str, str] | None:
     if key == "registration_failed":
         return key, f"registration failed ({result.status.value}): {result.message}"
     return key, f"registration rejected by a quality gate: {result.message}"
+
+
+def _valid_mask(result, view: int, image) -> np.ndarray | None:
+    """The result's mask of valid pixels for view ``view`` (one array, or one per view) when it
+    has the image's shape, else None."""
+    valid = getattr(result, "valid_mask", None)
+    if isinstance(valid, (list, tuple)):
+        valid = valid[view] if view < len(valid) else None
+    return valid if valid is not None and np.shape(valid) == np.shape(image) else None
 
 
 def _registered_text(result, seconds: float, how: str) -> str:
@@ -60,7 +69,8 @@ class FrameWorker:
             answer = refusal("internal_error", "internal error", stamp)
             try:
                 try:
-                    answer = self._process(frame)
+                    process = self._process_set if isinstance(frame, FrameSet) else self._process
+                    answer = process(frame)
                 except FrameRejected as exc:
                     self.stats.count("frames_rejected")
                     if exc.reason == "unmatched_camera_info":
@@ -111,10 +121,11 @@ class FrameWorker:
             ), "initial_pose_mm"
         return None, "registrar_default"
 
-    def _prepare(self, frame: Frame, s: Settings) -> tuple[np.ndarray, Any]:
-        """Stamp checks, CameraInfo pairing, then :func:`prepare_frame`: (image, geometry)."""
+    def _prepare(self, frame: Frame, s: Settings, infos=None) -> tuple[np.ndarray, Any]:
+        """Stamp checks, CameraInfo pairing (from ``infos``, the view's buffer; None: the node's),
+        then :func:`prepare_frame`: (image, geometry)."""
         check_stamp(frame.age_s, s)  # before waiting for a CameraInfo the frame does not need
-        info = self._camera_info_for(frame, s)
+        info = self._camera_info_for(frame, s, infos)
         image, geometry = prepare_frame(frame.msg, info, s, frame.age_s)
         note = None if info is None else conv.camera_info_note(info)
         if note != self._camera_info_note:
@@ -141,11 +152,22 @@ class FrameWorker:
         lat["convert"] = t1 - t0
 
         result, how = self._register(service, s, image, geometry)
+        pose = np.asarray(result.pose, dtype=np.float64)
+        overlay = (image, geometry, pose, self._overlay_pub, header)
+        return self._conclude(frame, s, service, result, how, carm_frame, lat, t1, [overlay])
+
+    def _conclude(
+        self, frame, s: Settings, service: Service, result, how, carm_frame, lat, t1, overlays
+    ) -> dict:
+        """After registering ``frame`` (started at ``t1``): the gates, TF and ``~/pose`` when they
+        pass, the overlays ``(image, geometry, pose, publisher, header)`` with subscribers, latencies and
+        ``/diagnostics`` values; the ``~/register_next`` answer. Raises FrameRejected."""
         t2 = time.monotonic()
         lat["register"] = t2 - t1
         lat.update({f"registrar_{k}": v for k, v in result.timings.items() if k != "total"})
         self.stats.count("frames_processed")
         gate = gate_of(result)
+        header = frame.msg.header
         stamp = header.stamp
         if not self._active:  # deactivated while registering: publish nothing
             raise FrameRejected("not_active", f"node is {self._state}: result not published")
@@ -158,24 +180,33 @@ class FrameWorker:
         t3 = time.monotonic()
         lat["publish"] = t3 - t2
         lat["total"] = t3 - frame.received_mono
-        if self._overlay_pub.get_subscription_count() > 0:
-            self._publish_overlay(service, result, image, geometry, header, gate)
+        for i, (image, geometry, pose, publisher, view_header) in enumerate(overlays):
+            if publisher.get_subscription_count() > 0:
+                valid = _valid_mask(result, i, image)
+                self._publish_overlay(
+                    service, result, pose, image, geometry, valid, view_header, gate, publisher
+                )
         self.stats.set_latencies(lat)
         self._record(result, how, frame)
         return answer
 
-    def _register(self, service: Service, s: Settings, image, geometry) -> tuple[Any, str]:
+    def _register(
+        self, service: Service, s: Settings, image, geometry, via=None
+    ) -> tuple[Any, str]:
         """``(result, how the initial pose was chosen)``: tracking from the last published pose
-        when ``tracking`` (and ``service`` still serves), else a cold registration."""
+        when ``tracking`` (and ``service`` still serves), else a cold registration. ``via``: what
+        registers instead of the registrar itself (an object with its ``register`` signature,
+        e.g. :class:`.node_views.ViewRegistrar`)."""
         init, how = self._initial(s)
         registrar = service.registrar
         registrar.trust = trust_config(s)  # gate parameters apply from this frame on
+        engine = registrar if via is None else via
         with self._lock:
             tracker = self._tracker if s.tracking and service is self._service else None
         if tracker is not None:
             tracker.cost_factor = float(s.tracking_cost_factor)
-            return tracker.register(registrar, image, geometry, init, how)
-        return registrar.register(image, geometry, init), how
+            return tracker.register(engine, image, geometry, init, how)
+        return engine.register(image, geometry, init), how
 
     def _publish_pose(
         self, result, s: Settings, carm_frame: str, stamp, how: str, seconds: float
@@ -215,12 +246,15 @@ class FrameWorker:
             last_stamp=f"{header.stamp.sec}.{header.stamp.nanosec:09d}",
         )
 
-    def _publish_overlay(self, service: Service, result, image, geometry, header, gate) -> None:
+    def _publish_overlay(
+        self, service: Service, result, pose, image, geometry, valid, header, gate, publisher
+    ) -> None:
+        """Draw the DRR at ``pose`` (``T_ct_from_carm`` of this view) over ``image`` and publish
+        it on ``publisher``."""
         scale = max(1.0, max(geometry.height, geometry.width) / float(self._settings.resolution))
         small = geometry.resized(
             max(1, round(geometry.height / scale)), max(1, round(geometry.width / scale))
         )
-        pose = np.asarray(result.pose, dtype=np.float64)
         drr = None
         if np.all(np.isfinite(pose)):  # a failed registration may carry no pose at all
             drr = np.asarray(service.registrar.render(pose, small), dtype=np.float32)
@@ -230,12 +264,5 @@ class FrameWorker:
             if gate is None
             else f"{gate[0]}: {result.message}"
         )
-        valid = getattr(result, "valid_mask", None)
-        bgr = make_overlay(
-            image,
-            drr,
-            status,
-            ok=gate is None,
-            valid=valid if valid is not None and valid.shape == np.shape(image) else None,
-        )
-        self._overlay_pub.publish(conv.numpy_to_image(bgr, "bgr8", header))
+        bgr = make_overlay(image, drr, status, ok=gate is None, valid=valid)
+        publisher.publish(conv.numpy_to_image(bgr, "bgr8", header))

@@ -89,6 +89,11 @@ standard deviation at the region of interest ``roi`` > ``max_position_std_mm``),
 start ended > ``max_inconsistency_mm`` away; cold registrations only). The gate parameters apply
 from the next frame without a rebuild.
 
+Several C-arm views (``views``, e.g. ``[view_a, view_b]``): ``<ns>/image`` and ``<ns>/camera_info``
+per view instead of ``image``/``camera_info``, frames paired by stamp and registered together as
+one pose of the first view's C-arm; one TF and ``~/pose``, an overlay per view (``~/overlay``,
+``~/<ns>/overlay``): :mod:`.node_views`.
+
 Code: inputs in :mod:`.node_intake`, the worker in :mod:`.node_worker`, the registrar and
 parameter changes in :mod:`.node_reload`, the ``~/register_next`` answers in :mod:`.node_answers`;
 this module holds the lifecycle and ``main`` (its length over 400 lines is this docstring, the
@@ -122,6 +127,7 @@ from .frame_input import CAMERA_INFO_BUFFER
 from .node_answers import Frame, Request
 from .node_intake import FrameIntake
 from .node_reload import RegistrarReloads, Service
+from .node_views import ViewNode
 from .node_worker import FrameWorker
 from .params import (
     PARAMS,
@@ -139,7 +145,7 @@ from .tf_publisher import TfPublisher
 __all__ = ["RegistrationNode", "main"]
 
 
-class RegistrationNode(FrameIntake, FrameWorker, RegistrarReloads, LifecycleNode):
+class RegistrationNode(FrameIntake, FrameWorker, ViewNode, RegistrarReloads, LifecycleNode):
     """See the module docstring. ``parameter_overrides`` as for ``rclpy.node.Node``.
 
     Constructed unconfigured (parameters declared and their values checked; raises
@@ -220,8 +226,11 @@ class RegistrationNode(FrameIntake, FrameWorker, RegistrarReloads, LifecycleNode
         )
         self._overlay_pub = self.create_lifecycle_publisher(Image, "~/overlay", qos_out)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_out)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_in)
-        self.create_subscription(Image, "image", self._on_image, qos_in)
+        if s.views:  # several C-arm views: <ns>/image, <ns>/camera_info each (node_views)
+            self._create_view_interfaces(s, qos_in, qos_out)
+        else:
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_in)
+            self.create_subscription(Image, "image", self._on_image, qos_in)
         self.create_service(Trigger, "~/reset", self._on_reset)
         # its own group: the call waits for a frame that the image callback must still receive
         self.create_service(

@@ -1,5 +1,8 @@
 """A prior pose from TF: the one transform ``parent -> child``, looked up when a cold start needs it.
 
+The node's one TF listener: with several C-arm views it also looks up the views' relative poses
+(:mod:`.view_offsets`).
+
 ``tf2_ros`` (a ``Buffer`` and a ``TransformListener``) where it imports: any chain of transforms
 between the two frames. Elsewhere (the pip venv, where tf2_ros is not on PyPI) subscriptions to
 ``/tf`` (reliable, volatile) and ``/tf_static`` (reliable, transient local), with tf2_ros's

@@ -193,6 +193,8 @@ class NodeClient:
         carm_frame: str = "carm_optical",
         wait_s: float = 90.0,
         name: str = "reg_test_client",
+        image_topic: str = "/image",
+        info_topic: str = "/camera_info",
     ):
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -223,8 +225,8 @@ class NodeClient:
         self.node.create_subscription(
             DiagnosticArray, "/diagnostics", lambda m: self._put("diag", m), reliable
         )
-        self.image_pub = self.node.create_publisher(Image, "/image", reliable)
-        self.info_pub = self.node.create_publisher(CameraInfo, "/camera_info", reliable)
+        self.image_pub = self.node.create_publisher(Image, image_topic, reliable)
+        self.info_pub = self.node.create_publisher(CameraInfo, info_topic, reliable)
         self.reset = self.node.create_client(Trigger, f"/{self.node_name}/reset")
         self.params = AsyncParameterClient(self.node, self.node_name)
         self._Image, self._Trigger = Image, Trigger
@@ -257,13 +259,15 @@ class NodeClient:
                     )
                 self.cv.wait(timeout=min(left, 0.2))
 
-    def subscribe_overlay(self):
+    def subscribe_overlay(self, topic: str | None = None, key: str = "overlay"):
+        """Collect the node's overlay (``topic``, default ``~/overlay``) in ``inbox[key]``."""
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+        self.inbox.setdefault(key, [])
         return self.node.create_subscription(
             self._Image,
-            f"/{self.node_name}/overlay",
-            lambda m: self._put("overlay", m),
+            topic or f"/{self.node_name}/overlay",
+            lambda m: self._put(key, m),
             QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE),
         )
 
