@@ -13,9 +13,16 @@ lifecycle transitions: ``auto``, the default, the node itself (its ``autostart``
 ``launch``, this launch file: it starts the node with ``autostart: false``, emits ``configure``,
 and ``activate`` once the node is inactive; ``manual``, nobody here: the node waits unconfigured
 for a lifecycle manager or ``ros2 lifecycle set /registration_node configure``).
+
+Several C-arm views (docs/ROS_INTERFACE.md): ``views`` (the view namespaces, e.g.
+``views:=[view_a,view_b]``: the node subscribes ``<ns>/image`` and ``<ns>/camera_info`` per view,
+relative to its namespace), ``view_pair_tolerance_s`` (frames of all views within this stamp span
+form a set) and ``unpaired`` (``drop`` or ``mono``: what happens to a frame without partners).
+Each defaults to ``''``: the value of ``params_file`` (one view, 0.05 s, drop in the package's
+file); a value given here overrides it.
 """
 
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.conditions import IfCondition, LaunchConfigurationEquals
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -70,6 +77,25 @@ def generate_launch_description() -> LaunchDescription:
             "or crashes (true for production use; it then loads the CT again)",
         ),
         DeclareLaunchArgument(
+            "views",
+            default_value="",
+            description="View namespaces of a several-view C-arm, e.g. [view_a,view_b] (each "
+            "<ns>/image + <ns>/camera_info); '' = the params_file's (one view by default)",
+        ),
+        DeclareLaunchArgument(
+            "view_pair_tolerance_s",
+            default_value="",
+            description="Frames of all views within this stamp span (s) form a set; '' = the "
+            "params_file's",
+        ),
+        DeclareLaunchArgument(
+            "unpaired",
+            default_value="",
+            choices=["", "drop", "mono"],
+            description="A frame without partners: drop, or mono (registered alone); '' = the "
+            "params_file's",
+        ),
+        DeclareLaunchArgument(
             "lifecycle",
             default_value="auto",
             choices=["auto", "launch", "manual"],
@@ -78,6 +104,41 @@ def generate_launch_description() -> LaunchDescription:
         ),
     ]
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
+    nodes = OpaqueFunction(function=_registration_node, args=[use_sim_time])
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", PathJoinSubstitution([share, "config", "register.rviz"])],
+        parameters=[{"use_sim_time": use_sim_time}],
+        condition=IfCondition(LaunchConfiguration("launch_rviz")),
+        output="screen",
+    )
+    # rviz first: if rviz2 is missing, the launch fails before the node is started (else the node
+    # can be left running when the launch exits on that error).
+    return LaunchDescription([*arguments, rviz, nodes])
+
+
+def _view_parameters(context) -> dict:
+    """The several-view parameters given as launch arguments (``''`` = not given), typed as the
+    node declares them: ``views`` a list of strings, ``view_pair_tolerance_s`` a double."""
+    given = {
+        name: context.launch_configurations.get(name, "").strip()
+        for name in ("views", "view_pair_tolerance_s", "unpaired")
+    }
+    out = {}
+    if given["views"]:
+        names = given["views"].strip("[]").replace(",", " ").split()
+        out["views"] = [n.strip("'\"") for n in names]
+    if given["view_pair_tolerance_s"]:
+        out["view_pair_tolerance_s"] = float(given["view_pair_tolerance_s"])
+    if given["unpaired"]:
+        out["unpaired"] = given["unpaired"]
+    return out
+
+
+def _registration_node(context, use_sim_time):
+    """The registration node, started as ``lifecycle`` says (with the view arguments given)."""
     common = dict(
         package=PACKAGE,
         executable="registration_node",
@@ -93,6 +154,9 @@ def generate_launch_description() -> LaunchDescription:
         respawn_delay=RESPAWN_DELAY_S,
     )
     params = [LaunchConfiguration("params_file"), {"use_sim_time": use_sim_time}]
+    views = _view_parameters(context)
+    if views:  # only the arguments given: the others keep the params_file's values
+        params.append(views)
     managed = [*params, {"autostart": False}]
     # lifecycle auto: the node configures and activates itself (autostart, its default)
     node = Node(
@@ -136,15 +200,4 @@ def generate_launch_description() -> LaunchDescription:
         ),
         condition=is_launch,
     )
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        name="rviz2",
-        arguments=["-d", PathJoinSubstitution([share, "config", "register.rviz"])],
-        parameters=[{"use_sim_time": use_sim_time}],
-        condition=IfCondition(LaunchConfiguration("launch_rviz")),
-        output="screen",
-    )
-    # rviz first: if rviz2 is missing, the launch fails before the node is started (else the node
-    # can be left running when the launch exits on that error).
-    return LaunchDescription([*arguments, rviz, node, waiting, driven, activate, configure])
+    return [node, waiting, driven, activate, configure]

@@ -42,6 +42,9 @@ ARGUMENTS = {
     "use_sim_time": "false",
     "launch_rviz": "false",
     "respawn": "false",
+    "views": "",
+    "view_pair_tolerance_s": "",
+    "unpaired": "",
     "lifecycle": "auto",
 }
 DEMO_ARGUMENTS = {
@@ -303,6 +306,27 @@ def test_register_launch_arguments_reach_the_node_and_rviz(prefix, tmp_path):
     config = prefix.root / "share" / PACKAGE / "config" / "register.rviz"
     assert rviz["arguments"] == ["-d", str(config)]
     assert rviz["parameters"] == {"use_sim_time": True}
+
+
+@needs_launch
+def test_register_launch_passes_the_view_arguments_given_with_the_node_types(prefix):
+    """``views`` etc. reach the node only when given (else the params_file's values hold), typed
+    as the node declares them (a list of strings, a double)."""
+    from sphere_reg_ros.ros.params import SPECS
+
+    prefix.stand_in("registration_node")
+    arguments = {"views": "[view_a, view_b]", "view_pair_tolerance_s": "0.02", "unpaired": "mono"}
+    assert run_launch(LAUNCH_FILE, arguments) == 0
+    (node,) = prefix.starts("registration_node")
+    shipped = yaml.safe_load((ROOT / "config" / "register.yaml").read_text())
+    assert node["parameters"] == {
+        **shipped["/**"]["ros__parameters"],
+        "use_sim_time": False,
+        "views": ["view_a", "view_b"],
+        "view_pair_tolerance_s": 0.02,
+        "unpaired": "mono",
+    }
+    _check_types(node["parameters"], {s.name: s.default for s in SPECS.values()}, "node")
 
 
 @needs_launch
