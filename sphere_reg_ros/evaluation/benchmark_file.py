@@ -424,6 +424,8 @@ def _checked_degradations(e: _Entries, config: dict, n: int) -> dict[str, np.nda
 def _param_names(e: _Entries, config: dict) -> dict[str, tuple[int, ...]]:
     """The degradation parameters (and trailing shapes) of the config's family."""
     family = (config.get("degradation") or {}).get("family", "benchmark")
-    if family not in ("benchmark", "harsh"):
+    if family not in ("benchmark", "harsh", "real"):
         raise e.fail(f"unknown degradation family {family!r}")
+    if family == "real":  # real X-rays (evaluation.real_benchmark): nothing was simulated
+        return {}
     return HARSH_PARAM_NAMES if family == "harsh" else PARAM_NAMES

@@ -1,4 +1,5 @@
-"""``sphere-reg make-benchmark``: write a synthetic benchmark file (and optionally a preview PNG).
+"""``sphere-reg make-benchmark``: write a synthetic benchmark file (and optionally a preview PNG);
+with ``--dataset``, a benchmark of a public dataset's real X-rays (:mod:`.real_benchmark_cli`).
 
 The lead's ``sphere_reg_ros/cli.py`` wires it in with::
 
@@ -21,6 +22,7 @@ from sphere_reg_ros.cli_errors import EXIT_CODES, refuse
 from sphere_reg_ros.core.landmarks import LandmarkError, load_landmarks
 from sphere_reg_ros.core.sampling import PoseDistribution
 from sphere_reg_ros.core.volume import VolumeError, load_example_ct, load_volume
+from sphere_reg_ros.evaluation.real_benchmark_cli import add_dataset_options, run_real_benchmark
 
 __all__ = ["add_make_benchmark_parser", "run_make_benchmark"]
 
@@ -131,6 +133,7 @@ def add_make_benchmark_parser(subparsers: argparse._SubParsersAction) -> argpars
     )
     p.add_argument("--preview-cases", type=int, default=8, help="cases in the preview (default 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dataset_options(p)
     p.set_defaults(func=run_make_benchmark)
     return p
 
@@ -155,6 +158,10 @@ def run_make_benchmark(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(int(args.threads))
+    if getattr(args, "dataset", None):
+        return run_real_benchmark(args)
+    if getattr(args, "data", None) is not None:
+        return refuse("make-benchmark", "--data needs --dataset deepfluoro|ljubljana")
     try:
         views = _views(args)  # checked before the CT is read
         distribution, ct, labels, structures, landmarks = _inputs(args)

@@ -1,3 +1,3 @@
-"""Fixtures of the dataset tests: the scene the HDF5 files are written from (h5_layouts.py)."""
+"""Fixtures of the dataset tests: the scene and the HDF5 files written from it (h5_layouts.py)."""
 
-from h5_layouts import scene  # noqa: F401
+from h5_layouts import deepfluoro, ljubljana, scene  # noqa: F401

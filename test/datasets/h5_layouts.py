@@ -18,7 +18,7 @@ import torch
 
 from sphere_reg_ros.core.geometry import se3_exp
 from sphere_reg_ros.core.registrar import Registrar, RegistrarConfig
-from sphere_reg_ros.core.views import ap_pose
+from sphere_reg_ros.core.views import ap_pose, orbit_offset
 from sphere_reg_ros.core.volume import Volume, resample
 from sphere_reg_ros.datasets.camera import dataset_camera
 from sphere_reg_ros.datasets.images import DEEPFLUORO_CROP, DEEPFLUORO_I0
@@ -181,3 +181,31 @@ def write_ljubljana(path, scene: Scene, poses: list[np.ndarray], K: list[np.ndar
             )
             _put(g, f"proj-{view}/col-spacing", LJ_SPACING)
             _put(g, f"proj-{view}/row-spacing", LJ_SPACING)
+
+
+XI_A = [4.0, -3.0, 10.0, 0.03, -0.02, 0.05]
+XI_B = [-6.0, 5.0, -15.0, -0.04, 0.06, -0.03]
+
+
+@pytest.fixture(scope="session")
+def deepfluoro(tmp_path_factory, scene):
+    """The file (projections 0 and 1: the same raw X-ray, 1 flagged rot-180-for-up; 2 another)
+    and the true poses of the unflagged readings."""
+    path = tmp_path_factory.mktemp("deepfluoro") / "ipcai_2020_full_res_data.h5"
+    poses = [true_pose(scene, XI_A), true_pose(scene, XI_A), true_pose(scene, XI_B)]
+    write_deepfluoro(path, scene, poses, [False, True, False])
+    return path, poses
+
+
+@pytest.fixture(scope="session")
+def ljubljana(tmp_path_factory, scene):
+    path = tmp_path_factory.mktemp("ljubljana") / "ljubljana.h5"
+    ap = true_pose(scene, [3.0, 2.0, -20.0, 0.02, 0.01, -0.03])
+    poses = [ap, ap @ orbit_offset(90.0)]
+    f = 1020.0 / LJ_SPACING
+    K = [
+        np.array([[-f, 0.0, 101.3], [0.0, -f, 77.9], [0.0, 0.0, 1.0]]),  # signs as DeepFluoro's
+        np.array([[1.1 * f, 0.0, 70.2], [0.0, 1.1 * f, 92.5], [0.0, 0.0, 1.0]]),  # other signs
+    ]
+    write_ljubljana(path, scene, poses, K, [(160, 200), (180, 150)])
+    return path, poses

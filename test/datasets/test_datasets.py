@@ -20,44 +20,14 @@ from h5_layouts import (
     project_raw,
     raw_image,
     true_pose,
-    write_deepfluoro,
-    write_ljubljana,
 )
 
 from sphere_reg_ros.core.metrics import mtre
-from sphere_reg_ros.core.views import orbit_offset
 from sphere_reg_ros.datasets import DatasetError, load_projection, load_specimen
 from sphere_reg_ros.datasets.camera import dataset_camera
 from sphere_reg_ros.datasets.images import DEEPFLUORO_CROP
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-XI_A = [4.0, -3.0, 10.0, 0.03, -0.02, 0.05]
-XI_B = [-6.0, 5.0, -15.0, -0.04, 0.06, -0.03]
-
-
-@pytest.fixture(scope="module")
-def deepfluoro(tmp_path_factory, scene):
-    """The file (projections 0 and 1: the same raw X-ray, 1 flagged rot-180-for-up; 2 another)
-    and the true poses of the unflagged readings."""
-    path = tmp_path_factory.mktemp("deepfluoro") / "ipcai_2020_full_res_data.h5"
-    poses = [true_pose(scene, XI_A), true_pose(scene, XI_A), true_pose(scene, XI_B)]
-    write_deepfluoro(path, scene, poses, [False, True, False])
-    return path, poses
-
-
-@pytest.fixture(scope="module")
-def ljubljana(tmp_path_factory, scene):
-    path = tmp_path_factory.mktemp("ljubljana") / "ljubljana.h5"
-    ap = true_pose(scene, [3.0, 2.0, -20.0, 0.02, 0.01, -0.03])
-    poses = [ap, ap @ orbit_offset(90.0)]
-    f = 1020.0 / LJ_SPACING
-    K = [
-        np.array([[-f, 0.0, 101.3], [0.0, -f, 77.9], [0.0, 0.0, 1.0]]),  # signs as DeepFluoro's
-        np.array([[1.1 * f, 0.0, 70.2], [0.0, 1.1 * f, 92.5], [0.0, 0.0, 1.0]]),  # other signs
-    ]
-    write_ljubljana(path, scene, poses, K, [(160, 200), (180, 150)])
-    return path, poses
 
 
 def _mtre(pose, true, points) -> float:
