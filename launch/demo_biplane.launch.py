@@ -1,4 +1,4 @@
-"""The demo with a biplane C-arm: two views, one patient pose per pair of X-rays.
+"""The one-command demo with a biplane C-arm: two views, one patient pose per pair of X-rays.
 
     ros2 launch sphere_reg_ros demo_biplane.launch.py
     ros2 launch sphere_reg_ros demo_biplane.launch.py view_angle_deg:=60 frames:=10 min_frames:=10

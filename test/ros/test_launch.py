@@ -30,6 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = ROOT / "launch" / "register.launch.py"
 DEMO_LAUNCH_FILE = ROOT / "launch" / "demo.launch.py"
+BIPLANE_LAUNCH_FILE = ROOT / "launch" / "demo_biplane.launch.py"
 RVIZ_FILE = ROOT / "config" / "register.rviz"
 PACKAGE = "sphere_reg_ros"
 #: The documented arguments of register.launch.py and their defaults ("" for params_file: the
@@ -59,6 +60,7 @@ DEMO_ARGUMENTS = {
     "min_frames": "20",
     "launch_rviz": "false",
 }
+BIPLANE_ARGUMENTS = {**DEMO_ARGUMENTS, "view_angle_deg": "90.0"}
 
 # `import launch` alone is no test: in the repository root, the launch/ folder of this package
 # imports as an (empty) namespace package. launch_ros needs the real launch.
@@ -114,7 +116,12 @@ def _load(path: Path):
 
 
 @pytest.mark.parametrize(
-    "path, arguments", [(LAUNCH_FILE, ARGUMENTS), (DEMO_LAUNCH_FILE, DEMO_ARGUMENTS)]
+    "path, arguments",
+    [
+        (LAUNCH_FILE, ARGUMENTS),
+        (DEMO_LAUNCH_FILE, DEMO_ARGUMENTS),
+        (BIPLANE_LAUNCH_FILE, BIPLANE_ARGUMENTS),
+    ],
 )
 def test_every_launch_argument_is_documented_in_the_docstring(path, arguments):
     """``ros2 launch --show-args`` lists them; the docstring says what each one does (the behaviour
@@ -246,7 +253,12 @@ def _check_types(parameters: dict, specs: dict, node: str) -> None:
 
 @needs_launch
 @pytest.mark.parametrize(
-    "path, arguments", [(LAUNCH_FILE, ARGUMENTS), (DEMO_LAUNCH_FILE, DEMO_ARGUMENTS)]
+    "path, arguments",
+    [
+        (LAUNCH_FILE, ARGUMENTS),
+        (DEMO_LAUNCH_FILE, DEMO_ARGUMENTS),
+        (BIPLANE_LAUNCH_FILE, BIPLANE_ARGUMENTS),
+    ],
 )
 def test_the_launch_files_declare_the_documented_arguments_and_defaults(path, arguments, prefix):
     declared = _declared(path)
@@ -421,6 +433,29 @@ def test_demo_launch_runs_the_three_demo_processes_and_ends_with_the_evaluator(p
         "ct_path": "",
     }
     assert not (prefix.record / "rviz2").exists()
+
+
+@needs_launch
+def test_biplane_demo_launch_gives_the_three_processes_the_two_views(prefix):
+    """demo_biplane.launch.py: the demo of demo.launch.py with views [view_a, view_b] on the
+    simulator (and view_angle_deg), the node (the first view's frame) and the evaluator."""
+    from sphere_reg_ros.ros import carm_simulator, demo
+    from sphere_reg_ros.ros.params import SPECS
+
+    _demo_prefix(prefix)
+    assert run_launch(BIPLANE_LAUNCH_FILE, {"frames": "3", "view_angle_deg": "60"}) == 0
+    views = ["view_a", "view_b"]
+    assert views == carm_simulator.view_names(2)
+    (sim,) = prefix.starts("carm_simulator")
+    assert sim["parameters"]["views"] == views and sim["parameters"]["view_angle_deg"] == 60.0
+    assert sim["parameters"]["frame_id"] == demo.SIM_FRAME
+    _check_types(sim["parameters"], {s.name: s.default for s in carm_simulator.PARAMS}, "sim")
+    (node,) = prefix.starts("registration_node")
+    assert node["parameters"]["views"] == views
+    assert node["parameters"]["default_carm_frame"] == demo.demo_frames(views)[0]
+    _check_types(node["parameters"], {s.name: s.default for s in SPECS.values()}, "node")
+    (evaluator,) = prefix.starts("demo_evaluator")
+    assert evaluator["parameters"]["views"] == views and evaluator["parameters"]["frames"] == 3
 
 
 @needs_launch
