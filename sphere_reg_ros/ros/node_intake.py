@@ -85,6 +85,8 @@ class FrameIntake:
         with self._frame_cv:
             pending, self._pending = self._pending, None
             requests, self._requests = self._requests, []
+            if getattr(self, "_pairer", None) is not None:  # several views: frames waiting
+                self._pairer.clear()  # for their partners are dropped too
         for r in requests + (pending.requests if pending is not None else []):
             r.finish(refusal("not_active", f"node {why} before a frame was registered"))
 

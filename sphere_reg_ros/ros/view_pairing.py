@@ -124,6 +124,12 @@ class ViewPairer:
         out.unpaired.sort(key=lambda f: f.stamp_ns)
         return out
 
+    def clear(self) -> list[Waiting]:
+        """Remove and return every waiting frame (the node stops registering)."""
+        gone = self.waiting()
+        self._waiting = [[] for _ in range(self.views)]
+        return gone
+
     def expire(self, now_s: float, wait_s: float = PAIR_WAIT_S) -> list[Waiting]:
         """Remove and return the frames that have waited longer than ``wait_s`` (oldest first)."""
         gone = [f for fs in self._waiting for f in fs if now_s - f.arrival_s > wait_s]

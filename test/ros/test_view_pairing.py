@@ -64,6 +64,14 @@ def test_a_lost_partner_expires_after_the_wait():
     assert p.waiting() == []
 
 
+def test_clear_drops_every_waiting_frame():
+    p = ViewPairer(2)
+    p.add(_frame(0, 100), TOL)
+    p.add(_frame(1, 300), TOL)
+    assert _stamps(p.clear()) == [(1, 300)]  # view 0's frame was unpaired at once
+    assert p.waiting() == []
+
+
 def test_the_buffer_keeps_the_newest_frames_of_a_view():
     p = ViewPairer(2, depth=2)
     p.add(_frame(0, 100), TOL)
