@@ -18,14 +18,15 @@ from sphere_reg_ros.cli_errors import refuse
 __all__ = ["add_dataset_options", "run_real_benchmark"]
 
 
-def add_dataset_options(p: argparse.ArgumentParser) -> None:
-    """The options of the real-data form of ``make-benchmark``."""
+def add_dataset_options(p: argparse.ArgumentParser, *, ct_out: bool = True) -> None:
+    """``--dataset``, ``--data``, ``--specimen`` (``make-benchmark``, ``train``) and, with
+    ``ct_out``, ``--ct-out`` (``make-benchmark``)."""
     p.add_argument(
         "--dataset",
         choices=("deepfluoro", "ljubljana"),
         default=None,
-        help="make the benchmark from a public dataset's real X-rays instead of rendering "
-        "(docs/REAL_DATA.md); needs --data",
+        help="a public dataset's specimen (its CT; for make-benchmark its real X-rays) instead "
+        "of --ct (docs/REAL_DATA.md); needs --data",
     )
     p.add_argument(
         "--data",
@@ -39,6 +40,8 @@ def add_dataset_options(p: argparse.ArgumentParser) -> None:
         default=1,
         help="specimen (DeepFluoro 1-6) or patient (Ljubljana 1-10), numbered as diffdrrdata (default 1)",
     )
+    if not ct_out:
+        return
     p.add_argument(
         "--ct-out",
         type=Path,

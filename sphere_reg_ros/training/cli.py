@@ -18,6 +18,7 @@ from pathlib import Path
 from sphere_reg_ros.cli_errors import EXIT_CODES, one_line, refuse
 from sphere_reg_ros.core.similarity import EMBEDDINGS
 from sphere_reg_ros.core.volume import VolumeError, load_example_ct, load_volume
+from sphere_reg_ros.evaluation.real_benchmark_cli import add_dataset_options
 from sphere_reg_ros.training.benchmark_cli import (  # benchmark-train; re-exported
     _on_benchmark_file,  # noqa: F401 (its tests call it here)
     add_benchmark_parser,
@@ -41,6 +42,28 @@ def _load_ct(ct: str | None, labels: str | None):
     )  # a bad label file: before the CT
     volume = load_volume(ct)
     return volume, label_map, None, str(ct)
+
+
+def _load_inputs(args: argparse.Namespace):
+    """``_load_ct`` of ``--ct``/``--labels``, or with ``--dataset`` the specimen's CT,
+    segmentation and structure names read from ``--data`` (sphere_reg_ros.datasets)."""
+    if getattr(args, "dataset", None) is None:
+        if getattr(args, "data", None) is not None:
+            raise ValueError("--data needs --dataset deepfluoro|ljubljana")
+        return _load_ct(args.ct, args.labels)
+    from sphere_reg_ros.datasets import load_specimen
+
+    if args.ct or args.labels or args.data is None:
+        raise ValueError(
+            "--dataset needs --data FILE and takes the CT from it (drop --ct/--labels)"
+        )
+    s = load_specimen(args.dataset, args.data, args.specimen)
+    return (
+        s.ct,
+        s.labels,
+        s.structures,
+        f"{args.dataset} specimen {args.specimen} ({s.key}) of {args.data}",
+    )
 
 
 def _check_resume(out: str) -> None:
@@ -91,6 +114,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         help="label map on the CT's grid (landmarks for mTRE); default: none "
         "(the example CT's own segmentation for the example CT)",
     )
+    add_dataset_options(p, ct_out=False)
     p.add_argument("--out", required=True, help="checkpoint file to write (atomically)")
     p.add_argument(
         "--device",
@@ -204,7 +228,7 @@ def run_train(args: argparse.Namespace) -> int:
         if args.resume:
             _check_resume(args.out)
         config = _train_config(args, budget)
-        ct, labels, structures, desc = _load_ct(args.ct, args.labels)
+        ct, labels, structures, desc = _load_inputs(args)
         t0 = time.perf_counter()
         result = train(
             ct,

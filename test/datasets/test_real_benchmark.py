@@ -123,3 +123,28 @@ def test_bad_real_benchmark_commands_exit_2(tmp_path, capsys, deepfluoro):
     assert main(bad) == 2 and "drop --ct" in capsys.readouterr().err
     bad = [*base, "--dataset", "deepfluoro", "--data", str(deepfluoro[0]), "--specimen", "9"]
     assert main(bad) == 2 and "specimen must be 1..6" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_on_a_dataset_specimen_reads_its_ct(deepfluoro, tmp_path):
+    """``train --dataset``: the checkpoint is the specimen's (CT fingerprint, structures)."""
+    from sphere_reg_ros.core.checkpoint import load_checkpoint
+
+    out = tmp_path / "specimen.pt"
+    args = ["train", "--dataset", "deepfluoro", "--data", str(deepfluoro[0]), "--specimen", "1"]
+    args += ["--out", str(out), "--max-steps", "1", "--device", "cpu", "--quiet", "--threads", "1"]
+    args += ["--spacing-mm", "6", "--no-content", "--no-physics", "--batch-size", "2"]
+    assert main(args) == 0
+    s = load_specimen("deepfluoro", deepfluoro[0], 1)
+    bundle = load_checkpoint(out, ct=s.ct)  # refuses another CT (fingerprint)
+    assert bundle.ct_fingerprint["source"]["sha256"] == ct_fingerprint(s.ct)["sha256"]
+
+
+def test_train_dataset_options_refused_with_the_reason(deepfluoro, tmp_path, capsys):
+    base = ["train", "--out", str(tmp_path / "x.pt"), "--max-steps", "1"]
+    assert main([*base, "--dataset", "ljubljana"]) == 2
+    assert "--dataset needs --data" in capsys.readouterr().err
+    assert main([*base, "--data", str(deepfluoro[0])]) == 2
+    assert "--data needs --dataset" in capsys.readouterr().err
+    assert main([*base, "--dataset", "ljubljana", "--data", str(tmp_path / "ljubljana.h5")]) == 2
+    assert "lit.fe.uni-lj.si" in capsys.readouterr().err
