@@ -212,6 +212,7 @@ def _finish(
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
             "overlays_saved": evaluator.overlays_saved,
+            "views": evaluator.views,  # [] = one view
             "expectation": dict(EXPECTATION, min_frames=min_frames),
         }
     )

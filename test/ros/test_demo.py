@@ -187,5 +187,6 @@ def test_biplane_demo_registers_pairs_of_views(ct_6mm, tmp_path, ros_env):
     assert "expectation (median mTRE < 1.0 mm over >= 2 frames): met" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames_registered"] >= 2 and summary["median_mtre_mm"] < 1.0
+    assert summary["views"] == ["view_a", "view_b"]
     assert list(out.glob("overlay_*_view_b.png")), "the second view's overlay"
     assert [p for p in out.glob("overlay_*.png") if "view_b" not in p.name], "the first view's"
