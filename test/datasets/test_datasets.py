@@ -243,3 +243,31 @@ def test_bad_ljubljana_files_name_the_key(ljubljana, tmp_path):
         load_specimen("ljubljana", ljubljana[0], 11)
     with pytest.raises(DatasetError, match="specimen must be 1..6"):
         load_specimen("deepfluoro", ljubljana[0], 0)
+
+
+def test_datasets_import_without_ros_and_only_core():
+    """ROS-free like core, and importing only core (docs/ARCHITECTURE.md, Layers)."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import sphere_reg_ros.datasets as datasets
+
+    blocker = (
+        "import importlib.abc, sys\n"
+        "class B(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('rclpy', 'cv_bridge', 'tf2_ros', 'rosidl_runtime_py'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, B())\n"
+        "import sphere_reg_ros.datasets, sphere_reg_ros.datasets.camera, sphere_reg_ros.datasets.images\n"
+    )
+    result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for path in Path(datasets.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                assert not node.module.startswith(
+                    ("sphere_reg_ros.evaluation", "sphere_reg_ros.training", "sphere_reg_ros.ros")
+                ), f"{path.name} imports {node.module}"
