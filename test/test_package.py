@@ -38,6 +38,7 @@ MODULE_TO_DEPENDENCY = {
     "tqdm": "python3-tqdm",
     "nibabel": "python3-nibabel",
     "pydicom": "python3-pydicom",
+    "h5py": "python3-h5py",
     "diffdrr": "pip:diffdrr",
     "torchio": "pip:diffdrr",
     "timm": "pip:timm",
