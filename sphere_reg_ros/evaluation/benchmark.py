@@ -138,7 +138,7 @@ def make_benchmark(
 
     Longer than most functions for its settings and the :class:`Benchmark` it fills; the steps
     (checks, landmarks, renderer, rendering the cases) are the helpers below, in the order of
-    their random draws, which must not change (a pinned checksum).
+    their random draws, which must not change (pinned: test/evaluation/pinned_benchmarks.py).
     """
     _check_counts(ct, n_cases, resolution)
     offsets = _offsets(views, view_angle_deg, distribution)
