@@ -214,6 +214,9 @@ def validate(
         if not isinstance(values[name], bool):
             raise ParameterError(f"{name} must be true or false, got {values[name]!r}")
     prior = (values["prior_parent_frame"], values["prior_child_frame"])
+    for name, value in zip(("prior_parent_frame", "prior_child_frame"), prior):
+        if not isinstance(value, str):
+            raise ParameterError(f"{name} must be a frame id (a string), got {value!r}")
     if any(prior):
         check_frame_id("prior_parent_frame", prior[0])
         check_frame_id("prior_child_frame", prior[1])
@@ -256,19 +259,26 @@ def _view_name_ok(ns: str) -> bool:
     )
 
 
+def _strings(value, name: str) -> list[str]:
+    """``value`` as a list of strings (a string array parameter), else ParameterError naming it."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ParameterError(f"{name} must be a list of strings, got {value!r}")
+    return list(value)
+
+
 def check_views(values: dict) -> None:
     """The several-view parameters (``views``, ``view_frames``, ``view_offsets_mm``): names,
     counts, finite offsets with non-zero quaternions. Raises ParameterError."""
-    views = list(values["views"])
+    views = _strings(values["views"], "views")
     for ns in views:
-        if not isinstance(ns, str) or not _view_name_ok(ns):
+        if not _view_name_ok(ns):
             raise ParameterError(
                 f"views: {ns!r} is not a relative ROS namespace (letters, digits, '_', '/'; "
                 "no leading '/')"
             )
     if len(set(views)) != len(views):
         raise ParameterError(f"views {views} name a namespace twice")
-    frames = list(values["view_frames"])
+    frames = _strings(values["view_frames"], "view_frames")
     if frames and len(frames) != len(views):
         raise ParameterError(
             f"view_frames has {len(frames)} frame ids for {len(views)} views: give one per view, "

@@ -162,6 +162,9 @@ VALUES = st.one_of(
 @given(st.dictionaries(st.sampled_from([p.name for p in P.PARAMS]), VALUES, min_size=1, max_size=4))
 @example({"lm_scales": ""})  # found by this test: a ValueError from the float conversion
 @example({"initial_pose_mm": ["a"] * 7})
+@example({"view_frames": None})  # found by this test: a TypeError from list(None)
+@example({"views": "view_a"})  # a string is not a list of namespaces
+@example({"prior_child_frame": True})  # found by this test: the error named the parent frame
 def test_parameter_validation_accepts_or_names_the_parameter(changes):
     values = {**P.yaml_defaults(), **changes}
     try:
