@@ -52,8 +52,8 @@ export MKL_NUM_THREADS := $(THREADS)
 
 # Lint first: a style or unused-import error fails in seconds rather than after the suite.
 lint: setup
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check --no-cache .
+	$(VENV)/bin/ruff format --check --no-cache .
 
 test: setup peers lint
 	$(PY) -m pytest
