@@ -37,7 +37,7 @@ import torch
 from .carm import CarmGeometry
 from .checkpoint import load_checkpoint
 from .drr import DrrRenderer
-from .lm import LevenbergMarquardt, resize_images
+from .lm import LevenbergMarquardt
 from .masks import MaskConfig
 from .registrar_config import (
     AUTO_ROBUST,
@@ -337,13 +337,9 @@ class Registrar(RegistrarViews, RegistrationPasses, RegistrarMultiView):
         restarts and the polish where configured), the trust numbers, timings and gates;
         ``extra``: further views of each image (:mod:`.registrar_multiview`)."""
         n = len(arrays)
-        reg_geometry = self.registration_geometry(geometry)
-        full = torch.from_numpy(np.stack(arrays))[:, None].to(self.device)
-        fixed = resize_images(full, reg_geometry.height, reg_geometry.width)
+        reg_geometry, full, fixed, renderers = self._view_inputs(arrays, geometry, fine_only)
         messages = [""] * n
         poses, t_reg = self._start_poses(full, inits, geometry, messages)
-        scales = self.scale_geometries(reg_geometry)
-        renderers = [self.renderer(g) for g in (scales[-1:] if fine_only else scales)]
         t2 = time.perf_counter()
         mask, fractions, valid_masks = self._masks(arrays, reg_geometry, solver, messages)
         kwargs = {} if mask is None else {"mask": mask}

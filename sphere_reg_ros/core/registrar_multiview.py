@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .carm import CarmGeometry
-from .lm import SolverView, resize_images
+from .lm import SolverView
 from .registrar_inputs import _check_image, _check_pose, _Invalid, _joined, failed_result
 from .result import RegistrationResult, Status
 
@@ -144,14 +144,12 @@ class RegistrarMultiView:
             return []
         views = []
         for k in range(len(extra)):
-            g = self.registration_geometry(extra.geometries[k])
-            scales = self.scale_geometries(g)
-            scales = scales[-1:] if fine_only else scales
-            if len(scales) < n_scales:  # a smaller detector with fewer distinct scales
-                scales = scales[:1] * (n_scales - len(scales)) + scales
-            renderers = [self.renderer(s) for s in scales[-n_scales:]]
-            full = torch.from_numpy(np.stack(extra.arrays[k]))[:, None].to(self.device)
-            fixed = resize_images(full, g.height, g.width)
+            g, _, fixed, renderers = self._view_inputs(
+                extra.arrays[k], extra.geometries[k], fine_only
+            )
+            if len(renderers) < n_scales:  # a smaller detector with fewer distinct scales
+                renderers = renderers[:1] * (n_scales - len(renderers)) + renderers
+            renderers = renderers[-n_scales:]
             notes = [""] * len(messages)
             mask, _, _ = self._masks(extra.arrays[k], g, solver, notes)
             for i, note in enumerate(notes):
@@ -211,16 +209,17 @@ class RegistrarMultiView:
         missing = [i for i in range(len(inits)) if inits[i] is None]
         if not (missing and views and self.regressor is not None):
             return
-        cfg = self.regressor.config
         renderer, fixed, mask = first
-        for i in missing:
+        preds = [
+            self._regressor_poses(
+                torch.from_numpy(np.stack([a[i] for i in missing]))[:, None].to(self.device)
+            )
+            for a in extra.arrays
+        ]
+        for j, i in enumerate(missing):
             cands = [poses[i]]
             for k in range(len(extra)):
-                img = torch.from_numpy(extra.arrays[k][i])[None, None].to(self.device)
-                with torch.no_grad():
-                    pred = self.regressor(resize_images(img, cfg.height, cfg.width))
-                T = pred[0].detach().to("cpu", torch.float64).numpy()
-                cands.append(T @ np.linalg.inv(extra.offsets[k][i]))
+                cands.append(preds[k][j] @ np.linalg.inv(extra.offsets[k][i]))
             stack = torch.from_numpy(np.stack(cands))
             m = None if mask is None else mask[i : i + 1]
             costs = self._view_scores(renderer, fixed[i : i + 1], stack, m, views, i)

@@ -244,11 +244,7 @@ class RegistrationPasses:
                 messages[i] = "initial pose: the AP view (no regressor, no initial pose given)"
             return poses, 0.0
         t1 = time.perf_counter()
-        cfg = self.regressor.config
-        with torch.no_grad():
-            x = resize_images(full[missing], cfg.height, cfg.width)
-            pred = self.regressor(x).detach().to("cpu", torch.float64).numpy()
-        poses[missing] = pred
+        poses[missing] = self._regressor_poses(full[missing])
         t_reg = time.perf_counter() - t1
         note = _fov_mismatch(self.model_geometry, geometry)
         for i in missing:
@@ -256,6 +252,13 @@ class RegistrationPasses:
                 f" (trained for another detector: {note})" if note else ""
             )
         return poses, t_reg
+
+    def _regressor_poses(self, full: torch.Tensor) -> np.ndarray:
+        """The regressor's poses ``(n, 4, 4)`` (float64) of images ``(n, 1, H, W)``."""
+        cfg = self.regressor.config
+        with torch.no_grad():
+            x = resize_images(full, cfg.height, cfg.width)
+            return self.regressor(x).detach().to("cpu", torch.float64).numpy()
 
     def _masks(
         self,

@@ -49,6 +49,19 @@ class RegistrarViews:
                 out.append(g)
         return out
 
+    def _view_inputs(
+        self, arrays: list[np.ndarray], geometry: CarmGeometry, fine_only: bool
+    ) -> tuple[CarmGeometry, torch.Tensor, torch.Tensor, list[DrrRenderer]]:
+        """One view's checked images ``(H, W)`` of ``geometry`` made ready for the solver:
+        ``(registration geometry, images (n, 1, H, W) on the device, images at the registration
+        size, renderers coarse to fine (the finest only with ``fine_only``))``."""
+        reg_geometry = self.registration_geometry(geometry)
+        full = torch.from_numpy(np.stack(arrays))[:, None].to(self.device)
+        fixed = resize_images(full, reg_geometry.height, reg_geometry.width)
+        scales = self.scale_geometries(reg_geometry)
+        renderers = [self.renderer(g) for g in (scales[-1:] if fine_only else scales)]
+        return reg_geometry, full, fixed, renderers
+
     def renderer(self, geometry: CarmGeometry) -> DrrRenderer:
         """The (cached) DRR renderer of ``geometry``."""
         r = self._renderers.get(geometry)
