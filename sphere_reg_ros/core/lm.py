@@ -61,7 +61,7 @@ from .drr import DrrRenderer
 from .lm_config import LMConfig, LMResult
 from .lm_damping import damped_solve, gain_ratio, update_lambda
 from .lm_linearize import RECENT_RENDERS, Linearizer
-from .lm_scale import ScaleRun, ScaleView
+from .lm_scale import ScaleRun, ScaleView, _total
 from .lm_steps import (
     ResidualModel,
     increment_matrix,
@@ -381,7 +381,7 @@ class LevenbergMarquardt:
             pose = v.at(b.pose[idx])
             img, _ = lin.render(v.renderer, lin.window(v.renderer, pose), pose, jacobian=False)
             costs.append(lin.cost(img, ef, wf, mask=mf)[0])
-        c0 = costs[0] if len(costs) == 1 else torch.stack(costs).sum(0)
+        c0 = _total(costs)
         b.initial_cost = put(b.initial_cost, idx, c0.detach())
 
     def scale_views(self, views: list[SolverView], si: int, idx: torch.Tensor) -> list[ScaleView]:
