@@ -7,8 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from dicom_files import write_xray
 
 from sphere_reg_ros.core.carm import CarmGeometry
 from sphere_reg_ros.core.dicom_xray import (
@@ -20,26 +19,6 @@ from sphere_reg_ros.core.views import ap_pose, orbit_offset
 
 SOD = 700.0
 ISO = np.array([12.0, -40.0, 95.0])
-
-
-def write_xray(path, pixels: np.ndarray, **tags) -> str:
-    """A 16-bit XA DICOM file of ``pixels`` with the given header elements (keyword=value)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
-    ds.Modality = "XA"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return str(path)
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from dicom_files import write_xray
 
 from sphere_reg_ros.cli import main
 from sphere_reg_ros.core.carm import CarmGeometry
@@ -48,7 +47,7 @@ def scene(small_ct, tmp_path_factory):
     stored = drr[:, ::-1]  # the detector's view of the source's image
     pixels = np.round(stored / stored.max() * 60000).astype("<u2")
     g = TRUE_GEOMETRY
-    path = _write(
+    path = write_xray(
         folder / "xray.dcm",
         pixels,
         DistanceSourceToDetector=str(g.sdd),
@@ -60,25 +59,6 @@ def scene(small_ct, tmp_path_factory):
         DistanceSourceToPatient=str(SOD),
     )
     return folder, path, true_pose, header_pose, center
-
-
-def _write(path, pixels, **tags):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
-    ds.Modality = "XA"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def _argv(folder, image, out):
@@ -120,7 +100,7 @@ def test_register_a_dicom_from_its_header(scene, tmp_path):
 
 def test_a_dicom_without_the_distance_is_refused_naming_the_tag(scene, tmp_path, capsys):
     folder, _, _, _, _ = scene
-    bare = _write(
+    bare = write_xray(
         tmp_path / "bare.dcm",
         np.ones((32, 32), dtype="<u2"),
         ImagerPixelSpacing=["1", "1"],
